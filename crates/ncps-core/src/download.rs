@@ -1,0 +1,307 @@
+//! Single-flight NAR downloads with progressive readers.
+//!
+//! One [`Download`] per NAR key at a time. The download task appends to a temporary file and
+//! publishes how many bytes are on disk; every client reads that file from the start and follows
+//! the writer. The last byte is held back until the whole file verified, so a client can never
+//! receive a complete body that turned out to be wrong: a failed download ends every reader
+//! early, and Nix treats the short body as a failed transfer.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use ncps_nix::NarKey;
+use tempfile::TempPath;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::CacheError;
+
+/// Largest piece a reader sends at once.
+const READ_PIECE: u64 = 256 * 1024;
+
+/// Where a download stands; readers watch it.
+#[derive(Clone, Debug)]
+pub(crate) enum Progress {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Bytes `0..written` are in the temporary file.
+    Running { written: u64, total: Option<u64> },
+    /// The whole file (`size` bytes) is on disk and verified.
+    Done { size: u64 },
+    /// The download failed; nothing was cached.
+    Failed(Arc<CacheError>),
+}
+
+/// One NAR being downloaded.
+pub(crate) struct Download {
+    key: NarKey,
+    path: TempPath,
+    progress: watch::Sender<Progress>,
+}
+
+impl Download {
+    /// The temporary file the download writes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Publishes a new state.
+    pub fn set(&self, progress: Progress) {
+        self.progress.send_replace(progress);
+    }
+
+    /// Records that bytes `0..written` are on disk.
+    pub fn advance(&self, written: u64) {
+        self.progress.send_modify(|p| {
+            if let Progress::Running { written: w, .. } = p {
+                *w = written;
+            }
+        });
+    }
+
+    /// Marks the download failed unless it already ended.
+    pub fn fail(&self, error: CacheError) {
+        let error = Arc::new(error);
+        self.progress.send_if_modified(|p| match p {
+            Progress::Connecting | Progress::Running { .. } => {
+                *p = Progress::Failed(error.clone());
+                true
+            }
+            Progress::Done { .. } | Progress::Failed(_) => false,
+        });
+    }
+
+    /// The file's size when known without downloading (Content-Length).
+    pub fn known_size(&self) -> Option<u64> {
+        match &*self.progress.borrow() {
+            Progress::Running { total, .. } => *total,
+            Progress::Done { size } => Some(*size),
+            Progress::Connecting | Progress::Failed(_) => None,
+        }
+    }
+
+    /// Waits for the upstream's headers, so an upstream that fails at once gives the client a
+    /// 502/504 instead of a 200 with no body. Returns the expected size, when known.
+    pub async fn started(&self) -> Result<Option<u64>, CacheError> {
+        let mut rx = self.progress.subscribe();
+        let state = rx
+            .wait_for(|p| !matches!(p, Progress::Connecting))
+            .await
+            .map_err(|_| CacheError::Io(io::Error::other("download vanished")))?;
+        match &*state {
+            Progress::Failed(e) => Err(CacheError::Shared(e.clone())),
+            Progress::Running { total, .. } => Ok(*total),
+            Progress::Done { size } => Ok(Some(*size)),
+            Progress::Connecting => unreachable!("waited for a later state"),
+        }
+    }
+
+    /// A stream of the whole file that follows the writer.
+    pub fn reader(self: Arc<Self>) -> BoxStream<'static, io::Result<Bytes>> {
+        let state = Reader {
+            rx: self.progress.subscribe(),
+            download: self,
+            file: None,
+            pos: 0,
+            ended: false,
+        };
+        stream::unfold(state, |mut r| async move {
+            if r.ended {
+                return None;
+            }
+            let item = r.next_piece().await?;
+            r.ended = item.is_err();
+            Some((item, r))
+        })
+        .boxed()
+    }
+}
+
+struct Reader {
+    download: Arc<Download>,
+    rx: watch::Receiver<Progress>,
+    file: Option<tokio::fs::File>,
+    pos: u64,
+    ended: bool,
+}
+
+impl Reader {
+    async fn next_piece(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            let state = self.rx.borrow_and_update().clone();
+            let readable = match &state {
+                // Hold the last byte back until the file verified.
+                Progress::Running { written, .. } => written.saturating_sub(1),
+                Progress::Done { size } => *size,
+                Progress::Connecting => 0,
+                Progress::Failed(e) => {
+                    return Some(Err(io::Error::other(format!("download failed: {e}"))));
+                }
+            };
+            if self.pos < readable {
+                return Some(self.read(readable - self.pos).await);
+            }
+            if matches!(state, Progress::Done { .. }) {
+                return None;
+            }
+            if self.rx.changed().await.is_err() {
+                return Some(Err(io::Error::other("download ended unexpectedly")));
+            }
+        }
+    }
+
+    async fn read(&mut self, available: u64) -> io::Result<Bytes> {
+        if self.file.is_none() {
+            self.file = Some(tokio::fs::File::open(self.download.path()).await?);
+        }
+        let file = self.file.as_mut().expect("opened above");
+        let mut buf = vec![0u8; available.min(READ_PIECE) as usize];
+        file.read_exact(&mut buf).await?;
+        self.pos += buf.len() as u64;
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// The downloads in flight, by NAR key.
+pub(crate) struct Downloads {
+    temp_dir: PathBuf,
+    map: Mutex<HashMap<NarKey, Arc<Download>>>,
+}
+
+impl Downloads {
+    /// Downloads write their temporary files below `temp_dir`.
+    pub fn new(temp_dir: PathBuf) -> Self {
+        Self {
+            temp_dir,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NarKey, Arc<Download>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The download in flight for `key`, if any.
+    pub fn join(&self, key: &NarKey) -> Option<Arc<Download>> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Joins the download for `key`, or registers a new one and hands it with its open file to
+    /// `start`, which must spawn the task that fills it.
+    pub fn join_or_start(
+        &self,
+        key: &NarKey,
+        start: impl FnOnce(Arc<Download>, std::fs::File),
+    ) -> io::Result<Arc<Download>> {
+        let mut map = self.lock();
+        if let Some(existing) = map.get(key) {
+            return Ok(existing.clone());
+        }
+        std::fs::create_dir_all(&self.temp_dir)?;
+        let (file, path) = tempfile::Builder::new()
+            .prefix("nar-")
+            .tempfile_in(&self.temp_dir)?
+            .into_parts();
+        let (progress, _) = watch::channel(Progress::Connecting);
+        let download = Arc::new(Download {
+            key: *key,
+            path,
+            progress,
+        });
+        map.insert(*key, download.clone());
+        drop(map);
+        start(download.clone(), file);
+        Ok(download)
+    }
+
+    /// Forgets a finished download; readers that joined it keep their handle.
+    pub fn remove(&self, download: &Download) {
+        let mut map = self.lock();
+        if map
+            .get(&download.key)
+            .is_some_and(|d| std::ptr::eq(Arc::as_ptr(d), download))
+        {
+            map.remove(&download.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use ncps_nix::{Compression, Sha256Hash};
+    use std::io::Write;
+
+    fn key() -> NarKey {
+        NarKey::new(Sha256Hash::digest(b"k"), Compression::None)
+    }
+
+    #[tokio::test]
+    async fn readers_follow_the_writer_and_see_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let downloads = Downloads::new(dir.path().to_path_buf());
+        let mut handle = None;
+        let dl = downloads
+            .join_or_start(&key(), |dl, file| handle = Some((dl, file)))
+            .unwrap();
+        let (writer_dl, mut file) = handle.unwrap();
+        let joined = downloads.join(&key()).unwrap();
+        assert!(Arc::ptr_eq(&dl, &joined));
+        let early = tokio::spawn(joined.clone().reader().try_collect::<Vec<Bytes>>());
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        writer_dl.set(Progress::Running {
+            written: 0,
+            total: Some(data.len() as u64),
+        });
+        assert_eq!(dl.started().await.unwrap(), Some(data.len() as u64));
+        let mut written = 0;
+        for piece in data.chunks(100_000) {
+            file.write_all(piece).unwrap();
+            written += piece.len() as u64;
+            writer_dl.advance(written);
+            tokio::task::yield_now().await;
+        }
+        writer_dl.set(Progress::Done { size: written });
+        downloads.remove(&writer_dl);
+        assert!(downloads.join(&key()).is_none());
+        let late = dl.reader().try_collect::<Vec<Bytes>>().await.unwrap();
+        assert_eq!(late.concat(), data);
+        assert_eq!(early.await.unwrap().unwrap().concat(), data);
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_never_delivers_the_last_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let downloads = Downloads::new(dir.path().to_path_buf());
+        let mut handle = None;
+        let dl = downloads
+            .join_or_start(&key(), |dl, file| handle = Some((dl, file)))
+            .unwrap();
+        let (writer_dl, mut file) = handle.unwrap();
+        let reader = tokio::spawn(dl.clone().reader().collect::<Vec<io::Result<Bytes>>>());
+        writer_dl.set(Progress::Running {
+            written: 0,
+            total: Some(10),
+        });
+        file.write_all(&[7u8; 10]).unwrap();
+        writer_dl.advance(10);
+        tokio::task::yield_now().await;
+        writer_dl.fail(CacheError::Integrity("bad".into()));
+        let pieces = reader.await.unwrap();
+        let ok: usize = pieces
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(Bytes::len)
+            .sum();
+        assert!(ok < 10, "a failed download must not deliver every byte");
+        assert!(pieces.last().unwrap().is_err());
+        assert!(dl.started().await.is_err());
+    }
+}

@@ -1,0 +1,47 @@
+use ncps_db::DbError;
+use ncps_store::StoreError;
+use ncps_upstream::UpstreamError;
+
+/// What went wrong serving a request. Each variant maps to exactly one HTTP status in the server.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Neither we nor any upstream has it (every upstream definitively said 404).
+    #[error("not found")]
+    NotFound,
+    /// An upstream could not be asked or gave something we refuse; the client should retry later
+    /// or elsewhere, and must not remember this as a miss.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream's NAR did not match its narinfo (hash, size, or compression).
+    #[error("upstream NAR failed verification: {0}")]
+    Integrity(String),
+    /// The requested byte range lies outside the NAR.
+    #[error("range not satisfiable for a NAR of {size} bytes")]
+    RangeNotSatisfiable {
+        /// Size of the NAR file.
+        size: u64,
+    },
+    /// Our own metadata store failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// Our own blob storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// A failure shared by every client of one download.
+    #[error("{0}")]
+    Shared(std::sync::Arc<CacheError>),
+    /// Local I/O (temporary files) failed.
+    #[error("local I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CacheError {
+    /// True when an upstream timed out (504 rather than 502).
+    pub fn is_upstream_timeout(&self) -> bool {
+        match self {
+            Self::Upstream(e) => e.is_timeout(),
+            Self::Shared(e) => e.is_upstream_timeout(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Checks a NAR file against its narinfo while it is written, in one pass: the compressed bytes
+//! are hashed (FileHash/FileSize) and decompressed on the fly to hash the plain NAR
+//! (NarHash/NarSize). Runs on a blocking thread; nothing is buffered beyond the decoder's window.
+
+use std::io::{self, Write};
+
+use ncps_nix::{Compression, NarInfo, Sha256Hash};
+use sha2::{Digest, Sha256};
+
+/// What the narinfo promises about the NAR file.
+#[derive(Clone, Debug)]
+pub(crate) struct Expected {
+    pub compression: Compression,
+    pub file_hash: Option<Sha256Hash>,
+    pub file_size: Option<u64>,
+    pub nar_hash: Sha256Hash,
+    pub nar_size: u64,
+}
+
+impl Expected {
+    /// The promises of `narinfo` about the file at its URL.
+    pub fn of(narinfo: &NarInfo) -> Self {
+        Self {
+            compression: narinfo.compression,
+            file_hash: narinfo.file_hash,
+            file_size: narinfo.file_size,
+            nar_hash: narinfo.nar_hash,
+            nar_size: narinfo.nar_size,
+        }
+    }
+}
+
+/// What was measured on a file that passed every check.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Verified {
+    pub file_hash: Sha256Hash,
+    pub file_size: u64,
+}
+
+/// Hashes the decompressed NAR and refuses to grow past NarSize, so a decompression bomb costs
+/// nothing.
+struct NarSink {
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+}
+
+impl Write for NarSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let len = buf.len() as u64;
+        if self.size + len > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("NAR is larger than its NarSize of {} bytes", self.limit),
+            ));
+        }
+        self.hasher.update(buf);
+        self.size += len;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// True when a NAR in this compression can be checked against its NarHash while it streams.
+pub(crate) fn can_verify(compression: Compression) -> bool {
+    matches!(
+        compression,
+        Compression::None
+            | Compression::Xz
+            | Compression::Zstd
+            | Compression::Bzip2
+            | Compression::Brotli
+    )
+}
+
+/// A streaming decompressor writing into the NAR sink.
+enum Decoder {
+    Plain(NarSink),
+    Xz(Box<xz2::write::XzDecoder<NarSink>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, NarSink>>),
+    Bzip2(Box<bzip2::write::BzDecoder<NarSink>>),
+    Brotli(Box<brotli::DecompressorWriter<NarSink>>),
+}
+
+impl Decoder {
+    fn new(compression: Compression, sink: NarSink) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::None => Self::Plain(sink),
+            Compression::Xz => Self::Xz(Box::new(xz2::write::XzDecoder::new_multi_decoder(sink))),
+            Compression::Zstd => Self::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?)),
+            Compression::Bzip2 => Self::Bzip2(Box::new(bzip2::write::BzDecoder::new(sink))),
+            Compression::Brotli => {
+                Self::Brotli(Box::new(brotli::DecompressorWriter::new(sink, 64 * 1024)))
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot verify NARs compressed with {other}"),
+                ));
+            }
+        })
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.write_all(buf),
+            Self::Xz(w) => w.write_all(buf),
+            Self::Zstd(w) => w.write_all(buf),
+            Self::Bzip2(w) => w.write_all(buf),
+            Self::Brotli(w) => w.write_all(buf),
+        }
+    }
+
+    fn finish(self) -> io::Result<NarSink> {
+        let truncated = || {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "compressed stream is truncated",
+            )
+        };
+        match self {
+            Self::Plain(s) => Ok(s),
+            Self::Xz(mut w) => w.finish(),
+            Self::Zstd(mut w) => {
+                w.flush()?;
+                Ok(w.into_inner())
+            }
+            Self::Bzip2(mut w) => w.finish(),
+            Self::Brotli(w) => w.into_inner().map_err(|_| truncated()),
+        }
+    }
+}
+
+/// Writes a NAR file to disk while checking it against its narinfo.
+pub(crate) struct NarIngest {
+    file: std::fs::File,
+    file_hasher: Sha256,
+    file_size: u64,
+    decoder: Decoder,
+    expected: Expected,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl NarIngest {
+    /// Starts checking into `file`; fails when the compression cannot be verified.
+    pub fn new(file: std::fs::File, expected: Expected) -> io::Result<Self> {
+        let sink = NarSink {
+            hasher: Sha256::new(),
+            size: 0,
+            limit: expected.nar_size,
+        };
+        Ok(Self {
+            file,
+            file_hasher: Sha256::new(),
+            file_size: 0,
+            decoder: Decoder::new(expected.compression, sink)?,
+            expected,
+        })
+    }
+
+    /// Appends compressed bytes to the file. Readers may read them once this returns.
+    pub fn write_file(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.file_size += chunk.len() as u64;
+        if let Some(limit) = self.expected.file_size.filter(|&l| self.file_size > l) {
+            return Err(invalid(format!(
+                "file is larger than its FileSize of {limit} bytes"
+            )));
+        }
+        self.file.write_all(chunk)?;
+        self.file_hasher.update(chunk);
+        Ok(())
+    }
+
+    /// Feeds the same bytes through decompression and the NAR hash.
+    pub fn check(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.decoder.write_all(chunk)
+    }
+
+    /// Checks every promise of the narinfo now that the whole file was seen.
+    pub fn finish(self) -> io::Result<Verified> {
+        let exp = self.expected;
+        let sink = self.decoder.finish()?;
+        let file_hash = Sha256Hash::from_bytes(self.file_hasher.finalize().into());
+        let nar_hash = Sha256Hash::from_bytes(sink.hasher.finalize().into());
+        if let Some(size) = exp.file_size.filter(|&s| s != self.file_size) {
+            return Err(invalid(format!(
+                "got {} bytes, FileSize says {size}",
+                self.file_size
+            )));
+        }
+        if let Some(hash) = exp.file_hash.filter(|&h| h != file_hash) {
+            return Err(invalid(format!(
+                "FileHash mismatch: narinfo says {hash}, got {file_hash}"
+            )));
+        }
+        if sink.size != exp.nar_size {
+            return Err(invalid(format!(
+                "NarSize mismatch: narinfo says {}, got {}",
+                exp.nar_size, sink.size
+            )));
+        }
+        if nar_hash != exp.nar_hash {
+            return Err(invalid(format!(
+                "NarHash mismatch: narinfo says {}, got {nar_hash}",
+                exp.nar_hash
+            )));
+        }
+        Ok(Verified {
+            file_hash,
+            file_size: self.file_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected(compression: Compression, file: &[u8], nar: &[u8]) -> Expected {
+        Expected {
+            compression,
+            file_hash: Some(Sha256Hash::digest(file)),
+            file_size: Some(file.len() as u64),
+            nar_hash: Sha256Hash::digest(nar),
+            nar_size: nar.len() as u64,
+        }
+    }
+
+    fn ingest(exp: Expected, file: &[u8]) -> io::Result<Verified> {
+        let tmp = tempfile::tempfile()?;
+        let mut ing = NarIngest::new(tmp, exp)?;
+        for piece in file.chunks(1000) {
+            ing.write_file(piece)?;
+            ing.check(piece)?;
+        }
+        ing.finish()
+    }
+
+    fn nar() -> Vec<u8> {
+        (0..100_000u32)
+            .flat_map(|i| (i % 97).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn accepts_matching_files_in_each_compression() {
+        let nar = nar();
+        let xz = {
+            let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+            e.write_all(&nar).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&nar[..], 3).unwrap();
+        let bz = {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            e.write_all(&nar).unwrap();
+            e.finish().unwrap()
+        };
+        let br = {
+            let mut out = Vec::new();
+            let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            e.write_all(&nar).unwrap();
+            drop(e);
+            out
+        };
+        for (c, file) in [
+            (Compression::None, nar.clone()),
+            (Compression::Xz, xz),
+            (Compression::Zstd, zst),
+            (Compression::Bzip2, bz),
+            (Compression::Brotli, br),
+        ] {
+            let v = ingest(expected(c, &file, &nar), &file).unwrap_or_else(|e| panic!("{c}: {e}"));
+            assert_eq!(v.file_size, file.len() as u64);
+        }
+    }
+
+    #[test]
+    fn refuses_truncated_corrupt_and_oversized_files() {
+        let nar = nar();
+        let zst = zstd::encode_all(&nar[..], 3).unwrap();
+        let exp = expected(Compression::Zstd, &zst, &nar);
+        assert!(ingest(exp.clone(), &zst[..zst.len() - 10]).is_err());
+        let mut corrupt = zst.clone();
+        let mid = corrupt.len() / 2;
+        corrupt[mid] ^= 0xff;
+        assert!(ingest(exp.clone(), &corrupt).is_err());
+        let mut longer = zst.clone();
+        longer.push(0);
+        assert!(ingest(exp.clone(), &longer).is_err());
+        // Without FileHash/FileSize the NAR hash still catches a wrong body.
+        let loose = Expected {
+            file_hash: None,
+            file_size: None,
+            ..exp
+        };
+        assert!(ingest(loose.clone(), &zst).is_ok());
+        let other = zstd::encode_all(&b"other"[..], 3).unwrap();
+        assert!(ingest(loose, &other).is_err());
+    }
+
+    #[test]
+    fn stops_a_decompression_bomb_at_nar_size() {
+        let big = vec![0u8; 50_000_000];
+        let zst = zstd::encode_all(&big[..], 3).unwrap();
+        let exp = Expected {
+            compression: Compression::Zstd,
+            file_hash: None,
+            file_size: None,
+            nar_hash: Sha256Hash::digest(b"x"),
+            nar_size: 1000,
+        };
+        let err = ingest(exp, &zst).unwrap_err();
+        assert!(err.to_string().contains("larger than its NarSize"), "{err}");
+    }
+}

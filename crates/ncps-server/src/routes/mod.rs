@@ -1,0 +1,15 @@
+//! One module per route.
+
+pub mod cache_info;
+pub mod health;
+pub mod nar;
+pub mod narinfo;
+pub mod pubkey;
+
+use crate::ApiError;
+use ncps_core::CacheError;
+
+/// Anything that is not a route of the protocol.
+pub async fn not_found() -> ApiError {
+    ApiError::Cache(CacheError::NotFound)
+}

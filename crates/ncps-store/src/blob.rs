@@ -1,0 +1,192 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use ncps_nix::NarKey;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+use tokio::io::AsyncReadExt;
+
+use crate::StoreError;
+
+/// Size of the pieces a file is streamed to the backend in: large enough for S3's 5 MiB minimum
+/// multipart part, small enough to keep memory flat.
+const UPLOAD_PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// Files below this size are written with one `put`, which is one request on every backend.
+const SINGLE_PUT_LIMIT: u64 = UPLOAD_PART_SIZE as u64;
+
+/// An inclusive-exclusive byte range `[start, end)` of a stored object, already validated against
+/// the object's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte sent.
+    pub start: u64,
+    /// One past the last byte sent.
+    pub end: u64,
+}
+
+/// An open read of a stored object: its total size is known before the first byte is sent, so
+/// the HTTP layer can send Content-Length (a short body is a hard failure for Nix).
+pub struct BlobRead {
+    /// Size of the whole object.
+    pub total_size: u64,
+    /// The bytes of the requested range (or of the whole object).
+    pub stream: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+/// Object storage for NAR files, addressed by typed keys.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobStore({})", self.inner)
+    }
+}
+
+fn nar_path(key: &NarKey) -> ObjectPath {
+    ObjectPath::from_iter(["nar", key.file_name().as_str()])
+}
+
+impl BlobStore {
+    /// Storage on the local file system below `root` (created when missing).
+    pub fn local(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root).map_err(|source| StoreError::Open {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(root)?;
+        Ok(Self::from_object_store(Arc::new(fs)))
+    }
+
+    /// Wraps any `object_store` backend (S3, GCS, Azure, in-memory).
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>) -> Self {
+        Self { inner }
+    }
+
+    /// The stored size of a NAR, or `None` when it is not stored. Costs one metadata request.
+    pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, StoreError> {
+        match self.inner.head(&nar_path(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens a NAR for reading, optionally a byte range of it; `None` when it is not stored.
+    pub async fn read_nar(
+        &self,
+        key: &NarKey,
+        range: Option<ByteRange>,
+    ) -> Result<Option<BlobRead>, StoreError> {
+        let options = GetOptions {
+            range: range.map(|r| GetRange::Bounded(r.start..r.end)),
+            ..GetOptions::default()
+        };
+        match self.inner.get_opts(&nar_path(key), options).await {
+            Ok(result) => {
+                let total_size = result.meta.size;
+                let stream = result.into_stream().map(|r| r.map_err(StoreError::from));
+                Ok(Some(BlobRead {
+                    total_size,
+                    stream: stream.boxed(),
+                }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores a NAR from a local file, streaming it so memory stays flat whatever its size. The
+    /// object appears atomically: a reader sees either nothing or the whole file.
+    pub async fn put_nar_from_file(&self, key: &NarKey, file: &Path) -> Result<(), StoreError> {
+        let read_err = |source| StoreError::ReadFile {
+            path: file.to_path_buf(),
+            source,
+        };
+        let mut f = tokio::fs::File::open(file).await.map_err(read_err)?;
+        let len = f.metadata().await.map_err(read_err)?.len();
+        let path = nar_path(key);
+        if len <= SINGLE_PUT_LIMIT {
+            let mut buf = Vec::with_capacity(len as usize);
+            f.read_to_end(&mut buf).await.map_err(read_err)?;
+            self.inner.put(&path, PutPayload::from(buf)).await?;
+            return Ok(());
+        }
+        let upload = self.inner.put_multipart(&path).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = match f.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    writer.abort().await.ok();
+                    return Err(read_err(e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                return Err(e.into());
+            }
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// Removes a NAR; removing one that is not there is not an error.
+    pub async fn delete_nar(&self, key: &NarKey) -> Result<(), StoreError> {
+        match self.inner.delete(&nar_path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use ncps_nix::{Compression, Sha256Hash};
+
+    async fn collect(read: BlobRead) -> Vec<u8> {
+        let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+        chunks.concat()
+    }
+
+    fn key_for(data: &[u8]) -> NarKey {
+        NarKey::new(Sha256Hash::digest(data), Compression::Xz)
+    }
+
+    #[tokio::test]
+    async fn put_read_range_delete_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        // Larger than one part, so the multipart path is exercised too.
+        for len in [10usize, SINGLE_PUT_LIMIT as usize + 12345] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let file = dir.path().join("tmp");
+            std::fs::write(&file, &data).unwrap();
+            let key = key_for(&data);
+            assert_eq!(store.nar_size(&key).await.unwrap(), None);
+            store.put_nar_from_file(&key, &file).await.unwrap();
+            assert_eq!(store.nar_size(&key).await.unwrap(), Some(len as u64));
+            let whole = store.read_nar(&key, None).await.unwrap().unwrap();
+            assert_eq!(whole.total_size, len as u64);
+            assert_eq!(collect(whole).await, data);
+            let range = ByteRange { start: 3, end: 9 };
+            let part = store.read_nar(&key, Some(range)).await.unwrap().unwrap();
+            assert_eq!(collect(part).await, &data[3..9]);
+            store.delete_nar(&key).await.unwrap();
+            assert!(store.read_nar(&key, None).await.unwrap().is_none());
+            store.delete_nar(&key).await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+/// Why a storage operation failed; the cache maps these to 5xx without leaking paths to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage root could not be created or opened.
+    #[error("cannot open storage at {path}: {source}")]
+    Open {
+        /// The directory that was being opened.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// The backend refused or failed an operation.
+    #[error("storage backend error: {0}")]
+    Backend(#[from] object_store::Error),
+    /// Reading a local file that was to be stored failed.
+    #[error("reading {path}: {source}")]
+    ReadFile {
+        /// The file that was being read.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+}

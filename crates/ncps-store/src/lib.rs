@@ -1,0 +1,11 @@
+//! Bytes at rest.
+//!
+//! Everything the cache keeps on disk or in a bucket goes through [`BlobStore`], a thin layer over
+//! `object_store` so that local disk today and S3 tomorrow differ only in configuration. Keys are
+//! typed ([`ncps_nix::NarKey`]), so no request path ever reaches storage unparsed.
+
+mod blob;
+mod error;
+
+pub use blob::{BlobRead, BlobStore, ByteRange};
+pub use error::StoreError;

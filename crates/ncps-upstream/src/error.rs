@@ -1,0 +1,69 @@
+/// Why an upstream could not give a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The configured URL is not a usable base URL.
+    #[error("invalid upstream URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as configured.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Building the HTTP client failed (TLS set-up).
+    #[error("cannot build HTTP client: {0}")]
+    Client(reqwest::Error),
+    /// No answer in time (connect, headers, or a stalled body).
+    #[error("upstream {url} timed out")]
+    Timeout {
+        /// The URL that was requested.
+        url: String,
+    },
+    /// The connection failed or broke.
+    #[error("upstream {url} unreachable: {source}")]
+    Transport {
+        /// The URL that was requested.
+        url: String,
+        /// The client's error.
+        source: reqwest::Error,
+    },
+    /// The upstream answered with an unexpected status.
+    #[error("upstream {url} answered HTTP {status}")]
+    Status {
+        /// The URL that was requested.
+        url: String,
+        /// The status received.
+        status: u16,
+    },
+    /// The upstream's narinfo is malformed, too large, or for another path.
+    #[error("upstream {url} sent an invalid narinfo: {reason}")]
+    InvalidNarInfo {
+        /// The URL that was requested.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The narinfo carries no signature from a trusted key.
+    #[error("upstream {url} sent a narinfo with no signature from a trusted key")]
+    Untrusted {
+        /// The URL that was requested.
+        url: String,
+    },
+    /// A narinfo points its NAR somewhere we refuse to follow (another host, `..`).
+    #[error("upstream {url} points to a NAR URL we refuse to follow: {nar_url:?}")]
+    UnsafeNarUrl {
+        /// The narinfo's URL.
+        url: String,
+        /// The NAR URL it contained.
+        nar_url: String,
+    },
+    /// A NAR download was requested from an upstream that is no longer configured.
+    #[error("upstream {0} is not configured any more")]
+    NotConfigured(String),
+}
+
+impl UpstreamError {
+    /// True when the failure was a timeout, which the HTTP layer reports as 504 rather than 502.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+}

@@ -1,0 +1,263 @@
+//! The command line: flags, their environment variables, and their config-file keys, with the
+//! names and precedence of the Go ncps (flag, then config file, then environment, then default)
+//! so that switching implementations needs no configuration change.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::{config_file, duration};
+
+/// Nix binary cache proxy: caches, re-signs and serves store paths from upstream caches.
+#[derive(Debug, Parser)]
+#[command(name = "ncps", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Path to the configuration file (YAML, TOML or JSON, by extension). Loaded when it
+    /// exists; default $XDG_CONFIG_HOME/ncps/config.yaml.
+    #[arg(long, env = "NCPS_CONFIG_FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log level: trace, debug, info, warn or error.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Nix binary cache over HTTP.
+    #[command(visible_alias = "s")]
+    Serve(Box<ServeArgs>),
+}
+
+/// Flags of `ncps serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Name of this cache; also the name of a generated signing key. Default: the machine's
+    /// hostname.
+    #[arg(long, env = "CACHE_HOSTNAME")]
+    pub cache_hostname: Option<String>,
+
+    /// Data directory for storage, the embedded database and the generated key. Default:
+    /// $XDG_DATA_HOME/ncps, or /var/lib/ncps when running as root.
+    #[arg(long, env = "CACHE_STORAGE_LOCAL", alias = "cache-data-path")]
+    pub cache_storage_local: Option<PathBuf>,
+
+    /// Database URL: sqlite:PATH (default sqlite:<data dir>/db/db.sqlite). postgres:// and
+    /// mysql:// are recognised but not supported yet.
+    #[arg(long, env = "CACHE_DATABASE_URL")]
+    pub cache_database_url: Option<String>,
+
+    /// Upstream cache URL (repeatable; asked in order). Default https://cache.nixos.org.
+    #[arg(
+        long = "cache-upstream-url",
+        env = "CACHE_UPSTREAM_URLS",
+        value_delimiter = ',',
+        alias = "upstream-cache"
+    )]
+    pub cache_upstream_urls: Vec<String>,
+
+    /// Public key trusted for upstream narinfos, as name:base64 (repeatable). Upstream
+    /// narinfos without a valid signature from one of these are refused.
+    #[arg(
+        long = "cache-upstream-public-key",
+        env = "CACHE_UPSTREAM_PUBLIC_KEYS",
+        value_delimiter = ',',
+        alias = "upstream-public-key"
+    )]
+    pub cache_upstream_public_keys: Vec<String>,
+
+    /// Secret key file (Nix format) used to sign narinfos. Default: <data dir>/secret.key,
+    /// generated on first start.
+    #[arg(long, env = "CACHE_SECRET_KEY_PATH")]
+    pub cache_secret_key_path: Option<PathBuf>,
+
+    /// Sign narinfos with our key (false: pass upstream signatures through unchanged).
+    #[arg(
+        long,
+        env = "CACHE_SIGN_NARINFO",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_sign_narinfo: bool,
+
+    /// Directory for downloads in progress. Default: <data dir>/tmp (same file system as the
+    /// storage, and not a RAM-backed /tmp).
+    #[arg(long, env = "CACHE_TEMP_PATH")]
+    pub cache_temp_path: Option<PathBuf>,
+
+    /// Timeout for connecting to an upstream (Go duration, e.g. 3s).
+    #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
+    pub cache_upstream_dialer_timeout: Duration,
+
+    /// Timeout for an upstream's response headers (Go duration, e.g. 3s).
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
+        default_value = "3s",
+        value_parser = duration::parse
+    )]
+    pub cache_upstream_response_header_timeout: Duration,
+
+    /// Address to listen on, host:port; ":8501" means every interface.
+    #[arg(long, env = "SERVER_ADDR", default_value = ":8501")]
+    pub server_addr: String,
+}
+
+/// Config-file key of each flag, by clap argument id. A test checks every flag has one.
+const CONFIG_KEYS: &[(&str, &str)] = &[
+    ("log_level", "log.level"),
+    ("cache_hostname", "cache.hostname"),
+    ("cache_storage_local", "cache.storage.local"),
+    ("cache_database_url", "cache.database-url"),
+    ("cache_upstream_urls", "cache.upstream.urls"),
+    ("cache_upstream_public_keys", "cache.upstream.public-keys"),
+    ("cache_secret_key_path", "cache.secret-key-path"),
+    ("cache_sign_narinfo", "cache.sign-narinfo"),
+    ("cache_temp_path", "cache.temp-path"),
+    (
+        "cache_upstream_dialer_timeout",
+        "cache.upstream.dialer-timeout",
+    ),
+    (
+        "cache_upstream_response_header_timeout",
+        "cache.upstream.response-header-timeout",
+    ),
+    ("server_addr", "server.addr"),
+];
+
+/// Flags that are global (defined on the top-level command).
+const GLOBAL_ARGS: &[&str] = &["log_level"];
+
+/// The parsed command line, and notes about the config file to log once logging is up.
+pub struct Parsed {
+    /// The command line with config-file values applied.
+    pub cli: Cli,
+    /// Config-file keys that mean nothing to this version.
+    pub unknown_config_keys: Vec<String>,
+}
+
+/// Parses the process's arguments; prints help or errors and exits like any CLI.
+pub fn parse() -> Result<Parsed> {
+    parse_from(std::env::args_os())
+}
+
+/// Parses `args`, then re-parses with config-file values as defaults.
+pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let first = Cli::command().get_matches_from(&args);
+    let explicit = first.get_one::<PathBuf>("config").cloned();
+    let values = match &explicit {
+        Some(path) => config_file::load(path)?,
+        None => match config_file::default_path().filter(|p| p.exists()) {
+            Some(path) => config_file::load(&path)?,
+            None => Default::default(),
+        },
+    };
+    if values.is_empty() {
+        let cli = Cli::from_arg_matches(&first)?;
+        return Ok(Parsed {
+            cli,
+            unknown_config_keys: vec![],
+        });
+    }
+    let known: Vec<&str> = CONFIG_KEYS.iter().map(|(_, k)| *k).collect();
+    let unknown_config_keys = values
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let mut command = Cli::command();
+    for (id, key) in CONFIG_KEYS {
+        let Some(vals) = values.get(*key) else {
+            continue;
+        };
+        let vals = vals.clone();
+        let apply = move |arg: clap::Arg| arg.env(None::<&str>).default_values(vals);
+        command = if GLOBAL_ARGS.contains(id) {
+            command.mut_arg(*id, apply)
+        } else {
+            command.mut_subcommand("serve", |sub| sub.mut_arg(*id, apply))
+        };
+    }
+    let matches = command.get_matches_from(&args);
+    Ok(Parsed {
+        cli: Cli::from_arg_matches(&matches)?,
+        unknown_config_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let argv = std::iter::once("ncps")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        match parse_from(argv).unwrap().cli.command {
+            Command::Serve(a) => *a,
+        }
+    }
+
+    #[test]
+    fn every_flag_has_a_config_key() {
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments().chain(command.get_arguments()) {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version" | "config") {
+                continue;
+            }
+            assert!(
+                CONFIG_KEYS.iter().any(|(k, _)| *k == id),
+                "{id} has no config key"
+            );
+        }
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_file_fills_in_flags_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "cache:\n  hostname: from-file\n  sign-narinfo: false\n  upstream:\n    urls:\n      - http://a\n      - http://b\n    dialer-timeout: 5s\nserver:\n  addr: 127.0.0.1:9\n",
+        )
+        .unwrap();
+        let config = path.to_str().unwrap();
+        let a = serve_args(&["--config", config, "serve"]);
+        assert_eq!(a.cache_hostname.as_deref(), Some("from-file"));
+        assert!(!a.cache_sign_narinfo);
+        assert_eq!(a.cache_upstream_urls, ["http://a", "http://b"]);
+        assert_eq!(a.cache_upstream_dialer_timeout, Duration::from_secs(5));
+        assert_eq!(a.server_addr, "127.0.0.1:9");
+        let b = serve_args(&["serve", "--config", config, "--cache-hostname", "flag"]);
+        assert_eq!(b.cache_hostname.as_deref(), Some("flag"));
+    }
+
+    #[test]
+    fn defaults_without_config() {
+        let a = serve_args(&[
+            "serve",
+            "--cache-sign-narinfo=false",
+            "--cache-upstream-url",
+            "http://x,http://y",
+        ]);
+        assert!(!a.cache_sign_narinfo);
+        assert_eq!(a.cache_upstream_urls, ["http://x", "http://y"]);
+        assert_eq!(a.server_addr, ":8501");
+    }
+}

@@ -1,0 +1,128 @@
+//! HTTP requests to the server under test.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{CONTENT_LENGTH, HeaderMap};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client that never uses a proxy (nothing may leave loopback). Make one per test: a
+/// reqwest client belongs to the runtime it first ran on.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("reqwest client")
+}
+
+/// A complete response: status, headers and the whole body.
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.header(CONTENT_LENGTH.as_str())
+            .map(|v| v.parse().expect("numeric Content-Length"))
+    }
+
+    /// Panics (showing the body) unless the status is `want`.
+    pub fn expect_status(self, want: u16, what: &str) -> Self {
+        assert_eq!(
+            self.status,
+            want,
+            "{what}: unexpected status; body: {}",
+            self.text()
+        );
+        self
+    }
+
+    /// A 200 whose Content-Length header matches the body it came with.
+    pub fn expect_ok_with_length(self, what: &str) -> Self {
+        let resp = self.expect_status(200, what);
+        assert_eq!(
+            resp.content_length(),
+            Some(resp.body.len() as u64),
+            "{what}: a 200 must carry a Content-Length equal to its body's length"
+        );
+        resp
+    }
+}
+
+/// Sends a request and reads the whole body; `Err` for transport errors, including a body
+/// that ends early.
+pub async fn fetch(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Resp, reqwest::Error> {
+    let mut request = client.request(method, url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub async fn get(url: &str) -> Resp {
+    fetch(&client(), Method::GET, url, &[])
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub async fn head(url: &str) -> Resp {
+    fetch(&client(), Method::HEAD, url, &[])
+        .await
+        .unwrap_or_else(|e| panic!("HEAD {url}: {e}"))
+}
+
+/// `GET raw_path` over a bare TCP connection, so that the path reaches the server exactly as
+/// written (an HTTP library would resolve `..` and `%2e%2e` first). Returns status and body.
+pub async fn raw_get(authority: &str, raw_path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        let request =
+            format!("GET {raw_path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {raw_path}: no complete response"))
+        .unwrap_or_else(|e| panic!("GET {raw_path}: {e}"));
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET {raw_path}: not an HTTP/1.1 response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,151 @@
+//! Shared set-up: Nix helpers, the upstream cache, the ncps process, HTTP and narinfo helpers.
+//!
+//! Every test owns a [`TestEnv`] (its own temp dir, ports, store paths and processes), so tests
+//! run in parallel. Processes are killed on drop; when a test panics, the ncps log and the
+//! upstream's request log are printed.
+
+pub mod http;
+pub mod narinfo;
+pub mod ncps;
+pub mod nix;
+pub mod upstream;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tempfile::TempDir;
+
+pub use self::narinfo::NarInfo;
+pub use self::ncps::{Ncps, NcpsConfig};
+pub use self::nix::{Closure, Compression, NixClient, SigningKey};
+pub use self::upstream::Upstream;
+
+/// The name ncps signs with (it is also its `--cache-hostname`).
+pub const NCPS_HOSTNAME: &str = "ncps-e2e.test";
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes
+}
+
+pub fn random_hex(n: usize) -> String {
+    random_bytes(n).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates and returns a new directory `parent/prefix-N`.
+pub fn unique_dir(parent: &Path, prefix: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = parent.join(format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).expect("create dir");
+    dir
+}
+
+/// One test's private world, rooted in a temp dir removed at the end.
+pub struct TestEnv {
+    dir: TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        TestEnv {
+            dir: tempfile::Builder::new()
+                .prefix("ncps-e2e-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub async fn closure(&self) -> Closure {
+        Closure::build(self.path()).await
+    }
+
+    pub async fn key(&self, name: &str) -> SigningKey {
+        SigningKey::generate(self.path(), name).await
+    }
+
+    /// Writes `closure` as a binary-cache directory with `nix copy --to file://` and serves it.
+    pub async fn upstream(&self, closure: &Closure, compression: Compression) -> Upstream {
+        let dir = unique_dir(self.path(), "upstream-cache");
+        nix::copy_to_file_cache(self.path(), &closure.top, &dir, compression).await;
+        Upstream::serve(&dir).await
+    }
+
+    /// ncps in front of `upstreams`, trusting narinfos signed by one of `keys`.
+    pub fn ncps_config(&self, upstreams: &[&Upstream], keys: &[&str]) -> NcpsConfig {
+        NcpsConfig {
+            hostname: NCPS_HOSTNAME.to_owned(),
+            data_dir: unique_dir(self.path(), "ncps-data"),
+            temp_dir: unique_dir(self.path(), "ncps-tmp"),
+            upstreams: upstreams.iter().map(|u| u.url()).collect(),
+            public_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        }
+    }
+
+    pub async fn ncps(&self, config: &NcpsConfig) -> Ncps {
+        Ncps::start(self.path(), config).await
+    }
+
+    /// A Nix client with a fresh, empty store.
+    pub fn client(&self) -> NixClient {
+        NixClient::new(self.path())
+    }
+}
+
+/// The usual set-up: a fresh closure signed by the upstream's key, served by the upstream,
+/// and ncps in front of it trusting that key.
+// Fields drop in order: processes stop before the temp dir goes.
+pub struct Fixture {
+    pub ncps: Ncps,
+    pub upstream: Upstream,
+    pub config: NcpsConfig,
+    pub upstream_key: SigningKey,
+    pub closure: Closure,
+    pub env: TestEnv,
+}
+
+impl Fixture {
+    pub async fn new(compression: Compression) -> Fixture {
+        let env = TestEnv::new();
+        let closure = env.closure().await;
+        let upstream_key = env.key("upstream-1").await;
+        upstream_key.sign(env.path(), &closure.top).await;
+        let upstream = env.upstream(&closure, compression).await;
+        let config = env.ncps_config(&[&upstream], &[&upstream_key.public]);
+        let ncps = env.ncps(&config).await;
+        Fixture {
+            ncps,
+            upstream,
+            config,
+            upstream_key,
+            closure,
+            env,
+        }
+    }
+
+    /// GET ncps's narinfo for `store_path`, which must be a 200.
+    pub async fn ncps_narinfo(&self, store_path: &str) -> NarInfo {
+        let url = self.narinfo_url(store_path);
+        let resp = http::get(&url)
+            .await
+            .expect_ok_with_length(&format!("GET {url}"));
+        NarInfo::parse(&resp.text())
+    }
+
+    pub fn narinfo_url(&self, store_path: &str) -> String {
+        self.ncps
+            .url_for(&format!("{}.narinfo", narinfo::store_hash(store_path)))
+    }
+
+    /// The absolute URL of the NAR a narinfo from ncps points at.
+    pub fn nar_url(&self, narinfo: &NarInfo) -> String {
+        self.ncps.url_for(narinfo.field("URL"))
+    }
+}

@@ -1,0 +1,264 @@
+//! The upstream cache: a real binary-cache directory written by `nix copy --to file://`, served
+//! over HTTP on 127.0.0.1 by an axum task. The server is only the transport (what
+//! `python3 -m http.server` would do), plus what a static server cannot: it counts requests per
+//! path and has knobs to misbehave at run time.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::narinfo::{NarInfo, store_hash};
+
+/// NAR bodies are sent in pieces of this size when throttled or truncated.
+const PIECE: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Knobs {
+    /// Pause after each 64 KiB piece of a NAR body, in milliseconds (0: send at once).
+    throttle_ms: AtomicU64,
+    /// Answer 500 to everything.
+    fail_all: AtomicBool,
+    /// Announce the full Content-Length of a NAR, send half of it, then break the connection.
+    truncate_nars: AtomicBool,
+}
+
+struct Shared {
+    dir: PathBuf,
+    knobs: Knobs,
+    /// Every request as `METHOD /path`, in arrival order.
+    log: Mutex<Vec<String>>,
+    /// GET requests per path.
+    gets: Mutex<HashMap<String, usize>>,
+}
+
+pub struct Upstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Serves `dir` (a `file://` binary cache) on a fresh port of 127.0.0.1.
+    pub async fn serve(dir: &Path) -> Upstream {
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            knobs: Knobs::default(),
+            log: Mutex::default(),
+            gets: Mutex::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("upstream server");
+        });
+        Upstream {
+            addr,
+            shared,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn throttle_nars(&self, pause_per_piece: Duration) {
+        let ms = u64::try_from(pause_per_piece.as_millis()).expect("small pause");
+        self.shared.knobs.throttle_ms.store(ms, Ordering::SeqCst);
+    }
+
+    pub fn fail_all(&self, on: bool) {
+        self.shared.knobs.fail_all.store(on, Ordering::SeqCst);
+    }
+
+    pub fn truncate_nars(&self, on: bool) {
+        self.shared.knobs.truncate_nars.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes the listener and every connection: afterwards connections are refused.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            // Graceful shutdown waits for responses in flight; do not wait for ever.
+            if tokio::time::timeout(Duration::from_secs(10), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// How many GET requests `path` (e.g. `/nar/….nar.xz`) received.
+    pub fn gets(&self, path: &str) -> usize {
+        let gets = self.shared.gets.lock().expect("lock");
+        gets.get(path).copied().unwrap_or(0)
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.log.lock().expect("lock").clone()
+    }
+
+    pub fn narinfo_file(&self, store_path: &str) -> PathBuf {
+        self.shared
+            .dir
+            .join(format!("{}.narinfo", store_hash(store_path)))
+    }
+
+    /// The narinfo this upstream serves for `store_path` (read from its directory).
+    pub fn narinfo(&self, store_path: &str) -> NarInfo {
+        let file = self.narinfo_file(store_path);
+        NarInfo::parse(&std::fs::read_to_string(&file).expect("read upstream narinfo"))
+    }
+
+    /// The URL path (`/nar/…`) of `store_path`'s NAR on this upstream.
+    pub fn nar_path(&self, store_path: &str) -> String {
+        format!("/{}", self.narinfo(store_path).field("URL"))
+    }
+
+    /// The file holding `store_path`'s NAR in the served directory.
+    pub fn nar_file(&self, store_path: &str) -> PathBuf {
+        self.shared.dir.join(self.narinfo(store_path).field("URL"))
+    }
+}
+
+impl Drop for Upstream {
+    #[expect(clippy::print_stderr, reason = "test diagnostics")]
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "===== upstream {} requests =====\n{}\n===== end of upstream requests =====",
+                self.addr,
+                self.requests().join("\n")
+            );
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+    let path = uri.path().to_owned();
+    shared
+        .log
+        .lock()
+        .expect("lock")
+        .push(format!("{method} {path}"));
+    if method == Method::GET {
+        *shared
+            .gets
+            .lock()
+            .expect("lock")
+            .entry(path.clone())
+            .or_default() += 1;
+    }
+    if shared.knobs.fail_all.load(Ordering::SeqCst) {
+        return status(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let rel = path.trim_start_matches('/');
+    let safe = !rel.is_empty()
+        && rel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && !seg.starts_with('.'));
+    if !safe {
+        return status(StatusCode::NOT_FOUND);
+    }
+    let Ok(content) = tokio::fs::read(shared.dir.join(rel)).await else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    let content_type = if rel == "nix-cache-info" {
+        "text/x-nix-cache-info"
+    } else if rel.ends_with(".narinfo") {
+        "text/x-nix-narinfo"
+    } else if rel.starts_with("nar/") {
+        "application/x-nix-nar"
+    } else {
+        "application/octet-stream"
+    };
+    let length = content.len();
+    let body = if rel.starts_with("nar/") && method == Method::GET {
+        nar_body(Bytes::from(content), &shared.knobs)
+    } else {
+        Body::from(content)
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, length)
+        .body(body)
+        .expect("response")
+}
+
+fn status(code: StatusCode) -> Response {
+    Response::builder()
+        .status(code)
+        .body(Body::from(code.to_string()))
+        .expect("response")
+}
+
+/// The NAR body, paced and/or cut short as the knobs say.
+fn nar_body(content: Bytes, knobs: &Knobs) -> Body {
+    let pause = Duration::from_millis(knobs.throttle_ms.load(Ordering::SeqCst));
+    let truncate = knobs.truncate_nars.load(Ordering::SeqCst);
+    if pause.is_zero() && !truncate {
+        return Body::from(content);
+    }
+    let end = if truncate {
+        content.len() / 2
+    } else {
+        content.len()
+    };
+    let pieces = futures::stream::unfold(0, move |offset| {
+        let content = content.clone();
+        async move {
+            if offset == usize::MAX {
+                return None;
+            }
+            if offset >= end {
+                // An error after fewer bytes than Content-Length makes hyper drop the connection.
+                return truncate.then(|| {
+                    let err = io::Error::other("upstream truncates this NAR on purpose");
+                    (Err(err), usize::MAX)
+                });
+            }
+            if offset > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            let next = (offset + PIECE).min(end);
+            Some((Ok::<_, io::Error>(content.slice(offset..next)), next))
+        }
+    });
+    Body::from_stream(pieces)
+}

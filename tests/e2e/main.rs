@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `ncps` binary between the real Nix client (Debian's Nix 2.8) and
+//! an upstream binary cache made by `nix copy --to file://`, everything on 127.0.0.1.
+//!
+//! One module per concern; the shared set-up lives in `harness`. Requires `nix` on `PATH` and
+//! root (the tests build store paths in `/nix/store`).
+
+mod harness;
+
+mod failures;
+mod protocol;
+mod selftest;
+mod signatures;
+mod single_flight;
+mod substitution;
