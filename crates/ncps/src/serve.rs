@@ -22,6 +22,9 @@ const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
 const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 /// Priority we announce: the same as cache.nixos.org, which clients usually list beside us.
 const PRIORITY: u32 = 40;
+/// How long in-flight requests may take to finish after SIGTERM before the process exits anyway
+/// (systemd's default stop timeout is 90 s; finish well before it kills us).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Leftover downloads older than this are from a crashed run and are removed at start.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
@@ -75,10 +78,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         public_key = %cache.public_key().to_nix_string(),
         "ncps is serving"
     );
-    axum::serve(listener, ncps_server::router(cache))
-        .with_graceful_shutdown(shutdown::signal_received())
-        .await
-        .context("server failed")?;
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let server =
+        axum::serve(listener, ncps_server::router(cache)).with_graceful_shutdown(async move {
+            shutdown::signal_received().await;
+            notify.notify_one();
+        });
+    tokio::select! {
+        result = server => result.context("server failed")?,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; exiting"),
+    }
     info!("stopped");
     Ok(())
 }
