@@ -10,6 +10,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart
 use tokio::io::AsyncReadExt;
 
 use crate::StoreError;
+use crate::chunk::{CHUNK_DIR, ChunkHash};
 
 /// Size of the pieces a file is streamed to the backend in: large enough for S3's 5 MiB minimum
 /// multipart part, small enough to keep memory flat.
@@ -51,6 +52,11 @@ impl std::fmt::Debug for BlobStore {
 
 fn nar_path(key: &NarKey) -> ObjectPath {
     ObjectPath::from_iter(["nar", key.file_name().as_str()])
+}
+
+fn chunk_path(hash: &ChunkHash) -> ObjectPath {
+    // The key is built from hex digits only, so it is always a valid object path.
+    ObjectPath::from(hash.storage_key())
 }
 
 impl BlobStore {
@@ -148,6 +154,62 @@ impl BlobStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Stores a chunk's compressed frame under its hash. Idempotent: storing a chunk that is
+    /// already there rewrites the same bytes, atomically, so concurrent ingests of NARs sharing
+    /// chunks need no coordination. The caller vouches that `frame` decodes to `hash` (the
+    /// [`Chunker`](crate::Chunker) guarantees it).
+    pub async fn put_chunk(&self, hash: &ChunkHash, frame: Bytes) -> Result<(), StoreError> {
+        self.inner
+            .put(&chunk_path(hash), PutPayload::from_bytes(frame))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a chunk is stored; costs one metadata request. Used to skip uploads of chunks
+    /// shared with NARs already stored, and to check that every chunk exists before serving.
+    pub async fn has_chunk(&self, hash: &ChunkHash) -> Result<bool, StoreError> {
+        match self.inner.head(&chunk_path(hash)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A chunk's compressed frame, or `None` when it is not stored. Frames are small (at most a
+    /// few hundred KiB), so they are read whole; check them with
+    /// [`ChunkDecoder`](crate::chunk::ChunkDecoder) before trusting the bytes.
+    pub async fn read_chunk(&self, hash: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        match self.inner.get(&chunk_path(hash)).await {
+            Ok(result) => Ok(Some(result.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a chunk; removing one that is not there is not an error, so a sweep can be
+    /// rerun after a crash.
+    pub async fn delete_chunk(&self, hash: &ChunkHash) -> Result<(), StoreError> {
+        match self.inner.delete(&chunk_path(hash)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every stored chunk, read from storage alone (no database), for garbage collection and
+    /// fsck. Objects under `chunks/` whose key is not a chunk key are skipped, never reported.
+    /// Order is unspecified.
+    pub fn list_chunks(&self) -> BoxStream<'static, Result<ChunkHash, StoreError>> {
+        self.inner
+            .list(Some(&ObjectPath::from(CHUNK_DIR)))
+            .filter_map(|item| {
+                futures::future::ready(match item {
+                    Ok(meta) => ChunkHash::from_storage_key(meta.location.as_ref()).map(Ok),
+                    Err(e) => Some(Err(e.into())),
+                })
+            })
+            .boxed()
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +250,67 @@ mod tests {
             assert!(store.read_nar(&key, None).await.unwrap().is_none());
             store.delete_nar(&key).await.unwrap();
         }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+    use crate::chunk::{compress_chunk, decompress_chunk};
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn chunk_put_has_read_delete_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = BlobStore::local(&root).unwrap();
+        let mut hashes = Vec::new();
+        for i in 0..5u32 {
+            let plain = format!("chunk number {i}").repeat(100).into_bytes();
+            let hash = ChunkHash::digest(&plain);
+            let frame = compress_chunk(&plain, 3).unwrap();
+            assert!(!store.has_chunk(&hash).await.unwrap());
+            assert_eq!(store.read_chunk(&hash).await.unwrap(), None);
+            store.put_chunk(&hash, frame.clone()).await.unwrap();
+            // A second put of the same chunk is fine.
+            store.put_chunk(&hash, frame.clone()).await.unwrap();
+            assert!(store.has_chunk(&hash).await.unwrap());
+            let read = store.read_chunk(&hash).await.unwrap().unwrap();
+            assert_eq!(read, frame);
+            assert_eq!(decompress_chunk(&hash, &read).unwrap(), plain);
+            assert!(root.join(hash.storage_key()).is_file());
+            hashes.push(hash);
+        }
+
+        // Foreign files under chunks/ are not reported; NARs are not chunks.
+        let h = hashes[0].to_string();
+        std::fs::write(root.join("chunks/README"), "hi").unwrap();
+        std::fs::create_dir_all(root.join("chunks/zz")).unwrap();
+        std::fs::write(root.join(format!("chunks/zz/{h}.zst")), "misplaced").unwrap();
+        std::fs::write(root.join(format!("chunks/{}/{h}.tmp", &h[..2])), "partial").unwrap();
+        std::fs::create_dir_all(root.join("nar")).unwrap();
+        std::fs::write(root.join("nar/x.nar"), "nar").unwrap();
+
+        let mut listed: Vec<ChunkHash> = store.list_chunks().try_collect().await.unwrap();
+        listed.sort();
+        let mut expected = hashes.clone();
+        expected.sort();
+        assert_eq!(listed, expected);
+
+        store.delete_chunk(&hashes[0]).await.unwrap();
+        store.delete_chunk(&hashes[0]).await.unwrap();
+        assert!(!store.has_chunk(&hashes[0]).await.unwrap());
+        assert_eq!(store.read_chunk(&hashes[0]).await.unwrap(), None);
+        let listed: Vec<ChunkHash> = store.list_chunks().try_collect().await.unwrap();
+        assert_eq!(listed.len(), 4);
+        assert!(!listed.contains(&hashes[0]));
+    }
+
+    #[tokio::test]
+    async fn list_chunks_on_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let listed: Vec<ChunkHash> = store.list_chunks().try_collect().await.unwrap();
+        assert!(listed.is_empty());
     }
 }

@@ -22,4 +22,7 @@ pub enum StoreError {
         /// What the file system said.
         source: std::io::Error,
     },
+    /// A chunk could not be made or read back (bad parameters, corrupt frame).
+    #[error(transparent)]
+    Chunk(#[from] crate::chunk::ChunkError),
 }

@@ -5,7 +5,9 @@
 //! typed ([`ncps_nix::NarKey`]), so no request path ever reaches storage unparsed.
 
 mod blob;
+pub mod chunk;
 mod error;
 
 pub use blob::{BlobRead, BlobStore, ByteRange};
+pub use chunk::{ChunkError, ChunkHash, ChunkParams, Chunker, ChunkingSummary};
 pub use error::StoreError;
