@@ -2,7 +2,9 @@
 //! an upstream binary cache made by `nix copy --to file://`, everything on 127.0.0.1.
 //!
 //! One module per concern; the shared set-up lives in `harness`. Requires `nix` on `PATH` and
-//! root (the tests build store paths in `/nix/store`).
+//! root (the tests build store paths in `/nix/store`). Run with
+//! `cargo nextest run -p ncps --test e2e`; a failing test prints the ncps log and the
+//! upstream's request log.
 
 mod harness;
 

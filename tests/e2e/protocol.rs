@@ -2,7 +2,7 @@
 //! status codes, Range, Content-Length, and rejection of malformed paths.
 
 use crate::harness::narinfo::random_store_hash;
-use crate::harness::{Compression, Fixture, NCPS_HOSTNAME, http};
+use crate::harness::{Compression, Fixture, NCPS_HOSTNAME, eventually, http};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nix_cache_info() {
@@ -110,11 +110,17 @@ async fn path_no_upstream_has_is_404() {
     let hash = random_store_hash();
     let url = fx.ncps.url_for(&format!("{hash}.narinfo"));
     http::get(&url).await.expect_status(404, &url);
+    http::head(&url).await.expect_status(404, &url);
     let asked = format!("/{hash}.narinfo");
     assert!(
         fx.upstream.requests().iter().any(|r| r.ends_with(&asked)),
         "the upstream was never asked for {asked}"
     );
+    let nar = fx.ncps.url_for(&format!(
+        "nar/{}.nar.xz",
+        crate::harness::narinfo::sha256_nixbase32(hash.as_bytes())
+    ));
+    http::get(&nar).await.expect_status(404, &nar);
 }
 
 /// An upstream that is down is a gateway error, never a "not found" (which clients cache).
@@ -128,7 +134,7 @@ async fn stopped_upstream_is_a_gateway_error() {
         resp.status == 502 || resp.status == 504,
         "GET {url} with the upstream stopped: want 502 or 504, got {}: {}",
         resp.status,
-        resp.text()
+        resp.excerpt()
     );
 }
 
@@ -142,21 +148,31 @@ async fn failing_upstream_is_a_server_error() {
         (500..600).contains(&resp.status),
         "GET {url} with the upstream answering 500: want a 5xx, got {}: {}",
         resp.status,
-        resp.text()
+        resp.excerpt()
     );
 }
 
 /// Traversal attempts, non-nixbase32 and wrong-length hashes are 400 or 404 and reveal
-/// nothing; the server stays healthy.
+/// nothing (neither a file planted next to the data directory nor ncps's secret key); the
+/// server stays healthy.
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_paths_are_rejected() {
     let fx = Fixture::new(Compression::Xz).await;
+    let token = crate::harness::random_hex(16);
+    std::fs::write(fx.env.path().join("planted.nar"), &token).expect("plant file");
+    let secret = std::fs::read_to_string(fx.config.data_dir.join("secret.key"))
+        .ok()
+        .and_then(|key| key.split_once(':').map(|(_, b64)| b64.trim().to_owned()));
+    let secrets: Vec<&str> = [Some(token.as_str()), secret.as_deref(), Some("root:")]
+        .into_iter()
+        .flatten()
+        .collect();
+
     let long = "a".repeat(4096);
-    let bad_paths = [
+    let mut bad_paths = vec![
         "/nar/../etc/passwd".to_owned(),
         "/nar/%2e%2e/x".to_owned(),
         "/nar/%2e%2e%2f%2e%2e%2fetc%2fpasswd".to_owned(),
-        "/nar/..%2f..%2f..%2fetc%2fpasswd.nar".to_owned(),
         "/../../etc/passwd".to_owned(),
         "/%2e%2e/%2e%2e/etc/passwd".to_owned(),
         "/zzzz.narinfo".to_owned(),
@@ -168,13 +184,26 @@ async fn malformed_paths_are_rejected() {
         format!("/nar/{long}.nar"),
         format!("/{long}.narinfo"),
     ];
+    // The data directory sits one level below the planted file, NARs a few levels further.
+    for depth in 1..=5 {
+        for up in ["../", "%2e%2e%2f", "..%2f", "%2e%2e/"] {
+            for target in ["planted.nar", "secret.key"] {
+                bad_paths.push(format!("/nar/{}{target}", up.repeat(depth)));
+            }
+        }
+    }
     for path in &bad_paths {
         let (status, body) = http::raw_get(&fx.ncps.authority(), path).await;
         assert!(
             status == 400 || status == 404,
-            "GET {path}: want 400 or 404, got {status}: {body}"
+            "GET {path}: want 400 or 404, got {status}: {body:.200}"
         );
-        assert!(!body.contains("root:"), "GET {path} leaked a file: {body}");
+        for secret in &secrets {
+            assert!(
+                !body.contains(secret),
+                "GET {path} leaked a file: {body:.200}"
+            );
+        }
     }
     http::get(&fx.ncps.url_for("healthz"))
         .await
@@ -194,6 +223,26 @@ async fn range_request_on_a_stored_nar() {
     let total = full.len();
 
     let client = http::client();
+    // The NAR is stored just after the download that fetched it completes; before that,
+    // ignoring Range (a 200) is allowed.
+    eventually("a Range request on the stored NAR answering 206", || {
+        let (client, nar_url) = (&client, &nar_url);
+        async move {
+            let resp = http::fetch(
+                client,
+                reqwest::Method::GET,
+                nar_url,
+                &[("Range", "bytes=0-99")],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            match resp.status {
+                206 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        }
+    })
+    .await;
     for (start, end) in [(0, 99), (1000, 1999), (total - 10, total - 1)] {
         let range = format!("bytes={start}-{end}");
         let resp = http::fetch(

@@ -1,28 +1,28 @@
 //! ncps serves only narinfos that carry a valid signature by a configured upstream key.
 
 use crate::harness::narinfo::store_hash;
-use crate::harness::{Closure, Compression, Fixture, TestEnv, Upstream, http};
+use crate::harness::{Closure, Compression, Fixture, Ncps, TestEnv, Upstream, http};
 
 /// ncps answers a 5xx (the upstream gave bad data; not 404, which would mean "absent") for
 /// each path of the closure, and a client trusting ncps's key cannot substitute it.
 async fn assert_refused(env: &TestEnv, upstream: &Upstream, closure: &Closure) {
     let config = env.ncps_config(&[upstream], &[&trusted_key(env).await]);
     let ncps = env.ncps(&config).await;
-    assert_narinfos_refused(&ncps.url(), closure).await;
+    assert_narinfos_refused(&ncps, &closure.paths).await;
     env.client()
         .substitute_fails(&ncps.url(), &ncps.pubkey().await, &closure.top)
         .await;
 }
 
-async fn assert_narinfos_refused(ncps_url: &str, closure: &Closure) {
-    for path in &closure.paths {
-        let url = format!("{ncps_url}/{}.narinfo", store_hash(path));
+async fn assert_narinfos_refused(ncps: &Ncps, paths: &[String]) {
+    for path in paths {
+        let url = ncps.url_for(&format!("{}.narinfo", store_hash(path)));
         let resp = http::get(&url).await;
         assert!(
             (500..600).contains(&resp.status),
             "GET {url}: want a 5xx for a narinfo without a valid signature, got {}: {}",
             resp.status,
-            resp.text()
+            resp.excerpt()
         );
     }
 }
@@ -72,14 +72,7 @@ async fn tampered_narinfo_is_refused_until_fixed() {
         .to_owned();
     std::fs::write(&file, original.replace(&leaf_hash, &other_hash)).expect("tamper");
 
-    let url = fx.narinfo_url(&fx.closure.leaf);
-    let resp = http::get(&url).await;
-    assert!(
-        (500..600).contains(&resp.status),
-        "GET {url}: want a 5xx for a tampered narinfo, got {}: {}",
-        resp.status,
-        resp.text()
-    );
+    assert_narinfos_refused(&fx.ncps, std::slice::from_ref(&fx.closure.leaf)).await;
     let ncps_key = fx.ncps.pubkey().await;
     fx.env
         .client()

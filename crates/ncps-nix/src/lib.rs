@@ -6,6 +6,7 @@
 //! The crate is kept free of I/O so it can be fuzzed and tested against recorded vectors.
 
 pub mod cache_info;
+pub mod chunk_hash;
 pub mod compression;
 pub mod hash;
 mod kv;
@@ -16,6 +17,7 @@ pub mod signing;
 pub mod store_path;
 
 pub use cache_info::{CacheInfo, CacheInfoError};
+pub use chunk_hash::{ChunkHash, ChunkHashError};
 pub use compression::{Compression, CompressionError};
 pub use hash::{HashError, Sha256Hash};
 pub use nar_url::{NarKey, NarKeyError};

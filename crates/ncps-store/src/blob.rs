@@ -10,7 +10,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart
 use tokio::io::AsyncReadExt;
 
 use crate::StoreError;
-use crate::chunk::{CHUNK_DIR, ChunkHash};
+use crate::chunk::{CHUNK_DIR, ChunkHash, chunk_from_storage_key, chunk_storage_key};
 
 /// Size of the pieces a file is streamed to the backend in: large enough for S3's 5 MiB minimum
 /// multipart part, small enough to keep memory flat.
@@ -56,7 +56,7 @@ fn nar_path(key: &NarKey) -> ObjectPath {
 
 fn chunk_path(hash: &ChunkHash) -> ObjectPath {
     // The key is built from hex digits only, so it is always a valid object path.
-    ObjectPath::from(hash.storage_key())
+    ObjectPath::from(chunk_storage_key(hash))
 }
 
 impl BlobStore {
@@ -204,7 +204,7 @@ impl BlobStore {
             .list(Some(&ObjectPath::from(CHUNK_DIR)))
             .filter_map(|item| {
                 futures::future::ready(match item {
-                    Ok(meta) => ChunkHash::from_storage_key(meta.location.as_ref()).map(Ok),
+                    Ok(meta) => chunk_from_storage_key(meta.location.as_ref()).map(Ok),
                     Err(e) => Some(Err(e.into())),
                 })
             })
@@ -278,7 +278,7 @@ mod chunk_tests {
             let read = store.read_chunk(&hash).await.unwrap().unwrap();
             assert_eq!(read, frame);
             assert_eq!(decompress_chunk(&hash, &read).unwrap(), plain);
-            assert!(root.join(hash.storage_key()).is_file());
+            assert!(root.join(chunk_storage_key(&hash)).is_file());
             hashes.push(hash);
         }
 

@@ -31,6 +31,14 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The start of the body, fit for an assertion message (bodies may be binary NARs).
+    pub fn excerpt(&self) -> String {
+        const MAX: usize = 200;
+        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(MAX)]);
+        let more = if self.body.len() > MAX { "…" } else { "" };
+        format!("{text:?}{more} ({} bytes)", self.body.len())
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -46,7 +54,7 @@ impl Resp {
             self.status,
             want,
             "{what}: unexpected status; body: {}",
-            self.text()
+            self.excerpt()
         );
         self
     }

@@ -13,6 +13,7 @@ pub mod upstream;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -42,6 +43,31 @@ pub fn unique_dir(parent: &Path, prefix: &str) -> PathBuf {
     let dir = parent.join(format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).expect("create dir");
     dir
+}
+
+/// Retries `attempt` until it succeeds (at most 50 times, 100 ms apart), for effects that may
+/// trail the response that caused them: a NAR is stored just after its download has been
+/// streamed to the client, and a download that started before the upstream was fixed still
+/// ends broken. Panics with the errors if it never succeeds.
+pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    const ATTEMPTS: usize = 50;
+    let mut errors = Vec::new();
+    for _ in 0..ATTEMPTS {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) => errors.push(error),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{what}: failed {ATTEMPTS} times; first: {}; last: {}",
+        errors[0],
+        errors[ATTEMPTS - 1]
+    );
 }
 
 /// One test's private world, rooted in a temp dir removed at the end.

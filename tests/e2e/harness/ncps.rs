@@ -66,17 +66,15 @@ impl Ncps {
         for key in &config.public_keys {
             cmd.arg("--cache-upstream-public-key").arg(key);
         }
-        // A clean environment: no CACHE_*/SERVER_* settings or proxies leak in from outside.
+        // A clean environment: no CACHE_*/SERVER_* settings, proxies or config files leak in.
         cmd.env_clear();
-        for keep in ["PATH", "HOME", "TMPDIR"] {
+        for keep in ["PATH", "HOME", "TMPDIR", "RUST_LOG"] {
             if let Some(value) = std::env::var_os(keep) {
                 cmd.env(keep, value);
             }
         }
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
-            "debug,hyper=info,hyper_util=info,h2=info,rustls=info,sqlx=info,reqwest=info".into()
-        });
-        cmd.env("RUST_LOG", filter)
+        cmd.env("XDG_CONFIG_HOME", unique_dir(work, "ncps-config"))
+            .env("LOG_LEVEL", "debug")
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))

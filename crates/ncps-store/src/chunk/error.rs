@@ -7,9 +7,6 @@ pub enum ChunkError {
     /// Chunk sizes outside what FastCDC accepts, or not ordered `min <= avg <= max`.
     #[error("invalid chunk parameters: {0}")]
     InvalidParams(String),
-    /// A chunk hash that is not exactly 64 lowercase hex digits.
-    #[error("invalid chunk hash {0:?}: expected 64 lowercase hex digits")]
-    InvalidHash(String),
     /// Reading the plain NAR failed.
     #[error("reading the NAR to chunk: {0}")]
     Read(std::io::Error),

@@ -19,5 +19,6 @@ pub use chunker::{Chunk, Chunker, ChunkingSummary, DEFAULT_ZSTD_LEVEL};
 pub use error::ChunkError;
 pub use frame::{ChunkDecoder, MAX_CHUNK_LEN, compress_chunk, decompress_chunk};
 pub(crate) use hash::CHUNK_DIR;
-pub use hash::ChunkHash;
+pub use hash::{chunk_from_storage_key, chunk_storage_key};
+pub use ncps_nix::ChunkHash;
 pub use params::ChunkParams;
