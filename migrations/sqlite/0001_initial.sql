@@ -1,13 +1,13 @@
--- Narinfos we know about, one row per store path hash. `nar_key` is the file name of the NAR we
--- serve for it ("<nixbase32 hash>.nar.<ext>"); the NAR itself may not be downloaded yet, in
--- which case `upstream_url` + `upstream_nar_url` say where to fetch it from.
--- Types are kept portable (VARCHAR/BIGINT/TEXT) so the PostgreSQL and MySQL schemas match.
+-- Types are kept portable (VARCHAR/BIGINT/TEXT, hex strings for hashes) so the PostgreSQL and
+-- MySQL schemas match this one column for column.
+
+-- Narinfos we know about, one row per store path hash. `url_key` is the file name of the NAR
+-- URL we handed out for it ("<nixbase32 hash>.nar[.ext]"). The NAR itself may not be stored
+-- yet: `upstream_*` say where to fetch it and what its file must hash to.
 CREATE TABLE narinfos (
     hash VARCHAR(32) PRIMARY KEY NOT NULL,
     store_path VARCHAR(255) NOT NULL,
-    nar_key VARCHAR(64) NOT NULL,
-    file_hash VARCHAR(64),
-    file_size BIGINT,
+    url_key VARCHAR(64) NOT NULL,
     nar_hash VARCHAR(64) NOT NULL,
     nar_size BIGINT NOT NULL,
     refs TEXT NOT NULL,
@@ -16,19 +16,62 @@ CREATE TABLE narinfos (
     ca TEXT,
     upstream_url TEXT,
     upstream_nar_url TEXT,
+    upstream_compression VARCHAR(16),
+    upstream_file_hash VARCHAR(64),
+    upstream_file_size BIGINT,
     created_at BIGINT NOT NULL,
     last_accessed_at BIGINT NOT NULL
 );
-CREATE INDEX narinfos_nar_key ON narinfos (nar_key);
+CREATE INDEX narinfos_nar_hash ON narinfos (nar_hash);
 CREATE INDEX narinfos_last_accessed_at ON narinfos (last_accessed_at);
 
--- NAR files present in storage (a row is written only after the bytes were verified and stored).
-CREATE TABLE nar_files (
-    nar_key VARCHAR(64) PRIMARY KEY NOT NULL,
-    file_size BIGINT NOT NULL,
-    nar_hash VARCHAR(64) NOT NULL,
+-- Every NAR URL ever handed out, and the NAR (by NarHash) it names. Clients keep narinfos for
+-- 30 days, so a URL must keep resolving whatever storage form the NAR has moved to since.
+CREATE TABLE nar_urls (
+    url_key VARCHAR(64) PRIMARY KEY NOT NULL,
+    nar_hash VARCHAR(64) NOT NULL
+);
+CREATE INDEX nar_urls_nar_hash ON nar_urls (nar_hash);
+
+-- NARs that are stored, in one or both forms: a whole file (`whole_key`, verified when written)
+-- and/or an ordered list of chunks (`chunk_count` set once the list is complete).
+CREATE TABLE nars (
+    nar_hash VARCHAR(64) PRIMARY KEY NOT NULL,
     nar_size BIGINT NOT NULL,
+    whole_key VARCHAR(64),
+    whole_size BIGINT,
+    whole_delete_after BIGINT,
+    chunk_count BIGINT,
+    spliced_hash VARCHAR(64),
+    spliced_size BIGINT,
     created_at BIGINT NOT NULL,
     last_accessed_at BIGINT NOT NULL
 );
-CREATE INDEX nar_files_last_accessed_at ON nar_files (last_accessed_at);
+CREATE INDEX nars_last_accessed_at ON nars (last_accessed_at);
+
+-- Chunks, addressed by the BLAKE3 of their plain bytes (hex), stored once however many NARs
+-- use them. `ref_count` counts rows of nar_chunks; at zero, `unreferenced_since` starts the
+-- grace period after which the garbage collector may delete the chunk.
+CREATE TABLE chunks (
+    hash VARCHAR(64) PRIMARY KEY NOT NULL,
+    plain_size BIGINT NOT NULL,
+    stored_size BIGINT NOT NULL,
+    ref_count BIGINT NOT NULL,
+    unreferenced_since BIGINT
+);
+CREATE INDEX chunks_unreferenced_since ON chunks (unreferenced_since);
+
+-- The ordered chunk list of each chunked NAR.
+CREATE TABLE nar_chunks (
+    nar_hash VARCHAR(64) NOT NULL,
+    seq BIGINT NOT NULL,
+    chunk_hash VARCHAR(64) NOT NULL,
+    PRIMARY KEY (nar_hash, seq)
+);
+CREATE INDEX nar_chunks_chunk_hash ON nar_chunks (chunk_hash);
+
+-- Settings that must not change silently between runs (e.g. the chunking parameters).
+CREATE TABLE settings (
+    name VARCHAR(64) PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);

@@ -1,21 +1,34 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
-use ncps_db::{CachedNarInfo, Database, NarFile, NarOrigin};
-use ncps_nix::{CacheInfo, NarInfo, NarKey, PublicKey, STORE_DIR, SecretKey, StorePathHash};
+use futures::stream::BoxStream;
+use ncps_db::{CachedNarInfo, Database, NarOrigin, NarRecord};
+use ncps_nix::{
+    CacheInfo, Compression, NarInfo, NarKey, PublicKey, STORE_DIR, SecretKey, StorePathHash,
+};
 use ncps_store::{BlobStore, ByteRange};
 use ncps_upstream::Upstreams;
-use tracing::{debug, error, info, warn};
+use tokio::sync::mpsc;
+use tracing::info;
 
-use crate::download::{Download, Downloads, Progress};
-use crate::verify::{Expected, NarIngest, Verified, can_verify};
+use crate::chunking::ChunkSettings;
+use crate::codec::{can_decode, transcode};
+use crate::download::{Download, Downloads};
 use crate::{CacheError, RangeRequest};
 
-/// Bytes queued between the network and the disk writer per download; bounds memory per NAR.
-const INGEST_QUEUE: usize = 16;
+/// Content-defined chunking settings; `None` in [`CacheConfig`] stores NARs as whole files.
+#[derive(Clone, Copy, Debug)]
+pub struct CdcConfig {
+    /// How chunks are cut and compressed.
+    pub chunking: ChunkSettings,
+    /// Store the whole file first and chunk it in the background (serving it at once).
+    pub lazy: bool,
+    /// How long a whole file is kept after its chunks are complete (lazy mode).
+    pub delete_delay: Duration,
+}
 
 /// Settings of the cache core.
 #[derive(Debug)]
@@ -28,6 +41,8 @@ pub struct CacheConfig {
     pub temp_dir: PathBuf,
     /// Priority announced in nix-cache-info (lower is preferred by clients).
     pub priority: u32,
+    /// Chunk NARs (eagerly or lazily); `None` keeps whole files.
+    pub cdc: Option<CdcConfig>,
 }
 
 /// A NAR body ready to send: its size is known before the first byte whenever possible.
@@ -40,19 +55,33 @@ pub struct NarBody {
     pub stream: BoxStream<'static, io::Result<Bytes>>,
 }
 
+impl NarBody {
+    /// A body of unknown length that is sent whole.
+    pub(crate) fn sized_unknown(stream: BoxStream<'static, io::Result<Bytes>>) -> Self {
+        Self {
+            total_size: None,
+            range: None,
+            stream,
+        }
+    }
+}
+
 /// The cache; cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: CacheConfig,
-    public_key: PublicKey,
-    db: Database,
-    store: BlobStore,
-    upstreams: Upstreams,
-    downloads: Downloads,
+pub(crate) struct Inner {
+    pub config: CacheConfig,
+    pub public_key: PublicKey,
+    pub db: Database,
+    pub store: BlobStore,
+    pub upstreams: Upstreams,
+    pub downloads: Downloads,
+    /// NARs stored whole that lazy chunking should pick up.
+    pub chunk_queue: mpsc::UnboundedSender<ncps_nix::Sha256Hash>,
+    pub chunk_queue_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ncps_nix::Sha256Hash>>>,
 }
 
 impl Cache {
@@ -60,6 +89,7 @@ impl Cache {
     pub fn new(config: CacheConfig, db: Database, store: BlobStore, upstreams: Upstreams) -> Self {
         let public_key = config.secret_key.public_key();
         let downloads = Downloads::new(config.temp_dir.clone());
+        let (chunk_queue, rx) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -68,6 +98,8 @@ impl Cache {
                 store,
                 upstreams,
                 downloads,
+                chunk_queue,
+                chunk_queue_rx: std::sync::Mutex::new(Some(rx)),
             }),
         }
     }
@@ -92,14 +124,18 @@ impl Cache {
             Some(cached) => cached,
             None => self.fetch_narinfo(hash).await?,
         };
-        Ok(self.render(cached.narinfo))
-    }
-
-    fn render(&self, mut narinfo: NarInfo) -> String {
+        let stored = self.inner.db.nar(&cached.narinfo.nar_hash).await?;
+        let mut narinfo = cached.narinfo;
+        (narinfo.file_hash, narinfo.file_size) = file_info(
+            &cached.url_key,
+            &narinfo,
+            stored.as_ref(),
+            cached.origin.as_ref(),
+        );
         if self.inner.config.sign_narinfo {
             narinfo.sign(&self.inner.config.secret_key);
         }
-        narinfo.render()
+        Ok(narinfo.render())
     }
 
     async fn fetch_narinfo(&self, hash: &StorePathHash) -> Result<CachedNarInfo, CacheError> {
@@ -111,27 +147,30 @@ impl Cache {
             .ok_or(CacheError::NotFound)?;
         let upstream = found.narinfo;
         // Refuse now what could not be verified later, rather than hand out a dead NAR URL.
-        if !can_verify(upstream.compression) {
+        if !can_decode(upstream.compression) {
             return Err(CacheError::Integrity(format!(
                 "{} is compressed with {}, which ncps cannot verify",
                 upstream.store_path, upstream.compression
             )));
         }
-        let nar_key = NarKey::new(
-            upstream.file_hash.unwrap_or(upstream.nar_hash),
-            upstream.compression,
-        );
+        let url_key = self.url_for(&upstream);
         let origin = NarOrigin {
             upstream_url: found.upstream_url,
             nar_url: upstream.url.clone(),
+            compression: upstream.compression,
+            file_hash: upstream.file_hash,
+            file_size: upstream.file_size,
         };
         let narinfo = NarInfo {
-            url: nar_key.url(),
+            url: url_key.url(),
+            compression: url_key.compression,
+            file_hash: None,
+            file_size: None,
             ..upstream
         };
         let cached = CachedNarInfo {
             narinfo,
-            nar_key,
+            url_key,
             origin: Some(origin),
         };
         self.inner.db.insert_narinfo(&cached).await?;
@@ -141,205 +180,160 @@ impl Cache {
         Ok(self.inner.db.narinfo(hash).await?.unwrap_or(cached))
     }
 
-    /// The size of a NAR as a HEAD request reports it, without downloading anything.
-    pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, CacheError> {
-        if let Some(file) = self.inner.db.nar_file(key).await? {
-            return Ok(Some(file.file_size));
-        }
-        if let Some(download) = self.inner.downloads.join(key) {
-            return Ok(download.known_size());
-        }
-        match self.inner.db.narinfo_for_nar(key).await? {
-            Some(cached) if cached.origin.is_some() => Ok(cached.narinfo.file_size),
-            _ => Err(CacheError::NotFound),
+    /// The NAR URL we hand out for an upstream narinfo. With chunking it names the NAR by its
+    /// NarHash in zstd, which we can always produce (spliced chunks, or recompressed); without,
+    /// it keeps the upstream file's name, served byte for byte.
+    fn url_for(&self, upstream: &NarInfo) -> NarKey {
+        if self.inner.config.cdc.is_some() {
+            NarKey::new(upstream.nar_hash, Compression::Zstd)
+        } else {
+            NarKey::new(
+                upstream.file_hash.unwrap_or(upstream.nar_hash),
+                upstream.compression,
+            )
         }
     }
 
-    /// A NAR's bytes: from storage when stored, otherwise from the (shared) upstream download.
+    /// The size of a NAR as a HEAD request reports it, without downloading anything.
+    pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, CacheError> {
+        let nar_hash = self
+            .inner
+            .db
+            .nar_hash_for_url(key)
+            .await?
+            .ok_or(CacheError::NotFound)?;
+        if let Some(record) = self.inner.db.nar(&nar_hash).await? {
+            return Ok(stored_size(key, &record));
+        }
+        if let Some(download) = self.inner.downloads.join(&nar_hash) {
+            return Ok((download.compression() == key.compression)
+                .then(|| download.known_size())
+                .flatten());
+        }
+        let cached = self
+            .inner
+            .db
+            .narinfo_with_origin(&nar_hash)
+            .await?
+            .ok_or(CacheError::NotFound)?;
+        let origin = cached.origin.as_ref().ok_or(CacheError::NotFound)?;
+        Ok(
+            (origin.compression == key.compression && self.inner.config.cdc.is_none())
+                .then_some(origin.file_size)
+                .flatten(),
+        )
+    }
+
+    /// A NAR's bytes in the compression its URL names: from storage in whichever form it is
+    /// stored, otherwise from the (shared) upstream download.
     pub async fn nar(
         &self,
         key: &NarKey,
         range: Option<RangeRequest>,
     ) -> Result<NarBody, CacheError> {
-        if let Some(body) = self.stored_nar(key, range).await? {
+        let nar_hash = self
+            .inner
+            .db
+            .nar_hash_for_url(key)
+            .await?
+            .ok_or(CacheError::NotFound)?;
+        if let Some(record) = self.inner.db.nar(&nar_hash).await?
+            && let Some(body) = self.serve_stored(key, &record, range).await?
+        {
             return Ok(body);
         }
-        let download = self.download(key).await?;
+        let download = self.download(&nar_hash).await?;
         let total_size = download.started().await?;
+        let from = download.compression();
         // Ranges are not honoured on a NAR still arriving; HTTP allows sending it whole.
-        Ok(NarBody {
-            total_size,
-            range: None,
-            stream: download.reader(),
-        })
+        if from == key.compression {
+            return Ok(NarBody {
+                total_size,
+                range: None,
+                stream: download.reader(),
+            });
+        }
+        Ok(NarBody::sized_unknown(transcode(
+            download.reader(),
+            from,
+            key.compression,
+        )))
     }
 
-    async fn stored_nar(
-        &self,
-        key: &NarKey,
-        range: Option<RangeRequest>,
-    ) -> Result<Option<NarBody>, CacheError> {
-        let Some(file) = self.inner.db.nar_file(key).await? else {
-            return Ok(None);
-        };
-        let range = match range {
-            Some(r) => Some(
-                r.resolve(file.file_size)
-                    .ok_or(CacheError::RangeNotSatisfiable {
-                        size: file.file_size,
-                    })?,
-            ),
-            None => None,
-        };
-        let Some(read) = self.inner.store.read_nar(key, range).await? else {
-            warn!(nar = %key, "NAR recorded but missing from storage; fetching it again");
-            self.inner.db.delete_nar_file(key).await?;
-            return Ok(None);
-        };
-        Ok(Some(NarBody {
-            total_size: Some(read.total_size),
-            range,
-            stream: read.stream.map(|r| r.map_err(io::Error::other)).boxed(),
-        }))
-    }
-
-    async fn download(&self, key: &NarKey) -> Result<Arc<Download>, CacheError> {
-        if let Some(download) = self.inner.downloads.join(key) {
+    async fn download(&self, nar_hash: &ncps_nix::Sha256Hash) -> Result<Arc<Download>, CacheError> {
+        if let Some(download) = self.inner.downloads.join(nar_hash) {
             return Ok(download);
         }
         let cached = self
             .inner
             .db
-            .narinfo_for_nar(key)
+            .narinfo_with_origin(nar_hash)
             .await?
             .ok_or(CacheError::NotFound)?;
-        let Some(origin) = cached.origin.clone() else {
-            return Err(CacheError::NotFound);
+        let origin = cached.origin.clone().ok_or(CacheError::NotFound)?;
+        let eager_chunks = self
+            .inner
+            .config
+            .cdc
+            .filter(|c| !c.lazy)
+            .map(|c| c.chunking);
+        let output = if eager_chunks.is_some() {
+            Compression::Zstd
+        } else {
+            origin.compression
         };
         let this = self.clone();
-        let download = self.inner.downloads.join_or_start(key, |download, file| {
-            tokio::spawn(this.run_download(download, file, cached, origin));
-        })?;
+        let download = self
+            .inner
+            .downloads
+            .join_or_start(nar_hash, output, |download, file| {
+                tokio::spawn(this.run_download(download, file, cached, origin, eager_chunks));
+            })?;
         Ok(download)
     }
+}
 
-    async fn run_download(
-        self,
-        download: Arc<Download>,
-        file: std::fs::File,
-        cached: CachedNarInfo,
-        origin: NarOrigin,
-    ) {
-        let key = cached.nar_key;
-        debug!(nar = %key, upstream = %origin.upstream_url, "downloading NAR");
-        match self
-            .fetch_and_verify(&download, file, &cached, &origin)
-            .await
-        {
-            Ok(verified) => {
-                download.set(Progress::Done {
-                    size: verified.file_size,
-                });
-                if let Err(e) = self.commit(&download, &cached, verified).await {
-                    error!(nar = %key, error = %e, "verified NAR could not be stored");
-                } else {
-                    info!(nar = %key, size = verified.file_size, "stored NAR");
-                }
-            }
-            Err(e) => {
-                warn!(nar = %key, upstream = %origin.upstream_url, error = %e, "NAR download failed; nothing cached");
-                download.fail(e);
-            }
-        }
-        self.inner.downloads.remove(&download);
+/// Content-Length of a stored NAR in the URL's compression, when it can be known up front.
+fn stored_size(key: &NarKey, record: &NarRecord) -> Option<u64> {
+    if let Some(whole) = record.whole.filter(|w| w.key == *key) {
+        return Some(whole.size);
     }
-
-    async fn fetch_and_verify(
-        &self,
-        download: &Arc<Download>,
-        file: std::fs::File,
-        cached: &CachedNarInfo,
-        origin: &NarOrigin,
-    ) -> Result<Verified, CacheError> {
-        let expected = Expected::of(&cached.narinfo);
-        let mut response = self
-            .inner
-            .upstreams
-            .fetch_nar(&origin.upstream_url, &origin.nar_url)
-            .await?;
-        if let (Some(sent), Some(promised)) = (response.content_length, expected.file_size)
-            && sent != promised
-        {
-            return Err(CacheError::Integrity(format!(
-                "upstream sends {sent} bytes, FileSize says {promised}"
-            )));
-        }
-        let total = expected.file_size.or(response.content_length);
-        download.set(Progress::Running { written: 0, total });
-
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
-        let writer = download.clone();
-        let ingest = tokio::task::spawn_blocking(move || -> io::Result<Verified> {
-            let mut ingest = NarIngest::new(file, expected)?;
-            let mut written = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
-                ingest.write_file(&chunk)?;
-                written += chunk.len() as u64;
-                writer.advance(written);
-                ingest.check(&chunk)?;
-            }
-            ingest.finish()
-        });
-
-        let mut body_error = None;
-        while let Some(chunk) = response.body.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
-                        break; // the writer stopped; its error says why
-                    }
-                }
-                Err(e) => {
-                    body_error = Some(e);
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let verified = ingest.await.map_err(io::Error::other)?;
-        if let Some(e) = body_error {
-            return Err(e.into());
-        }
-        verified.map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::Unsupported => CacheError::Integrity(e.to_string()),
-            _ => CacheError::Io(e),
-        })
+    match (key.compression, record.chunked) {
+        (Compression::Zstd, Some(form)) => Some(form.spliced_size),
+        (Compression::None, _) => Some(record.nar_size),
+        _ => None,
     }
+}
 
-    async fn commit(
-        &self,
-        download: &Download,
-        cached: &CachedNarInfo,
-        verified: Verified,
-    ) -> Result<(), CacheError> {
-        let key = cached.nar_key;
-        self.inner
-            .store
-            .put_nar_from_file(&key, download.path())
-            .await?;
-        let file = NarFile {
-            key,
-            file_size: verified.file_size,
-            nar_hash: cached.narinfo.nar_hash,
-            nar_size: cached.narinfo.nar_size,
-        };
-        self.inner.db.insert_nar_file(&file).await?;
-        self.inner
-            .db
-            .complete_file_info(&file, &verified.file_hash)
-            .await?;
-        Ok(())
+/// FileHash/FileSize for a narinfo: they must describe the bytes its URL will deliver, so they
+/// are given only when those bytes are fixed (Nix itself does not check them).
+fn file_info(
+    key: &NarKey,
+    narinfo: &NarInfo,
+    stored: Option<&NarRecord>,
+    origin: Option<&NarOrigin>,
+) -> (Option<ncps_nix::Sha256Hash>, Option<u64>) {
+    if key.compression == Compression::None {
+        return (Some(narinfo.nar_hash), Some(narinfo.nar_size));
+    }
+    match stored {
+        Some(record) => {
+            if let Some(whole) = record.whole.filter(|w| w.key == *key) {
+                return (Some(whole.key.hash), Some(whole.size));
+            }
+            match (key.compression, record.chunked) {
+                (Compression::Zstd, Some(form)) if form.spliced_hash.is_some() => {
+                    (form.spliced_hash, Some(form.spliced_size))
+                }
+                _ => (None, None),
+            }
+        }
+        None => match origin {
+            // Not stored yet: the upstream file is what a download will deliver as is.
+            Some(o) if o.compression == key.compression && o.file_hash == Some(key.hash) => {
+                (o.file_hash, o.file_size)
+            }
+            _ => (None, None),
+        },
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use ncps_nix::NarKey;
+use ncps_nix::{Compression, Sha256Hash};
 use tempfile::TempPath;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -36,14 +36,20 @@ pub(crate) enum Progress {
     Failed(Arc<CacheError>),
 }
 
-/// One NAR being downloaded.
+/// One NAR being downloaded, keyed by its NarHash (several URLs may name the same NAR).
 pub(crate) struct Download {
-    key: NarKey,
+    key: Sha256Hash,
+    compression: Compression,
     path: TempPath,
     progress: watch::Sender<Progress>,
 }
 
 impl Download {
+    /// The compression of the bytes in the download's file.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
     /// The temporary file the download writes to.
     pub fn path(&self) -> &Path {
         &self.path
@@ -169,7 +175,7 @@ impl Reader {
 /// The downloads in flight, by NAR key.
 pub(crate) struct Downloads {
     temp_dir: PathBuf,
-    map: Mutex<HashMap<NarKey, Arc<Download>>>,
+    map: Mutex<HashMap<Sha256Hash, Arc<Download>>>,
 }
 
 impl Downloads {
@@ -181,22 +187,24 @@ impl Downloads {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NarKey, Arc<Download>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sha256Hash, Arc<Download>>> {
         self.map
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The download in flight for `key`, if any.
-    pub fn join(&self, key: &NarKey) -> Option<Arc<Download>> {
+    pub fn join(&self, key: &Sha256Hash) -> Option<Arc<Download>> {
         self.lock().get(key).cloned()
     }
 
-    /// Joins the download for `key`, or registers a new one and hands it with its open file to
-    /// `start`, which must spawn the task that fills it.
+    /// Joins the download for `key`, or registers a new one whose file will hold bytes in
+    /// `compression` and hands it with its open file to `start`, which must spawn the task that
+    /// fills it.
     pub fn join_or_start(
         &self,
-        key: &NarKey,
+        key: &Sha256Hash,
+        compression: Compression,
         start: impl FnOnce(Arc<Download>, std::fs::File),
     ) -> io::Result<Arc<Download>> {
         let mut map = self.lock();
@@ -211,6 +219,7 @@ impl Downloads {
         let (progress, _) = watch::channel(Progress::Connecting);
         let download = Arc::new(Download {
             key: *key,
+            compression,
             path,
             progress,
         });
@@ -236,11 +245,10 @@ impl Downloads {
 mod tests {
     use super::*;
     use futures::TryStreamExt;
-    use ncps_nix::{Compression, Sha256Hash};
     use std::io::Write;
 
-    fn key() -> NarKey {
-        NarKey::new(Sha256Hash::digest(b"k"), Compression::None)
+    fn key() -> Sha256Hash {
+        Sha256Hash::digest(b"k")
     }
 
     #[tokio::test]
@@ -249,7 +257,9 @@ mod tests {
         let downloads = Downloads::new(dir.path().to_path_buf());
         let mut handle = None;
         let dl = downloads
-            .join_or_start(&key(), |dl, file| handle = Some((dl, file)))
+            .join_or_start(&key(), Compression::None, |dl, file| {
+                handle = Some((dl, file))
+            })
             .unwrap();
         let (writer_dl, mut file) = handle.unwrap();
         let joined = downloads.join(&key()).unwrap();
@@ -282,7 +292,9 @@ mod tests {
         let downloads = Downloads::new(dir.path().to_path_buf());
         let mut handle = None;
         let dl = downloads
-            .join_or_start(&key(), |dl, file| handle = Some((dl, file)))
+            .join_or_start(&key(), Compression::None, |dl, file| {
+                handle = Some((dl, file))
+            })
             .unwrap();
         let (writer_dl, mut file) = handle.unwrap();
         let reader = tokio::spawn(dl.clone().reader().collect::<Vec<io::Result<Bytes>>>());

@@ -36,6 +36,18 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// Classifies a failure to read or decode NAR bytes: bad bytes (truncated, corrupt, wrong
+    /// size or hash) are the source's fault, anything else is ours.
+    pub(crate) fn from_read(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            InvalidData | UnexpectedEof | Unsupported | ConnectionAborted | TimedOut => {
+                Self::Integrity(e.to_string())
+            }
+            _ => Self::Io(e),
+        }
+    }
+
     /// True when an upstream timed out (504 rather than 502).
     pub fn is_upstream_timeout(&self) -> bool {
         match self {

@@ -2,16 +2,25 @@
 //!
 //! Lookups go to the database first, then to the upstreams. A NAR that is not stored yet is
 //! downloaded once however many clients ask for it; every client streams from that one download
-//! while it is written and verified, and the file is committed to storage only after its hashes
-//! and sizes matched the narinfo. The HTTP layer above only translates requests and errors.
+//! while it is written and verified, and the NAR is committed to storage (as a whole file or as
+//! content-defined chunks) only after its hashes and sizes matched the narinfo. Stored NARs are
+//! served from whichever form can produce the compression their URL names. The HTTP layer above
+//! only translates requests and errors.
 
 mod cache;
+mod chunking;
+mod codec;
 mod download;
 mod error;
+mod fetch;
+mod forms;
+mod jobs;
 mod range;
 mod verify;
 
-pub use cache::{Cache, CacheConfig, NarBody};
+pub use cache::{Cache, CacheConfig, CdcConfig, NarBody};
+pub use chunking::ChunkSettings;
 pub use error::CacheError;
+pub use jobs::{GcReport, JobsConfig};
 pub use ncps_store::ByteRange;
 pub use range::RangeRequest;

@@ -3,9 +3,15 @@
 //! (NarHash/NarSize). Runs on a blocking thread; nothing is buffered beyond the decoder's window.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
-use ncps_nix::{Compression, NarInfo, Sha256Hash};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use ncps_nix::{Compression, Sha256Hash};
 use sha2::{Digest, Sha256};
+
+use crate::CacheError;
+use crate::download::Download;
 
 /// What the narinfo promises about the NAR file.
 #[derive(Clone, Debug)]
@@ -15,19 +21,6 @@ pub(crate) struct Expected {
     pub file_size: Option<u64>,
     pub nar_hash: Sha256Hash,
     pub nar_size: u64,
-}
-
-impl Expected {
-    /// The promises of `narinfo` about the file at its URL.
-    pub fn of(narinfo: &NarInfo) -> Self {
-        Self {
-            compression: narinfo.compression,
-            file_hash: narinfo.file_hash,
-            file_size: narinfo.file_size,
-            nar_hash: narinfo.nar_hash,
-            nar_size: narinfo.nar_size,
-        }
-    }
 }
 
 /// What was measured on a file that passed every check.
@@ -62,18 +55,6 @@ impl Write for NarSink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// True when a NAR in this compression can be checked against its NarHash while it streams.
-pub(crate) fn can_verify(compression: Compression) -> bool {
-    matches!(
-        compression,
-        Compression::None
-            | Compression::Xz
-            | Compression::Zstd
-            | Compression::Bzip2
-            | Compression::Brotli
-    )
 }
 
 /// A streaming decompressor writing into the NAR sink.
@@ -216,6 +197,53 @@ impl NarIngest {
             file_size: self.file_size,
         })
     }
+}
+
+/// Bytes queued between the source and the blocking writer; bounds memory per NAR.
+const INGEST_QUEUE: usize = 16;
+
+/// Writes `source` into `file` on a blocking thread while checking it against `expected`,
+/// telling `progress` (a download's readers) how many bytes are on disk as they land.
+pub(crate) async fn write_verified(
+    file: std::fs::File,
+    expected: Expected,
+    mut source: BoxStream<'static, io::Result<Bytes>>,
+    progress: Option<Arc<Download>>,
+) -> Result<Verified, CacheError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
+    let ingest = tokio::task::spawn_blocking(move || -> io::Result<Verified> {
+        let mut ingest = NarIngest::new(file, expected)?;
+        let mut written = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            ingest.write_file(&chunk)?;
+            written += chunk.len() as u64;
+            if let Some(download) = &progress {
+                download.advance(written);
+            }
+            ingest.check(&chunk)?;
+        }
+        ingest.finish()
+    });
+    let mut source_error = None;
+    while let Some(chunk) = source.next().await {
+        match chunk {
+            Ok(chunk) => {
+                if tx.send(chunk).await.is_err() {
+                    break; // the writer stopped; its error says why
+                }
+            }
+            Err(e) => {
+                source_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let verified = ingest.await.map_err(io::Error::other)?;
+    if let Some(e) = source_error {
+        return Err(CacheError::from_read(e));
+    }
+    verified.map_err(CacheError::from_read)
 }
 
 #[cfg(test)]

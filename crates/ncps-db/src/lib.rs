@@ -1,15 +1,20 @@
 //! Cache metadata over sqlx.
 //!
-//! The database says which narinfos and NAR files the cache holds, and where a NAR that is not
-//! downloaded yet comes from. SQLite is the embedded default; the queries stick to SQL that
-//! PostgreSQL and MySQL also accept, so adding those engines means adding a pool, not a rewrite.
+//! The database says which narinfos and NARs the cache holds, in which storage forms (whole file,
+//! chunks), which NAR URL names which NAR, and where a NAR that is not stored yet comes from.
+//! SQLite is the embedded default; the queries stick to SQL that PostgreSQL also accepts (and
+//! MySQL with its upsert spelling), so other engines mean another pool, not a rewrite.
 
+mod chunks;
 mod connect;
 mod error;
+mod narinfos;
+mod nars;
 mod records;
 mod repo;
+mod settings;
 
 pub use connect::{DatabaseUrl, parse_database_url};
 pub use error::DbError;
-pub use records::{CachedNarInfo, NarFile, NarOrigin};
-pub use repo::Database;
+pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
+pub use repo::{Database, now_secs};

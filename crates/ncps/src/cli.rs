@@ -36,11 +36,17 @@ pub enum Command {
     /// Serve the Nix binary cache over HTTP.
     #[command(visible_alias = "s")]
     Serve(Box<ServeArgs>),
+    /// Store every NAR kept as a whole file as content-defined chunks (resumable; safe while a
+    /// server runs on the same data).
+    MigrateNarToChunks(Box<MigrateArgs>),
+    /// Rebuild a whole file for every NAR kept only as chunks, verifying each against its
+    /// NarHash before switching over (resumable; safe while a server runs).
+    MigrateChunksToNar(Box<MigrateArgs>),
 }
 
-/// Flags of `ncps serve`.
+/// Where the cache keeps its data: shared by every command that opens it.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub struct StorageArgs {
     /// Name of this cache; also the name of a generated signing key. Default: the machine's
     /// hostname.
     #[arg(long, env = "CACHE_HOSTNAME")]
@@ -56,6 +62,95 @@ pub struct ServeArgs {
     #[arg(long, env = "CACHE_DATABASE_URL")]
     pub cache_database_url: Option<String>,
 
+    /// Secret key file (Nix format) used to sign narinfos. Default: <data dir>/secret.key,
+    /// generated on first start.
+    #[arg(long, env = "CACHE_SECRET_KEY_PATH")]
+    pub cache_secret_key_path: Option<PathBuf>,
+
+    /// Directory for downloads in progress. Default: <data dir>/tmp (same file system as the
+    /// storage, and not a RAM-backed /tmp).
+    #[arg(long, env = "CACHE_TEMP_PATH")]
+    pub cache_temp_path: Option<PathBuf>,
+}
+
+/// Content-defined chunking.
+#[derive(Debug, Args)]
+pub struct CdcArgs {
+    /// Store NARs as content-defined chunks (FastCDC, one zstd frame per chunk, deduplicated
+    /// across NARs).
+    #[arg(
+        long,
+        env = "CACHE_CDC_ENABLED",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_cdc_enabled: bool,
+
+    /// Minimum chunk size in bytes.
+    #[arg(long, env = "CACHE_CDC_MIN", default_value = "16384")]
+    pub cache_cdc_min: u32,
+
+    /// Average chunk size in bytes.
+    #[arg(long, env = "CACHE_CDC_AVG", default_value = "65536")]
+    pub cache_cdc_avg: u32,
+
+    /// Maximum chunk size in bytes.
+    #[arg(long, env = "CACHE_CDC_MAX", default_value = "262144")]
+    pub cache_cdc_max: u32,
+
+    /// zstd level of each chunk (1 keeps ingest above 300 MB/s per core; higher saves a few
+    /// percent of storage for much more CPU).
+    #[arg(long, env = "CACHE_CDC_ZSTD_LEVEL", default_value = "1", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub cache_cdc_zstd_level: i32,
+}
+
+/// Lazy chunking and the chunk store's background jobs.
+#[derive(Debug, Args)]
+pub struct CdcJobArgs {
+    /// Store NARs whole first (serving them at once) and chunk them in the background.
+    #[arg(
+        long,
+        env = "CACHE_CDC_LAZY_CHUNKING_ENABLED",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_cdc_lazy_chunking_enabled: bool,
+
+    /// Background chunking workers (lazy mode).
+    #[arg(long, env = "CACHE_CDC_BACKGROUND_WORKERS", default_value = "1")]
+    pub cache_cdc_background_workers: usize,
+
+    /// How long a whole file is kept after its chunks are complete (Go duration).
+    #[arg(long, env = "CACHE_CDC_DELETE_DELAY", default_value = "24h", value_parser = duration::parse)]
+    pub cache_cdc_delete_delay: Duration,
+
+    /// When to look for interrupted lazy chunking and resume it (@every <duration>, @hourly,
+    /// @daily).
+    #[arg(long, env = "CACHE_CDC_LAZY_RECOVERY_SCHEDULE", default_value = "@every 5m", value_parser = duration::parse_schedule)]
+    pub cache_cdc_lazy_recovery_schedule: Duration,
+
+    /// NARs resumed per recovery run.
+    #[arg(
+        long,
+        env = "CACHE_CDC_LAZY_RECOVERY_BATCH_SIZE",
+        default_value = "100"
+    )]
+    pub cache_cdc_lazy_recovery_batch_size: u32,
+
+    /// How long an unreferenced chunk is kept before it is deleted (Go duration).
+    #[arg(long, env = "CACHE_CDC_GC_GRACE", default_value = "1h", value_parser = duration::parse)]
+    pub cache_cdc_gc_grace: Duration,
+}
+
+/// Upstream caches.
+#[derive(Debug, Args)]
+pub struct UpstreamArgs {
     /// Upstream cache URL (repeatable; asked in order). Default https://cache.nixos.org.
     #[arg(
         long = "cache-upstream-url",
@@ -75,10 +170,38 @@ pub struct ServeArgs {
     )]
     pub cache_upstream_public_keys: Vec<String>,
 
-    /// Secret key file (Nix format) used to sign narinfos. Default: <data dir>/secret.key,
-    /// generated on first start.
-    #[arg(long, env = "CACHE_SECRET_KEY_PATH")]
-    pub cache_secret_key_path: Option<PathBuf>,
+    /// Timeout for connecting to an upstream (Go duration, e.g. 3s).
+    #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
+    pub cache_upstream_dialer_timeout: Duration,
+
+    /// Timeout for an upstream's response headers (Go duration, e.g. 3s).
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
+        default_value = "3s",
+        value_parser = duration::parse
+    )]
+    pub cache_upstream_response_header_timeout: Duration,
+}
+
+/// Flags of `ncps serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Storage, database and key.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Upstream caches.
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
+
+    /// Chunking.
+    #[command(flatten)]
+    pub cdc: CdcArgs,
+
+    /// Chunking jobs.
+    #[command(flatten)]
+    pub cdc_jobs: CdcJobArgs,
 
     /// Sign narinfos with our key (false: pass upstream signatures through unchanged).
     #[arg(
@@ -92,27 +215,25 @@ pub struct ServeArgs {
     )]
     pub cache_sign_narinfo: bool,
 
-    /// Directory for downloads in progress. Default: <data dir>/tmp (same file system as the
-    /// storage, and not a RAM-backed /tmp).
-    #[arg(long, env = "CACHE_TEMP_PATH")]
-    pub cache_temp_path: Option<PathBuf>,
-
-    /// Timeout for connecting to an upstream (Go duration, e.g. 3s).
-    #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
-    pub cache_upstream_dialer_timeout: Duration,
-
-    /// Timeout for an upstream's response headers (Go duration, e.g. 3s).
-    #[arg(
-        long,
-        env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
-        default_value = "3s",
-        value_parser = duration::parse
-    )]
-    pub cache_upstream_response_header_timeout: Duration,
-
     /// Address to listen on, host:port; ":8501" means every interface.
     #[arg(long, env = "SERVER_ADDR", default_value = ":8501")]
     pub server_addr: String,
+}
+
+/// Flags of the migration commands: the cache to open and the chunking in force.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Storage, database and key.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Chunking (the parameters must match those the cache was chunked with).
+    #[command(flatten)]
+    pub cdc: CdcArgs,
+
+    /// NARs taken from the database per round.
+    #[arg(long, default_value = "100")]
+    pub batch_size: u32,
 }
 
 /// Config-file key of each flag, by clap argument id. A test checks every flag has one.
@@ -135,6 +256,29 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "cache.upstream.response-header-timeout",
     ),
     ("server_addr", "server.addr"),
+    ("cache_cdc_enabled", "cache.cdc.enabled"),
+    ("cache_cdc_min", "cache.cdc.min"),
+    ("cache_cdc_avg", "cache.cdc.avg"),
+    ("cache_cdc_max", "cache.cdc.max"),
+    ("cache_cdc_zstd_level", "cache.cdc.zstd-level"),
+    (
+        "cache_cdc_lazy_chunking_enabled",
+        "cache.cdc.lazy-chunking-enabled",
+    ),
+    (
+        "cache_cdc_background_workers",
+        "cache.cdc.background-workers",
+    ),
+    ("cache_cdc_delete_delay", "cache.cdc.delete-delay"),
+    (
+        "cache_cdc_lazy_recovery_schedule",
+        "cache.cdc.lazy-recovery-schedule",
+    ),
+    (
+        "cache_cdc_lazy_recovery_batch_size",
+        "cache.cdc.lazy-recovery-batch-size",
+    ),
+    ("cache_cdc_gc_grace", "cache.cdc.gc-grace"),
 ];
 
 /// Flags that are global (defined on the top-level command).
@@ -185,11 +329,19 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
         };
         let vals = vals.clone();
         let apply = move |arg: clap::Arg| arg.env(None::<&str>).default_values(vals);
-        command = if GLOBAL_ARGS.contains(id) {
-            command.mut_arg(*id, apply)
-        } else {
-            command.mut_subcommand("serve", |sub| sub.mut_arg(*id, apply))
-        };
+        if GLOBAL_ARGS.contains(id) {
+            command = command.mut_arg(*id, apply);
+            continue;
+        }
+        let subcommands: Vec<String> = command
+            .get_subcommands()
+            .filter(|sub| sub.get_arguments().any(|a| a.get_id() == *id))
+            .map(|sub| sub.get_name().to_string())
+            .collect();
+        for name in subcommands {
+            let apply = apply.clone();
+            command = command.mut_subcommand(name, |sub| sub.mut_arg(*id, apply));
+        }
     }
     let matches = command.get_matches_from(&args);
     Ok(Parsed {
@@ -208,6 +360,7 @@ mod tests {
             .map(OsString::from);
         match parse_from(argv).unwrap().cli.command {
             Command::Serve(a) => *a,
+            other => panic!("not serve: {other:?}"),
         }
     }
 
@@ -217,7 +370,7 @@ mod tests {
         let serve = command.find_subcommand("serve").unwrap();
         for arg in serve.get_arguments().chain(command.get_arguments()) {
             let id = arg.get_id().as_str();
-            if matches!(id, "help" | "version" | "config") {
+            if matches!(id, "help" | "version" | "config" | "batch_size") {
                 continue;
             }
             assert!(
@@ -239,13 +392,16 @@ mod tests {
         .unwrap();
         let config = path.to_str().unwrap();
         let a = serve_args(&["--config", config, "serve"]);
-        assert_eq!(a.cache_hostname.as_deref(), Some("from-file"));
+        assert_eq!(a.storage.cache_hostname.as_deref(), Some("from-file"));
         assert!(!a.cache_sign_narinfo);
-        assert_eq!(a.cache_upstream_urls, ["http://a", "http://b"]);
-        assert_eq!(a.cache_upstream_dialer_timeout, Duration::from_secs(5));
+        assert_eq!(a.upstream.cache_upstream_urls, ["http://a", "http://b"]);
+        assert_eq!(
+            a.upstream.cache_upstream_dialer_timeout,
+            Duration::from_secs(5)
+        );
         assert_eq!(a.server_addr, "127.0.0.1:9");
         let b = serve_args(&["serve", "--config", config, "--cache-hostname", "flag"]);
-        assert_eq!(b.cache_hostname.as_deref(), Some("flag"));
+        assert_eq!(b.storage.cache_hostname.as_deref(), Some("flag"));
     }
 
     #[test]
@@ -257,7 +413,12 @@ mod tests {
             "http://x,http://y",
         ]);
         assert!(!a.cache_sign_narinfo);
-        assert_eq!(a.cache_upstream_urls, ["http://x", "http://y"]);
+        assert_eq!(a.upstream.cache_upstream_urls, ["http://x", "http://y"]);
         assert_eq!(a.server_addr, ":8501");
+        assert!(!a.cdc.cache_cdc_enabled);
+        assert_eq!(
+            a.cdc_jobs.cache_cdc_lazy_recovery_schedule,
+            Duration::from_secs(300)
+        );
     }
 }

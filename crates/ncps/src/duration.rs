@@ -42,6 +42,30 @@ pub fn parse(input: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|e| format!("{input:?}: {e}"))
 }
 
+/// Parses a job schedule. Until full cron expressions are supported, the robfig/cron
+/// descriptors the Go ncps also accepts for these jobs: `@every <duration>`, `@hourly`,
+/// `@daily`.
+pub fn parse_schedule(input: &str) -> Result<Duration, String> {
+    let s = input.trim().trim_matches(|c| c == '\'' || c == '"');
+    let every = match s {
+        "@hourly" => Duration::from_secs(3600),
+        "@daily" | "@midnight" => Duration::from_secs(86_400),
+        "@weekly" => Duration::from_secs(7 * 86_400),
+        _ => match s.strip_prefix("@every") {
+            Some(d) => parse(d)?,
+            None => {
+                return Err(format!(
+                    "{input:?}: use @every <duration> (e.g. \"@every 5m\"), @hourly or @daily"
+                ));
+            }
+        },
+    };
+    if every.is_zero() {
+        return Err(format!("{input:?}: the interval must be positive"));
+    }
+    Ok(every)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +80,19 @@ mod tests {
         assert!(parse("3").is_err());
         assert!(parse("3x").is_err());
         assert!(parse("").is_err());
+        assert_eq!(
+            parse_schedule("@every 5m").unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            parse_schedule("'@every 1m'").unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            parse_schedule("@hourly").unwrap(),
+            Duration::from_secs(3600)
+        );
+        assert!(parse_schedule("*/5 * * * *").is_err());
+        assert!(parse_schedule("@every 0").is_err());
     }
 }

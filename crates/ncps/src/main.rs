@@ -4,7 +4,9 @@ mod cli;
 mod config_file;
 mod duration;
 mod keys;
+mod migrate;
 mod serve;
+mod setup;
 mod shutdown;
 mod telemetry;
 
@@ -18,7 +20,11 @@ fn main() -> Result<()> {
         warn!(key, "unknown key in the config file; ignored");
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    match parsed.cli.command {
-        cli::Command::Serve(args) => runtime.block_on(serve::run(*args)),
-    }
+    runtime.block_on(async {
+        match parsed.cli.command {
+            cli::Command::Serve(args) => serve::run(*args).await,
+            cli::Command::MigrateNarToChunks(args) => migrate::to_chunks(*args).await,
+            cli::Command::MigrateChunksToNar(args) => migrate::to_whole_files(*args).await,
+        }
+    })
 }

@@ -1,20 +1,17 @@
-//! `ncps serve`: resolve settings, open the parts, listen.
+//! `ncps serve`: open the parts, start the jobs, listen.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ncps_core::{Cache, CacheConfig};
-use ncps_db::Database;
+use ncps_core::{Cache, CacheConfig, CdcConfig, JobsConfig};
 use ncps_nix::PublicKey;
-use ncps_store::BlobStore;
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::cli::ServeArgs;
-use crate::{keys, shutdown};
+use crate::cli::{ServeArgs, UpstreamArgs};
+use crate::{setup, shutdown};
 
 /// The upstream users get when they configure none.
 const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
@@ -25,57 +22,49 @@ const PRIORITY: u32 = 40;
 /// How long in-flight requests may take to finish after SIGTERM before the process exits anyway
 /// (systemd's default stop timeout is 90 s; finish well before it kills us).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// Leftover downloads older than this are from a crashed run and are removed at start.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+/// How often unreferenced chunks are looked for.
+const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests.
 pub async fn run(args: ServeArgs) -> Result<()> {
-    let data_dir = match &args.cache_storage_local {
-        Some(dir) => dir.clone(),
-        None => default_data_dir()?,
+    let parts = setup::open(&args.storage).await?;
+    let cdc = if args.cdc.cache_cdc_enabled {
+        Some(CdcConfig {
+            chunking: setup::chunk_settings(&parts.db, &args.cdc).await?,
+            lazy: args.cdc_jobs.cache_cdc_lazy_chunking_enabled,
+            delete_delay: args.cdc_jobs.cache_cdc_delete_delay,
+        })
+    } else {
+        None
     };
-    let hostname = match &args.cache_hostname {
-        Some(h) if !h.trim().is_empty() => h.trim().to_string(),
-        _ => system_hostname(),
-    };
-    let temp_dir = args
-        .cache_temp_path
-        .clone()
-        .unwrap_or_else(|| data_dir.join("tmp"));
-    std::fs::create_dir_all(&temp_dir)
-        .with_context(|| format!("cannot create temp directory {}", temp_dir.display()))?;
-    remove_stale_downloads(&temp_dir);
-
-    let secret_key = match &args.cache_secret_key_path {
-        Some(path) => keys::load_or_generate(path, None)?,
-        None => keys::load_or_generate(&data_dir.join("secret.key"), Some(&hostname))?,
-    };
-    let database_url = args
-        .cache_database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db").join("db.sqlite").display()));
-    let db = Database::open(&database_url)
-        .await
-        .context("cannot open the database")?;
-    let store = BlobStore::local(&data_dir.join("store"))?;
-    let upstreams = upstreams(&args)?;
-
+    let upstreams = upstreams(&args.upstream)?;
+    let data_dir = parts.data_dir.clone();
     let cache = Cache::new(
         CacheConfig {
-            secret_key,
+            secret_key: parts.secret_key,
             sign_narinfo: args.cache_sign_narinfo,
-            temp_dir,
+            temp_dir: parts.temp_dir,
             priority: PRIORITY,
+            cdc,
         },
-        db,
-        store,
+        parts.db,
+        parts.store,
         upstreams,
     );
+    cache.spawn_jobs(JobsConfig {
+        chunk_workers: args.cdc_jobs.cache_cdc_background_workers,
+        recovery_interval: args.cdc_jobs.cache_cdc_lazy_recovery_schedule,
+        recovery_batch: args.cdc_jobs.cache_cdc_lazy_recovery_batch_size,
+        gc_interval: GC_INTERVAL,
+        gc_grace: args.cdc_jobs.cache_cdc_gc_grace,
+    });
     let listener = bind(&args.server_addr).await?;
     info!(
         addr = %listener.local_addr()?,
         data_dir = %data_dir.display(),
         public_key = %cache.public_key().to_nix_string(),
+        chunking = cdc.is_some(),
+        lazy = cdc.is_some_and(|c| c.lazy),
         "ncps is serving"
     );
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -96,7 +85,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn upstreams(args: &ServeArgs) -> Result<Upstreams> {
+fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
     let mut urls = args.cache_upstream_urls.clone();
     let mut key_texts = args.cache_upstream_public_keys.clone();
     if urls.is_empty() {
@@ -125,33 +114,6 @@ fn upstreams(args: &ServeArgs) -> Result<Upstreams> {
     Ok(upstreams)
 }
 
-/// `$XDG_DATA_HOME/ncps`, or `/var/lib/ncps` for root (a system service's usual place).
-fn default_data_dir() -> Result<PathBuf> {
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(xdg).join("ncps"));
-    }
-    if is_root() {
-        return Ok(PathBuf::from("/var/lib/ncps"));
-    }
-    let home = std::env::var_os("HOME")
-        .context("cannot find a data directory: set --cache-storage-local")?;
-    Ok(PathBuf::from(home).join(".local/share/ncps"))
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "ncps".to_string())
-}
-
 /// Binds `host:port`; the Go form `:port` listens on every interface (IPv6 and IPv4 where the
 /// system allows, IPv4 otherwise).
 async fn bind(addr: &str) -> Result<TcpListener> {
@@ -170,31 +132,4 @@ async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
-}
-
-/// Deletes temporary download files a crashed run left behind.
-fn remove_stale_downloads(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with("nar-") {
-            continue;
-        }
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_TEMP_AGE);
-        if old {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => info!(file = %entry.path().display(), "removed stale download"),
-                Err(e) => {
-                    warn!(file = %entry.path().display(), error = %e, "cannot remove stale download")
-                }
-            }
-        }
-    }
 }

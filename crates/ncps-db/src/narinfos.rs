@@ -1,0 +1,206 @@
+use std::str::FromStr;
+
+use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath, StorePathHash};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::repo::{corrupt, now_secs, to_i64, to_u64};
+use crate::{CachedNarInfo, Database, DbError, NarOrigin};
+
+const T: &str = "narinfos";
+
+impl Database {
+    /// Looks up the narinfo of a store path hash.
+    pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Option<CachedNarInfo>, DbError> {
+        let row = sqlx::query("SELECT * FROM narinfos WHERE hash = ?")
+            .bind(hash.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| narinfo_from_row(&r)).transpose()
+    }
+
+    /// A narinfo of this NAR that says where to download it from, if any does.
+    pub async fn narinfo_with_origin(
+        &self,
+        nar_hash: &Sha256Hash,
+    ) -> Result<Option<CachedNarInfo>, DbError> {
+        let row = sqlx::query(
+            "SELECT * FROM narinfos WHERE nar_hash = ? AND upstream_url IS NOT NULL LIMIT 1",
+        )
+        .bind(nar_hash.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| narinfo_from_row(&r)).transpose()
+    }
+
+    /// Records a narinfo and the NAR URL it hands out, in one transaction. When one for the same
+    /// store path already exists (a concurrent fetch won the race) the existing row is kept, so
+    /// a narinfo once served never changes its URL.
+    pub async fn insert_narinfo(&self, info: &CachedNarInfo) -> Result<(), DbError> {
+        let n = &info.narinfo;
+        let refs: Vec<String> = n.references.iter().map(StorePath::base_name).collect();
+        let origin = info.origin.as_ref();
+        let now = now_secs();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, deriver, \
+             sigs, ca, upstream_url, upstream_nar_url, upstream_compression, upstream_file_hash, \
+             upstream_file_size, created_at, last_accessed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(n.store_path.hash().to_string())
+        .bind(n.store_path.to_absolute())
+        .bind(info.url_key.file_name())
+        .bind(n.nar_hash.to_string())
+        .bind(to_i64(n.nar_size))
+        .bind(refs.join(" "))
+        .bind(n.deriver.clone())
+        .bind(n.sigs.join("\n"))
+        .bind(n.ca.clone())
+        .bind(origin.map(|o| o.upstream_url.clone()))
+        .bind(origin.map(|o| o.nar_url.clone()))
+        .bind(origin.map(|o| o.compression.as_str()))
+        .bind(origin.and_then(|o| o.file_hash).map(|h| h.to_string()))
+        .bind(origin.and_then(|o| o.file_size).map(to_i64))
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO nar_urls (url_key, nar_hash) VALUES (?, ?) ON CONFLICT (url_key) DO NOTHING")
+            .bind(info.url_key.file_name())
+            .bind(n.nar_hash.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The NAR a URL we handed out names.
+    pub async fn nar_hash_for_url(&self, key: &NarKey) -> Result<Option<Sha256Hash>, DbError> {
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT nar_hash FROM nar_urls WHERE url_key = ?")
+                .bind(key.file_name())
+                .fetch_optional(&self.pool)
+                .await?;
+        hash.map(|h| Sha256Hash::from_str(&h).map_err(|e| corrupt("nar_urls", e)))
+            .transpose()
+    }
+}
+
+fn narinfo_from_row(row: &SqliteRow) -> Result<CachedNarInfo, DbError> {
+    let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
+    let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
+        row.try_get::<Option<&str>, _>(col)?
+            .map(Sha256Hash::from_str)
+            .transpose()
+            .map_err(|e| bad(&e))
+    };
+    let url_key =
+        NarKey::parse_file_name(row.try_get::<&str, _>("url_key")?).map_err(|e| bad(&e))?;
+    let store_path =
+        StorePath::parse(row.try_get::<&str, _>("store_path")?).map_err(|e| bad(&e))?;
+    let nar_hash = hash("nar_hash")?.ok_or_else(|| bad(&"missing nar_hash"))?;
+    let nar_size = to_u64(T, row.try_get("nar_size")?)?;
+    let references = row
+        .try_get::<&str, _>("refs")?
+        .split_whitespace()
+        .map(StorePath::parse_base_name)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let sigs = row
+        .try_get::<&str, _>("sigs")?
+        .lines()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let upstream_url: Option<String> = row.try_get("upstream_url")?;
+    let upstream_nar_url: Option<String> = row.try_get("upstream_nar_url")?;
+    let upstream_compression: Option<&str> = row.try_get("upstream_compression")?;
+    let origin = match (upstream_url, upstream_nar_url, upstream_compression) {
+        (Some(upstream_url), Some(nar_url), Some(compression)) => Some(NarOrigin {
+            upstream_url,
+            nar_url,
+            compression: Compression::parse(compression).map_err(|e| bad(&e))?,
+            file_hash: hash("upstream_file_hash")?,
+            file_size: row
+                .try_get::<Option<i64>, _>("upstream_file_size")?
+                .map(|n| to_u64(T, n))
+                .transpose()?,
+        }),
+        _ => None,
+    };
+    Ok(CachedNarInfo {
+        narinfo: NarInfo {
+            store_path,
+            url: url_key.url(),
+            compression: url_key.compression,
+            file_hash: None,
+            file_size: None,
+            nar_hash,
+            nar_size,
+            references,
+            deriver: row.try_get("deriver")?,
+            sigs,
+            ca: row.try_get("ca")?,
+        },
+        url_key,
+        origin,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::repo::test_support::temp_db;
+
+    pub fn sample() -> CachedNarInfo {
+        let nar_hash = Sha256Hash::digest(b"nar");
+        let url_key = NarKey::new(nar_hash, Compression::Zstd);
+        let path = |s: &str| StorePath::parse_base_name(s).unwrap();
+        CachedNarInfo {
+            narinfo: NarInfo {
+                store_path: path("7rjj86a15146cq1d0ybgnwyqdwgv9lfh-hello-2.12"),
+                url: url_key.url(),
+                compression: Compression::Zstd,
+                file_hash: None,
+                file_size: None,
+                nar_hash,
+                nar_size: 1234,
+                references: vec![path("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-glibc-2.37")],
+                deriver: Some("11111111111111111111111111111111-hello.drv".into()),
+                sigs: vec!["up-1:abc".into(), "up-2:def".into()],
+                ca: None,
+            },
+            url_key,
+            origin: Some(NarOrigin {
+                upstream_url: "http://127.0.0.1:1/".into(),
+                nar_url: "nar/x.nar.xz".into(),
+                compression: Compression::Xz,
+                file_hash: Some(Sha256Hash::digest(b"file")),
+                file_size: Some(99),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn narinfo_round_trip_and_url_resolution() {
+        let (db, _dir) = temp_db().await;
+        let info = sample();
+        let hash = *info.narinfo.store_path.hash();
+        assert!(db.narinfo(&hash).await.unwrap().is_none());
+        db.insert_narinfo(&info).await.unwrap();
+        db.insert_narinfo(&info).await.unwrap(); // idempotent
+        assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
+        let nar_hash = info.narinfo.nar_hash;
+        assert_eq!(
+            db.narinfo_with_origin(&nar_hash).await.unwrap().unwrap(),
+            info
+        );
+        assert_eq!(
+            db.nar_hash_for_url(&info.url_key).await.unwrap(),
+            Some(nar_hash)
+        );
+        let other = NarKey::new(Sha256Hash::digest(b"other"), Compression::Xz);
+        assert_eq!(db.nar_hash_for_url(&other).await.unwrap(), None);
+    }
+}

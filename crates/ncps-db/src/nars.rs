@@ -1,0 +1,203 @@
+use std::str::FromStr;
+
+use ncps_nix::{NarKey, Sha256Hash};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::repo::{corrupt, now_secs, to_i64, to_u64};
+use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
+
+const T: &str = "nars";
+
+impl Database {
+    /// A stored NAR, in whichever forms it is stored.
+    pub async fn nar(&self, nar_hash: &Sha256Hash) -> Result<Option<NarRecord>, DbError> {
+        let row = sqlx::query("SELECT * FROM nars WHERE nar_hash = ?")
+            .bind(nar_hash.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| nar_from_row(&r)).transpose()
+    }
+
+    /// Records a verified whole file of a NAR. A whole file already recorded is kept.
+    pub async fn record_whole_file(
+        &self,
+        nar_hash: &Sha256Hash,
+        nar_size: u64,
+        whole: WholeFile,
+        delete_after: Option<i64>,
+    ) -> Result<(), DbError> {
+        let now = now_secs();
+        sqlx::query(
+            "INSERT INTO nars (nar_hash, nar_size, whole_key, whole_size, whole_delete_after, \
+             created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (nar_hash) DO UPDATE SET whole_key = excluded.whole_key, \
+             whole_size = excluded.whole_size, whole_delete_after = excluded.whole_delete_after \
+             WHERE nars.whole_key IS NULL",
+        )
+        .bind(nar_hash.to_string())
+        .bind(to_i64(nar_size))
+        .bind(whole.key.file_name())
+        .bind(to_i64(whole.size))
+        .bind(delete_after)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the whole-file form (its bytes are gone or being deleted). A NAR left with no
+    /// form at all is forgotten entirely, so the next request fetches it again.
+    pub async fn forget_whole_file(&self, nar_hash: &Sha256Hash) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE nars SET whole_key = NULL, whole_size = NULL, whole_delete_after = NULL \
+             WHERE nar_hash = ?",
+        )
+        .bind(nar_hash.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM nars WHERE nar_hash = ? AND whole_key IS NULL AND chunk_count IS NULL",
+        )
+        .bind(nar_hash.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// NARs stored whole but not chunked yet: the work list of lazy chunking, its crash
+    /// recovery, and `migrate-nar-to-chunks`.
+    pub async fn nars_to_chunk(&self, limit: u32) -> Result<Vec<NarRecord>, DbError> {
+        self.nar_list(
+            "SELECT * FROM nars WHERE whole_key IS NOT NULL AND chunk_count IS NULL \
+             ORDER BY created_at LIMIT ?",
+            limit,
+        )
+        .await
+    }
+
+    /// NARs whose whole file may now be deleted because their chunks are complete.
+    pub async fn nars_with_expired_whole_file(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<NarRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT * FROM nars WHERE whole_key IS NOT NULL AND chunk_count IS NOT NULL \
+             AND whole_delete_after IS NOT NULL AND whole_delete_after <= ? LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(nar_from_row).collect()
+    }
+
+    /// NARs stored only as chunks: the work list of `migrate-chunks-to-nar`.
+    pub async fn nars_without_whole_file(&self, limit: u32) -> Result<Vec<NarRecord>, DbError> {
+        self.nar_list(
+            "SELECT * FROM nars WHERE whole_key IS NULL AND chunk_count IS NOT NULL \
+             ORDER BY created_at LIMIT ?",
+            limit,
+        )
+        .await
+    }
+
+    async fn nar_list(&self, sql: &str, limit: u32) -> Result<Vec<NarRecord>, DbError> {
+        let rows = sqlx::query(sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(nar_from_row).collect()
+    }
+
+    /// Sets or clears when the whole file may be deleted.
+    pub async fn set_whole_delete_after(
+        &self,
+        nar_hash: &Sha256Hash,
+        at: Option<i64>,
+    ) -> Result<(), DbError> {
+        sqlx::query("UPDATE nars SET whole_delete_after = ? WHERE nar_hash = ?")
+            .bind(at)
+            .bind(nar_hash.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+pub(crate) fn nar_from_row(row: &SqliteRow) -> Result<NarRecord, DbError> {
+    let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
+    let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
+        row.try_get::<Option<&str>, _>(col)?
+            .map(Sha256Hash::from_str)
+            .transpose()
+            .map_err(|e| bad(&e))
+    };
+    let size = |col: &str| -> Result<Option<u64>, DbError> {
+        row.try_get::<Option<i64>, _>(col)?
+            .map(|n| to_u64(T, n))
+            .transpose()
+    };
+    let whole = match (
+        row.try_get::<Option<&str>, _>("whole_key")?,
+        size("whole_size")?,
+    ) {
+        (Some(key), Some(size)) => Some(WholeFile {
+            key: NarKey::parse_file_name(key).map_err(|e| bad(&e))?,
+            size,
+        }),
+        _ => None,
+    };
+    let chunked = match (size("chunk_count")?, size("spliced_size")?) {
+        (Some(chunk_count), Some(spliced_size)) => Some(ChunkedForm {
+            chunk_count,
+            spliced_hash: hash("spliced_hash")?,
+            spliced_size,
+        }),
+        _ => None,
+    };
+    Ok(NarRecord {
+        nar_hash: hash("nar_hash")?.ok_or_else(|| bad(&"missing nar_hash"))?,
+        nar_size: size("nar_size")?.unwrap_or(0),
+        whole,
+        whole_delete_after: row.try_get("whole_delete_after")?,
+        chunked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::test_support::temp_db;
+    use ncps_nix::Compression;
+
+    #[tokio::test]
+    async fn whole_file_lifecycle() {
+        let (db, _dir) = temp_db().await;
+        let nar_hash = Sha256Hash::digest(b"n");
+        assert!(db.nar(&nar_hash).await.unwrap().is_none());
+        let whole = WholeFile {
+            key: NarKey::new(Sha256Hash::digest(b"f"), Compression::Xz),
+            size: 10,
+        };
+        db.record_whole_file(&nar_hash, 100, whole, Some(5))
+            .await
+            .unwrap();
+        let other = WholeFile { size: 11, ..whole };
+        db.record_whole_file(&nar_hash, 100, other, None)
+            .await
+            .unwrap(); // first one kept
+        let rec = db.nar(&nar_hash).await.unwrap().unwrap();
+        assert_eq!(rec.whole, Some(whole));
+        assert_eq!(rec.whole_delete_after, Some(5));
+        assert_eq!(rec.chunked, None);
+        assert_eq!(db.nars_to_chunk(10).await.unwrap().len(), 1);
+        assert!(db.nars_without_whole_file(10).await.unwrap().is_empty());
+        db.forget_whole_file(&nar_hash).await.unwrap();
+        assert!(db.nar(&nar_hash).await.unwrap().is_none());
+    }
+}

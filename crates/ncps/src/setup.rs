@@ -1,0 +1,155 @@
+//! Opening the cache's parts from the storage flags: shared by `serve` and the admin commands.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use ncps_core::ChunkSettings;
+use ncps_db::Database;
+use ncps_nix::SecretKey;
+use ncps_store::BlobStore;
+use ncps_store::chunk::ChunkParams;
+use tracing::{info, warn};
+
+use crate::cli::{CdcArgs, StorageArgs};
+use crate::keys;
+
+/// Leftover downloads older than this are from a crashed run and are removed at start.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+/// Settings key recording the chunking parameters a cache was built with.
+const CDC_PARAMS_SETTING: &str = "cdc.params";
+
+/// The opened parts of a cache.
+pub struct Parts {
+    /// Where everything lives.
+    pub data_dir: PathBuf,
+    /// Temporary files.
+    pub temp_dir: PathBuf,
+    /// Signing key.
+    pub secret_key: SecretKey,
+    /// Metadata.
+    pub db: Database,
+    /// Bytes.
+    pub store: BlobStore,
+}
+
+/// Resolves defaults, loads (or generates) the key, opens the database and the storage.
+pub async fn open(args: &StorageArgs) -> Result<Parts> {
+    let data_dir = match &args.cache_storage_local {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    let hostname = match &args.cache_hostname {
+        Some(h) if !h.trim().is_empty() => h.trim().to_string(),
+        _ => system_hostname(),
+    };
+    let temp_dir = args
+        .cache_temp_path
+        .clone()
+        .unwrap_or_else(|| data_dir.join("tmp"));
+    std::fs::create_dir_all(&temp_dir)
+        .with_context(|| format!("cannot create temp directory {}", temp_dir.display()))?;
+    remove_stale_downloads(&temp_dir);
+    let secret_key = match &args.cache_secret_key_path {
+        Some(path) => keys::load_or_generate(path, None)?,
+        None => keys::load_or_generate(&data_dir.join("secret.key"), Some(&hostname))?,
+    };
+    let database_url = args
+        .cache_database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db").join("db.sqlite").display()));
+    let db = Database::open(&database_url)
+        .await
+        .context("cannot open the database")?;
+    let store = BlobStore::local(&data_dir.join("store"))?;
+    Ok(Parts {
+        data_dir,
+        temp_dir,
+        secret_key,
+        db,
+        store,
+    })
+}
+
+/// The chunking in force, checked against what the database recorded: changing chunk sizes on
+/// an existing cache would silently stop new chunks from matching old ones.
+pub async fn chunk_settings(db: &Database, args: &CdcArgs) -> Result<ChunkSettings> {
+    let params = ChunkParams {
+        min: args.cache_cdc_min,
+        avg: args.cache_cdc_avg,
+        max: args.cache_cdc_max,
+    };
+    params
+        .validate()
+        .context("invalid --cache-cdc-min/avg/max")?;
+    let wanted = format!("{}/{}/{}", params.min, params.avg, params.max);
+    let recorded = db.setting_or_init(CDC_PARAMS_SETTING, &wanted).await?;
+    if recorded != wanted {
+        bail!(
+            "this cache was chunked with min/avg/max = {recorded} bytes but {wanted} was given; \
+             changing chunk sizes would stop deduplication against every stored chunk. Start \
+             with --cache-cdc-min/avg/max matching {recorded}"
+        );
+    }
+    Ok(ChunkSettings {
+        params,
+        zstd_level: args.cache_cdc_zstd_level,
+    })
+}
+
+/// `$XDG_DATA_HOME/ncps`, or `/var/lib/ncps` for root (a system service's usual place).
+fn default_data_dir() -> Result<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("ncps"));
+    }
+    if is_root() {
+        return Ok(PathBuf::from("/var/lib/ncps"));
+    }
+    let home = std::env::var_os("HOME")
+        .context("cannot find a data directory: set --cache-storage-local")?;
+    Ok(PathBuf::from(home).join(".local/share/ncps"))
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ncps".to_string())
+}
+
+/// Deletes temporary download files a crashed run left behind.
+fn remove_stale_downloads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = ["nar-", "unchunk-"]
+            .iter()
+            .any(|p| name.to_string_lossy().starts_with(p));
+        if !ours {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TEMP_AGE);
+        if old {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => info!(file = %entry.path().display(), "removed stale download"),
+                Err(e) => {
+                    warn!(file = %entry.path().display(), error = %e, "cannot remove stale download")
+                }
+            }
+        }
+    }
+}
