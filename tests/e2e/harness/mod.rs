@@ -18,7 +18,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 pub use self::narinfo::NarInfo;
-pub use self::ncps::{Ncps, NcpsConfig};
+pub use self::ncps::{Ncps, NcpsConfig, NcpsRun};
 pub use self::nix::{Closure, Compression, NixClient, SigningKey};
 pub use self::upstream::Upstream;
 
@@ -49,25 +49,38 @@ pub fn unique_dir(parent: &Path, prefix: &str) -> PathBuf {
 /// trail the response that caused them: a NAR is stored just after its download has been
 /// streamed to the client, and a download that started before the upstream was fixed still
 /// ends broken. Panics with the errors if it never succeeds.
-pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    const ATTEMPTS: usize = 50;
+    eventually_within(what, Duration::from_secs(5), attempt).await
+}
+
+/// Like [`eventually`], for effects of background work: retries `attempt` every 100 ms until it
+/// succeeds, for at most `limit`.
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + limit;
     let mut errors = Vec::new();
-    for _ in 0..ATTEMPTS {
+    loop {
         match attempt().await {
             Ok(value) => return value,
             Err(error) => errors.push(error),
         }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "{what}: failed {} times within {limit:?}; first: {}; last: {}",
+                errors.len(),
+                errors[0],
+                errors[errors.len() - 1]
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!(
-        "{what}: failed {ATTEMPTS} times; first: {}; last: {}",
-        errors[0],
-        errors[ATTEMPTS - 1]
-    );
 }
 
 /// One test's private world, rooted in a temp dir removed at the end.
@@ -93,14 +106,26 @@ impl TestEnv {
         Closure::build(self.path()).await
     }
 
+    /// A fresh closure whose blob holds `blob_bytes` random bytes.
+    pub async fn closure_with_blob(&self, blob_bytes: usize) -> Closure {
+        Closure::build_with_blob(self.path(), blob_bytes).await
+    }
+
     pub async fn key(&self, name: &str) -> SigningKey {
         SigningKey::generate(self.path(), name).await
     }
 
     /// Writes `closure` as a binary-cache directory with `nix copy --to file://` and serves it.
     pub async fn upstream(&self, closure: &Closure, compression: Compression) -> Upstream {
+        self.upstream_of(&[&closure.top], compression).await
+    }
+
+    /// Writes the closures of `tops` into one binary-cache directory and serves it.
+    pub async fn upstream_of(&self, tops: &[&str], compression: Compression) -> Upstream {
         let dir = unique_dir(self.path(), "upstream-cache");
-        nix::copy_to_file_cache(self.path(), &closure.top, &dir, compression).await;
+        for top in tops {
+            nix::copy_to_file_cache(self.path(), top, &dir, compression).await;
+        }
         Upstream::serve(&dir).await
     }
 
@@ -112,11 +137,27 @@ impl TestEnv {
             temp_dir: unique_dir(self.path(), "ncps-tmp"),
             upstreams: upstreams.iter().map(|u| u.url()).collect(),
             public_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            extra_args: Vec::new(),
         }
     }
 
     pub async fn ncps(&self, config: &NcpsConfig) -> Ncps {
         Ncps::start(self.path(), config).await
+    }
+
+    /// Runs `ncps serve` with `config` where it is expected to refuse to start: returns once
+    /// the process exited (it is killed, and the test fails, if it keeps running).
+    pub async fn ncps_expecting_exit(&self, config: &NcpsConfig) -> NcpsRun {
+        NcpsRun::run(self.path(), &config.serve_args(ncps::free_port())).await
+    }
+
+    /// Runs an admin command (`migrate-nar-to-chunks`, …) on `config`'s storage, with `args`
+    /// after the storage flags, until it exits.
+    pub async fn ncps_admin(&self, command: &str, config: &NcpsConfig, args: &[&str]) -> NcpsRun {
+        let mut argv = vec![command.into()];
+        argv.extend(config.storage_args());
+        argv.extend(args.iter().map(Into::into));
+        NcpsRun::run(self.path(), &argv).await
     }
 
     /// A Nix client with a fresh, empty store.
@@ -137,14 +178,48 @@ pub struct Fixture {
     pub env: TestEnv,
 }
 
+/// Variations on the usual set-up.
+pub struct FixtureOptions {
+    pub compression: Compression,
+    /// Size of the closure's random blob.
+    pub blob_bytes: usize,
+    /// Extra `serve` flags.
+    pub ncps_args: Vec<String>,
+}
+
+impl FixtureOptions {
+    pub fn new(compression: Compression) -> FixtureOptions {
+        FixtureOptions {
+            compression,
+            blob_bytes: nix::BLOB_BYTES,
+            ncps_args: Vec::new(),
+        }
+    }
+
+    pub fn blob_bytes(mut self, blob_bytes: usize) -> FixtureOptions {
+        self.blob_bytes = blob_bytes;
+        self
+    }
+
+    pub fn ncps_args(mut self, args: &[&str]) -> FixtureOptions {
+        self.ncps_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+}
+
 impl Fixture {
     pub async fn new(compression: Compression) -> Fixture {
+        Fixture::with(FixtureOptions::new(compression)).await
+    }
+
+    pub async fn with(options: FixtureOptions) -> Fixture {
         let env = TestEnv::new();
-        let closure = env.closure().await;
+        let closure = env.closure_with_blob(options.blob_bytes).await;
         let upstream_key = env.key("upstream-1").await;
         upstream_key.sign(env.path(), &closure.top).await;
-        let upstream = env.upstream(&closure, compression).await;
-        let config = env.ncps_config(&[&upstream], &[&upstream_key.public]);
+        let upstream = env.upstream(&closure, options.compression).await;
+        let mut config = env.ncps_config(&[&upstream], &[&upstream_key.public]);
+        config.extra_args = options.ncps_args;
         let ncps = env.ncps(&config).await;
         Fixture {
             ncps,

@@ -1,5 +1,7 @@
 //! The `ncps` binary under test, as a child process.
 
+use std::ffi::OsString;
+use std::fmt;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -11,6 +13,8 @@ use super::unique_dir;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on a one-shot run of the binary (a migration, a start that must fail).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How to run ncps; reused as is to restart on the same data directory.
 #[derive(Clone)]
@@ -21,6 +25,163 @@ pub struct NcpsConfig {
     pub temp_dir: PathBuf,
     pub upstreams: Vec<String>,
     pub public_keys: Vec<String>,
+    /// More `serve` flags, appended after the ones above (e.g. `--cache-cdc-enabled`).
+    pub extra_args: Vec<String>,
+}
+
+impl NcpsConfig {
+    /// This configuration with `args` appended to its `serve` flags.
+    pub fn with_args(&self, args: &[&str]) -> NcpsConfig {
+        let mut config = self.clone();
+        config
+            .extra_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        config
+    }
+
+    /// The flags that say where the cache lives; `serve` and the migrations share them.
+    pub fn storage_args(&self) -> Vec<OsString> {
+        vec![
+            "--cache-hostname".into(),
+            self.hostname.clone().into(),
+            "--cache-storage-local".into(),
+            self.data_dir.clone().into(),
+            "--cache-temp-path".into(),
+            self.temp_dir.clone().into(),
+        ]
+    }
+
+    /// `serve` with every flag of this configuration, listening on `addr`.
+    pub fn serve_args(&self, addr: SocketAddr) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["serve".into()];
+        args.extend(self.storage_args());
+        args.extend(["--server-addr".into(), addr.to_string().into()]);
+        for url in &self.upstreams {
+            args.extend(["--cache-upstream-url".into(), url.into()]);
+        }
+        for key in &self.public_keys {
+            args.extend(["--cache-upstream-public-key".into(), key.into()]);
+        }
+        args.extend(self.extra_args.iter().map(OsString::from));
+        args
+    }
+
+    /// Whole NAR files in storage (`<data dir>/store/nar/…`).
+    pub fn whole_nar_files(&self) -> Vec<(PathBuf, u64)> {
+        files_under(&self.data_dir.join("store").join("nar"))
+    }
+
+    /// Chunk files in storage (`<data dir>/store/chunks/…`), with their sizes.
+    pub fn chunk_files(&self) -> Vec<(PathBuf, u64)> {
+        files_under(&self.data_dir.join("store").join("chunks"))
+    }
+}
+
+/// Every regular file below `dir` (none when `dir` does not exist), with its size, sorted.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // A file may vanish between listing and stat (a server is running): skip it.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                files.push((entry.path(), meta.len()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A command running the ncps binary in a clean environment: no CACHE_*/SERVER_* settings,
+/// proxies or config files leak in.
+fn ncps_command(work: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ncps"));
+    cmd.env_clear();
+    for keep in ["PATH", "HOME", "TMPDIR", "RUST_LOG"] {
+        if let Some(value) = std::env::var_os(keep) {
+            cmd.env(keep, value);
+        }
+    }
+    cmd.env("XDG_CONFIG_HOME", unique_dir(work, "ncps-config"))
+        .env("LOG_LEVEL", "debug")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// What a one-shot run of the ncps binary did.
+pub struct NcpsRun {
+    pub command: String,
+    pub status: ExitStatus,
+    /// stdout and stderr, interleaved.
+    pub output: String,
+}
+
+impl NcpsRun {
+    /// Runs the binary with `args` until it exits (killed, and a panic, after a bound).
+    pub async fn run(work: &Path, args: &[OsString]) -> NcpsRun {
+        let output_file = unique_dir(work, "ncps-run").join("output");
+        let output = File::create(&output_file).expect("create ncps output file");
+        let command = format!(
+            "ncps {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut child = ncps_command(work)
+            .args(args)
+            .stdout(output.try_clone().expect("clone output handle"))
+            .stderr(output)
+            .spawn()
+            .expect("spawn ncps");
+        let read_output = || std::fs::read_to_string(&output_file).unwrap_or_default();
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("poll ncps") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`{command}` did not exit within {RUN_TIMEOUT:?}; output:\n{}",
+                    read_output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        NcpsRun {
+            command,
+            status,
+            output: read_output(),
+        }
+    }
+
+    /// Panics with the whole transcript unless the command succeeded.
+    pub fn expect_success(self) -> Self {
+        assert!(self.status.success(), "ncps command failed:\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for NcpsRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "$ {}\n[{}]\n--- output ---\n{}",
+            self.command, self.status, self.output
+        )
+    }
 }
 
 pub struct Ncps {
@@ -50,36 +211,12 @@ impl Ncps {
         let addr = free_port();
         let log_file = unique_dir(work, "ncps-log").join("ncps.log");
         let log = File::create(&log_file).expect("create ncps log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ncps"));
-        cmd.arg("serve")
-            .arg("--cache-hostname")
-            .arg(&config.hostname)
-            .arg("--cache-storage-local")
-            .arg(&config.data_dir)
-            .arg("--cache-temp-path")
-            .arg(&config.temp_dir)
-            .arg("--server-addr")
-            .arg(addr.to_string());
-        for url in &config.upstreams {
-            cmd.arg("--cache-upstream-url").arg(url);
-        }
-        for key in &config.public_keys {
-            cmd.arg("--cache-upstream-public-key").arg(key);
-        }
-        // A clean environment: no CACHE_*/SERVER_* settings, proxies or config files leak in.
-        cmd.env_clear();
-        for keep in ["PATH", "HOME", "TMPDIR", "RUST_LOG"] {
-            if let Some(value) = std::env::var_os(keep) {
-                cmd.env(keep, value);
-            }
-        }
-        cmd.env("XDG_CONFIG_HOME", unique_dir(work, "ncps-config"))
-            .env("LOG_LEVEL", "debug")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
+        let child = ncps_command(work)
+            .args(config.serve_args(addr))
             .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log);
-        let child = cmd.spawn().expect("spawn ncps");
+            .stderr(log)
+            .spawn()
+            .expect("spawn ncps");
         Ncps {
             child: Some(child),
             addr,
@@ -143,6 +280,13 @@ impl Ncps {
         resp.text().trim().to_owned()
     }
 
+    /// SIGKILL, as a crash would: nothing is cleaned up. The process is gone afterwards.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("ncps already terminated");
+        child.kill().expect("kill -9 ncps");
+        child.wait().expect("wait for ncps")
+    }
+
     /// SIGTERM, then waits for the exit (bounded). The process is gone afterwards.
     pub async fn terminate(&mut self) -> ExitStatus {
         let pid = self.child_mut().id().to_string();
@@ -185,7 +329,7 @@ impl Drop for Ncps {
 }
 
 /// A port that was free a moment ago (bind to port 0, read it, drop the socket).
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("probe a free port")

@@ -34,7 +34,7 @@ pub const PROXY_VARS: &[&str] = &[
 
 /// Size of the random blob in the test closure: big enough that a NAR download takes
 /// measurable time (and spans many 64 KiB pieces), small enough to keep tests quick.
-const BLOB_BYTES: usize = 4_000_000;
+pub const BLOB_BYTES: usize = 4_000_000;
 
 /// What a finished Nix command said.
 pub struct NixRun {
@@ -107,6 +107,15 @@ fn lines(run: &NixRun) -> Vec<String> {
         .collect()
 }
 
+/// Builds attribute `attr` of the Nix expression in `file` and returns its output path.
+pub async fn build_attr(work: &Path, file: &Path, attr: &str) -> String {
+    let file = file.to_str().expect("utf-8 path");
+    let built = run(work, "nix-build", &[file, "-A", attr, "--no-out-link"])
+        .await
+        .expect_success();
+    lines(&built).pop().expect("nix-build printed a path")
+}
+
 /// A closure of freshly built store paths, unique to one test:
 /// `top` → `middle` → `leaf` (a reference chain of three) and `top` → `blob` (a few MB of
 /// random bytes).
@@ -123,6 +132,11 @@ impl Closure {
     /// Builds the closure with `builtins.derivation` and `/bin/sh`; a random marker attribute
     /// makes every call produce new store paths.
     pub async fn build(work: &Path) -> Closure {
+        Closure::build_with_blob(work, BLOB_BYTES).await
+    }
+
+    /// [`Closure::build`] with a blob of `blob_bytes` random bytes.
+    pub async fn build_with_blob(work: &Path, blob_bytes: usize) -> Closure {
         let marker = random_hex(16);
         let expr = format!(
             r#"let
@@ -134,7 +148,7 @@ impl Closure {
     args = [ "-c" script ];
     PATH = "/usr/bin:/bin";
   }};
-  blob = mk "e2e-blob" "mkdir -p $out; head -c {BLOB_BYTES} /dev/urandom > $out/blob";
+  blob = mk "e2e-blob" "mkdir -p $out; head -c {blob_bytes} /dev/urandom > $out/blob";
   leaf = mk "e2e-leaf" "mkdir -p $out; echo leaf-{marker} > $out/data";
   middle = mk "e2e-middle" "mkdir -p $out; echo ${{leaf}} > $out/ref";
   top = mk "e2e-top" "mkdir -p $out; echo ${{middle}} > $out/ref; echo ${{blob}} > $out/blob-ref";
@@ -143,13 +157,9 @@ in {{ inherit top middle leaf blob; }}
         );
         let file = work.join(format!("closure-{marker}.nix"));
         std::fs::write(&file, expr).expect("write closure.nix");
-        let file = file.to_str().expect("utf-8 path");
         let mut out = Vec::new();
         for attr in ["top", "middle", "leaf", "blob"] {
-            let built = run(work, "nix-build", &[file, "-A", attr, "--no-out-link"])
-                .await
-                .expect_success();
-            out.push(lines(&built).pop().expect("nix-build printed a path"));
+            out.push(build_attr(work, &file, attr).await);
         }
         let [top, middle, leaf, blob] = out.try_into().expect("four paths");
         let mut paths = lines(
