@@ -75,3 +75,10 @@ CREATE TABLE settings (
     name VARCHAR(64) PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
 );
+
+-- Build logs uploaded with `nix store copy-log --to` (PUT /log/<drv>), served by GET /log/<drv>.
+CREATE TABLE build_logs (
+    drv VARCHAR(255) PRIMARY KEY NOT NULL,
+    content BLOB NOT NULL,
+    created_at BIGINT NOT NULL
+);

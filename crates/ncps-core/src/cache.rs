@@ -17,6 +17,7 @@ use tracing::info;
 use crate::chunking::ChunkSettings;
 use crate::codec::{can_decode, transcode};
 use crate::download::{Download, Downloads};
+use crate::upload::{PendingUploads, UploadConfig};
 use crate::{CacheError, RangeRequest};
 
 /// Content-defined chunking settings; `None` in [`CacheConfig`] stores NARs as whole files.
@@ -43,6 +44,8 @@ pub struct CacheConfig {
     pub priority: u32,
     /// Chunk NARs (eagerly or lazily); `None` keeps whole files.
     pub cdc: Option<CdcConfig>,
+    /// Rules for uploads.
+    pub uploads: UploadConfig,
 }
 
 /// A NAR body ready to send: its size is known before the first byte whenever possible.
@@ -79,6 +82,7 @@ pub(crate) struct Inner {
     pub store: BlobStore,
     pub upstreams: Upstreams,
     pub downloads: Downloads,
+    pub pending: PendingUploads,
     /// NARs stored whole that lazy chunking should pick up.
     pub chunk_queue: mpsc::UnboundedSender<ncps_nix::Sha256Hash>,
     pub chunk_queue_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ncps_nix::Sha256Hash>>>,
@@ -98,6 +102,7 @@ impl Cache {
                 store,
                 upstreams,
                 downloads,
+                pending: PendingUploads::default(),
                 chunk_queue,
                 chunk_queue_rx: std::sync::Mutex::new(Some(rx)),
             }),
@@ -183,7 +188,7 @@ impl Cache {
     /// The NAR URL we hand out for an upstream narinfo. With chunking it names the NAR by its
     /// NarHash in zstd, which we can always produce (spliced chunks, or recompressed); without,
     /// it keeps the upstream file's name, served byte for byte.
-    fn url_for(&self, upstream: &NarInfo) -> NarKey {
+    pub(crate) fn url_for(&self, upstream: &NarInfo) -> NarKey {
         if self.inner.config.cdc.is_some() {
             NarKey::new(upstream.nar_hash, Compression::Zstd)
         } else {
@@ -196,6 +201,9 @@ impl Cache {
 
     /// The size of a NAR as a HEAD request reports it, without downloading anything.
     pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, CacheError> {
+        if self.upload_pending(key) {
+            return Ok(None);
+        }
         let nar_hash = self
             .inner
             .db

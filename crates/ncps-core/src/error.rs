@@ -15,6 +15,18 @@ pub enum CacheError {
     /// The upstream's NAR did not match its narinfo (hash, size, or compression).
     #[error("upstream NAR failed verification: {0}")]
     Integrity(String),
+    /// The client sent something malformed or inconsistent (an upload that does not check out).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The client may not do this (an upload without a trusted signature).
+    #[error("{0}")]
+    Forbidden(String),
+    /// An upload is larger than allowed.
+    #[error("upload larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
     /// The requested byte range lies outside the NAR.
     #[error("range not satisfiable for a NAR of {size} bytes")]
     RangeNotSatisfiable {

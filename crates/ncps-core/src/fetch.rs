@@ -69,13 +69,13 @@ impl Cache {
         origin: &NarOrigin,
     ) -> Result<(), CacheError> {
         let n = &cached.narinfo;
-        let expected = Expected {
-            compression: origin.compression,
-            file_hash: origin.file_hash,
-            file_size: origin.file_size,
-            nar_hash: n.nar_hash,
-            nar_size: n.nar_size,
-        };
+        let expected = Expected::exactly(
+            origin.compression,
+            origin.file_hash,
+            origin.file_size,
+            n.nar_hash,
+            n.nar_size,
+        );
         let response = self.open_upstream(origin).await?;
         download.set(Progress::Running {
             written: 0,

@@ -258,13 +258,13 @@ impl Cache {
             .prefix("unchunk-")
             .tempfile_in(&self.inner.config.temp_dir)?
             .into_parts();
-        let expected = crate::verify::Expected {
-            compression: Compression::Zstd,
-            file_hash: None,
-            file_size: Some(form.spliced_size),
-            nar_hash: record.nar_hash,
-            nar_size: record.nar_size,
-        };
+        let expected = crate::verify::Expected::exactly(
+            Compression::Zstd,
+            None,
+            Some(form.spliced_size),
+            record.nar_hash,
+            record.nar_size,
+        );
         let verified = crate::verify::write_verified(file, expected, spliced, None).await?;
         let whole = ncps_db::WholeFile {
             key: NarKey::new(verified.file_hash, Compression::Zstd),

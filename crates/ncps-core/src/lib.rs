@@ -16,6 +16,7 @@ mod fetch;
 mod forms;
 mod jobs;
 mod range;
+mod upload;
 mod verify;
 
 pub use cache::{Cache, CacheConfig, CdcConfig, NarBody};
@@ -24,3 +25,4 @@ pub use error::CacheError;
 pub use jobs::{GcReport, JobsConfig};
 pub use ncps_store::ByteRange;
 pub use range::RangeRequest;
+pub use upload::{MAX_NARINFO_UPLOAD, UploadConfig};

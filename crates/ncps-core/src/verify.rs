@@ -13,14 +13,36 @@ use sha2::{Digest, Sha256};
 use crate::CacheError;
 use crate::download::Download;
 
-/// What the narinfo promises about the NAR file.
+/// What the narinfo promises about the NAR file. An upload arrives before its narinfo, so
+/// everything but the compression may be unknown; `max_size` then bounds the file and the NAR.
 #[derive(Clone, Debug)]
 pub(crate) struct Expected {
     pub compression: Compression,
     pub file_hash: Option<Sha256Hash>,
     pub file_size: Option<u64>,
-    pub nar_hash: Sha256Hash,
-    pub nar_size: u64,
+    pub nar_hash: Option<Sha256Hash>,
+    pub nar_size: Option<u64>,
+    pub max_size: u64,
+}
+
+impl Expected {
+    /// Every promise a narinfo makes about its NAR (for downloads).
+    pub fn exactly(
+        compression: Compression,
+        file_hash: Option<Sha256Hash>,
+        file_size: Option<u64>,
+        nar_hash: Sha256Hash,
+        nar_size: u64,
+    ) -> Self {
+        Self {
+            compression,
+            file_hash,
+            file_size,
+            nar_hash: Some(nar_hash),
+            nar_size: Some(nar_size),
+            max_size: u64::MAX,
+        }
+    }
 }
 
 /// What was measured on a file that passed every check.
@@ -28,6 +50,8 @@ pub(crate) struct Expected {
 pub(crate) struct Verified {
     pub file_hash: Sha256Hash,
     pub file_size: u64,
+    pub nar_hash: Sha256Hash,
+    pub nar_size: u64,
 }
 
 /// Hashes the decompressed NAR and refuses to grow past NarSize, so a decompression bomb costs
@@ -134,7 +158,7 @@ impl NarIngest {
         let sink = NarSink {
             hasher: Sha256::new(),
             size: 0,
-            limit: expected.nar_size,
+            limit: expected.nar_size.unwrap_or(expected.max_size),
         };
         Ok(Self {
             file,
@@ -148,7 +172,8 @@ impl NarIngest {
     /// Appends compressed bytes to the file. Readers may read them once this returns.
     pub fn write_file(&mut self, chunk: &[u8]) -> io::Result<()> {
         self.file_size += chunk.len() as u64;
-        if let Some(limit) = self.expected.file_size.filter(|&l| self.file_size > l) {
+        let limit = self.expected.file_size.unwrap_or(self.expected.max_size);
+        if self.file_size > limit {
             return Err(invalid(format!(
                 "file is larger than its FileSize of {limit} bytes"
             )));
@@ -180,21 +205,22 @@ impl NarIngest {
                 "FileHash mismatch: narinfo says {hash}, got {file_hash}"
             )));
         }
-        if sink.size != exp.nar_size {
+        if let Some(size) = exp.nar_size.filter(|&s| s != sink.size) {
             return Err(invalid(format!(
-                "NarSize mismatch: narinfo says {}, got {}",
-                exp.nar_size, sink.size
+                "NarSize mismatch: narinfo says {size}, got {}",
+                sink.size
             )));
         }
-        if nar_hash != exp.nar_hash {
+        if let Some(hash) = exp.nar_hash.filter(|&h| h != nar_hash) {
             return Err(invalid(format!(
-                "NarHash mismatch: narinfo says {}, got {nar_hash}",
-                exp.nar_hash
+                "NarHash mismatch: narinfo says {hash}, got {nar_hash}"
             )));
         }
         Ok(Verified {
             file_hash,
             file_size: self.file_size,
+            nar_hash,
+            nar_size: sink.size,
         })
     }
 }
@@ -251,13 +277,13 @@ mod tests {
     use super::*;
 
     fn expected(compression: Compression, file: &[u8], nar: &[u8]) -> Expected {
-        Expected {
+        Expected::exactly(
             compression,
-            file_hash: Some(Sha256Hash::digest(file)),
-            file_size: Some(file.len() as u64),
-            nar_hash: Sha256Hash::digest(nar),
-            nar_size: nar.len() as u64,
-        }
+            Some(Sha256Hash::digest(file)),
+            Some(file.len() as u64),
+            Sha256Hash::digest(nar),
+            nar.len() as u64,
+        )
     }
 
     fn ingest(exp: Expected, file: &[u8]) -> io::Result<Verified> {
@@ -337,13 +363,13 @@ mod tests {
     fn stops_a_decompression_bomb_at_nar_size() {
         let big = vec![0u8; 50_000_000];
         let zst = zstd::encode_all(&big[..], 3).unwrap();
-        let exp = Expected {
-            compression: Compression::Zstd,
-            file_hash: None,
-            file_size: None,
-            nar_hash: Sha256Hash::digest(b"x"),
-            nar_size: 1000,
-        };
+        let exp = Expected::exactly(
+            Compression::Zstd,
+            None,
+            None,
+            Sha256Hash::digest(b"x"),
+            1000,
+        );
         let err = ingest(exp, &zst).unwrap_err();
         assert!(err.to_string().contains("larger than its NarSize"), "{err}");
     }

@@ -8,6 +8,7 @@
 mod chunks;
 mod connect;
 mod error;
+mod logs;
 mod narinfos;
 mod nars;
 mod records;

@@ -25,6 +25,9 @@ fn status_of(e: &CacheError) -> StatusCode {
         CacheError::Upstream(u) if u.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         CacheError::Upstream(_) | CacheError::Integrity(_) => StatusCode::BAD_GATEWAY,
         CacheError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        CacheError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        CacheError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         CacheError::Shared(inner) => status_of(inner),
         CacheError::Database(_) | CacheError::Storage(_) | CacheError::Io(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -40,6 +43,8 @@ fn public_message(e: &CacheError) -> String {
         CacheError::Upstream(u) => u.to_string(),
         CacheError::Integrity(m) => format!("upstream NAR failed verification: {m}"),
         CacheError::RangeNotSatisfiable { size } => format!("range outside the {size} bytes"),
+        CacheError::BadRequest(m) | CacheError::Forbidden(m) => m.clone(),
+        CacheError::TooLarge { limit } => format!("upload larger than the limit of {limit} bytes"),
         CacheError::Shared(inner) => public_message(inner),
         CacheError::Database(_) | CacheError::Storage(_) | CacheError::Io(_) => {
             "internal error".into()

@@ -4,26 +4,55 @@
 //! into a response with the right content type, length and caching headers. No cache logic
 //! lives here.
 
+mod auth;
 mod error;
 mod headers;
 mod logging;
 mod routes;
 
-use axum::Router;
-use axum::routing::get;
-use ncps_core::Cache;
+use std::sync::Arc;
 
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, put};
+use ncps_core::{Cache, MAX_NARINFO_UPLOAD};
+
+pub use auth::AccessConfig;
 pub use error::ApiError;
 
-/// Builds the router serving `cache`.
-pub fn router(cache: Cache) -> Router {
+/// Largest build log accepted.
+const MAX_LOG_UPLOAD: usize = 64 * 1024 * 1024;
+
+/// Builds the router serving `cache` under the access rules in `access`.
+pub fn router(cache: Cache, access: AccessConfig) -> Router {
+    let narinfo = get(routes::narinfo::get)
+        .put(routes::narinfo::put)
+        .delete(routes::narinfo::delete)
+        .layer(DefaultBodyLimit::max(MAX_NARINFO_UPLOAD));
+    let nar = get(routes::nar::get)
+        .head(routes::nar::head)
+        .put(routes::nar::put)
+        .delete(routes::nar::delete);
+    let log = get(routes::log::get)
+        .put(routes::log::put)
+        .layer(DefaultBodyLimit::max(MAX_LOG_UPLOAD));
     Router::new()
         .route("/nix-cache-info", get(routes::cache_info::get))
         .route("/pubkey", get(routes::pubkey::get))
         .route("/healthz", get(routes::health::get))
-        .route("/nar/{file}", get(routes::nar::get).head(routes::nar::head))
-        .route("/{file}", get(routes::narinfo::get))
+        .route("/nar/{file}", nar)
+        .route("/upload/nar/{file}", put(routes::nar::put))
+        .route("/log/{drv}", log)
+        .route(
+            "/upload/{file}",
+            put(routes::narinfo::put).layer(DefaultBodyLimit::max(MAX_NARINFO_UPLOAD)),
+        )
+        .route("/{file}", narinfo)
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access),
+            auth::enforce,
+        ))
         .layer(axum::middleware::from_fn(logging::log_request))
         .with_state(cache)
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::{config_file, duration};
+use crate::{config_file, duration, size};
 
 /// Nix binary cache proxy: caches, re-signs and serves store paths from upstream caches.
 #[derive(Debug, Parser)]
@@ -218,6 +218,74 @@ pub struct ServeArgs {
     /// Address to listen on, host:port; ":8501" means every interface.
     #[arg(long, env = "SERVER_ADDR", default_value = ":8501")]
     pub server_addr: String,
+
+    /// Uploads, deletions and tokens.
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Who may upload, delete and read.
+#[derive(Debug, Args)]
+pub struct AccessArgs {
+    /// Accept uploads: `nix copy --to http://…` (PUT of narinfos, NARs and build logs).
+    #[arg(
+        long,
+        env = "CACHE_ALLOW_PUT_VERB",
+        alias = "allow-put",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_allow_put_verb: bool,
+
+    /// Accept DELETE of narinfos and NARs.
+    #[arg(
+        long,
+        env = "CACHE_ALLOW_DELETE_VERB",
+        alias = "allow-delete",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_allow_delete_verb: bool,
+
+    /// Require uploaded narinfos to carry a signature from a --cache-trusted-upload-key
+    /// (refused with 403 otherwise; with no key configured every upload is refused).
+    #[arg(
+        long,
+        env = "CACHE_REQUIRE_TRUSTED_SIGNATURE",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_require_trusted_signature: bool,
+
+    /// Public key (name:base64) whose signature makes an uploaded narinfo trusted (repeatable).
+    #[arg(
+        long = "cache-trusted-upload-key",
+        env = "CACHE_TRUSTED_UPLOAD_KEYS",
+        value_delimiter = ','
+    )]
+    pub cache_trusted_upload_keys: Vec<String>,
+
+    /// Largest NAR upload accepted (units K, M, G, T).
+    #[arg(long, env = "CACHE_MAX_UPLOAD_SIZE", default_value = "32G", value_parser = size::parse)]
+    pub cache_max_upload_size: u64,
+
+    /// Token required to read (Authorization: Bearer, or the password of Basic auth as Nix sends
+    /// from a netrc file). /healthz and /metrics stay open.
+    #[arg(long, env = "CACHE_GET_TOKEN")]
+    pub cache_get_token: Option<String>,
+
+    /// Token required to upload or delete (defaults to the read token when only that is set).
+    #[arg(long, env = "CACHE_PUT_TOKEN")]
+    pub cache_put_token: Option<String>,
 }
 
 /// Flags of the migration commands: the cache to open and the chunking in force.
@@ -256,6 +324,16 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "cache.upstream.response-header-timeout",
     ),
     ("server_addr", "server.addr"),
+    ("cache_allow_put_verb", "cache.allow-put-verb"),
+    ("cache_allow_delete_verb", "cache.allow-delete-verb"),
+    (
+        "cache_require_trusted_signature",
+        "cache.require-trusted-signature",
+    ),
+    ("cache_trusted_upload_keys", "cache.trusted-upload-keys"),
+    ("cache_max_upload_size", "cache.max-upload-size"),
+    ("cache_get_token", "cache.get-token"),
+    ("cache_put_token", "cache.put-token"),
     ("cache_cdc_enabled", "cache.cdc.enabled"),
     ("cache_cdc_min", "cache.cdc.min"),
     ("cache_cdc_avg", "cache.cdc.avg"),

@@ -8,6 +8,7 @@ mod migrate;
 mod serve;
 mod setup;
 mod shutdown;
+mod size;
 mod telemetry;
 
 use anyhow::Result;

@@ -4,13 +4,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ncps_core::{Cache, CacheConfig, CdcConfig, JobsConfig};
+use ncps_core::{Cache, CacheConfig, CdcConfig, JobsConfig, UploadConfig};
 use ncps_nix::PublicKey;
+use ncps_server::AccessConfig;
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::cli::{ServeArgs, UpstreamArgs};
+use crate::cli::{AccessArgs, ServeArgs, UpstreamArgs};
 use crate::{setup, shutdown};
 
 /// The upstream users get when they configure none.
@@ -46,6 +47,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             temp_dir: parts.temp_dir,
             priority: PRIORITY,
             cdc,
+            uploads: upload_rules(&args.access)?,
         },
         parts.db,
         parts.store,
@@ -69,11 +71,25 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
-    let server =
-        axum::serve(listener, ncps_server::router(cache)).with_graceful_shutdown(async move {
-            shutdown::signal_received().await;
-            notify.notify_one();
-        });
+    let access = AccessConfig {
+        allow_put: args.access.cache_allow_put_verb,
+        allow_delete: args.access.cache_allow_delete_verb,
+        get_token: args
+            .access
+            .cache_get_token
+            .clone()
+            .filter(|t| !t.is_empty()),
+        put_token: args
+            .access
+            .cache_put_token
+            .clone()
+            .filter(|t| !t.is_empty()),
+    };
+    let router = ncps_server::router(cache, access);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown::signal_received().await;
+        notify.notify_one();
+    });
     tokio::select! {
         result = server => result.context("server failed")?,
         () = async {
@@ -83,6 +99,24 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+fn upload_rules(args: &AccessArgs) -> Result<UploadConfig> {
+    let trusted_keys = args
+        .cache_trusted_upload_keys
+        .iter()
+        .map(|k| PublicKey::parse(k).with_context(|| format!("invalid trusted upload key {k:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    if args.cache_require_trusted_signature && trusted_keys.is_empty() {
+        warn!(
+            "--cache-require-trusted-signature without --cache-trusted-upload-key: every upload will be refused"
+        );
+    }
+    Ok(UploadConfig {
+        require_trusted_signature: args.cache_require_trusted_signature,
+        trusted_keys,
+        max_size: args.cache_max_upload_size,
+    })
 }
 
 fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {

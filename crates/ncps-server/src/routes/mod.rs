@@ -2,6 +2,7 @@
 
 pub mod cache_info;
 pub mod health;
+pub mod log;
 pub mod nar;
 pub mod narinfo;
 pub mod pubkey;

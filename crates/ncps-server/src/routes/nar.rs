@@ -2,6 +2,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use futures::stream::StreamExt;
 use ncps_core::{Cache, NarBody, RangeRequest};
 use ncps_nix::NarKey;
 
@@ -75,4 +77,30 @@ pub async fn head(
         length(h, size);
     }
     Ok(response)
+}
+
+/// `PUT /nar/<hash>.nar[.ext]`: receives an upload, streamed to disk and measured; it is
+/// published when its narinfo arrives.
+pub async fn put(
+    State(cache): State<Cache>,
+    Path(file): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = parse_key(&file)?;
+    let stream = body
+        .into_data_stream()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e))
+        .boxed();
+    cache.upload_nar(&key, stream).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `DELETE /nar/<hash>.nar[.ext]`.
+pub async fn delete(
+    State(cache): State<Cache>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = parse_key(&file)?;
+    cache.delete_nar(&key).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

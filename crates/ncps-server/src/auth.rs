@@ -1,0 +1,129 @@
+//! Access control: which verbs are enabled, and the bearer tokens that guard reads and writes.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Who may do what.
+#[derive(Clone, Debug, Default)]
+pub struct AccessConfig {
+    /// Accept uploads (`PUT`).
+    pub allow_put: bool,
+    /// Accept deletions (`DELETE`).
+    pub allow_delete: bool,
+    /// Token required to read (GET/HEAD); `/healthz` and `/metrics` stay open for probes.
+    pub get_token: Option<String>,
+    /// Token required to write (PUT/DELETE/POST); falls back to `get_token` when unset.
+    pub put_token: Option<String>,
+}
+
+/// Routes probes must reach without credentials.
+const OPEN_PATHS: &[&str] = &["/healthz", "/metrics"];
+
+fn plain(status: StatusCode, message: &str) -> Response {
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        format!("{message}\n"),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"ncps\""),
+        );
+    }
+    response
+}
+
+/// Compares through SHA-256 digests so the time taken says nothing about the token.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The secret a request presents: a bearer token, or the password of Basic auth (what Nix sends
+/// from a `netrc-file`, so clients need no special configuration).
+fn presented_secret(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.trim().to_string());
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_user, password) = text.split_once(':')?;
+    Some(password.to_string())
+}
+
+/// Rejects disabled verbs (405) and requests without the right token (401).
+pub async fn enforce(
+    State(access): State<Arc<AccessConfig>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let writes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if method == Method::PUT && !access.allow_put {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "uploads are disabled; start ncps with --cache-allow-put-verb",
+        );
+    }
+    if method == Method::DELETE && !access.allow_delete {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "deletions are disabled; start ncps with --cache-allow-delete-verb",
+        );
+    }
+    let required = if writes {
+        access.put_token.as_ref().or(access.get_token.as_ref())
+    } else if OPEN_PATHS.contains(&request.uri().path()) {
+        None
+    } else {
+        access.get_token.as_ref()
+    };
+    if let Some(token) = required {
+        let ok =
+            presented_secret(request.headers()).is_some_and(|given| same_secret(&given, token));
+        if !ok {
+            return plain(StatusCode::UNAUTHORIZED, "missing or wrong token");
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_basic_passwords_are_accepted() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_secret(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert_eq!(presented_secret(&h).as_deref(), Some("s3cret"));
+        let basic = base64::engine::general_purpose::STANDARD.encode("nix:s3cret");
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {basic}").parse().unwrap(),
+        );
+        assert_eq!(presented_secret(&h).as_deref(), Some("s3cret"));
+        assert!(same_secret("s3cret", "s3cret"));
+        assert!(!same_secret("s3cret", "s3cret2"));
+        assert!(!same_secret("", "x"));
+    }
+}
