@@ -26,6 +26,7 @@ async fn open_cache(args: &MigrateArgs) -> Result<(Cache, ncps_core::ChunkSettin
             temp_dir: parts.temp_dir,
             priority: 40,
             cdc: None,
+            uploads: ncps_core::UploadConfig::default(),
         },
         parts.db,
         parts.store,
