@@ -25,4 +25,4 @@ pub use error::CacheError;
 pub use jobs::{GcReport, JobsConfig};
 pub use ncps_store::ByteRange;
 pub use range::RangeRequest;
-pub use upload::{MAX_NARINFO_UPLOAD, UploadConfig};
+pub use upload::{MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD, UploadConfig};

@@ -338,3 +338,33 @@ impl Cache {
             .ok_or(CacheError::NotFound)
     }
 }
+
+/// Largest realisation or build-trace document accepted (they are small JSON objects).
+pub const MAX_REALISATION_UPLOAD: usize = 64 * 1024;
+
+impl Cache {
+    /// Stores a realisation or build-trace document under its (already validated) id.
+    pub async fn put_realisation(&self, id: &str, content: &str) -> Result<(), CacheError> {
+        serde_json_check(content)?;
+        Ok(self.inner.db.put_realisation(id, content).await?)
+    }
+
+    /// A stored realisation or build-trace document.
+    pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {
+        self.inner
+            .db
+            .realisation(id)
+            .await?
+            .ok_or(CacheError::NotFound)
+    }
+}
+
+/// Realisations are JSON objects; refuse anything else rather than serve garbage to clients.
+fn serde_json_check(content: &str) -> Result<(), CacheError> {
+    let trimmed = content.trim_start();
+    if trimmed.starts_with('{') && content.trim_end().ends_with('}') {
+        Ok(())
+    } else {
+        Err(bad("a realisation must be a JSON object"))
+    }
+}

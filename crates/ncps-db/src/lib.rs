@@ -8,14 +8,22 @@
 mod chunks;
 mod connect;
 mod error;
+mod fsck;
 mod logs;
 mod narinfos;
 mod nars;
+mod pins;
+mod realisations;
 mod records;
 mod repo;
 mod settings;
 
 pub use connect::{DatabaseUrl, parse_database_url};
 pub use error::DbError;
+pub use fsck::{
+    AppliedMigration, ChunkListEntry, ChunkRefMismatch, ChunkRow, DanglingNarUrl, OrphanNarInfo,
+    UnreferencedNar,
+};
+pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
 pub use repo::{Database, now_secs};

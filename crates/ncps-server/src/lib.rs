@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, put};
-use ncps_core::{Cache, MAX_NARINFO_UPLOAD};
+use ncps_core::{Cache, MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD};
 
 pub use auth::AccessConfig;
 pub use error::ApiError;
@@ -43,6 +43,18 @@ pub fn router(cache: Cache, access: AccessConfig) -> Router {
         .route("/nar/{file}", nar)
         .route("/upload/nar/{file}", put(routes::nar::put))
         .route("/log/{drv}", log)
+        .route(
+            "/realisations/{file}",
+            get(routes::realisation::get)
+                .put(routes::realisation::put)
+                .layer(DefaultBodyLimit::max(MAX_REALISATION_UPLOAD)),
+        )
+        .route(
+            "/build-trace-v2/{drv}/{output}",
+            get(routes::realisation::get_trace)
+                .put(routes::realisation::put_trace)
+                .layer(DefaultBodyLimit::max(MAX_REALISATION_UPLOAD)),
+        )
         .route(
             "/upload/{file}",
             put(routes::narinfo::put).layer(DefaultBodyLimit::max(MAX_NARINFO_UPLOAD)),

@@ -6,6 +6,7 @@ pub mod log;
 pub mod nar;
 pub mod narinfo;
 pub mod pubkey;
+pub mod realisation;
 
 use crate::ApiError;
 use ncps_core::CacheError;
