@@ -14,6 +14,7 @@ use ncps_upstream::Upstreams;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::access::AccessLog;
 use crate::chunking::ChunkSettings;
 use crate::codec::{can_decode, transcode};
 use crate::download::{Download, Downloads};
@@ -83,6 +84,9 @@ pub(crate) struct Inner {
     pub upstreams: Upstreams,
     pub downloads: Downloads,
     pub pending: PendingUploads,
+    pub access: AccessLog,
+    /// One eviction at a time in this process.
+    pub lru_lock: tokio::sync::Mutex<()>,
     /// NARs stored whole that lazy chunking should pick up.
     pub chunk_queue: mpsc::UnboundedSender<ncps_nix::Sha256Hash>,
     pub chunk_queue_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ncps_nix::Sha256Hash>>>,
@@ -103,6 +107,8 @@ impl Cache {
                 upstreams,
                 downloads,
                 pending: PendingUploads::default(),
+                access: AccessLog::default(),
+                lru_lock: tokio::sync::Mutex::new(()),
                 chunk_queue,
                 chunk_queue_rx: std::sync::Mutex::new(Some(rx)),
             }),
@@ -129,6 +135,7 @@ impl Cache {
             Some(cached) => cached,
             None => self.fetch_narinfo(hash).await?,
         };
+        self.inner.access.narinfo(*hash);
         let stored = self.inner.db.nar(&cached.narinfo.nar_hash).await?;
         let mut narinfo = cached.narinfo;
         (narinfo.file_hash, narinfo.file_size) = file_info(
@@ -245,6 +252,7 @@ impl Cache {
             .nar_hash_for_url(key)
             .await?
             .ok_or(CacheError::NotFound)?;
+        self.inner.access.nar(nar_hash);
         if let Some(record) = self.inner.db.nar(&nar_hash).await?
             && let Some(body) = self.serve_stored(key, &record, range).await?
         {

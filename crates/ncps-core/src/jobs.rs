@@ -13,15 +13,17 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::chunking::{ChunkSettings, check_chunked, chunk_nar};
+use crate::schedule::{Schedule, spawn_scheduled};
 use crate::{Cache, CacheError};
 
 /// How the background jobs run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct JobsConfig {
     /// Concurrent lazy-chunking workers.
     pub chunk_workers: usize,
-    /// How often interrupted lazy chunking is looked for (and expired whole files deleted).
-    pub recovery_interval: Duration,
+    /// When interrupted lazy chunking is looked for (and expired whole files deleted); it also
+    /// runs once at start.
+    pub recovery_schedule: Schedule,
     /// NARs taken per recovery round.
     pub recovery_batch: u32,
     /// How often unreferenced chunks are collected.
@@ -29,6 +31,17 @@ pub struct JobsConfig {
     /// How long a chunk stays after its last reference went, so readers that already started
     /// never lose a chunk under them.
     pub gc_grace: Duration,
+    /// Least-recently-used eviction: when it runs, and the size it brings the cache under.
+    pub lru: Option<LruConfig>,
+}
+
+/// When and down to what size least-recently-used eviction runs.
+#[derive(Clone, Debug)]
+pub struct LruConfig {
+    /// When the job runs.
+    pub schedule: Schedule,
+    /// The most bytes the cache may keep in storage.
+    pub max_size: u64,
 }
 
 /// What a garbage collection removed.
@@ -45,10 +58,21 @@ fn now() -> i64 {
 impl Cache {
     /// Starts the background jobs on the current runtime; they stop with it.
     pub fn spawn_jobs(&self, jobs: JobsConfig) {
+        self.spawn_access_flush();
+        if let Some(lru) = jobs.lru.clone() {
+            let this = self.clone();
+            spawn_scheduled(lru.schedule, move || {
+                let this = this.clone();
+                async move {
+                    match this.evict_lru(lru.max_size).await {
+                        Ok(report) => info!(?report, "LRU eviction finished"),
+                        Err(e) => error!(error = %e, "LRU eviction failed"),
+                    }
+                }
+            });
+        }
+        self.spawn_gc(&jobs);
         let Some(cdc) = self.inner.config.cdc else {
-            // Without chunking there is nothing to chunk, but chunks from an earlier run with it
-            // on still need collecting.
-            self.spawn_gc(jobs);
             return;
         };
         if cdc.lazy {
@@ -70,19 +94,21 @@ impl Cache {
             }
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(jobs.recovery_interval);
-            loop {
-                tick.tick().await;
-                if let Err(e) = this.recover_and_clean(cdc.lazy, jobs.recovery_batch).await {
+        let batch = jobs.recovery_batch;
+        let recover = move || {
+            let this = this.clone();
+            async move {
+                if let Err(e) = this.recover_and_clean(cdc.lazy, batch).await {
                     error!(error = %e, "lazy chunking recovery failed");
                 }
             }
-        });
-        self.spawn_gc(jobs);
+        };
+        tokio::spawn(recover());
+        spawn_scheduled(jobs.recovery_schedule.clone(), recover);
     }
 
-    fn spawn_gc(&self, jobs: JobsConfig) {
+    fn spawn_gc(&self, jobs: &JobsConfig) {
+        let jobs = jobs.clone();
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(jobs.gc_interval);

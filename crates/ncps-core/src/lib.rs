@@ -7,6 +7,8 @@
 //! served from whichever form can produce the compression their URL names. The HTTP layer above
 //! only translates requests and errors.
 
+mod access;
+pub mod admin;
 mod cache;
 mod chunking;
 mod codec;
@@ -15,14 +17,18 @@ mod error;
 mod fetch;
 mod forms;
 mod jobs;
+mod lru;
 mod range;
+mod schedule;
 mod upload;
 mod verify;
 
 pub use cache::{Cache, CacheConfig, CdcConfig, NarBody};
 pub use chunking::ChunkSettings;
 pub use error::CacheError;
-pub use jobs::{GcReport, JobsConfig};
+pub use jobs::{GcReport, JobsConfig, LruConfig};
+pub use lru::LruReport;
 pub use ncps_store::ByteRange;
 pub use range::RangeRequest;
+pub use schedule::{Schedule, ScheduleError, parse_duration, spawn_scheduled};
 pub use upload::{MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD, UploadConfig};

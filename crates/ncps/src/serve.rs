@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ncps_core::{Cache, CacheConfig, CdcConfig, JobsConfig, UploadConfig};
+use ncps_core::{Cache, CacheConfig, CdcConfig, JobsConfig, LruConfig, Schedule, UploadConfig};
 use ncps_nix::PublicKey;
 use ncps_server::AccessConfig;
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::cli::{AccessArgs, ServeArgs, UpstreamArgs};
+use crate::cli::{AccessArgs, LruArgs, ServeArgs, UpstreamArgs};
 use crate::{setup, shutdown};
 
 /// The upstream users get when they configure none.
@@ -55,10 +55,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
     cache.spawn_jobs(JobsConfig {
         chunk_workers: args.cdc_jobs.cache_cdc_background_workers,
-        recovery_interval: args.cdc_jobs.cache_cdc_lazy_recovery_schedule,
+        recovery_schedule: Schedule::parse(
+            &args.cdc_jobs.cache_cdc_lazy_recovery_schedule,
+            "Local",
+        )?,
         recovery_batch: args.cdc_jobs.cache_cdc_lazy_recovery_batch_size,
         gc_interval: GC_INTERVAL,
         gc_grace: args.cdc_jobs.cache_cdc_gc_grace,
+        lru: lru_config(&args.lru)?,
     });
     let listener = bind(&args.server_addr).await?;
     info!(
@@ -101,6 +105,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+fn lru_config(args: &LruArgs) -> Result<Option<LruConfig>> {
+    match (&args.cache_lru_schedule, args.cache_max_size) {
+        (None, None) => Ok(None),
+        (Some(_), None) => {
+            bail!("--cache-max-size is required when --cache-lru-schedule is specified")
+        }
+        (schedule, Some(max_size)) => {
+            // A size limit without a schedule is enforced hourly, so it is never ignored.
+            let expr = schedule.as_deref().unwrap_or("@hourly");
+            let schedule = Schedule::parse(expr, &args.cache_lru_schedule_timezone)?;
+            info!(max_size, schedule = expr, timezone = %args.cache_lru_schedule_timezone, "LRU eviction configured");
+            Ok(Some(LruConfig { schedule, max_size }))
+        }
+    }
+}
+
 fn upload_rules(args: &AccessArgs) -> Result<UploadConfig> {
     let trusted_keys = args
         .cache_trusted_upload_keys
@@ -119,10 +139,46 @@ fn upload_rules(args: &AccessArgs) -> Result<UploadConfig> {
     })
 }
 
+/// Builds the upstreams from the flags and starts their health checks. No flag at all means
+/// cache.nixos.org with its key; only empty values (`--cache-upstream-url ''`) mean none.
 fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
-    let mut urls = args.cache_upstream_urls.clone();
-    let mut key_texts = args.cache_upstream_public_keys.clone();
-    if urls.is_empty() {
+    /// Reads the netrc file: the one given (which must exist), else `~/.netrc` if present.
+    fn netrc(given: Option<&std::path::Path>) -> Result<Option<ncps_upstream::Netrc>> {
+        let path = match given {
+            Some(path) => path.to_path_buf(),
+            None => {
+                match std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".netrc")) {
+                    Some(path) if path.is_file() => path,
+                    _ => return Ok(None),
+                }
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read netrc file {}", path.display()))?;
+        let netrc =
+            ncps_upstream::Netrc::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the netrc file holds passwords but others may read it; chmod 600 it");
+            }
+        }
+        info!(path = %path.display(), "credentials for upstreams read from netrc");
+        Ok(Some(netrc))
+    }
+
+    let non_empty = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let mut urls = non_empty(&args.cache_upstream_urls);
+    let mut key_texts = non_empty(&args.cache_upstream_public_keys);
+    if args.cache_upstream_urls.is_empty() {
         urls.push(DEFAULT_UPSTREAM.to_string());
         key_texts.push(DEFAULT_UPSTREAM_KEY.to_string());
     }
@@ -130,21 +186,41 @@ fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
         .iter()
         .map(|k| PublicKey::parse(k).with_context(|| format!("invalid upstream public key {k:?}")))
         .collect::<Result<Vec<_>>>()?;
-    if keys.is_empty() {
+    if keys.is_empty() && !urls.is_empty() {
         bail!(
             "no --cache-upstream-public-key given: ncps only re-signs upstream paths whose \
              signature it can check; pass the upstream's public key (name:base64)"
         );
     }
+    let netrc = if urls.is_empty() {
+        None
+    } else {
+        netrc(args.netrc_file.as_deref())?
+    };
     let options = UpstreamOptions {
         dialer_timeout: args.cache_upstream_dialer_timeout,
         response_header_timeout: args.cache_upstream_response_header_timeout,
+        stall_timeout: args.cache_upstream_stall_timeout,
+        negative_ttl: args.cache_upstream_negative_ttl,
+        lookup: match args.cache_upstream_lookup.as_str() {
+            "sequential" => ncps_upstream::LookupStrategy::Sequential,
+            _ => ncps_upstream::LookupStrategy::Parallel,
+        },
+        netrc: netrc.map(std::sync::Arc::new),
         ..UpstreamOptions::default()
     };
     let upstreams = Upstreams::new(&urls, keys, &options)?;
     for u in upstreams.list() {
-        info!(upstream = u.url(), "upstream configured");
+        info!(
+            upstream = u.url(),
+            auth = u.auth_scheme().unwrap_or("none"),
+            "upstream configured"
+        );
     }
+    if upstreams.is_empty() {
+        info!("no upstream configured: the cache serves what is uploaded, every miss is a 404");
+    }
+    upstreams.start();
     Ok(upstreams)
 }
 

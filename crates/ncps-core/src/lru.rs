@@ -1,0 +1,86 @@
+//! Least-recently-used eviction down to a size limit, never touching pinned closures.
+
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::{Cache, CacheError};
+
+/// Narinfos considered per round; the stored size is re-measured after each.
+const EVICT_BATCH: u32 = 500;
+
+/// What an eviction run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LruReport {
+    /// Bytes in storage before the run.
+    pub bytes_before: u64,
+    /// Bytes in storage after the run (chunks freed are counted as gone; their objects are
+    /// deleted by the chunk collector after its grace period).
+    pub bytes_after: u64,
+    /// Narinfos evicted.
+    pub narinfos_evicted: u64,
+    /// NARs removed with them.
+    pub nars_removed: u64,
+    /// Narinfos kept because a pin protects them.
+    pub pinned_skipped: u64,
+    /// How long the run took.
+    pub duration: Duration,
+}
+
+impl Cache {
+    /// Evicts least recently used narinfos (and the NARs only they use) until the stored bytes
+    /// are at most `max_size`. Paths in the closure of a pin are never evicted.
+    pub async fn evict_lru(&self, max_size: u64) -> Result<LruReport, CacheError> {
+        let _running = self.inner.lru_lock.lock().await;
+        let started = Instant::now();
+        self.flush_access_times().await;
+        let db = &self.inner.db;
+        let mut report = LruReport {
+            bytes_before: db.stored_bytes().await?,
+            ..LruReport::default()
+        };
+        let mut stored = report.bytes_before;
+        if stored > max_size {
+            let pinned = db.pinned_closure().await?;
+            let mut cursor = None;
+            while stored > max_size {
+                let page = db.lru_page(cursor.as_ref(), EVICT_BATCH).await?;
+                let Some(last) = page.last().cloned() else {
+                    break;
+                };
+                cursor = Some(last);
+                let (keep, evict): (Vec<_>, Vec<_>) =
+                    page.into_iter().partition(|e| pinned.contains(&e.hash));
+                report.pinned_skipped += keep.len() as u64;
+                // Evict only as many as needed: walk the page in order, a few at a time.
+                for group in evict.chunks(50) {
+                    let hashes: Vec<_> = group.iter().map(|e| e.hash).collect();
+                    let removed = db.evict(&hashes).await?;
+                    for record in &removed {
+                        if let Some(whole) = record.whole {
+                            self.inner.store.delete_nar(&whole.key).await?;
+                        }
+                    }
+                    report.narinfos_evicted += hashes.len() as u64;
+                    report.nars_removed += removed.len() as u64;
+                    stored = db.stored_bytes().await?;
+                    if stored <= max_size {
+                        break;
+                    }
+                }
+            }
+        }
+        report.bytes_after = stored;
+        report.duration = started.elapsed();
+        if report.narinfos_evicted > 0 {
+            info!(
+                evicted = report.narinfos_evicted,
+                nars = report.nars_removed,
+                freed = report.bytes_before - report.bytes_after,
+                pinned_skipped = report.pinned_skipped,
+                "evicted least recently used paths"
+            );
+        }
+        Ok(report)
+    }
+}

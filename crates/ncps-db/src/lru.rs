@@ -1,0 +1,255 @@
+//! What least-recently-used eviction needs: batched access-time updates, the bytes really on
+//! storage, and evicting a batch of narinfos (with the NARs no other narinfo uses) in one
+//! transaction.
+
+use std::str::FromStr;
+
+use ncps_nix::{Sha256Hash, StorePathHash};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::nars::nar_from_row;
+use crate::repo::{ROWS_PER_STATEMENT, corrupt, to_u64};
+use crate::{Database, DbError, NarRecord};
+
+/// A narinfo in least-recently-used order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LruEntry {
+    /// Its store path hash.
+    pub hash: StorePathHash,
+    /// When it was last served, in seconds since the epoch.
+    pub last_accessed_at: i64,
+}
+
+fn in_list<'a>(q: &mut QueryBuilder<'a, Sqlite>, items: &'a [String]) {
+    q.push("(");
+    let mut list = q.separated(", ");
+    for item in items {
+        list.push_bind(item);
+    }
+    q.push(")");
+}
+
+impl Database {
+    /// Records that narinfos were served at `at`, many per statement.
+    pub async fn touch_narinfos(&self, hashes: &[StorePathHash], at: i64) -> Result<(), DbError> {
+        let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
+        self.touch("narinfos", "hash", &keys, at).await
+    }
+
+    /// Records that NARs were served at `at`, many per statement.
+    pub async fn touch_nars(&self, hashes: &[Sha256Hash], at: i64) -> Result<(), DbError> {
+        let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
+        self.touch("nars", "nar_hash", &keys, at).await
+    }
+
+    async fn touch(
+        &self,
+        table: &str,
+        column: &str,
+        keys: &[String],
+        at: i64,
+    ) -> Result<(), DbError> {
+        for batch in keys.chunks(ROWS_PER_STATEMENT) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new(format!("UPDATE {table} SET last_accessed_at = "));
+            q.push_bind(at);
+            q.push(" WHERE last_accessed_at < ");
+            q.push_bind(at);
+            q.push(format!(" AND {column} IN "));
+            in_list(&mut q, batch);
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the cache really keeps: whole files, plus each chunk still referenced once (chunks
+    /// waiting for garbage collection are already on their way out).
+    pub async fn stored_bytes(&self) -> Result<u64, DbError> {
+        let whole: i64 =
+            sqlx::query_scalar("SELECT CAST(COALESCE(SUM(whole_size), 0) AS BIGINT) FROM nars")
+                .fetch_one(&self.pool)
+                .await?;
+        let chunks: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM chunks WHERE ref_count > 0",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u64("nars", whole)? + to_u64("chunks", chunks)?)
+    }
+
+    /// Narinfos from least to most recently used, `limit` at a time, starting after `after`.
+    pub async fn lru_page(
+        &self,
+        after: Option<&LruEntry>,
+        limit: u32,
+    ) -> Result<Vec<LruEntry>, DbError> {
+        let (at, hash) = after.map_or((i64::MIN, String::new()), |e| {
+            (e.last_accessed_at, e.hash.to_string())
+        });
+        let rows = sqlx::query(
+            "SELECT hash, last_accessed_at FROM narinfos \
+             WHERE last_accessed_at > ? OR (last_accessed_at = ? AND hash > ?) \
+             ORDER BY last_accessed_at, hash LIMIT ?",
+        )
+        .bind(at)
+        .bind(at)
+        .bind(hash)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LruEntry {
+                    hash: StorePathHash::from_str(r.try_get("hash")?)
+                        .map_err(|e| corrupt("narinfos", e))?,
+                    last_accessed_at: r.try_get("last_accessed_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Evicts narinfos and, in the same transaction, every NAR no remaining narinfo uses: its
+    /// row, its URLs and its chunk list (chunks lose their references and become collectable).
+    /// Returns the NARs removed, so the caller deletes their whole files.
+    pub async fn evict(&self, hashes: &[StorePathHash]) -> Result<Vec<NarRecord>, DbError> {
+        let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
+        let mut removed = Vec::new();
+        for batch in keys.chunks(ROWS_PER_STATEMENT) {
+            let mut tx = self.pool.begin().await?;
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT DISTINCT nar_hash FROM narinfos WHERE hash IN ",
+            );
+            in_list(&mut q, batch);
+            let nar_hashes: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM narinfos WHERE hash IN ");
+            in_list(&mut q, batch);
+            q.build().execute(&mut *tx).await?;
+            if nar_hashes.is_empty() {
+                tx.commit().await?;
+                continue;
+            }
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT * FROM nars WHERE NOT EXISTS (SELECT 1 FROM narinfos i WHERE i.nar_hash = nars.nar_hash) \
+                 AND nar_hash IN ",
+            );
+            in_list(&mut q, &nar_hashes);
+            let orphans = q.build().fetch_all(&mut *tx).await?;
+            let orphans: Vec<NarRecord> =
+                orphans.iter().map(nar_from_row).collect::<Result<_, _>>()?;
+            let gone: Vec<String> = orphans.iter().map(|r| r.nar_hash.to_string()).collect();
+            if !gone.is_empty() {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM nar_chunks n \
+                     WHERE n.chunk_hash = chunks.hash AND n.nar_hash IN ",
+                );
+                in_list(&mut q, &gone);
+                q.push(") WHERE hash IN (SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN ");
+                in_list(&mut q, &gone);
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+                sqlx::query("UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 AND unreferenced_since IS NULL")
+                    .bind(crate::now_secs())
+                    .execute(&mut *tx)
+                    .await?;
+                for table in ["nar_chunks", "nar_urls", "nars"] {
+                    let mut q = QueryBuilder::<Sqlite>::new(format!(
+                        "DELETE FROM {table} WHERE nar_hash IN "
+                    ));
+                    in_list(&mut q, &gone);
+                    q.build().execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            removed.extend(orphans);
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::narinfos::tests::sample;
+    use crate::repo::test_support::temp_db;
+    use crate::{ChunkRef, WholeFile};
+    use ncps_nix::{ChunkHash, Compression, NarKey, StorePath};
+
+    fn path(i: u32) -> StorePath {
+        let digest = Sha256Hash::digest(&i.to_le_bytes());
+        let mut bytes = [0u8; 20];
+        bytes.copy_from_slice(&digest.as_bytes()[..20]);
+        StorePath::parse_base_name(&format!("{}-p{i}", StorePathHash::from_bytes(bytes))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn eviction_follows_access_order_and_frees_shared_nars_last() {
+        let (db, _dir) = temp_db().await;
+        let shared = Sha256Hash::digest(b"shared");
+        let mut hashes = Vec::new();
+        for i in 0..4u32 {
+            let mut info = sample();
+            info.narinfo.store_path = path(i);
+            // paths 0 and 1 share one NAR; 2 and 3 have their own
+            info.narinfo.nar_hash = if i < 2 {
+                shared
+            } else {
+                Sha256Hash::digest(&i.to_le_bytes())
+            };
+            info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
+            db.insert_narinfo(&info).await.unwrap();
+            let whole = WholeFile {
+                key: NarKey::new(info.narinfo.nar_hash, Compression::Xz),
+                size: 1000,
+            };
+            db.record_whole_file(&info.narinfo.nar_hash, 5000, whole, None)
+                .await
+                .unwrap();
+            hashes.push(*info.narinfo.store_path.hash());
+        }
+        let chunk = ChunkRef {
+            hash: ChunkHash::digest(b"c"),
+            plain_size: 10,
+            stored_size: 7,
+        };
+        db.commit_chunks(&shared, 5000, &[chunk], Sha256Hash::digest(b"s"))
+            .await
+            .unwrap();
+        assert_eq!(db.stored_bytes().await.unwrap(), 3 * 1000 + 7);
+
+        // Access order: 3 oldest, then 0, 1, 2.
+        for (i, h) in [3usize, 0, 1, 2].iter().enumerate() {
+            db.touch_narinfos(&[hashes[*h]], 10_000_000_000 + i as i64)
+                .await
+                .unwrap();
+        }
+        let page = db.lru_page(None, 2).await.unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.hash).collect::<Vec<_>>(),
+            vec![hashes[3], hashes[0]]
+        );
+        let next = db.lru_page(page.last(), 10).await.unwrap();
+        assert_eq!(
+            next.iter().map(|e| e.hash).collect::<Vec<_>>(),
+            vec![hashes[1], hashes[2]]
+        );
+
+        // Evicting 3 and 0 frees 3's NAR only: 1 still uses the shared one.
+        let removed = db.evict(&[hashes[3], hashes[0]]).await.unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(db.stored_bytes().await.unwrap(), 2 * 1000 + 7);
+        let removed = db.evict(&[hashes[1]]).await.unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(removed[0].chunked.is_some());
+        assert_eq!(db.stored_bytes().await.unwrap(), 1000);
+        assert_eq!(
+            db.unreferenced_chunks(i64::MAX, 10).await.unwrap(),
+            vec![chunk.hash]
+        );
+        assert!(
+            db.nar_hash_for_url(&NarKey::new(shared, Compression::Zstd))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
