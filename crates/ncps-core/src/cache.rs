@@ -206,17 +206,26 @@ impl Cache {
         }
     }
 
+    /// The NAR a URL names: one we handed out, or `nar/<NarHash>.nar[.ext]` of any NAR we know,
+    /// so a client may ask for the plain NAR (or another compression) by its hash.
+    async fn resolve(&self, key: &NarKey) -> Result<ncps_nix::Sha256Hash, CacheError> {
+        let db = &self.inner.db;
+        if let Some(nar_hash) = db.nar_hash_for_url(key).await? {
+            return Ok(nar_hash);
+        }
+        if db.nar(&key.hash).await?.is_some() || db.narinfo_with_origin(&key.hash).await?.is_some()
+        {
+            return Ok(key.hash);
+        }
+        Err(CacheError::NotFound)
+    }
+
     /// The size of a NAR as a HEAD request reports it, without downloading anything.
     pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, CacheError> {
         if self.upload_pending(key) {
             return Ok(None);
         }
-        let nar_hash = self
-            .inner
-            .db
-            .nar_hash_for_url(key)
-            .await?
-            .ok_or(CacheError::NotFound)?;
+        let nar_hash = self.resolve(key).await?;
         if let Some(record) = self.inner.db.nar(&nar_hash).await? {
             return Ok(stored_size(key, &record));
         }
@@ -246,12 +255,7 @@ impl Cache {
         key: &NarKey,
         range: Option<RangeRequest>,
     ) -> Result<NarBody, CacheError> {
-        let nar_hash = self
-            .inner
-            .db
-            .nar_hash_for_url(key)
-            .await?
-            .ok_or(CacheError::NotFound)?;
+        let nar_hash = self.resolve(key).await?;
         self.inner.access.nar(nar_hash);
         if let Some(record) = self.inner.db.nar(&nar_hash).await?
             && let Some(body) = self.serve_stored(key, &record, range).await?

@@ -97,6 +97,11 @@ impl NarInfo {
         refs
     }
 
+    /// `NarHash` in nixbase32 (the name of a NAR's URL under chunking).
+    pub fn nar_hash_nixbase32(&self) -> String {
+        nixbase32_sha256_field(self.field("NarHash")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Checks a NAR download against this narinfo: `FileHash`/`FileSize` (when given) over the
     /// bytes as sent, and `NarHash`/`NarSize` over the bytes decompressed per `Compression`.
     pub fn verify_nar(&self, body: &[u8]) -> Result<(), String> {
@@ -112,7 +117,14 @@ impl NarInfo {
                 return Err(format!("FileHash {want}, got sha256 {got}"));
             }
         }
-        let nar = decompress(self.get("Compression").unwrap_or("bzip2"), body)?;
+        self.verify_nar_content(self.get("Compression").unwrap_or("bzip2"), body)
+    }
+
+    /// Checks only `NarHash`/`NarSize`, over `body` decompressed as `compression` (`none`,
+    /// `xz`, `zstd`): for bytes that are the same NAR as this narinfo's but need not be the
+    /// same file (re-compressed, or served uncompressed).
+    pub fn verify_nar_content(&self, compression: &str, body: &[u8]) -> Result<(), String> {
+        let nar = decompress(compression, body)?;
         let size = self.field("NarSize");
         if size != nar.len().to_string() {
             return Err(format!("NarSize {size}, got {} bytes", nar.len()));
