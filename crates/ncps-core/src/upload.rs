@@ -149,6 +149,11 @@ impl Cache {
     /// Receives a narinfo upload and, when everything checks out, publishes the path.
     pub async fn upload_narinfo(&self, hash: &StorePathHash, text: &str) -> Result<(), CacheError> {
         let narinfo = NarInfo::parse(text).map_err(|e| bad(format!("malformed narinfo: {e}")))?;
+        let key = NarKey::parse_url(&narinfo.url)
+            .map_err(|e| bad(format!("narinfo URL {:?}: {e}", narinfo.url)))?;
+        // Whatever happens next, the uploaded NAR leaves the waiting room: published, or
+        // dropped with its temporary file when the narinfo is refused.
+        let pending = self.inner.pending.take(&key);
         if narinfo.store_path.hash() != hash {
             return Err(bad(format!(
                 "narinfo for {} uploaded as {hash}.narinfo",
@@ -161,15 +166,13 @@ impl Cache {
                 "the narinfo carries no valid signature from a trusted upload key".into(),
             ));
         }
-        let key = NarKey::parse_url(&narinfo.url)
-            .map_err(|e| bad(format!("narinfo URL {:?}: {e}", narinfo.url)))?;
         if key.compression != narinfo.compression {
             return Err(bad(format!(
                 "URL says {} but Compression says {}",
                 key.compression, narinfo.compression
             )));
         }
-        match self.inner.pending.take(&key) {
+        match pending {
             Some(pending) => self.publish_upload(narinfo, &key, &pending).await,
             None if self.inner.db.nar(&narinfo.nar_hash).await?.is_some() => {
                 self.publish_narinfo(narinfo, None).await // same NAR stored before: just the path

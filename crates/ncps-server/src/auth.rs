@@ -89,16 +89,18 @@ pub async fn enforce(
             "deletions are disabled; start ncps with --cache-allow-delete-verb",
         );
     }
-    let required = if writes {
-        access.put_token.as_ref().or(access.get_token.as_ref())
-    } else if OPEN_PATHS.contains(&request.uri().path()) {
-        None
+    // The write token also reads: `nix copy --to` sends one netrc password for its reads
+    // (nix-cache-info, narinfo checks) and its uploads.
+    let accepted: Vec<&String> = if writes {
+        access.put_token.iter().chain(&access.get_token).take(1).collect()
+    } else if OPEN_PATHS.contains(&request.uri().path()) || access.get_token.is_none() {
+        Vec::new()
     } else {
-        access.get_token.as_ref()
+        access.get_token.iter().chain(&access.put_token).collect()
     };
-    if let Some(token) = required {
-        let ok =
-            presented_secret(request.headers()).is_some_and(|given| same_secret(&given, token));
+    if !accepted.is_empty() {
+        let given = presented_secret(request.headers());
+        let ok = given.is_some_and(|g| accepted.iter().any(|t| same_secret(&g, t)));
         if !ok {
             return plain(StatusCode::UNAUTHORIZED, "missing or wrong token");
         }

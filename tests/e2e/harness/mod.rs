@@ -8,6 +8,7 @@ pub mod http;
 pub mod narinfo;
 pub mod ncps;
 pub mod nix;
+pub mod upload;
 pub mod upstream;
 
 use std::io::Read;

@@ -235,7 +235,8 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn name(self) -> &'static str {
+    /// The name Nix uses in a store URL's `?compression=`.
+    pub fn name(self) -> &'static str {
         match self {
             Compression::Xz => "xz",
             Compression::Zstd => "zstd",
@@ -261,6 +262,8 @@ pub async fn copy_to_file_cache(work: &Path, top: &str, dir: &Path, compression:
 pub struct NixClient {
     work: PathBuf,
     store: String,
+    /// `--option NAME VALUE` pairs added to every command that talks to a cache.
+    options: Vec<(String, String)>,
 }
 
 impl NixClient {
@@ -269,27 +272,34 @@ impl NixClient {
         NixClient {
             work: work.to_owned(),
             store: store.to_str().expect("utf-8").to_owned(),
+            options: Vec::new(),
         }
+    }
+
+    /// This client with `--option name value` on every command that talks to a cache (e.g.
+    /// `netrc-file`).
+    pub fn with_option(mut self, name: &str, value: &str) -> NixClient {
+        self.options.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// `nix copy --from CACHE` of `path` (and its closure), trusting only `trusted_key`.
     pub async fn copy_from(&self, cache_url: &str, trusted_key: &str, path: &str) -> NixRun {
-        run(
-            &self.work,
-            "nix",
-            &[
-                "copy",
-                "--from",
-                cache_url,
-                "--to",
-                &self.store,
-                "--option",
-                "trusted-public-keys",
-                trusted_key,
-                path,
-            ],
-        )
-        .await
+        let mut args = vec![
+            "copy",
+            "--from",
+            cache_url,
+            "--to",
+            &self.store,
+            "--option",
+            "trusted-public-keys",
+            trusted_key,
+        ];
+        for (name, value) in &self.options {
+            args.extend(["--option", name, value]);
+        }
+        args.push(path);
+        run(&self.work, "nix", &args).await
     }
 
     /// The closure of `path` in this client's store, sorted; `None` when `path` is not there.
