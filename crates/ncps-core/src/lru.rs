@@ -52,9 +52,19 @@ impl Cache {
                 let (keep, evict): (Vec<_>, Vec<_>) =
                     page.into_iter().partition(|e| pinned.contains(&e.hash));
                 report.pinned_skipped += keep.len() as u64;
-                // Evict only as many as needed: walk the page in order, a few at a time.
-                for group in evict.chunks(50) {
-                    let hashes: Vec<_> = group.iter().map(|e| e.hash).collect();
+                // Evict in order, no more than the excess needs: take the oldest entries until
+                // their NARs add up to the excess, evict them, measure again.
+                let mut rest = evict.as_slice();
+                while !rest.is_empty() && stored > max_size {
+                    let excess = stored - max_size;
+                    let mut take = 0;
+                    let mut sum = 0u64;
+                    while take < rest.len() && (take == 0 || sum < excess) {
+                        sum += rest[take].stored_size;
+                        take += 1;
+                    }
+                    let hashes: Vec<_> = rest[..take].iter().map(|e| e.hash).collect();
+                    rest = &rest[take..];
                     let removed = db.evict(&hashes).await?;
                     for record in &removed {
                         if let Some(whole) = record.whole {
@@ -64,9 +74,6 @@ impl Cache {
                     report.narinfos_evicted += hashes.len() as u64;
                     report.nars_removed += removed.len() as u64;
                     stored = db.stored_bytes().await?;
-                    if stored <= max_size {
-                        break;
-                    }
                 }
             }
         }

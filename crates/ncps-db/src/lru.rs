@@ -18,6 +18,8 @@ pub struct LruEntry {
     pub hash: StorePathHash,
     /// When it was last served, in seconds since the epoch.
     pub last_accessed_at: i64,
+    /// Bytes its NAR takes in storage (0 when not stored), to evict no more than needed.
+    pub stored_size: u64,
 }
 
 fn in_list<'a>(q: &mut QueryBuilder<'a, Sqlite>, items: &'a [String]) {
@@ -87,9 +89,11 @@ impl Database {
             (e.last_accessed_at, e.hash.to_string())
         });
         let rows = sqlx::query(
-            "SELECT hash, last_accessed_at FROM narinfos \
-             WHERE last_accessed_at > ? OR (last_accessed_at = ? AND hash > ?) \
-             ORDER BY last_accessed_at, hash LIMIT ?",
+            "SELECT i.hash, i.last_accessed_at, \
+             CAST(COALESCE(n.whole_size, 0) + COALESCE(n.spliced_size, 0) AS BIGINT) AS stored_size \
+             FROM narinfos i LEFT JOIN nars n ON n.nar_hash = i.nar_hash \
+             WHERE i.last_accessed_at > ? OR (i.last_accessed_at = ? AND i.hash > ?) \
+             ORDER BY i.last_accessed_at, i.hash LIMIT ?",
         )
         .bind(at)
         .bind(at)
@@ -103,6 +107,7 @@ impl Database {
                     hash: StorePathHash::from_str(r.try_get("hash")?)
                         .map_err(|e| corrupt("narinfos", e))?,
                     last_accessed_at: r.try_get("last_accessed_at")?,
+                    stored_size: to_u64("nars", r.try_get("stored_size")?)?,
                 })
             })
             .collect()
