@@ -82,3 +82,10 @@ CREATE TABLE build_logs (
     content BLOB NOT NULL,
     created_at BIGINT NOT NULL
 );
+
+-- Store paths an operator pinned (`ncps pin`): eviction never removes a pinned path or anything
+-- in its reference closure. A pin may name a path not cached yet; it protects it once fetched.
+CREATE TABLE pins (
+    hash VARCHAR(32) PRIMARY KEY NOT NULL,
+    created_at BIGINT NOT NULL
+);

@@ -8,9 +8,14 @@
 
 mod harness;
 
+mod admin;
+mod chunking;
 mod failures;
+mod lru;
 mod protocol;
 mod selftest;
 mod signatures;
 mod single_flight;
 mod substitution;
+mod uploads;
+mod upstreams;

@@ -10,6 +10,7 @@ mod connect;
 mod error;
 mod fsck;
 mod logs;
+mod lru;
 mod narinfos;
 mod nars;
 mod pins;
@@ -24,6 +25,7 @@ pub use fsck::{
     AppliedMigration, ChunkListEntry, ChunkRefMismatch, ChunkRow, DanglingNarUrl, OrphanNarInfo,
     UnreferencedNar,
 };
+pub use lru::LruEntry;
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
 pub use repo::{Database, now_secs};

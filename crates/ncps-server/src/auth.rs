@@ -92,7 +92,12 @@ pub async fn enforce(
     // The write token also reads: `nix copy --to` sends one netrc password for its reads
     // (nix-cache-info, narinfo checks) and its uploads.
     let accepted: Vec<&String> = if writes {
-        access.put_token.iter().chain(&access.get_token).take(1).collect()
+        access
+            .put_token
+            .iter()
+            .chain(&access.get_token)
+            .take(1)
+            .collect()
     } else if OPEN_PATHS.contains(&request.uri().path()) || access.get_token.is_none() {
         Vec::new()
     } else {

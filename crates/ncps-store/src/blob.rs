@@ -6,7 +6,9 @@ use futures::stream::{BoxStream, StreamExt};
 use ncps_nix::NarKey;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
+};
 use tokio::io::AsyncReadExt;
 
 use crate::StoreError;
@@ -67,14 +69,16 @@ fn file_stream(
             source,
         })?;
     let reader = tokio::fs::File::from_std(file).take(range.end - range.start);
-    Ok(tokio_util::io::ReaderStream::with_capacity(reader, FILE_READ_SIZE)
-        .map(move |r| {
-            r.map_err(|source| StoreError::ReadFile {
-                path: path.clone(),
-                source,
+    Ok(
+        tokio_util::io::ReaderStream::with_capacity(reader, FILE_READ_SIZE)
+            .map(move |r| {
+                r.map_err(|source| StoreError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })
             })
-        })
-        .boxed())
+            .boxed(),
+    )
 }
 
 fn nar_path(key: &NarKey) -> ObjectPath {
@@ -236,6 +240,99 @@ impl BlobStore {
                 })
             })
             .boxed()
+    }
+}
+
+/// A stored object as a storage listing reports it, for fsck: sizes catch truncated files, ages
+/// tell a leftover from a write still in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredObject<K> {
+    /// What the object is (a NAR file's key, a chunk's hash).
+    pub key: K,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub last_modified: std::time::SystemTime,
+}
+
+/// Turns a listing entry into a typed object, skipping keys `parse` does not recognise.
+fn stored_object<K>(
+    item: object_store::Result<object_store::ObjectMeta>,
+    parse: impl Fn(&str) -> Option<K>,
+) -> Option<Result<StoredObject<K>, StoreError>> {
+    match item {
+        Ok(meta) => parse(meta.location.as_ref()).map(|key| {
+            Ok(StoredObject {
+                key,
+                size: meta.size,
+                last_modified: meta.last_modified.into(),
+            })
+        }),
+        Err(e) => Some(Err(e.into())),
+    }
+}
+
+impl BlobStore {
+    /// Every stored whole NAR file with its size and age, read from storage alone (no
+    /// database), for fsck. Objects under `nar/` whose name is not a NAR file name are skipped,
+    /// never reported. Collected, because fsck compares the whole listing, taken before it
+    /// reads the database, against the rows; order is unspecified.
+    pub async fn list_nars(&self) -> Result<Vec<StoredObject<NarKey>>, StoreError> {
+        let listing = self
+            .inner
+            .list(Some(&ObjectPath::from("nar")))
+            .filter_map(|item| {
+                futures::future::ready(stored_object(item, |location| {
+                    let name = location.strip_prefix("nar/")?;
+                    NarKey::parse_file_name(name).ok()
+                }))
+            });
+        futures::TryStreamExt::try_collect(listing).await
+    }
+
+    /// Every stored chunk with its size and age (see [`BlobStore::list_chunks`]), for fsck to
+    /// tell a leftover chunk from one whose NAR is still being committed.
+    pub async fn list_chunk_objects(&self) -> Result<Vec<StoredObject<ChunkHash>>, StoreError> {
+        let listing = self
+            .inner
+            .list(Some(&ObjectPath::from(CHUNK_DIR)))
+            .filter_map(|item| futures::future::ready(stored_object(item, chunk_from_storage_key)));
+        futures::TryStreamExt::try_collect(listing).await
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+    use ncps_nix::{Compression, Sha256Hash};
+
+    #[tokio::test]
+    async fn lists_nars_and_chunks_with_sizes_and_ages() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = BlobStore::local(&root).unwrap();
+        let key = NarKey::new(Sha256Hash::digest(b"x"), Compression::Zstd);
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"12345").unwrap();
+        store.put_nar_from_file(&key, &file).await.unwrap();
+        std::fs::write(root.join("nar/not-a-nar"), b"?").unwrap();
+        let chunk = ChunkHash::digest(b"c");
+        store
+            .put_chunk(&chunk, Bytes::from_static(b"frame"))
+            .await
+            .unwrap();
+
+        let nars = store.list_nars().await.unwrap();
+        assert_eq!(nars.len(), 1);
+        assert_eq!((nars[0].key, nars[0].size), (key, 5));
+        let age = nars[0].last_modified.elapsed().unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(600), "{age:?}");
+        let chunks = store.list_chunk_objects().await.unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!((chunks[0].key, chunks[0].size), (chunk, 5));
+
+        let empty = BlobStore::local(&dir.path().join("empty")).unwrap();
+        assert!(empty.list_nars().await.unwrap().is_empty());
     }
 }
 

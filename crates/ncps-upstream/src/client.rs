@@ -1,16 +1,36 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use ncps_nix::{NarInfo, StorePathHash};
+use ncps_nix::{CacheInfo, NarInfo, STORE_DIR, StorePathHash};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use url::Url;
 
 use crate::UpstreamError;
+use crate::health::ProbeSchedule;
+use crate::netrc::{Credentials, Netrc};
 
 /// A narinfo is a few hundred bytes; anything near this is not a narinfo.
 const MAX_NARINFO_BYTES: usize = 1024 * 1024;
+/// `nix-cache-info` is three short lines.
+const MAX_CACHE_INFO_BYTES: usize = 64 * 1024;
 
-/// How to talk to upstreams; the defaults match the Go ncps.
+/// How lookups use several upstreams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LookupStrategy {
+    /// Ask every healthy upstream at once; the answer of the best-priority upstream that has
+    /// the path wins, as soon as every better one has said no. A miss costs the slowest
+    /// upstream's round trip instead of the sum of all of them, for one small request per
+    /// upstream.
+    #[default]
+    Parallel,
+    /// Ask one upstream after the other, in priority order, stopping at the first that has it:
+    /// the fewest upstream requests, the longest misses.
+    Sequential,
+}
+
+/// How to talk to upstreams; the defaults match the Go ncps where it has a setting.
 #[derive(Clone, Debug)]
 pub struct UpstreamOptions {
     /// Limit for establishing a TCP (and TLS) connection.
@@ -20,6 +40,24 @@ pub struct UpstreamOptions {
     /// Limit for a body read that makes no progress; a stalled upstream must not hold a client
     /// forever.
     pub stall_timeout: Duration,
+    /// Extra attempts of a narinfo GET after a timeout, connection failure, 5xx or 429 (never
+    /// after a 404), with jittered exponential backoff from `retry_backoff`.
+    pub narinfo_retries: u32,
+    /// Backoff before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
+    /// Whole-request limit when an unhealthy upstream is asked as a last resort: short, so a
+    /// miss with every upstream down is a quick 502/504.
+    pub last_resort_timeout: Duration,
+    /// How long a path no upstream has is remembered (zero disables the negative cache).
+    pub negative_ttl: Duration,
+    /// Most paths the negative cache remembers (oldest evicted first).
+    pub negative_capacity: usize,
+    /// Health probing.
+    pub probes: ProbeSchedule,
+    /// Parallel or sequential lookups.
+    pub lookup: LookupStrategy,
+    /// Credentials for private upstreams, by host.
+    pub netrc: Option<Arc<Netrc>>,
 }
 
 impl Default for UpstreamOptions {
@@ -28,16 +66,27 @@ impl Default for UpstreamOptions {
             dialer_timeout: Duration::from_secs(3),
             response_header_timeout: Duration::from_secs(3),
             stall_timeout: Duration::from_secs(30),
+            narinfo_retries: 2,
+            retry_backoff: Duration::from_millis(100),
+            last_resort_timeout: Duration::from_secs(2),
+            negative_ttl: Duration::from_secs(30),
+            negative_capacity: 100_000,
+            probes: ProbeSchedule::default(),
+            lookup: LookupStrategy::default(),
+            netrc: None,
         }
     }
 }
 
-/// One upstream cache with its own connection pool.
+/// One upstream cache with its own connection pool (HTTP/2 where the upstream offers it,
+/// kept-alive HTTP/1.1 connections otherwise).
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    /// Without credentials: this is what logs, errors and the database see.
     base: Url,
     client: reqwest::Client,
     header_timeout: Duration,
+    auth: Option<&'static str>,
 }
 
 /// An open NAR download: headers received, body still streaming.
@@ -49,10 +98,12 @@ pub struct NarResponse {
 }
 
 impl Upstream {
-    /// Checks the URL and builds a pooled client for it.
+    /// Checks the URL and builds a pooled client for it. Credentials come from the URL's
+    /// user info (`https://user:pass@host/`, then removed from the URL) or else from the netrc
+    /// entry of its host.
     pub fn new(url: &str, options: &UpstreamOptions) -> Result<Self, UpstreamError> {
         let invalid = |reason: &str| UpstreamError::InvalidUrl {
-            url: url.to_string(),
+            url: redact(url),
             reason: reason.to_string(),
         };
         let mut base = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
@@ -66,9 +117,37 @@ impl Upstream {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let credentials = if !base.username().is_empty() || base.password().is_some() {
+            let decode = |s: &str| {
+                percent_decode(s)
+                    .ok_or_else(|| invalid("user info is not valid percent-encoded UTF-8"))
+            };
+            let creds = Credentials::Basic {
+                login: decode(base.username())?,
+                password: decode(base.password().unwrap_or(""))?,
+            };
+            let _ = base.set_username("");
+            let _ = base.set_password(None);
+            Some(creds)
+        } else {
+            let host = base.host_str().unwrap_or_default();
+            options
+                .netrc
+                .as_ref()
+                .and_then(|n| n.credentials(host, base.port()))
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(creds) = &credentials {
+            let mut value = HeaderValue::from_str(&creds.header_value())
+                .map_err(|_| invalid("credentials contain characters not allowed in a header"))?;
+            // Keeps the value out of hyper's and reqwest's debug output.
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(options.dialer_timeout)
             .read_timeout(options.stall_timeout)
+            .default_headers(headers)
             .user_agent(concat!("ncps/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(UpstreamError::Client)?;
@@ -76,6 +155,7 @@ impl Upstream {
             base,
             client,
             header_timeout: options.response_header_timeout,
+            auth: credentials.as_ref().map(Credentials::scheme),
         })
     }
 
@@ -83,6 +163,43 @@ impl Upstream {
     /// the same cache.
     pub fn url(&self) -> &str {
         self.base.as_str()
+    }
+
+    /// How requests authenticate (`basic`, `bearer`), for logs; never the secret.
+    pub fn auth_scheme(&self) -> Option<&'static str> {
+        self.auth
+    }
+
+    /// Fetches `nix-cache-info`: `Ok(None)` when the upstream has none (Nix then assumes the
+    /// defaults), an error when it names a store other than `/nix/store`.
+    pub async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
+        let url = self.join("nix-cache-info")?;
+        let response = self.get(url.clone()).await?;
+        let status = response.status();
+        if matches!(status.as_u16(), 404 | 403 | 410) {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Status {
+                url: url.into(),
+                status: status.as_u16(),
+            });
+        }
+        let bad = |reason: String| UpstreamError::BadCacheInfo {
+            url: url.to_string(),
+            reason,
+        };
+        let text = read_text(response, &url, MAX_CACHE_INFO_BYTES)
+            .await?
+            .map_err(|r| bad(r.to_string()))?;
+        let info = CacheInfo::parse(&text).map_err(|e| bad(e.to_string()))?;
+        if info.store_dir != STORE_DIR {
+            return Err(bad(format!(
+                "StoreDir is {}, not {STORE_DIR}",
+                info.store_dir
+            )));
+        }
+        Ok(Some(info))
     }
 
     async fn get(&self, url: Url) -> Result<reqwest::Response, UpstreamError> {
@@ -102,7 +219,7 @@ impl Upstream {
     /// Signatures are not checked here (see [`crate::Upstreams`]).
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Option<NarInfo>, UpstreamError> {
         let url = self.join(&format!("{hash}.narinfo"))?;
-        let mut response = self.get(url.clone()).await?;
+        let response = self.get(url.clone()).await?;
         let status = response.status();
         // S3-backed caches answer 403 for missing keys; Nix treats both as "not here".
         if matches!(status.as_u16(), 404 | 403 | 410) {
@@ -118,14 +235,9 @@ impl Upstream {
             url: url.to_string(),
             reason,
         };
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| body_error(&url, e))? {
-            if body.len() + chunk.len() > MAX_NARINFO_BYTES {
-                return Err(invalid("larger than 1 MiB".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let text = String::from_utf8(body).map_err(|_| invalid("not UTF-8".into()))?;
+        let text = read_text(response, &url, MAX_NARINFO_BYTES)
+            .await?
+            .map_err(|r| invalid(r.to_string()))?;
         let narinfo = NarInfo::parse(&text).map_err(|e| invalid(e.to_string()))?;
         if narinfo.store_path.hash() != hash {
             return Err(invalid(format!(
@@ -192,6 +304,55 @@ impl Upstream {
     }
 }
 
+/// Reads a small text body: the inner `Err` says why it is not acceptable text.
+async fn read_text(
+    mut response: reqwest::Response,
+    url: &Url,
+    limit: usize,
+) -> Result<Result<String, &'static str>, UpstreamError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| body_error(url, e))? {
+        if body.len() + chunk.len() > limit {
+            return Ok(Err("too large"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8(body).map_err(|_| "not UTF-8"))
+}
+
+/// Decodes `%XX` escapes of URL user info.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A configured URL as it may be shown: any user info replaced, so that an error about a
+/// malformed URL never prints its password.
+pub(crate) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 fn body_error(url: &Url, e: reqwest::Error) -> UpstreamError {
     if e.is_timeout() {
         UpstreamError::Timeout {
@@ -234,6 +395,35 @@ mod tests {
         }
         assert!(up.join_nar_url("nar/../../etc/passwd").is_err());
         assert!(up.join_nar_url("//evil/x").is_err());
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_moved_out_of_it() {
+        let up = Upstream::new(
+            "https://alice:s%40cret@cache.example.com/sub",
+            &UpstreamOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(up.url(), "https://cache.example.com/sub/");
+        assert_eq!(up.auth_scheme(), Some("basic"));
+        assert!(!format!("{up:?}").contains("s@cret"));
+        let err = Upstream::new("https://alice:pw@", &UpstreamOptions::default()).unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
+        assert_eq!(redact("http://u:p@h:1/x@y"), "http://<redacted>@h:1/x@y");
+        assert_eq!(redact("http://h/x@y"), "http://h/x@y");
+    }
+
+    #[test]
+    fn netrc_credentials_by_host() {
+        let netrc = Netrc::parse("machine private.example login bearer password tok").unwrap();
+        let options = UpstreamOptions {
+            netrc: Some(Arc::new(netrc)),
+            ..UpstreamOptions::default()
+        };
+        let private = Upstream::new("https://private.example", &options).unwrap();
+        assert_eq!(private.auth_scheme(), Some("bearer"));
+        let public = Upstream::new("https://cache.nixos.org", &options).unwrap();
+        assert_eq!(public.auth_scheme(), None);
     }
 
     #[test]

@@ -59,11 +59,41 @@ pub enum UpstreamError {
     /// A NAR download was requested from an upstream that is no longer configured.
     #[error("upstream {0} is not configured any more")]
     NotConfigured(String),
+    /// The upstream's `nix-cache-info` is malformed, or names a store other than `/nix/store`
+    /// (its paths would not be ours).
+    #[error("upstream {url} has an unusable nix-cache-info: {reason}")]
+    BadCacheInfo {
+        /// The URL that was requested.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl UpstreamError {
     /// True when the failure was a timeout, which the HTTP layer reports as 504 rather than 502.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
+    }
+
+    /// True when the upstream itself looks down or overloaded (no answer in time, no
+    /// connection, a 5xx): such an upstream is marked unhealthy. A 4xx, a bad narinfo or a
+    /// missing signature is an answer, and says nothing about its health.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::Transport { .. } | Self::BadCacheInfo { .. } => true,
+            Self::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// True when repeating the same idempotent GET may succeed: outages, and 429 (too many
+    /// requests). Never a 404, which is an answer.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::Transport { .. } => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
     }
 }

@@ -1,13 +1,49 @@
+//! The set of upstreams: ordered by the priority each announces, health-checked in the
+//! background, asked for narinfos with failover, and a short memory of paths none of them has.
+//!
+//! **The 404 rule.** A narinfo lookup answers "not found" only when every configured upstream
+//! was asked and said 404. Healthy upstreams are asked first; when none of them has the path
+//! (they said 404 or failed), the unhealthy ones are asked too, once each and with a short
+//! timeout (`last_resort_timeout`), so that skipping a sick upstream never turns into a 404 that
+//! Nix would remember for an hour. If any upstream failed and none had the path, the answer is
+//! the failure (502, or 504 for a timeout). With every upstream down this costs one quick
+//! attempt each (a refused connection is immediate), so a miss is a fast 502/504, never a hang.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
 use ncps_nix::{NarInfo, PublicKey, StorePathHash};
-use tracing::{debug, warn};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
 
-use crate::{NarResponse, Upstream, UpstreamError, UpstreamOptions};
+use crate::health::{HealthState, Transition, UpstreamHealth, jitter};
+use crate::negative::NegativeCache;
+use crate::{LookupStrategy, NarResponse, Upstream, UpstreamError, UpstreamOptions};
 
-/// The configured upstream caches, in the order they are asked, and the keys we trust.
-#[derive(Clone, Debug)]
+/// The configured upstream caches and the keys we trust; cheap to clone (shared state).
+#[derive(Clone)]
 pub struct Upstreams {
-    list: Vec<Upstream>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// In configuration order (the tie-breaker between equal priorities).
+    entries: Vec<Arc<Entry>>,
     trusted_keys: Vec<PublicKey>,
+    options: UpstreamOptions,
+    negative: NegativeCache,
+    /// False while the first round of probes runs: lookups wait for it (bounded), so the very
+    /// first requests already go to the upstreams in priority order.
+    ready: watch::Sender<bool>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+struct Entry {
+    upstream: Upstream,
+    health: Mutex<HealthState>,
+    /// Wakes the prober when a request marks the upstream unhealthy.
+    wake: Notify,
 }
 
 /// A narinfo an upstream had, signed by a trusted key.
@@ -19,77 +55,431 @@ pub struct FoundNarInfo {
     pub narinfo: NarInfo,
 }
 
+/// One upstream's answer to a lookup.
+enum Answer {
+    Hit(Box<FoundNarInfo>),
+    Miss,
+    Failed(UpstreamError),
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("upstreams", &self.health())
+            .field("trusted_keys", &self.inner.trusted_keys.len())
+            .finish()
+    }
+}
+
+impl Entry {
+    fn health(&self) -> MutexGuard<'_, HealthState> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.health().is_healthy()
+    }
+
+    /// The upstream answered (200 or 404): it works.
+    fn record_answer(&self) {
+        if self.health().request_succeeded() == Transition::BecameHealthy {
+            info!(
+                upstream = self.upstream.url(),
+                "upstream answers again; marked healthy"
+            );
+        }
+    }
+
+    /// A request failed; outages (timeouts, refused connections, 5xx) mark it unhealthy.
+    fn record_failure(&self, error: &UpstreamError, options: &UpstreamOptions) {
+        if !error.is_outage() {
+            return;
+        }
+        let transition =
+            self.health()
+                .failed(error.to_string(), Instant::now(), &options.probes, jitter());
+        if transition == Transition::BecameUnhealthy {
+            warn!(upstream = self.upstream.url(), %error, "upstream marked unhealthy; skipped until it answers a probe");
+            self.wake.notify_one();
+        }
+    }
+
+    /// Probes `nix-cache-info` and records the result.
+    async fn probe(&self, options: &UpstreamOptions) {
+        let result = self.upstream.cache_info().await;
+        let now = Instant::now();
+        let url = self.upstream.url();
+        let mut health = self.health();
+        match result {
+            Ok(info) => {
+                let priority = info.and_then(|i| i.priority);
+                let before = health.effective_priority();
+                let transition = health.probe_succeeded(priority, now, &options.probes);
+                drop(health);
+                if transition == Transition::BecameHealthy {
+                    info!(
+                        upstream = url,
+                        ?priority,
+                        "upstream probe succeeded; marked healthy"
+                    );
+                } else {
+                    debug!(upstream = url, ?priority, "upstream probe succeeded");
+                }
+                if let Some(p) = priority.filter(|p| *p != before) {
+                    debug!(upstream = url, priority = p, "upstream priority changed");
+                }
+            }
+            Err(error) => {
+                let transition =
+                    health.probe_failed(error.to_string(), now, &options.probes, jitter());
+                let retry_in = health.next_probe().saturating_duration_since(now);
+                drop(health);
+                if transition == Transition::BecameUnhealthy {
+                    warn!(upstream = url, %error, ?retry_in, "upstream probe failed; marked unhealthy");
+                } else {
+                    debug!(upstream = url, %error, ?retry_in, "upstream still unhealthy");
+                }
+            }
+        }
+    }
+}
+
 impl Upstreams {
-    /// Builds a client per URL. Every narinfo must carry a signature by one of `trusted_keys`.
+    /// Builds a client per URL. Every narinfo must carry a signature by one of `trusted_keys`
+    /// (trusted for every upstream, as in the Go ncps). Call [`Upstreams::start`] from within a
+    /// Tokio runtime to probe them; without it every upstream counts as healthy, in
+    /// configuration order.
     pub fn new(
         urls: &[String],
         trusted_keys: Vec<PublicKey>,
         options: &UpstreamOptions,
     ) -> Result<Self, UpstreamError> {
-        let list = urls
+        let now = Instant::now();
+        let entries = urls
             .iter()
-            .map(|u| Upstream::new(u, options))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { list, trusted_keys })
+            .map(|u| {
+                Ok(Arc::new(Entry {
+                    upstream: Upstream::new(u, options)?,
+                    health: Mutex::new(HealthState::new(now)),
+                    wake: Notify::new(),
+                }))
+            })
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                entries,
+                trusted_keys,
+                options: options.clone(),
+                negative: NegativeCache::new(options.negative_ttl, options.negative_capacity),
+                ready: watch::Sender::new(true),
+                started: Default::default(),
+            }),
+        })
     }
 
-    /// The upstreams in the order they are asked.
-    pub fn list(&self) -> &[Upstream] {
-        &self.list
+    /// Starts health checking: probes every upstream's `nix-cache-info` now (lookups wait for
+    /// that first round, at most a connect and a header timeout), then each on its own schedule.
+    /// The probing tasks end once every clone of this `Upstreams` is dropped. Idempotent.
+    pub fn start(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.started.swap(true, Ordering::SeqCst) || self.inner.entries.is_empty() {
+            return;
+        }
+        self.inner.ready.send_replace(false);
+        let weak = Arc::downgrade(&self.inner);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            futures::future::join_all(inner.entries.iter().map(|e| e.probe(&inner.options))).await;
+            inner.ready.send_replace(true);
+            let order: Vec<String> = Upstreams {
+                inner: inner.clone(),
+            }
+            .health()
+            .iter()
+            .map(|h| {
+                let state = if h.healthy { "healthy" } else { "unhealthy" };
+                format!("{} (priority {:?}, {state})", h.url, h.priority)
+            })
+            .collect();
+            info!(?order, "upstreams probed");
+            for index in 0..inner.entries.len() {
+                tokio::spawn(probe_loop(weak.clone(), index));
+            }
+        });
     }
 
-    /// Asks each upstream in turn. `Ok(None)` only when every upstream definitively said it does
-    /// not have the path; when some could not answer and none had it, the most telling error is
-    /// returned (a timeout wins, so the client sees 504).
+    /// The upstreams in configuration order.
+    pub fn list(&self) -> Vec<&Upstream> {
+        self.inner.entries.iter().map(|e| &e.upstream).collect()
+    }
+
+    /// True when no upstream is configured (a cache fed by uploads only: every miss is a 404).
+    pub fn is_empty(&self) -> bool {
+        self.inner.entries.is_empty()
+    }
+
+    /// Every upstream's health, in the order lookups ask them (healthy first, each group by
+    /// priority); for health endpoints and metrics.
+    pub fn health(&self) -> Vec<UpstreamHealth> {
+        let (healthy, unhealthy) = self.ordered();
+        healthy
+            .iter()
+            .chain(&unhealthy)
+            .map(|e| e.health().snapshot(e.upstream.url()))
+            .collect()
+    }
+
+    /// Healthy and unhealthy upstreams, each by priority then configuration order.
+    fn ordered(&self) -> (Vec<Arc<Entry>>, Vec<Arc<Entry>>) {
+        let mut keyed: Vec<(u32, usize, bool, &Arc<Entry>)> = self
+            .inner
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                let h = e.health();
+                (h.effective_priority(), index, h.is_healthy(), e)
+            })
+            .collect();
+        keyed.sort_by_key(|(priority, index, ..)| (*priority, *index));
+        let (healthy, unhealthy): (Vec<_>, Vec<_>) = keyed.into_iter().partition(|k| k.2);
+        let entries = |v: Vec<(u32, usize, bool, &Arc<Entry>)>| {
+            v.into_iter().map(|k| k.3.clone()).collect::<Vec<_>>()
+        };
+        (entries(healthy), entries(unhealthy))
+    }
+
+    /// Finds a path's narinfo. `Ok(None)` only when every upstream definitively said it does
+    /// not have the path (see the module docs for the rule); when some could not answer and
+    /// none had it, the most telling error is returned (a timeout wins, so the client sees 504).
     pub async fn find_narinfo(
         &self,
         hash: &StorePathHash,
     ) -> Result<Option<FoundNarInfo>, UpstreamError> {
-        let mut failure: Option<UpstreamError> = None;
-        for upstream in &self.list {
-            match upstream.narinfo(hash).await {
-                Ok(Some(narinfo)) => {
-                    if !narinfo.verify(&self.trusted_keys) {
-                        let err = UpstreamError::Untrusted {
-                            url: format!("{}{hash}.narinfo", upstream.url()),
-                        };
-                        warn!(upstream = upstream.url(), %hash, error = %err, "refusing narinfo");
-                        failure = Some(err);
-                        continue;
-                    }
-                    upstream.join_nar_url(&narinfo.url)?;
-                    return Ok(Some(FoundNarInfo {
-                        upstream_url: upstream.url().to_string(),
-                        narinfo,
-                    }));
-                }
-                Ok(None) => debug!(upstream = upstream.url(), %hash, "upstream miss"),
-                Err(err) => {
-                    warn!(upstream = upstream.url(), %hash, error = %err, "upstream failed");
-                    let keep_previous = failure.as_ref().is_some_and(|f| f.is_timeout());
-                    if !keep_previous {
-                        failure = Some(err);
-                    }
-                }
+        if self.inner.entries.is_empty() {
+            return Ok(None);
+        }
+        self.wait_ready().await;
+        if self.inner.negative.contains(hash, Instant::now()) {
+            debug!(%hash, "negative cache: no upstream has it");
+            return Ok(None);
+        }
+        let (healthy, unhealthy) = self.ordered();
+        let mut failure = None;
+        for (group, last_resort) in [(healthy, false), (unhealthy, true)] {
+            if group.is_empty() {
+                continue;
+            }
+            if last_resort {
+                debug!(%hash, upstreams = group.len(), "asking unhealthy upstreams as a last resort");
+            }
+            match self.lookup(&group, hash, last_resort).await {
+                Ok(found) => return Ok(Some(found)),
+                Err(f) => failure = worse(failure, f),
             }
         }
         match failure {
-            Some(err) => Err(err),
-            None => Ok(None),
+            Some(error) => Err(error),
+            None => {
+                debug!(%hash, "no upstream has it");
+                self.inner.negative.insert(*hash, Instant::now());
+                Ok(None)
+            }
         }
     }
 
-    /// Opens the download of a NAR from the upstream its narinfo came from.
+    /// Asks `group` (in priority order) per the lookup strategy: the first hit by priority, or
+    /// the worst failure (`None`: every one said 404).
+    async fn lookup(
+        &self,
+        group: &[Arc<Entry>],
+        hash: &StorePathHash,
+        last_resort: bool,
+    ) -> Result<FoundNarInfo, Option<UpstreamError>> {
+        let mut answers: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
+        match self.inner.options.lookup {
+            LookupStrategy::Sequential => {
+                for (rank, entry) in group.iter().enumerate() {
+                    match self.ask(entry, hash, last_resort).await {
+                        Answer::Hit(found) => return Ok(*found),
+                        other => answers[rank] = Some(other),
+                    }
+                }
+            }
+            LookupStrategy::Parallel => {
+                let mut pending: FuturesUnordered<_> =
+                    group
+                        .iter()
+                        .enumerate()
+                        .map(|(rank, entry)| async move {
+                            (rank, self.ask(entry, hash, last_resort).await)
+                        })
+                        .collect();
+                loop {
+                    // The best-ranked upstream that has not said no decides: a hit there wins
+                    // (every better one said no); an unanswered one is waited for.
+                    let first_open = answers
+                        .iter()
+                        .position(|a| !matches!(a, Some(Answer::Miss | Answer::Failed(_))));
+                    match first_open {
+                        None => break,
+                        Some(rank) => {
+                            if let Some(Answer::Hit(found)) = answers[rank].take() {
+                                // Dropping `pending` cancels the slower, lower-ranked lookups.
+                                return Ok(*found);
+                            }
+                        }
+                    }
+                    let Some((rank, answer)) = pending.next().await else {
+                        break;
+                    };
+                    answers[rank] = Some(answer);
+                }
+            }
+        }
+        Err(answers.into_iter().fold(None, |worst, a| match a {
+            Some(Answer::Failed(e)) => worse(worst, Some(e)),
+            _ => worst,
+        }))
+    }
+
+    /// One upstream's answer, with retries on transient failures (not as a last resort, and
+    /// not once the upstream was marked unhealthy meanwhile), health bookkeeping and the
+    /// signature check.
+    async fn ask(&self, entry: &Entry, hash: &StorePathHash, last_resort: bool) -> Answer {
+        let options = &self.inner.options;
+        let upstream = &entry.upstream;
+        let retries = if last_resort {
+            0
+        } else {
+            options.narinfo_retries
+        };
+        let mut attempt = 0;
+        let result = loop {
+            let result = if last_resort {
+                tokio::time::timeout(options.last_resort_timeout, upstream.narinfo(hash))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(UpstreamError::Timeout {
+                            url: format!("{}{hash}.narinfo", upstream.url()),
+                        })
+                    })
+            } else {
+                upstream.narinfo(hash).await
+            };
+            match result {
+                Err(e) if e.is_retryable() && attempt < retries && entry.is_healthy() => {
+                    let delay = options
+                        .retry_backoff
+                        .saturating_mul(1 << attempt.min(16))
+                        .mul_f64(0.5 + 0.5 * jitter());
+                    debug!(upstream = upstream.url(), %hash, error = %e, ?delay, "retrying narinfo");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(None) => {
+                entry.record_answer();
+                debug!(upstream = upstream.url(), %hash, "upstream miss");
+                Answer::Miss
+            }
+            Ok(Some(narinfo)) => {
+                entry.record_answer();
+                if !narinfo.verify(&self.inner.trusted_keys) {
+                    let err = UpstreamError::Untrusted {
+                        url: format!("{}{hash}.narinfo", upstream.url()),
+                    };
+                    warn!(upstream = upstream.url(), %hash, error = %err, "refusing narinfo");
+                    return Answer::Failed(err);
+                }
+                if let Err(err) = upstream.join_nar_url(&narinfo.url) {
+                    warn!(upstream = upstream.url(), %hash, error = %err, "refusing narinfo");
+                    return Answer::Failed(err);
+                }
+                Answer::Hit(Box::new(FoundNarInfo {
+                    upstream_url: upstream.url().to_string(),
+                    narinfo,
+                }))
+            }
+            Err(error) => {
+                entry.record_failure(&error, options);
+                if last_resort {
+                    debug!(upstream = upstream.url(), %hash, %error, "unhealthy upstream failed again");
+                } else {
+                    warn!(upstream = upstream.url(), %hash, %error, attempts = attempt + 1, "upstream failed");
+                }
+                Answer::Failed(error)
+            }
+        }
+    }
+
+    /// Waits (bounded) for the first round of probes, so that priorities are known.
+    async fn wait_ready(&self) {
+        let mut ready = self.inner.ready.subscribe();
+        if *ready.borrow() {
+            return;
+        }
+        let o = &self.inner.options;
+        let bound = o.dialer_timeout + o.response_header_timeout + Duration::from_secs(1);
+        let _ = tokio::time::timeout(bound, ready.wait_for(|r| *r)).await;
+    }
+
+    /// Opens the download of a NAR from the upstream its narinfo came from, healthy or not:
+    /// no other upstream is known to have that file.
     pub async fn fetch_nar(
         &self,
         upstream_url: &str,
         nar_url: &str,
     ) -> Result<NarResponse, UpstreamError> {
-        let upstream = self
-            .list
+        let entry = self
+            .inner
+            .entries
             .iter()
-            .find(|u| u.url() == upstream_url)
+            .find(|e| e.upstream.url() == upstream_url)
             .ok_or_else(|| UpstreamError::NotConfigured(upstream_url.to_string()))?;
-        upstream.nar(nar_url).await
+        match entry.upstream.nar(nar_url).await {
+            Ok(response) => {
+                entry.record_answer();
+                Ok(response)
+            }
+            Err(error) => {
+                entry.record_failure(&error, &self.inner.options);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The failure to report: a timeout wins (504 tells the client to come back), otherwise the
+/// first one seen.
+fn worse(current: Option<UpstreamError>, new: Option<UpstreamError>) -> Option<UpstreamError> {
+    match (current, new) {
+        (Some(c), Some(n)) if !c.is_timeout() && n.is_timeout() => Some(n),
+        (Some(c), _) => Some(c),
+        (None, n) => n,
+    }
+}
+
+/// Probes one upstream whenever its health state says so, until the upstreams are dropped.
+async fn probe_loop(inner: Weak<Inner>, index: usize) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let entry = strong.entries[index].clone();
+        let options = strong.options.clone();
+        drop(strong);
+        let next = entry.health().next_probe();
+        if next > Instant::now() {
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = entry.wake.notified() => {}
+            }
+            continue;
+        }
+        entry.probe(&options).await;
     }
 }

@@ -42,6 +42,23 @@ pub enum Command {
     /// Rebuild a whole file for every NAR kept only as chunks, verifying each against its
     /// NarHash before switching over (resumable; safe while a server runs).
     MigrateChunksToNar(Box<MigrateArgs>),
+    /// Apply pending database migrations and print the schema version (every command also
+    /// migrates on start; this does it explicitly, e.g. before rolling out new replicas).
+    Migrate(Box<AdminArgs>),
+    /// Import a file binary cache (`nix copy --to file://DIR`, or the Go ncps's storage):
+    /// every narinfo's NAR is verified and stored (resumable; safe while a server runs).
+    MigrateNarinfo(Box<MigrateNarinfoArgs>),
+    /// Check the database against storage (missing, truncated and stray files, broken chunk
+    /// lists, unservable narinfos); exits 1 while problems remain.
+    Fsck(Box<FsckArgs>),
+    /// Generate a signing key pair in Nix's format and print the public key.
+    GenerateKey(Box<GenerateKeyArgs>),
+    /// Pin store paths (and their reference closures) so eviction never removes them.
+    Pin(Box<PinArgs>),
+    /// Remove pins.
+    Unpin(Box<PinArgs>),
+    /// List the pinned store paths.
+    Pins(Box<AdminArgs>),
 }
 
 /// Where the cache keeps its data: shared by every command that opens it.
@@ -130,10 +147,10 @@ pub struct CdcJobArgs {
     #[arg(long, env = "CACHE_CDC_DELETE_DELAY", default_value = "24h", value_parser = duration::parse)]
     pub cache_cdc_delete_delay: Duration,
 
-    /// When to look for interrupted lazy chunking and resume it (@every <duration>, @hourly,
-    /// @daily).
+    /// When to look for interrupted lazy chunking and resume it (cron expression, @hourly-style
+    /// descriptor, or @every <duration>).
     #[arg(long, env = "CACHE_CDC_LAZY_RECOVERY_SCHEDULE", default_value = "@every 5m", value_parser = duration::parse_schedule)]
-    pub cache_cdc_lazy_recovery_schedule: Duration,
+    pub cache_cdc_lazy_recovery_schedule: String,
 
     /// NARs resumed per recovery run.
     #[arg(
@@ -151,7 +168,10 @@ pub struct CdcJobArgs {
 /// Upstream caches.
 #[derive(Debug, Args)]
 pub struct UpstreamArgs {
-    /// Upstream cache URL (repeatable; asked in order). Default https://cache.nixos.org.
+    /// Upstream cache URL (repeatable). Asked in the order of the Priority each announces in
+    /// its nix-cache-info (then in the order given). Default https://cache.nixos.org; an empty
+    /// value (--cache-upstream-url '') means no upstream at all: a cache fed by uploads only.
+    /// Credentials may be given as user info (https://user:pass@host) or in the netrc file.
     #[arg(
         long = "cache-upstream-url",
         env = "CACHE_UPSTREAM_URLS",
@@ -182,6 +202,33 @@ pub struct UpstreamArgs {
         value_parser = duration::parse
     )]
     pub cache_upstream_response_header_timeout: Duration,
+
+    /// Timeout for an upstream body that stops sending (Go duration): a stalled NAR download
+    /// is abandoned (and nothing cached) after this long without a byte.
+    #[arg(long, env = "CACHE_UPSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    pub cache_upstream_stall_timeout: Duration,
+
+    /// How long a store path that every upstream answered 404 for is remembered, sparing the
+    /// upstreams repeated misses (Go duration; 0 disables). At most 100000 paths are kept.
+    #[arg(long, env = "CACHE_UPSTREAM_NEGATIVE_TTL", default_value = "30s", value_parser = duration::parse)]
+    pub cache_upstream_negative_ttl: Duration,
+
+    /// How a narinfo miss asks several upstreams: "parallel" (all healthy ones at once, the
+    /// best priority that has the path wins: a miss costs the slowest round trip) or
+    /// "sequential" (one after the other: fewest requests, slowest misses).
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_LOOKUP",
+        default_value = "parallel",
+        value_parser = ["parallel", "sequential"]
+    )]
+    pub cache_upstream_lookup: String,
+
+    /// netrc file with credentials for private upstreams, matched by host (and port):
+    /// "machine HOST login USER password PASS" for Basic auth, "login bearer" to send the
+    /// password as a bearer token. Default ~/.netrc when it exists.
+    #[arg(long, env = "NETRC_FILE")]
+    pub netrc_file: Option<PathBuf>,
 }
 
 /// Flags of `ncps serve`.
@@ -222,6 +269,27 @@ pub struct ServeArgs {
     /// Uploads, deletions and tokens.
     #[command(flatten)]
     pub access: AccessArgs,
+
+    /// Size limit and eviction.
+    #[command(flatten)]
+    pub lru: LruArgs,
+}
+
+/// Least-recently-used eviction.
+#[derive(Debug, Args)]
+pub struct LruArgs {
+    /// The most the cache may store (units K, M, G, T); evicted down to it by the LRU job.
+    #[arg(long, env = "CACHE_MAX_SIZE", value_parser = size::parse)]
+    pub cache_max_size: Option<u64>,
+
+    /// When the LRU job runs: a cron expression (e.g. "0 2 * * *"), an @hourly-style
+    /// descriptor, or @every <duration>. Needs --cache-max-size.
+    #[arg(long, env = "CACHE_LRU_SCHEDULE", value_parser = duration::parse_schedule)]
+    pub cache_lru_schedule: Option<String>,
+
+    /// Time zone of the LRU schedule: Local, UTC, or an IANA name such as Europe/Berlin.
+    #[arg(long, env = "CACHE_LRU_SCHEDULE_TZ", default_value = "Local")]
+    pub cache_lru_schedule_timezone: String,
 }
 
 /// Who may upload, delete and read.
@@ -324,6 +392,9 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "cache.upstream.response-header-timeout",
     ),
     ("server_addr", "server.addr"),
+    ("cache_max_size", "cache.max-size"),
+    ("cache_lru_schedule", "cache.lru.schedule"),
+    ("cache_lru_schedule_timezone", "cache.lru.timezone"),
     ("cache_allow_put_verb", "cache.allow-put-verb"),
     ("cache_allow_delete_verb", "cache.allow-delete-verb"),
     (
@@ -357,6 +428,13 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "cache.cdc.lazy-recovery-batch-size",
     ),
     ("cache_cdc_gc_grace", "cache.cdc.gc-grace"),
+    (
+        "cache_upstream_stall_timeout",
+        "cache.upstream.stall-timeout",
+    ),
+    ("cache_upstream_negative_ttl", "cache.upstream.negative-ttl"),
+    ("cache_upstream_lookup", "cache.upstream.lookup"),
+    ("netrc_file", "cache.netrc-file"),
 ];
 
 /// Flags that are global (defined on the top-level command).
@@ -428,6 +506,93 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
     })
 }
 
+/// Flags of the admin commands that only open the cache.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Storage, database and key.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Flags of `ncps fsck`.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Storage, database and key.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Fix what can be fixed: forget rows whose bytes are gone (the NAR is fetched again from
+    /// its upstream on demand), delete bad and stray files, drop narinfos that cannot be
+    /// served.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// Also read every whole NAR file and check its hashes (FileHash from its name, NarHash
+    /// after decompression). Reads all storage: slow on a large cache.
+    #[arg(long)]
+    pub verify_hashes: bool,
+
+    /// Stray files and unservable narinfos younger than this are reported but never counted
+    /// or repaired: a running server may be writing them right now (Go duration).
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub min_age: Duration,
+}
+
+/// Flags of `ncps migrate-narinfo`.
+#[derive(Debug, Args)]
+pub struct MigrateNarinfoArgs {
+    /// Storage, database and key.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// The binary cache directory: `<hash>.narinfo` files beside a `nar/` directory, or the
+    /// Go ncps's data directory (sharded `store/narinfo/` and `store/nar/`).
+    pub dir: PathBuf,
+
+    /// Only report what would be imported (checks that NAR files exist and have their
+    /// FileSize; hashes are checked on a real run).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Import only narinfos signed by one of these keys (name:base64, repeatable). Without
+    /// it the directory is trusted as is: ncps will sign what it imports with its own key.
+    #[arg(long = "public-key", value_delimiter = ',')]
+    pub public_keys: Vec<String>,
+}
+
+/// Flags of `ncps generate-key`.
+#[derive(Debug, Args)]
+pub struct GenerateKeyArgs {
+    /// Name of the key, written into both files and every signature (e.g. cache.example.org-1).
+    #[arg(long)]
+    pub name: String,
+
+    /// Where to write the secret key (mode 0600; an existing file is never overwritten).
+    /// Defaults to the path `serve` reads its key from when that is configured.
+    #[arg(
+        long = "secret-key-path",
+        env = "CACHE_SECRET_KEY_PATH",
+        alias = "cache-secret-key-path"
+    )]
+    pub cache_secret_key_path: Option<PathBuf>,
+
+    /// Where to write the public key as well (it is always printed).
+    #[arg(long)]
+    pub public_key_path: Option<PathBuf>,
+}
+
+/// Flags of `ncps pin` and `ncps unpin`.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Storage, database and key.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Store paths: /nix/store/<hash>-<name>, <hash>-<name> or <hash>.
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,9 +659,6 @@ mod tests {
         assert_eq!(a.upstream.cache_upstream_urls, ["http://x", "http://y"]);
         assert_eq!(a.server_addr, ":8501");
         assert!(!a.cdc.cache_cdc_enabled);
-        assert_eq!(
-            a.cdc_jobs.cache_cdc_lazy_recovery_schedule,
-            Duration::from_secs(300)
-        );
+        assert_eq!(a.cdc_jobs.cache_cdc_lazy_recovery_schedule, "@every 5m");
     }
 }

@@ -1,5 +1,6 @@
 //! `ncps`: a Nix binary cache proxy.
 
+mod admin;
 mod cli;
 mod config_file;
 mod duration;
@@ -26,6 +27,13 @@ fn main() -> Result<()> {
             cli::Command::Serve(args) => serve::run(*args).await,
             cli::Command::MigrateNarToChunks(args) => migrate::to_chunks(*args).await,
             cli::Command::MigrateChunksToNar(args) => migrate::to_whole_files(*args).await,
+            cli::Command::Migrate(args) => admin::schema::run(*args).await,
+            cli::Command::MigrateNarinfo(args) => admin::import::run(*args).await,
+            cli::Command::Fsck(args) => admin::fsck::run(*args).await,
+            cli::Command::GenerateKey(args) => admin::keygen::run(&args),
+            cli::Command::Pin(args) => admin::pins::pin(*args).await,
+            cli::Command::Unpin(args) => admin::pins::unpin(*args).await,
+            cli::Command::Pins(args) => admin::pins::list(*args).await,
         }
     })
 }

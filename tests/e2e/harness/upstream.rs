@@ -33,6 +33,11 @@ struct Knobs {
     fail_all: AtomicBool,
     /// Announce the full Content-Length of a NAR, send half of it, then break the connection.
     truncate_nars: AtomicBool,
+    /// Wait this long (ms) before answering any request, headers included: an overloaded
+    /// upstream.
+    delay_ms: AtomicU64,
+    /// Answer 401 unless the request's `Authorization` header is exactly this.
+    required_authorization: Mutex<Option<String>>,
 }
 
 struct Shared {
@@ -64,22 +69,59 @@ impl Upstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream address");
-        let app = Router::new().fallback(handle).with_state(shared.clone());
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("upstream server");
-        });
+        let (shutdown, task) = spawn_server(listener, shared.clone());
         Upstream {
             addr,
             shared,
             shutdown: Some(shutdown),
             task: Some(task),
         }
+    }
+
+    /// Serves again on the same address after [`Upstream::stop`], as an upstream coming back
+    /// from an outage.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.task.is_none(),
+            "restart() of an upstream that is running"
+        );
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                // The old socket may linger for a moment.
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("rebind upstream on {}: {e}", self.addr),
+            }
+        };
+        let (shutdown, task) = spawn_server(listener, self.shared.clone());
+        self.shutdown = Some(shutdown);
+        self.task = Some(task);
+    }
+
+    /// Rewrites `nix-cache-info` to announce `priority` (lower is preferred).
+    pub fn set_priority(&self, priority: u32) {
+        let text = format!("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {priority}\n");
+        std::fs::write(self.shared.dir.join("nix-cache-info"), text).expect("write nix-cache-info");
+    }
+
+    /// Delays every response (headers included) by `delay`: an overloaded upstream.
+    pub fn delay_responses(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).expect("small delay");
+        self.shared.knobs.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Answers 401 to requests whose `Authorization` header is not exactly `value`.
+    pub fn require_authorization(&self, value: Option<&str>) {
+        *self
+            .shared
+            .knobs
+            .required_authorization
+            .lock()
+            .expect("lock") = value.map(str::to_owned);
     }
 
     pub fn url(&self) -> String {
@@ -164,7 +206,29 @@ impl Drop for Upstream {
     }
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+fn spawn_server(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let app = Router::new().fallback(handle).with_state(shared);
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("upstream server");
+    });
+    (shutdown, task)
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: header::HeaderMap,
+) -> Response {
     let path = uri.path().to_owned();
     shared
         .log
@@ -178,6 +242,24 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
             .expect("lock")
             .entry(path.clone())
             .or_default() += 1;
+    }
+    let delay = shared.knobs.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let required = shared
+        .knobs
+        .required_authorization
+        .lock()
+        .expect("lock")
+        .clone();
+    if let Some(required) = required {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(required.as_str()) {
+            return status(StatusCode::UNAUTHORIZED);
+        }
     }
     if shared.knobs.fail_all.load(Ordering::SeqCst) {
         return status(StatusCode::INTERNAL_SERVER_ERROR);

@@ -1,0 +1,578 @@
+//! Queries behind `ncps fsck`: walking every stored form in pages, finding rows that point at
+//! nothing, and removing them with the condition re-checked in the same statement, so a row
+//! that a running server made valid meanwhile is never removed.
+
+use std::str::FromStr;
+
+use ncps_nix::{ChunkHash, NarKey, Sha256Hash, StorePathHash};
+use sqlx::Row;
+
+use crate::nars::nar_from_row;
+use crate::repo::{corrupt, now_secs};
+use crate::{Database, DbError, NarRecord};
+
+/// A narinfo that cannot be served: no upstream origin is recorded for it or for any other
+/// narinfo of the same NAR, and the NAR is not stored.
+const UNSERVABLE_NARINFO: &str = "narinfos.upstream_url IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM nars s WHERE s.nar_hash = narinfos.nar_hash) \
+     AND NOT EXISTS (SELECT 1 FROM narinfos o WHERE o.nar_hash = narinfos.nar_hash \
+                     AND o.upstream_url IS NOT NULL)";
+
+/// A NAR URL naming a NAR that is neither stored nor described by any narinfo.
+const DANGLING_NAR_URL: &str = "NOT EXISTS (SELECT 1 FROM nars s WHERE s.nar_hash = nar_urls.nar_hash) \
+     AND NOT EXISTS (SELECT 1 FROM narinfos n WHERE n.nar_hash = nar_urls.nar_hash)";
+
+/// A narinfo whose NAR is neither stored nor fetchable: every client asking for it would get
+/// a narinfo and then a 404 for its NAR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrphanNarInfo {
+    /// The store path hash (the narinfo's key).
+    pub hash: StorePathHash,
+    /// The full store path, for the report.
+    pub store_path: String,
+    /// The NAR it describes, as recorded.
+    pub nar_hash: String,
+    /// When the row was written, seconds since the epoch (a young one may be an upload whose
+    /// NAR is still arriving).
+    pub created_at: i64,
+}
+
+/// A handed-out NAR URL that resolves to nothing any more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DanglingNarUrl {
+    /// The URL's file name, as recorded.
+    pub url_key: String,
+    /// The NAR it named, as recorded.
+    pub nar_hash: String,
+}
+
+/// A stored NAR that no narinfo describes: it takes space but no client can reach it through
+/// a narinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreferencedNar {
+    /// The NAR and its forms.
+    pub record: NarRecord,
+    /// When it was stored, seconds since the epoch (an upload's NAR arrives before its narinfo).
+    pub created_at: i64,
+}
+
+/// One chunk row, as fsck checks it against storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRow {
+    /// The chunk's address.
+    pub hash: ChunkHash,
+    /// Chunk-list entries that use it, as recorded.
+    pub ref_count: i64,
+}
+
+/// One entry of a NAR's chunk list, with whether the chunk it names has a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkListEntry {
+    /// The chunk named.
+    pub hash: ChunkHash,
+    /// Whether `chunks` has a row for it (without one, the chunk's size is unknown and the NAR
+    /// cannot be spliced).
+    pub has_row: bool,
+}
+
+/// A chunk whose recorded reference count disagrees with the chunk lists that use it: too low
+/// and the garbage collector may delete a chunk in use, too high and it is never collected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRefMismatch {
+    /// The chunk.
+    pub hash: ChunkHash,
+    /// The count recorded in its row.
+    pub recorded: i64,
+    /// The number of chunk-list entries naming it.
+    pub actual: i64,
+}
+
+/// A schema migration applied to the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedMigration {
+    /// Its version (the file name's number).
+    pub version: i64,
+    /// Its description (the file name's rest).
+    pub description: String,
+    /// When it was applied, seconds since the epoch.
+    pub installed_at: i64,
+}
+
+fn nar_hash_text(after: Option<&Sha256Hash>) -> String {
+    after.map(ToString::to_string).unwrap_or_default()
+}
+
+fn chunk_hash(s: &str) -> Result<ChunkHash, DbError> {
+    ChunkHash::from_str(s).map_err(|e| corrupt("chunks", e))
+}
+
+impl Database {
+    /// Stored NARs in NarHash order, `limit` at a time after `after` (keyset paging, so a
+    /// walk over millions of rows holds one page at a time and rows added meanwhile are seen
+    /// or not, never twice).
+    pub async fn nars_after(
+        &self,
+        after: Option<&Sha256Hash>,
+        limit: u32,
+    ) -> Result<Vec<NarRecord>, DbError> {
+        let rows = sqlx::query("SELECT * FROM nars WHERE nar_hash > ? ORDER BY nar_hash LIMIT ?")
+            .bind(nar_hash_text(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(nar_from_row).collect()
+    }
+
+    /// Whether a whole file with this storage key is recorded for any NAR: a stored file no
+    /// row names is a leftover.
+    pub async fn whole_file_recorded(&self, key: &NarKey) -> Result<bool, DbError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM nars WHERE whole_key = ?")
+            .bind(key.file_name())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// A NAR's chunk list in order, straight from `nar_chunks` (unlike
+    /// [`Database::nar_chunks`], entries whose chunk row is missing are kept and flagged).
+    pub async fn chunk_list_entries(
+        &self,
+        nar_hash: &Sha256Hash,
+    ) -> Result<Vec<ChunkListEntry>, DbError> {
+        let rows = sqlx::query(
+            "SELECT n.chunk_hash, c.hash IS NOT NULL AS has_row FROM nar_chunks n \
+             LEFT JOIN chunks c ON c.hash = n.chunk_hash WHERE n.nar_hash = ? ORDER BY n.seq",
+        )
+        .bind(nar_hash.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChunkListEntry {
+                    hash: chunk_hash(r.try_get("chunk_hash")?)?,
+                    has_row: r.try_get("has_row")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Chunk rows in hash order, `limit` at a time after `after`.
+    pub async fn chunks_after(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: u32,
+    ) -> Result<Vec<ChunkRow>, DbError> {
+        let rows =
+            sqlx::query("SELECT hash, ref_count FROM chunks WHERE hash > ? ORDER BY hash LIMIT ?")
+                .bind(after.map(ToString::to_string).unwrap_or_default())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChunkRow {
+                    hash: chunk_hash(r.try_get("hash")?)?,
+                    ref_count: r.try_get("ref_count")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The NARs whose chunk list names `chunk`: they break when the chunk is lost.
+    pub async fn nars_using_chunk(&self, chunk: &ChunkHash) -> Result<Vec<Sha256Hash>, DbError> {
+        let hashes: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT nar_hash FROM nar_chunks WHERE chunk_hash = ? ORDER BY nar_hash",
+        )
+        .bind(chunk.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        hashes
+            .iter()
+            .map(|h| Sha256Hash::from_str(h).map_err(|e| corrupt("nar_chunks", e)))
+            .collect()
+    }
+
+    /// Narinfos whose NAR is neither stored nor fetchable from an upstream.
+    pub async fn orphan_narinfos(&self) -> Result<Vec<OrphanNarInfo>, DbError> {
+        let sql = format!(
+            "SELECT hash, store_path, nar_hash, created_at FROM narinfos \
+             WHERE {UNSERVABLE_NARINFO} ORDER BY hash"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OrphanNarInfo {
+                    hash: StorePathHash::from_str(r.try_get("hash")?)
+                        .map_err(|e| corrupt("narinfos", e))?,
+                    store_path: r.try_get("store_path")?,
+                    nar_hash: r.try_get("nar_hash")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a narinfo if it still cannot be served (a NAR stored meanwhile keeps it);
+    /// `true` when it was deleted.
+    pub async fn delete_narinfo_if_orphan(&self, hash: &StorePathHash) -> Result<bool, DbError> {
+        let sql = format!("DELETE FROM narinfos WHERE hash = ? AND {UNSERVABLE_NARINFO}");
+        let done = sqlx::query(&sql)
+            .bind(hash.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// NAR URLs whose NAR is neither stored nor described by a narinfo.
+    pub async fn dangling_nar_urls(&self) -> Result<Vec<DanglingNarUrl>, DbError> {
+        let sql = format!(
+            "SELECT url_key, nar_hash FROM nar_urls WHERE {DANGLING_NAR_URL} ORDER BY url_key"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DanglingNarUrl {
+                    url_key: r.try_get("url_key")?,
+                    nar_hash: r.try_get("nar_hash")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a NAR URL if it still names nothing; `true` when it was deleted.
+    pub async fn delete_nar_url_if_dangling(&self, url_key: &str) -> Result<bool, DbError> {
+        let sql = format!("DELETE FROM nar_urls WHERE url_key = ? AND {DANGLING_NAR_URL}");
+        let done = sqlx::query(&sql).bind(url_key).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Stored NARs no narinfo describes, oldest first.
+    pub async fn unreferenced_nars(&self) -> Result<Vec<UnreferencedNar>, DbError> {
+        let rows = sqlx::query(
+            "SELECT * FROM nars WHERE NOT EXISTS \
+             (SELECT 1 FROM narinfos n WHERE n.nar_hash = nars.nar_hash) ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnreferencedNar {
+                    record: nar_from_row(r)?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether any narinfo describes this NAR (re-checked right before an unreferenced NAR is
+    /// deleted).
+    pub async fn nar_is_referenced(&self, nar_hash: &Sha256Hash) -> Result<bool, DbError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM narinfos WHERE nar_hash = ? LIMIT 1")
+                .bind(nar_hash.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// Chunks whose recorded reference count differs from the number of chunk-list entries
+    /// naming them.
+    pub async fn chunk_ref_mismatches(&self) -> Result<Vec<ChunkRefMismatch>, DbError> {
+        let rows = sqlx::query(
+            "SELECT hash, ref_count, actual FROM (SELECT c.hash, c.ref_count, \
+             (SELECT COUNT(*) FROM nar_chunks n WHERE n.chunk_hash = c.hash) AS actual \
+             FROM chunks c) counted WHERE ref_count <> actual ORDER BY hash",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChunkRefMismatch {
+                    hash: chunk_hash(r.try_get("hash")?)?,
+                    recorded: r.try_get("ref_count")?,
+                    actual: r.try_get("actual")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets a chunk's reference count to the number of chunk-list entries naming it, in one
+    /// statement (so a chunk list committed meanwhile is counted); a chunk left at zero starts
+    /// its garbage-collection grace period.
+    pub async fn recount_chunk_refs(&self, chunk: &ChunkHash) -> Result<(), DbError> {
+        let counted = "(SELECT COUNT(*) FROM nar_chunks n WHERE n.chunk_hash = chunks.hash)";
+        let sql = format!(
+            "UPDATE chunks SET ref_count = {counted}, unreferenced_since = CASE \
+             WHEN {counted} = 0 THEN COALESCE(unreferenced_since, ?) ELSE NULL END \
+             WHERE hash = ?"
+        );
+        sqlx::query(&sql)
+            .bind(now_secs())
+            .bind(chunk.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a chunk's row whatever its reference count (its bytes are gone); the caller
+    /// first drops the chunk lists that name it.
+    pub async fn forget_lost_chunk(&self, chunk: &ChunkHash) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "DELETE FROM chunks WHERE hash = ? AND NOT EXISTS \
+             (SELECT 1 FROM nar_chunks n WHERE n.chunk_hash = chunks.hash)",
+        )
+        .bind(chunk.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Migrations applied to this database, oldest first.
+    pub async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, DbError> {
+        let rows = sqlx::query(
+            "SELECT version, description, \
+             CAST(strftime('%s', installed_on) AS INTEGER) AS installed_at \
+             FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AppliedMigration {
+                    version: r.try_get("version")?,
+                    description: r.try_get("description")?,
+                    installed_at: r.try_get::<Option<i64>, _>("installed_at")?.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::narinfos::tests::sample;
+    use crate::repo::test_support::temp_db;
+    use crate::{CachedNarInfo, ChunkRef, WholeFile};
+    use ncps_nix::{Compression, StorePath};
+
+    fn narinfo(label: &str, nar: &[u8], upstream: bool) -> CachedNarInfo {
+        let mut info = sample();
+        let digest = Sha256Hash::digest(label.as_bytes());
+        let mut bytes = [0u8; 20];
+        bytes.copy_from_slice(&digest.as_bytes()[..20]);
+        let hash = StorePathHash::from_bytes(bytes);
+        info.narinfo.store_path = StorePath::parse_base_name(&format!("{hash}-{label}")).unwrap();
+        info.narinfo.nar_hash = Sha256Hash::digest(nar);
+        info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
+        info.narinfo.url = info.url_key.url();
+        if !upstream {
+            info.origin = None;
+        }
+        info
+    }
+
+    fn whole(data: &[u8]) -> WholeFile {
+        WholeFile {
+            key: NarKey::new(Sha256Hash::digest(data), Compression::Xz),
+            size: 7,
+        }
+    }
+
+    fn chunk(i: u8) -> ChunkRef {
+        ChunkRef {
+            hash: ChunkHash::digest(&[i]),
+            plain_size: 10,
+            stored_size: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn orphans_are_found_and_removed_only_while_orphaned() {
+        let (db, _dir) = temp_db().await;
+        // Fetchable from upstream: fine.
+        db.insert_narinfo(&narinfo("fetched", b"a", true))
+            .await
+            .unwrap();
+        // Uploaded, NAR stored: fine.
+        let stored = narinfo("stored", b"b", false);
+        db.insert_narinfo(&stored).await.unwrap();
+        db.record_whole_file(&stored.narinfo.nar_hash, 1, whole(b"b"), None)
+            .await
+            .unwrap();
+        // Uploaded, NAR lost, but another narinfo of the same NAR has an origin: fine.
+        db.insert_narinfo(&narinfo("twin", b"a", false))
+            .await
+            .unwrap();
+        // Uploaded, NAR lost: orphans.
+        let lost = narinfo("lost", b"c", false);
+        db.insert_narinfo(&lost).await.unwrap();
+        let revived = narinfo("revived", b"d", false);
+        db.insert_narinfo(&revived).await.unwrap();
+
+        let orphans = db.orphan_narinfos().await.unwrap();
+        let mut names: Vec<&str> = orphans.iter().map(|o| o.store_path.as_str()).collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].ends_with("-lost") && names[1].ends_with("-revived"));
+        assert!(db.dangling_nar_urls().await.unwrap().is_empty());
+
+        // The NAR of "revived" arrives before the repair: it must survive.
+        db.record_whole_file(&revived.narinfo.nar_hash, 1, whole(b"d"), None)
+            .await
+            .unwrap();
+        let revived_hash = *revived.narinfo.store_path.hash();
+        assert!(!db.delete_narinfo_if_orphan(&revived_hash).await.unwrap());
+        let lost_hash = *lost.narinfo.store_path.hash();
+        assert!(db.delete_narinfo_if_orphan(&lost_hash).await.unwrap());
+        assert!(db.narinfo(&lost_hash).await.unwrap().is_none());
+        assert!(db.narinfo(&revived_hash).await.unwrap().is_some());
+        assert!(db.orphan_narinfos().await.unwrap().is_empty());
+
+        // The lost narinfo's URL now names nothing.
+        let dangling = db.dangling_nar_urls().await.unwrap();
+        assert_eq!(dangling.len(), 1);
+        assert_eq!(dangling[0].url_key, lost.url_key.file_name());
+        assert!(
+            db.delete_nar_url_if_dangling(&dangling[0].url_key)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !db.delete_nar_url_if_dangling(&stored.url_key.file_name())
+                .await
+                .unwrap()
+        );
+        assert!(db.dangling_nar_urls().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unreferenced_nars_and_whole_keys() {
+        let (db, _dir) = temp_db().await;
+        let info = narinfo("described", b"a", true);
+        db.insert_narinfo(&info).await.unwrap();
+        db.record_whole_file(&info.narinfo.nar_hash, 1, whole(b"a"), None)
+            .await
+            .unwrap();
+        let loose = Sha256Hash::digest(b"loose");
+        db.record_whole_file(&loose, 1, whole(b"loose"), None)
+            .await
+            .unwrap();
+        let unref = db.unreferenced_nars().await.unwrap();
+        assert_eq!(unref.len(), 1);
+        assert_eq!(unref[0].record.nar_hash, loose);
+        assert!(unref[0].created_at > 0);
+        assert!(!db.nar_is_referenced(&loose).await.unwrap());
+        assert!(db.nar_is_referenced(&info.narinfo.nar_hash).await.unwrap());
+        assert!(db.whole_file_recorded(&whole(b"a").key).await.unwrap());
+        assert!(!db.whole_file_recorded(&whole(b"zz").key).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn pages_cover_every_row_once() {
+        let (db, _dir) = temp_db().await;
+        let mut expected = Vec::new();
+        for i in 0..25u8 {
+            let nar = Sha256Hash::digest(&[i]);
+            db.record_whole_file(&nar, 1, whole(&[i]), None)
+                .await
+                .unwrap();
+            expected.push(nar.to_string());
+            db.commit_chunks(&Sha256Hash::digest(&[i, i]), 1, &[chunk(i)], nar)
+                .await
+                .unwrap();
+        }
+        expected.sort();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = db.nars_after(after.as_ref(), 7).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.nar_hash);
+            seen.extend(page.iter().map(|r| r.nar_hash));
+        }
+        // 25 whole-file NARs and 25 chunked ones.
+        assert_eq!(seen.len(), 50);
+        let mut chunks = Vec::new();
+        let mut after = None;
+        loop {
+            let page = db.chunks_after(after.as_ref(), 4).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.hash);
+            chunks.extend(page);
+        }
+        assert_eq!(chunks.len(), 25);
+        assert!(chunks.iter().all(|c| c.ref_count == 1));
+    }
+
+    #[tokio::test]
+    async fn chunk_lists_ref_counts_and_lost_chunks() {
+        let (db, _dir) = temp_db().await;
+        let a = Sha256Hash::digest(b"a");
+        let b = Sha256Hash::digest(b"b");
+        let spliced = Sha256Hash::digest(b"s");
+        db.commit_chunks(&a, 1, &[chunk(1), chunk(2), chunk(1)], spliced)
+            .await
+            .unwrap();
+        db.commit_chunks(&b, 1, &[chunk(2), chunk(3)], spliced)
+            .await
+            .unwrap();
+        let entries = db.chunk_list_entries(&a).await.unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.hash).collect::<Vec<_>>(),
+            [chunk(1).hash, chunk(2).hash, chunk(1).hash]
+        );
+        assert!(entries.iter().all(|e| e.has_row));
+        let mut users = db.nars_using_chunk(&chunk(2).hash).await.unwrap();
+        users.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(users, both);
+        assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+
+        // A lost chunk: its row goes only once no list names it.
+        assert!(!db.forget_lost_chunk(&chunk(3).hash).await.unwrap());
+        db.drop_chunk_list(&b).await.unwrap();
+        assert!(db.forget_lost_chunk(&chunk(3).hash).await.unwrap());
+        assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+
+        // A chunk row missing under a list is flagged in the list.
+        sqlx::query("DELETE FROM chunks WHERE hash = ?")
+            .bind(chunk(2).hash.to_string())
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let entries = db.chunk_list_entries(&a).await.unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.has_row).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+
+        // A wrong count is found and recounted.
+        sqlx::query("UPDATE chunks SET ref_count = 7 WHERE hash = ?")
+            .bind(chunk(1).hash.to_string())
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let wrong = db.chunk_ref_mismatches().await.unwrap();
+        assert_eq!(
+            wrong,
+            [ChunkRefMismatch {
+                hash: chunk(1).hash,
+                recorded: 7,
+                actual: 2
+            }]
+        );
+        db.recount_chunk_refs(&chunk(1).hash).await.unwrap();
+        assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn migrations_are_listed() {
+        let (db, _dir) = temp_db().await;
+        let applied = db.applied_migrations().await.unwrap();
+        assert_eq!(applied[0].version, 1);
+        assert_eq!(applied[0].description, "initial");
+        assert!((applied[0].installed_at - now_secs()).abs() < 600);
+    }
+}

@@ -1,0 +1,281 @@
+//! `ncps migrate-narinfo DIR`: import a file binary cache, as `nix copy --to file://DIR` writes
+//! it (`DIR/<hash>.narinfo`, `DIR/nar/<file>`), or the Go ncps's local storage (narinfos and
+//! NARs sharded as `<a>/<ab>/<file>` below `store/narinfo/` and `store/nar/`).
+//!
+//! Every NAR is verified against its narinfo (FileHash, FileSize, NarHash, NarSize) before it
+//! is stored, the narinfo is recorded after its NAR, and paths already cached are skipped: a
+//! run can be interrupted and started again, and a server may serve the cache meanwhile. Bad
+//! or missing NAR files are reported and skipped; the command then fails at the end.
+#![allow(clippy::print_stderr)] // progress output is this command's interface
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use ncps_core::CacheError;
+use ncps_core::admin::Imported;
+use ncps_nix::{MAX_TEXT_LEN, NarInfo, PublicKey, StorePathHash};
+
+use super::format_size;
+use crate::cli::MigrateNarinfoArgs;
+
+/// The narinfo files below a binary cache directory, in a stable order (a resumed run walks
+/// the same way), with the hash each file name claims. Subdirectories are searched too (the Go
+/// ncps keeps `store/narinfo/<a>/<ab>/<hash>.narinfo`), except `nar/` ones, which hold NARs.
+fn narinfo_files(dir: &Path) -> Result<Vec<(StorePathHash, PathBuf)>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current)
+            .with_context(|| format!("cannot read {}", current.display()))?;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if entry.file_type()?.is_dir() {
+                if name != "nar" {
+                    pending.push(entry.path());
+                }
+                continue;
+            }
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".narinfo")) else {
+                continue;
+            };
+            if let Ok(hash) = StorePathHash::parse(stem) {
+                found.push((hash, entry.path()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Where the NAR file a narinfo's `URL` names may be, inside `dir`: where `nix copy` puts it
+/// (`DIR/<URL>`), then the Go ncps's sharded places (`nar/<a>/<ab>/<file>`, under `DIR` or
+/// `DIR/store`). Only plain relative URLs are accepted, so a hostile narinfo cannot point
+/// outside the directory.
+fn nar_candidates(dir: &Path, url: &str) -> Result<Vec<PathBuf>, String> {
+    let rel = Path::new(url);
+    let plain = !url.is_empty()
+        && !url.contains("://")
+        && rel.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "URL {url:?} is not a file inside the cache directory"
+        ));
+    }
+    let mut candidates = vec![dir.join(rel)];
+    if let Some(file) = url
+        .strip_prefix("nar/")
+        .filter(|f| f.len() >= 2 && !f.contains('/'))
+        && let (Some(a), Some(ab)) = (file.get(..1), file.get(..2))
+    {
+        for root in [dir.join("nar"), dir.join("store/nar")] {
+            candidates.push(root.join(a).join(ab).join(file));
+        }
+        candidates.push(dir.join("store/nar").join(file));
+    }
+    Ok(candidates)
+}
+
+/// The first candidate that exists, else the first (whose absence is then reported).
+fn nar_file(dir: &Path, url: &str) -> Result<PathBuf, String> {
+    let candidates = nar_candidates(dir, url)?;
+    Ok(candidates
+        .iter()
+        .find(|p| p.is_file())
+        .unwrap_or(&candidates[0])
+        .clone())
+}
+
+/// Why a path was skipped, or `Ok` with its narinfo and NAR file.
+fn read_entry(
+    dir: &Path,
+    claimed: &StorePathHash,
+    path: &Path,
+    keys: &[PublicKey],
+) -> Result<(NarInfo, PathBuf), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > MAX_TEXT_LEN as u64 {
+        return Err(format!("larger than {MAX_TEXT_LEN} bytes"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let narinfo = NarInfo::parse(&text).map_err(|e| format!("not a narinfo: {e}"))?;
+    if narinfo.store_path.hash() != claimed {
+        return Err(format!(
+            "describes {}, not the path its file name says",
+            narinfo.store_path
+        ));
+    }
+    if !keys.is_empty() && !narinfo.verify(keys) {
+        return Err("not signed by any of the given --public-key".into());
+    }
+    let nar = nar_file(dir, &narinfo.url)?;
+    Ok((narinfo, nar))
+}
+
+/// Counts of what a run did.
+#[derive(Default)]
+struct Tally {
+    imported: u64,
+    shared: u64,
+    present: u64,
+    skipped: u64,
+    bytes: u64,
+}
+
+/// Imports (or with `--dry-run`, reports) every narinfo of the directory.
+pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
+    let keys = args
+        .public_keys
+        .iter()
+        .map(|k| PublicKey::parse(k).with_context(|| format!("invalid --public-key {k:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let dir = &args.dir;
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let files = narinfo_files(dir)?;
+    let total = files.len();
+    eprintln!(
+        "{} narinfos in {}{}",
+        total,
+        dir.display(),
+        if args.dry_run {
+            " (dry run: nothing is imported)"
+        } else {
+            ""
+        }
+    );
+    let opened = super::open(&args.storage).await?;
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    for (i, (claimed, path)) in files.iter().enumerate() {
+        let n = i + 1;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let skip = |tally: &mut Tally, why: String| {
+            eprintln!("[{n}/{total}] SKIPPED {name}: {why}");
+            tally.skipped += 1;
+        };
+        let (narinfo, nar) = match read_entry(dir, claimed, path, &keys) {
+            Ok(entry) => entry,
+            Err(why) => {
+                skip(&mut tally, why);
+                continue;
+            }
+        };
+        let store_path = narinfo.store_path.to_absolute();
+        if opened.db.narinfo(claimed).await?.is_some() {
+            eprintln!("[{n}/{total}] already cached: {store_path}");
+            tally.present += 1;
+            continue;
+        }
+        if args.dry_run {
+            match std::fs::metadata(&nar) {
+                Err(e) => skip(&mut tally, format!("NAR file {}: {e}", narinfo.url)),
+                Ok(m) if narinfo.file_size.is_some_and(|s| s != m.len()) => skip(
+                    &mut tally,
+                    format!(
+                        "NAR file {} has {} bytes, FileSize says {}",
+                        narinfo.url,
+                        m.len(),
+                        narinfo.file_size.unwrap_or_default()
+                    ),
+                ),
+                Ok(m) => {
+                    eprintln!(
+                        "[{n}/{total}] would import {store_path} ({})",
+                        format_size(m.len())
+                    );
+                    tally.imported += 1;
+                    tally.bytes += m.len();
+                }
+            }
+            continue;
+        }
+        match opened.cache.import_path(&narinfo, &nar).await {
+            Ok(Imported::Stored { whole }) => {
+                tally.imported += 1;
+                tally.bytes += whole.size;
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                eprintln!(
+                    "[{n}/{total}] imported {store_path} ({}; {:.1} MB/s overall)",
+                    format_size(whole.size),
+                    tally.bytes as f64 / 1e6 / secs
+                );
+            }
+            Ok(Imported::NarAlreadyStored { .. }) => {
+                tally.shared += 1;
+                eprintln!("[{n}/{total}] imported {store_path} (its NAR was already stored)");
+            }
+            Ok(Imported::AlreadyCached) => {
+                tally.present += 1;
+                eprintln!("[{n}/{total}] already cached: {store_path}");
+            }
+            Err(CacheError::Integrity(why)) => {
+                skip(&mut tally, format!("NAR file {}: {why}", narinfo.url))
+            }
+            Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                skip(&mut tally, format!("NAR file {} is missing", narinfo.url))
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("importing {store_path} failed; rerun to resume where this stopped")
+                });
+            }
+        }
+    }
+    let verb = if args.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
+    eprintln!(
+        "done: {verb} {} paths ({}), {} sharing a stored NAR, {} already cached, {} skipped",
+        tally.imported,
+        format_size(tally.bytes),
+        tally.shared,
+        tally.present,
+        tally.skipped
+    );
+    if tally.skipped > 0 {
+        bail!(
+            "{} narinfos were skipped (see SKIPPED lines above)",
+            tally.skipped
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nar_urls_stay_inside_the_directory() {
+        let dir = Path::new("/cache");
+        assert_eq!(
+            nar_candidates(dir, "nar/abc.nar.xz").unwrap(),
+            [
+                "/cache/nar/abc.nar.xz",
+                "/cache/nar/a/ab/abc.nar.xz",
+                "/cache/store/nar/a/ab/abc.nar.xz",
+                "/cache/store/nar/abc.nar.xz"
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(
+            nar_file(dir, "nar/abc.nar.xz").unwrap(),
+            PathBuf::from("/cache/nar/abc.nar.xz")
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x.nar",
+            "nar/../../x",
+            "http://host/nar/x",
+            "./nar/x",
+        ] {
+            assert!(nar_candidates(dir, bad).is_err(), "{bad}");
+        }
+    }
+}
