@@ -517,3 +517,56 @@ async fn pins_round_trip_and_cover_the_closure() {
     let missing = admin("unpin", vec![uncached.clone()]).await;
     assert_output(&missing, false, &[&format!("not pinned: {uncached}")]);
 }
+
+/// The pin routes: behind the write token, and what they pin shows in `ncps pins`.
+#[tokio::test(flavor = "multi_thread")]
+async fn pin_routes_need_the_write_token() {
+    let env = TestEnv::new();
+    let upstream_key = env.key("pin-routes-upstream-1").await;
+    let closure = env.closure().await;
+    upstream_key.sign(env.path(), &closure.top).await;
+    let upstream = env.upstream(&closure, Compression::Zstd).await;
+    let config = env
+        .ncps_config(&[&upstream], &[&upstream_key.public])
+        .with_args(&["--cache-allow-put-verb", "--cache-put-token", "w"]);
+    let ncps = env.ncps(&config).await;
+    let hash = store_hash(&closure.top).to_owned();
+    let url = ncps.url_for(&format!("pin/{hash}.narinfo"));
+    let client = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(client.post(&url).send().await.unwrap()), 401);
+    assert_eq!(
+        status(client.get(ncps.url_for("pins")).send().await.unwrap()),
+        401
+    );
+    assert_eq!(
+        status(client.post(&url).bearer_auth("w").send().await.unwrap()),
+        201
+    );
+    assert_eq!(
+        status(client.post(&url).bearer_auth("w").send().await.unwrap()),
+        200
+    );
+    let pins = client
+        .get(ncps.url_for("pins"))
+        .bearer_auth("w")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pins.status().as_u16(), 200);
+    assert!(pins.text().await.unwrap().contains(&hash));
+    let listed = env.ncps_admin("pins", &config, &[]).await.expect_success();
+    assert!(
+        listed.output.contains(&hash),
+        "ncps pins: {}",
+        listed.output
+    );
+    assert_eq!(
+        status(client.delete(&url).bearer_auth("w").send().await.unwrap()),
+        204
+    );
+    assert_eq!(
+        status(client.delete(&url).bearer_auth("w").send().await.unwrap()),
+        404
+    );
+}

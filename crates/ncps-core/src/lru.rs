@@ -91,3 +91,28 @@ impl Cache {
         Ok(report)
     }
 }
+
+impl Cache {
+    /// Pins a store path (and so its closure) against eviction; `false` when it already was.
+    pub async fn pin(&self, hash: &ncps_nix::StorePathHash) -> Result<bool, CacheError> {
+        Ok(self.inner.db.pin(hash).await?)
+    }
+
+    /// Removes a pin; `NotFound` when there was none.
+    pub async fn unpin(&self, hash: &ncps_nix::StorePathHash) -> Result<(), CacheError> {
+        if self.inner.db.unpin(hash).await? {
+            Ok(())
+        } else {
+            Err(CacheError::NotFound)
+        }
+    }
+
+    /// Every pin, as one line each: `<hash> <store path or ->`.
+    pub async fn pins_text(&self) -> Result<String, CacheError> {
+        let pins = self.inner.db.pins().await?;
+        Ok(pins
+            .iter()
+            .map(|p| format!("{} {}\n", p.hash, p.store_path.as_deref().unwrap_or("-")))
+            .collect())
+    }
+}

@@ -24,6 +24,12 @@ pub struct AccessConfig {
 /// Routes probes must reach without credentials.
 const OPEN_PATHS: &[&str] = &["/healthz", "/metrics"];
 
+/// Pin management is administration: it needs the write token even to read, and is not a
+/// deletion of cached data (so it does not need --cache-allow-delete-verb).
+fn is_pin_route(path: &str) -> bool {
+    path == "/pins" || path.starts_with("/pin/")
+}
+
 fn plain(status: StatusCode, message: &str) -> Response {
     let mut response = (
         status,
@@ -76,14 +82,15 @@ pub async fn enforce(
     next: Next,
 ) -> Response {
     let method = request.method().clone();
-    let writes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if method == Method::PUT && !access.allow_put {
+    let pins = is_pin_route(request.uri().path());
+    let writes = pins || !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if (method == Method::PUT || pins) && !access.allow_put {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "uploads are disabled; start ncps with --cache-allow-put-verb",
         );
     }
-    if method == Method::DELETE && !access.allow_delete {
+    if method == Method::DELETE && !access.allow_delete && !pins {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "deletions are disabled; start ncps with --cache-allow-delete-verb",

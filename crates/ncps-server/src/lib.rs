@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use ncps_core::{Cache, MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD};
 
 pub use auth::AccessConfig;
@@ -43,6 +43,11 @@ pub fn router(cache: Cache, access: AccessConfig) -> Router {
         .route("/nar/{file}", nar)
         .route("/upload/nar/{file}", put(routes::nar::put))
         .route("/log/{drv}", log)
+        .route(
+            "/pin/{file}",
+            post(routes::pin::post).delete(routes::pin::delete),
+        )
+        .route("/pins", get(routes::pin::list))
         .route(
             "/realisations/{file}",
             get(routes::realisation::get)

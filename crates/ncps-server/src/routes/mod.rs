@@ -5,6 +5,7 @@ pub mod health;
 pub mod log;
 pub mod nar;
 pub mod narinfo;
+pub mod pin;
 pub mod pubkey;
 pub mod realisation;
 
