@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use ncps_db::{CachedNarInfo, Database, NarOrigin, NarRecord};
 use ncps_nix::{
     CacheInfo, Compression, NarInfo, NarKey, PublicKey, STORE_DIR, SecretKey, StorePathHash,
@@ -18,6 +18,7 @@ use crate::access::AccessLog;
 use crate::chunking::ChunkSettings;
 use crate::codec::{can_decode, transcode};
 use crate::download::{Download, Downloads};
+use crate::metrics::{Metrics, Outcome, UpstreamLabels};
 use crate::upload::{PendingUploads, UploadConfig};
 use crate::{CacheError, RangeRequest};
 
@@ -85,6 +86,7 @@ pub(crate) struct Inner {
     pub downloads: Downloads,
     pub pending: PendingUploads,
     pub access: AccessLog,
+    pub metrics: Metrics,
     /// One eviction at a time in this process.
     pub lru_lock: tokio::sync::Mutex<()>,
     /// NARs stored whole that lazy chunking should pick up.
@@ -108,11 +110,26 @@ impl Cache {
                 downloads,
                 pending: PendingUploads::default(),
                 access: AccessLog::default(),
+                metrics: Metrics::new(),
                 lru_lock: tokio::sync::Mutex::new(()),
                 chunk_queue,
                 chunk_queue_rx: std::sync::Mutex::new(Some(rx)),
             }),
         }
+    }
+
+    /// The metrics, for `/metrics` and for the HTTP layer's request counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Measures the storage gauges (called when `/metrics` is scraped).
+    pub async fn refresh_gauges(&self) -> Result<(), CacheError> {
+        let m = &self.inner.metrics;
+        let stored = self.inner.db.stored_bytes().await?;
+        m.stored_bytes
+            .set(i64::try_from(stored).unwrap_or(i64::MAX));
+        Ok(())
     }
 
     /// The public half of our signing key, for clients' `trusted-public-keys`.
@@ -131,9 +148,25 @@ impl Cache {
 
     /// The narinfo text for a store path hash, fetched from upstream when not cached.
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<String, CacheError> {
+        let result = self.narinfo_counted(hash).await;
+        if let Err(e) = &result {
+            Metrics::lookup(&self.inner.metrics.narinfo_lookups, outcome_of(e));
+        }
+        result
+    }
+
+    async fn narinfo_counted(&self, hash: &StorePathHash) -> Result<String, CacheError> {
+        let lookups = &self.inner.metrics.narinfo_lookups;
         let cached = match self.inner.db.narinfo(hash).await? {
-            Some(cached) => cached,
-            None => self.fetch_narinfo(hash).await?,
+            Some(cached) => {
+                Metrics::lookup(lookups, Outcome::Hit);
+                cached
+            }
+            None => {
+                let fetched = self.fetch_narinfo(hash).await?;
+                Metrics::lookup(lookups, Outcome::Miss);
+                fetched
+            }
         };
         self.inner.access.narinfo(*hash);
         let stored = self.inner.db.nar(&cached.narinfo.nar_hash).await?;
@@ -151,12 +184,20 @@ impl Cache {
     }
 
     async fn fetch_narinfo(&self, hash: &StorePathHash) -> Result<CachedNarInfo, CacheError> {
+        let started = std::time::Instant::now();
         let found = self
             .inner
             .upstreams
             .find_narinfo(hash)
             .await?
             .ok_or(CacheError::NotFound)?;
+        self.inner
+            .metrics
+            .upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: found.upstream_url.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
         let upstream = found.narinfo;
         // Refuse now what could not be verified later, rather than hand out a dead NAR URL.
         if !can_decode(upstream.compression) {
@@ -255,29 +296,54 @@ impl Cache {
         key: &NarKey,
         range: Option<RangeRequest>,
     ) -> Result<NarBody, CacheError> {
+        let requests = &self.inner.metrics.nar_requests;
+        match self.nar_uncounted(key, range).await {
+            Ok((body, outcome)) => {
+                Metrics::lookup(requests, outcome);
+                let served = self.inner.metrics.nar_bytes_served.clone();
+                let stream = body
+                    .stream
+                    .inspect(move |piece| {
+                        if let Ok(bytes) = piece {
+                            served.inc_by(bytes.len() as u64);
+                        }
+                    })
+                    .boxed();
+                Ok(NarBody { stream, ..body })
+            }
+            Err(e) => {
+                Metrics::lookup(requests, outcome_of(&e));
+                Err(e)
+            }
+        }
+    }
+
+    async fn nar_uncounted(
+        &self,
+        key: &NarKey,
+        range: Option<RangeRequest>,
+    ) -> Result<(NarBody, Outcome), CacheError> {
         let nar_hash = self.resolve(key).await?;
         self.inner.access.nar(nar_hash);
         if let Some(record) = self.inner.db.nar(&nar_hash).await?
             && let Some(body) = self.serve_stored(key, &record, range).await?
         {
-            return Ok(body);
+            return Ok((body, Outcome::Hit));
         }
         let download = self.download(&nar_hash).await?;
         let total_size = download.started().await?;
         let from = download.compression();
         // Ranges are not honoured on a NAR still arriving; HTTP allows sending it whole.
         if from == key.compression {
-            return Ok(NarBody {
+            let body = NarBody {
                 total_size,
                 range: None,
                 stream: download.reader(),
-            });
+            };
+            return Ok((body, Outcome::Miss));
         }
-        Ok(NarBody::sized_unknown(transcode(
-            download.reader(),
-            from,
-            key.compression,
-        )))
+        let stream = transcode(download.reader(), from, key.compression);
+        Ok((NarBody::sized_unknown(stream), Outcome::Miss))
     }
 
     async fn download(&self, nar_hash: &ncps_nix::Sha256Hash) -> Result<Arc<Download>, CacheError> {
@@ -310,6 +376,14 @@ impl Cache {
                 tokio::spawn(this.run_download(download, file, cached, origin, eager_chunks));
             })?;
         Ok(download)
+    }
+}
+
+/// The lookup outcome an error stands for.
+fn outcome_of(e: &CacheError) -> Outcome {
+    match e {
+        CacheError::NotFound => Outcome::NotFound,
+        _ => Outcome::Error,
     }
 }
 

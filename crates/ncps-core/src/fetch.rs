@@ -30,6 +30,7 @@ impl Cache {
     ) {
         let nar_hash = cached.narinfo.nar_hash;
         debug!(nar = %nar_hash, upstream = %origin.upstream_url, "downloading NAR");
+        self.inner.metrics.downloads_in_flight.inc();
         let result = match eager_chunks {
             Some(settings) => {
                 self.download_chunked(&download, file, &cached, &origin, settings)
@@ -42,11 +43,12 @@ impl Cache {
             download.fail(e);
         }
         self.inner.downloads.remove(&download);
+        self.inner.metrics.downloads_in_flight.dec();
     }
 
     /// Opens the upstream body and checks its announced length against the narinfo.
     async fn open_upstream(&self, origin: &NarOrigin) -> Result<NarResponse, CacheError> {
-        let response = self
+        let mut response = self
             .inner
             .upstreams
             .fetch_nar(&origin.upstream_url, &origin.nar_url)
@@ -58,6 +60,15 @@ impl Cache {
                 "upstream sends {sent} bytes, FileSize says {promised}"
             )));
         }
+        let fetched = self.inner.metrics.nar_bytes_fetched.clone();
+        response.body = response
+            .body
+            .inspect(move |piece| {
+                if let Ok(bytes) = piece {
+                    fetched.inc_by(bytes.len() as u64);
+                }
+            })
+            .boxed();
         Ok(response)
     }
 

@@ -65,7 +65,16 @@ impl Cache {
                 let this = this.clone();
                 async move {
                     match this.evict_lru(lru.max_size).await {
-                        Ok(report) => info!(?report, "LRU eviction finished"),
+                        Ok(report) => {
+                            let freed = report.bytes_before.saturating_sub(report.bytes_after);
+                            this.inner.metrics.job_finished(
+                                "lru",
+                                report.duration,
+                                Some(freed),
+                                report.narinfos_evicted,
+                            );
+                            info!(?report, "LRU eviction finished");
+                        }
                         Err(e) => error!(error = %e, "LRU eviction failed"),
                     }
                 }
@@ -114,7 +123,17 @@ impl Cache {
             let mut tick = tokio::time::interval(jobs.gc_interval);
             loop {
                 tick.tick().await;
-                match this.collect_chunks(jobs.gc_grace).await {
+                let started = std::time::Instant::now();
+                let result = this.collect_chunks(jobs.gc_grace).await;
+                if let Ok(r) = &result {
+                    this.inner.metrics.job_finished(
+                        "chunk_gc",
+                        started.elapsed(),
+                        None,
+                        r.chunks_deleted,
+                    );
+                }
+                match result {
                     Ok(r) if r.chunks_deleted > 0 => {
                         info!(chunks = r.chunks_deleted, "collected unreferenced chunks")
                     }

@@ -21,6 +21,7 @@ use tracing::info;
 
 use crate::chunking::{check_chunked, chunk_nar};
 use crate::codec::can_decode;
+use crate::metrics::{Metrics, Outcome};
 use crate::verify::{Expected, Verified, write_verified};
 use crate::{Cache, CacheError};
 
@@ -148,6 +149,17 @@ impl Cache {
 
     /// Receives a narinfo upload and, when everything checks out, publishes the path.
     pub async fn upload_narinfo(&self, hash: &StorePathHash, text: &str) -> Result<(), CacheError> {
+        let result = self.accept_narinfo(hash, text).await;
+        let outcome = if result.is_ok() {
+            Outcome::Hit
+        } else {
+            Outcome::Error
+        };
+        Metrics::lookup(&self.inner.metrics.uploads, outcome);
+        result
+    }
+
+    async fn accept_narinfo(&self, hash: &StorePathHash, text: &str) -> Result<(), CacheError> {
         let narinfo = NarInfo::parse(text).map_err(|e| bad(format!("malformed narinfo: {e}")))?;
         let key = NarKey::parse_url(&narinfo.url)
             .map_err(|e| bad(format!("narinfo URL {:?}: {e}", narinfo.url)))?;

@@ -23,8 +23,18 @@ pub use error::ApiError;
 /// Largest build log accepted.
 const MAX_LOG_UPLOAD: usize = 64 * 1024 * 1024;
 
-/// Builds the router serving `cache` under the access rules in `access`.
-pub fn router(cache: Cache, access: AccessConfig) -> Router {
+/// How the HTTP face is set up.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Who may do what.
+    pub access: AccessConfig,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub prometheus: bool,
+}
+
+/// Builds the router serving `cache` with `options`.
+pub fn router(cache: Cache, options: ServerOptions) -> Router {
+    let access = options.access;
     let narinfo = get(routes::narinfo::get)
         .put(routes::narinfo::put)
         .delete(routes::narinfo::delete)
@@ -40,6 +50,14 @@ pub fn router(cache: Cache, access: AccessConfig) -> Router {
         .route("/nix-cache-info", get(routes::cache_info::get))
         .route("/pubkey", get(routes::pubkey::get))
         .route("/healthz", get(routes::health::get))
+        .route(
+            "/metrics",
+            if options.prometheus {
+                get(routes::metrics::get)
+            } else {
+                get(routes::not_found)
+            },
+        )
         .route("/nar/{file}", nar)
         .route("/upload/nar/{file}", put(routes::nar::put))
         .route("/log/{drv}", log)
@@ -70,6 +88,9 @@ pub fn router(cache: Cache, access: AccessConfig) -> Router {
             Arc::new(access),
             auth::enforce,
         ))
-        .layer(axum::middleware::from_fn(logging::log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            cache.clone(),
+            logging::log_request,
+        ))
         .with_state(cache)
 }

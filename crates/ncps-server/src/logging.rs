@@ -1,22 +1,86 @@
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use ncps_core::{Cache, RequestLabels};
 use tracing::info;
 
-/// One log line per request with method, path, status and duration.
-pub async fn log_request(request: Request, next: Next) -> Response {
+/// The route a path belongs to, as a bounded label (never the raw path, whose hashes would make
+/// one time series per store path).
+fn route_of(path: &str) -> &'static str {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("/nar/", "nar"),
+        ("/upload/", "upload"),
+        ("/log/", "log"),
+        ("/realisations/", "realisation"),
+        ("/build-trace-v2/", "realisation"),
+        ("/pin/", "pin"),
+    ];
+    if let Some((_, route)) = PREFIXES.iter().find(|(p, _)| path.starts_with(p)) {
+        return route;
+    }
+    match path {
+        "/nix-cache-info" => "nix-cache-info",
+        "/pubkey" => "pubkey",
+        "/healthz" => "healthz",
+        "/metrics" => "metrics",
+        "/pins" => "pin",
+        p if p.ends_with(".narinfo") => "narinfo",
+        _ => "other",
+    }
+}
+
+/// One log line per request (method, path, route, status, bytes, duration, and whether the
+/// cache had it), and the request counters.
+pub async fn log_request(State(cache): State<Cache>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = route_of(&path);
     let started = Instant::now();
     let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let bytes = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let labels = RequestLabels {
+        route: route.to_string(),
+        method: method.to_string(),
+        status,
+    };
+    let metrics = cache.metrics();
+    metrics.http_requests.get_or_create(&labels).inc();
+    if let Some(n) = bytes {
+        metrics.http_response_bytes.get_or_create(&labels).inc_by(n);
+    }
     info!(
         %method,
         path,
-        status = response.status().as_u16(),
+        route,
+        status,
+        bytes,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn routes_are_bounded_labels() {
+        assert_eq!(
+            route_of("/0000000000000000000000000000000a.narinfo"),
+            "narinfo"
+        );
+        assert_eq!(route_of("/nar/x.nar.xz"), "nar");
+        assert_eq!(route_of("/upload/nar/x.nar"), "upload");
+        assert_eq!(route_of("/pins"), "pin");
+        assert_eq!(route_of("/../../etc/passwd"), "other");
+    }
 }

@@ -25,6 +25,19 @@ pub struct Cli {
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
 
+    /// Serve Prometheus metrics at /metrics.
+    #[arg(
+        long,
+        env = "PROMETHEUS_ENABLED",
+        global = true,
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub prometheus_enabled: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -375,6 +388,7 @@ pub struct MigrateArgs {
 /// Config-file key of each flag, by clap argument id. A test checks every flag has one.
 const CONFIG_KEYS: &[(&str, &str)] = &[
     ("log_level", "log.level"),
+    ("prometheus_enabled", "prometheus.enabled"),
     ("cache_hostname", "cache.hostname"),
     ("cache_storage_local", "cache.storage.local"),
     ("cache_database_url", "cache.database-url"),
@@ -438,7 +452,7 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Flags that are global (defined on the top-level command).
-const GLOBAL_ARGS: &[&str] = &["log_level"];
+const GLOBAL_ARGS: &[&str] = &["log_level", "prometheus_enabled"];
 
 /// The parsed command line, and notes about the config file to log once logging is up.
 pub struct Parsed {

@@ -24,7 +24,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match parsed.cli.command {
-            cli::Command::Serve(args) => serve::run(*args).await,
+            cli::Command::Serve(args) => serve::run(*args, parsed.cli.prometheus_enabled).await,
             cli::Command::MigrateNarToChunks(args) => migrate::to_chunks(*args).await,
             cli::Command::MigrateChunksToNar(args) => migrate::to_whole_files(*args).await,
             cli::Command::Migrate(args) => admin::schema::run(*args).await,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ncps_core::{Cache, CacheConfig, CdcConfig, JobsConfig, LruConfig, Schedule, UploadConfig};
 use ncps_nix::PublicKey;
-use ncps_server::AccessConfig;
+use ncps_server::{AccessConfig, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -27,7 +27,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests.
-pub async fn run(args: ServeArgs) -> Result<()> {
+pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     let parts = setup::open(&args.storage).await?;
     let cdc = if args.cdc.cache_cdc_enabled {
         Some(CdcConfig {
@@ -89,7 +89,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .clone()
             .filter(|t| !t.is_empty()),
     };
-    let router = ncps_server::router(cache, access);
+    let router = ncps_server::router(cache, ServerOptions { access, prometheus });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown::signal_received().await;
         notify.notify_one();

@@ -3,6 +3,7 @@
 pub mod cache_info;
 pub mod health;
 pub mod log;
+pub mod metrics;
 pub mod nar;
 pub mod narinfo;
 pub mod pin;

@@ -1,0 +1,272 @@
+//! Prometheus metrics: what the cache served, fetched and stored, and how its jobs went.
+//!
+//! Counters are updated where things happen (cheap atomics, no locks on the hot path); storage
+//! gauges are measured from the database when `/metrics` is scraped.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How a lookup ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache.
+    Hit,
+    /// Fetched from an upstream.
+    Miss,
+    /// Nobody has it.
+    NotFound,
+    /// Failed.
+    Error,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, writer: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        writer.write_str(match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::NotFound => "not_found",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// Label of lookup counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// How the lookup ended.
+    pub outcome: Outcome,
+}
+
+/// Labels of HTTP request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route (`narinfo`, `nar`, `nix-cache-info`, …), never the raw path.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The status code.
+    pub status: u16,
+}
+
+/// Label naming an upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The upstream's base URL.
+    pub upstream: String,
+}
+
+/// Label naming a background job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// `lru` or `chunk_gc`.
+    pub job: String,
+}
+
+/// Every metric ncps exports.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route, method and status.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// HTTP response body bytes by route.
+    pub http_response_bytes: Family<RequestLabels, Counter>,
+    /// Narinfo lookups by outcome.
+    pub narinfo_lookups: Family<OutcomeLabels, Counter>,
+    /// NAR requests by outcome.
+    pub nar_requests: Family<OutcomeLabels, Counter>,
+    /// NAR bytes sent to clients.
+    pub nar_bytes_served: Counter,
+    /// NAR bytes downloaded from upstreams.
+    pub nar_bytes_fetched: Counter,
+    /// Upstream narinfo lookup latency, by the upstream that answered.
+    pub upstream_latency: Family<UpstreamLabels, Histogram>,
+    /// Upstream health (1 healthy, 0 not), refreshed on scrape.
+    pub upstream_healthy: Family<UpstreamLabels, Gauge>,
+    /// NAR downloads in progress.
+    pub downloads_in_flight: Gauge,
+    /// Bytes in storage (whole files plus referenced chunks).
+    pub stored_bytes: Gauge,
+    /// Chunks stored.
+    pub chunks: Gauge,
+    /// Chunk references divided by chunks: how many NAR positions each stored chunk serves.
+    pub dedup_ratio: Gauge<f64, AtomicU64>,
+    /// Job runs by job.
+    pub job_runs: Family<JobLabels, Counter>,
+    /// When each job last finished, seconds since the epoch.
+    pub job_last_run: Family<JobLabels, Gauge>,
+    /// How long each job's last run took.
+    pub job_last_duration: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    /// Bytes each job's last run freed.
+    pub job_last_freed_bytes: Family<JobLabels, Gauge>,
+    /// Items (narinfos, chunks) each job's last run removed.
+    pub job_last_items: Family<JobLabels, Gauge>,
+    /// Uploads by outcome (hit = accepted, error = refused).
+    pub uploads: Family<OutcomeLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ncps");
+        let m = Self {
+            registry: Registry::default(),
+            http_requests: Family::default(),
+            http_response_bytes: Family::default(),
+            narinfo_lookups: Family::default(),
+            nar_requests: Family::default(),
+            nar_bytes_served: Counter::default(),
+            nar_bytes_fetched: Counter::default(),
+            upstream_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
+            upstream_healthy: Family::default(),
+            downloads_in_flight: Gauge::default(),
+            stored_bytes: Gauge::default(),
+            chunks: Gauge::default(),
+            dedup_ratio: Gauge::default(),
+            job_runs: Family::default(),
+            job_last_run: Family::default(),
+            job_last_duration: Family::default(),
+            job_last_freed_bytes: Family::default(),
+            job_last_items: Family::default(),
+            uploads: Family::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_response_bytes",
+            "HTTP response bytes announced by Content-Length, by route",
+            m.http_response_bytes.clone(),
+        );
+        r.register(
+            "narinfo_lookups",
+            "Narinfo lookups by outcome",
+            m.narinfo_lookups.clone(),
+        );
+        r.register(
+            "nar_requests",
+            "NAR requests by outcome",
+            m.nar_requests.clone(),
+        );
+        r.register(
+            "nar_served_bytes",
+            "NAR bytes sent to clients",
+            m.nar_bytes_served.clone(),
+        );
+        r.register(
+            "nar_fetched_bytes",
+            "NAR bytes downloaded from upstreams",
+            m.nar_bytes_fetched.clone(),
+        );
+        r.register(
+            "upstream_narinfo_duration_seconds",
+            "Time to find a narinfo upstream, by the upstream that had it",
+            m.upstream_latency.clone(),
+        );
+        r.register(
+            "upstream_healthy",
+            "1 when the upstream answers, 0 when it is skipped as unhealthy",
+            m.upstream_healthy.clone(),
+        );
+        r.register(
+            "downloads_in_flight",
+            "NAR downloads in progress",
+            m.downloads_in_flight.clone(),
+        );
+        r.register(
+            "stored_bytes",
+            "Bytes in storage: whole NAR files plus referenced chunks",
+            m.stored_bytes.clone(),
+        );
+        r.register("chunks", "Chunks in the chunk store", m.chunks.clone());
+        r.register(
+            "chunk_dedup_ratio",
+            "Chunk references per stored chunk",
+            m.dedup_ratio.clone(),
+        );
+        r.register("job_runs", "Background job runs", m.job_runs.clone());
+        r.register(
+            "job_last_run_timestamp_seconds",
+            "When the job last finished",
+            m.job_last_run.clone(),
+        );
+        r.register(
+            "job_last_run_duration_seconds",
+            "How long the job's last run took",
+            m.job_last_duration.clone(),
+        );
+        r.register(
+            "job_last_run_freed_bytes",
+            "Bytes the job's last run freed",
+            m.job_last_freed_bytes.clone(),
+        );
+        r.register(
+            "job_last_run_items",
+            "Items the job's last run removed",
+            m.job_last_items.clone(),
+        );
+        r.register("uploads", "Uploaded narinfos by outcome", m.uploads.clone());
+        Self { registry, ..m }
+    }
+
+    /// The text exposition (OpenMetrics format, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a lookup.
+    pub fn lookup(family: &Family<OutcomeLabels, Counter>, outcome: Outcome) {
+        family.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records a finished job run; `freed_bytes` when the job knows them.
+    pub fn job_finished(
+        &self,
+        job: &str,
+        duration: Duration,
+        freed_bytes: Option<u64>,
+        items: u64,
+    ) {
+        let l = JobLabels {
+            job: job.to_string(),
+        };
+        self.job_runs.get_or_create(&l).inc();
+        self.job_last_run.get_or_create(&l).set(ncps_db::now_secs());
+        self.job_last_duration
+            .get_or_create(&l)
+            .set(duration.as_secs_f64());
+        if let Some(freed) = freed_bytes {
+            self.job_last_freed_bytes
+                .get_or_create(&l)
+                .set(i64::try_from(freed).unwrap_or(i64::MAX));
+        }
+        self.job_last_items
+            .get_or_create(&l)
+            .set(i64::try_from(items).unwrap_or(i64::MAX));
+    }
+}

@@ -1,0 +1,91 @@
+//! `/metrics` after an end-to-end run: the counters match what happened.
+
+use std::collections::HashMap;
+
+use crate::harness::{Compression, Fixture, FixtureOptions, http};
+
+/// Parses the OpenMetrics text into `name{labels}` → value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_match_a_substitution() {
+    let fx =
+        Fixture::with(FixtureOptions::new(Compression::Xz).ncps_args(&["--prometheus-enabled"]))
+            .await;
+    let closure = &fx.closure;
+    let key = fx.ncps.pubkey().await;
+    fx.env
+        .client()
+        .substitute_ok(&fx.ncps.url(), &key, closure)
+        .await;
+    fx.env
+        .client()
+        .substitute_ok(&fx.ncps.url(), &key, closure)
+        .await;
+    let paths = closure.paths.len() as f64;
+    let file_bytes: u64 = closure
+        .paths
+        .iter()
+        .map(|p| {
+            fx.upstream
+                .narinfo(p)
+                .field("FileSize")
+                .parse::<u64>()
+                .expect("FileSize")
+        })
+        .sum();
+
+    let response = http::get(&fx.ncps.url_for("metrics"))
+        .await
+        .expect_status(200, "GET /metrics");
+    let s = samples(&response.text());
+    assert_eq!(
+        value(&s, r#"ncps_narinfo_lookups_total{outcome="miss"}"#),
+        paths,
+        "{}",
+        response.text()
+    );
+    assert!(value(&s, r#"ncps_narinfo_lookups_total{outcome="hit"}"#) >= paths);
+    assert_eq!(
+        value(&s, r#"ncps_narinfo_lookups_total{outcome="not_found"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(&s, r#"ncps_nar_requests_total{outcome="miss"}"#),
+        paths
+    );
+    assert_eq!(
+        value(&s, r#"ncps_nar_requests_total{outcome="hit"}"#),
+        paths
+    );
+    assert_eq!(
+        value(&s, "ncps_nar_served_bytes_total"),
+        2.0 * file_bytes as f64
+    );
+    assert_eq!(value(&s, "ncps_nar_fetched_bytes_total"), file_bytes as f64);
+    assert_eq!(value(&s, "ncps_stored_bytes"), file_bytes as f64);
+    assert_eq!(value(&s, "ncps_downloads_in_flight"), 0.0);
+    let nar_gets = value(
+        &s,
+        r#"ncps_http_requests_total{route="nar",method="GET",status="200"}"#,
+    );
+    assert_eq!(nar_gets, 2.0 * paths);
+
+    // Without the flag there is no /metrics.
+    let plain = Fixture::new(Compression::Zstd).await;
+    http::get(&plain.ncps.url_for("metrics"))
+        .await
+        .expect_status(404, "GET /metrics when disabled");
+}
