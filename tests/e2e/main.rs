@@ -12,6 +12,7 @@ mod admin;
 mod chunking;
 mod failures;
 mod lru;
+mod metrics;
 mod protocol;
 mod selftest;
 mod signatures;
