@@ -10,10 +10,13 @@ mod harness;
 
 mod admin;
 mod chunking;
+mod databases;
+mod docs;
 mod failures;
 mod lru;
 mod metrics;
 mod protocol;
+mod replicas;
 mod selftest;
 mod signatures;
 mod single_flight;

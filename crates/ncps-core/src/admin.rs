@@ -180,7 +180,7 @@ mod tests {
     use ncps_upstream::{UpstreamOptions, Upstreams};
 
     use super::*;
-    use crate::{CacheConfig, UploadConfig};
+    use crate::CacheConfig;
 
     async fn cache(dir: &Path) -> Cache {
         let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
@@ -189,18 +189,12 @@ mod tests {
         let store = BlobStore::local(&dir.join("store")).unwrap();
         let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
         Cache::new(
-            CacheConfig {
-                secret_key: SecretKey::generate("test").unwrap(),
-                sign_narinfo: true,
-                temp_dir: dir.join("tmp"),
-                priority: 40,
-                cdc: None,
-                uploads: UploadConfig::default(),
-            },
+            CacheConfig::new(SecretKey::generate("test").unwrap(), dir.join("tmp")),
             db,
             store,
             upstreams,
         )
+        .unwrap()
     }
 
     /// A narinfo and its xz file for `nar`, written to `dir`.

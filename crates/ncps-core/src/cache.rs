@@ -18,6 +18,7 @@ use crate::access::AccessLog;
 use crate::chunking::ChunkSettings;
 use crate::codec::{can_decode, transcode};
 use crate::download::{Download, Downloads};
+use crate::locks::{LockBackend, Locks};
 use crate::metrics::{Metrics, Outcome, UpstreamLabels};
 use crate::upload::{PendingUploads, UploadConfig};
 use crate::{CacheError, RangeRequest};
@@ -48,6 +49,27 @@ pub struct CacheConfig {
     pub cdc: Option<CdcConfig>,
     /// Rules for uploads.
     pub uploads: UploadConfig,
+    /// Which lock service coordinates replicas.
+    pub locks: LockBackend,
+    /// How long a download lock lives without renewal (a dead replica's lock expires after it).
+    pub download_lock_ttl: Duration,
+}
+
+impl CacheConfig {
+    /// Defaults for everything but the key and the temporary directory: signing on, priority
+    /// 40, whole files, default upload rules, in-process locks with a 5-minute download TTL.
+    pub fn new(secret_key: SecretKey, temp_dir: PathBuf) -> Self {
+        Self {
+            secret_key,
+            sign_narinfo: true,
+            temp_dir,
+            priority: 40,
+            cdc: None,
+            uploads: UploadConfig::default(),
+            locks: LockBackend::Local,
+            download_lock_ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 /// A NAR body ready to send: its size is known before the first byte whenever possible.
@@ -87,6 +109,9 @@ pub(crate) struct Inner {
     pub pending: PendingUploads,
     pub access: AccessLog,
     pub metrics: Metrics,
+    pub locks: Locks,
+    /// In-process locks in front of `locks`, so one task per process polls the lock service.
+    pub local_locks: Locks,
     /// One eviction at a time in this process.
     pub lru_lock: tokio::sync::Mutex<()>,
     /// NARs stored whole that lazy chunking should pick up.
@@ -96,11 +121,17 @@ pub(crate) struct Inner {
 
 impl Cache {
     /// Wires the cache to its metadata, storage and upstreams.
-    pub fn new(config: CacheConfig, db: Database, store: BlobStore, upstreams: Upstreams) -> Self {
+    pub fn new(
+        config: CacheConfig,
+        db: Database,
+        store: BlobStore,
+        upstreams: Upstreams,
+    ) -> Result<Self, CacheError> {
+        let locks = Locks::new(&config.locks)?;
         let public_key = config.secret_key.public_key();
         let downloads = Downloads::new(config.temp_dir.clone());
         let (chunk_queue, rx) = mpsc::unbounded_channel();
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 public_key,
@@ -111,11 +142,13 @@ impl Cache {
                 pending: PendingUploads::default(),
                 access: AccessLog::default(),
                 metrics: Metrics::new(),
+                locks,
+                local_locks: Locks::new(&LockBackend::Local)?,
                 lru_lock: tokio::sync::Mutex::new(()),
                 chunk_queue,
                 chunk_queue_rx: std::sync::Mutex::new(Some(rx)),
             }),
-        }
+        })
     }
 
     /// The metrics, for `/metrics` and for the HTTP layer's request counters.
@@ -325,12 +358,18 @@ impl Cache {
     ) -> Result<(NarBody, Outcome), CacheError> {
         let nar_hash = self.resolve(key).await?;
         self.inner.access.nar(nar_hash);
-        if let Some(record) = self.inner.db.nar(&nar_hash).await?
-            && let Some(body) = self.serve_stored(key, &record, range).await?
-        {
-            return Ok((body, Outcome::Hit));
-        }
-        let download = self.download(&nar_hash).await?;
+        let download = loop {
+            if let Some(record) = self.inner.db.nar(&nar_hash).await?
+                && let Some(body) = self.serve_stored(key, &record, range).await?
+            {
+                return Ok((body, Outcome::Hit));
+            }
+            match self.download(&nar_hash).await? {
+                Fetch::Local(download) => break download,
+                // Another replica stored it meanwhile: serve it from the shared storage.
+                Fetch::StoredElsewhere => continue,
+            }
+        };
         let total_size = download.started().await?;
         let from = download.compression();
         // Ranges are not honoured on a NAR still arriving; HTTP allows sending it whole.
@@ -346,9 +385,40 @@ impl Cache {
         Ok((NarBody::sized_unknown(stream), Outcome::Miss))
     }
 
-    async fn download(&self, nar_hash: &ncps_nix::Sha256Hash) -> Result<Arc<Download>, CacheError> {
-        if let Some(download) = self.inner.downloads.join(nar_hash) {
-            return Ok(download);
+    /// Joins or starts the download of a NAR. Across replicas only the holder of the NAR's
+    /// download lock fetches it; the others wait until it is stored (or until the holder dies
+    /// and its lock expires, when one of them takes over).
+    async fn download(&self, nar_hash: &ncps_nix::Sha256Hash) -> Result<Fetch, CacheError> {
+        let lock_key = format!("download:{nar_hash}");
+        let ttl = self.inner.config.download_lock_ttl;
+        let deadline = tokio::time::Instant::now() + ttl;
+        let mut delay = Duration::from_millis(25);
+        let guard = loop {
+            if let Some(download) = self.inner.downloads.join(nar_hash) {
+                return Ok(Fetch::Local(download));
+            }
+            // One task per process asks the (possibly remote) lock service; the others wait
+            // here and join its download.
+            if let Some(local) = self.inner.local_locks.try_lock(&lock_key, ttl).await? {
+                if let Some(guard) = self.inner.locks.try_lock(&lock_key, ttl).await? {
+                    break (guard, local);
+                }
+            }
+            if self.inner.db.nar(nar_hash).await?.is_some() {
+                return Ok(Fetch::StoredElsewhere);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CacheError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "another replica's download of this NAR did not finish in time",
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        };
+        // The previous holder may have finished just before we got the lock.
+        if self.inner.db.nar(nar_hash).await?.is_some() {
+            return Ok(Fetch::StoredElsewhere);
         }
         let cached = self
             .inner
@@ -373,10 +443,22 @@ impl Cache {
             .inner
             .downloads
             .join_or_start(nar_hash, output, |download, file| {
-                tokio::spawn(this.run_download(download, file, cached, origin, eager_chunks));
+                tokio::spawn(async move {
+                    this.run_download(download, file, cached, origin, eager_chunks)
+                        .await;
+                    drop(guard);
+                });
             })?;
-        Ok(download)
+        Ok(Fetch::Local(download))
     }
+}
+
+/// Where a NAR that is not stored comes from.
+enum Fetch {
+    /// A download in this process (joined or started).
+    Local(Arc<Download>),
+    /// Another replica stored it while we waited.
+    StoredElsewhere,
 }
 
 /// The lookup outcome an error stands for.

@@ -273,6 +273,15 @@ impl Cache {
     /// Deletes chunks that have had no reference for longer than `grace`.
     pub async fn collect_chunks(&self, grace: Duration) -> Result<GcReport, CacheError> {
         let mut report = GcReport::default();
+        // One replica collects at a time.
+        let Some(_global) = self
+            .inner
+            .locks
+            .try_lock("chunk-gc", Duration::from_secs(30 * 60))
+            .await?
+        else {
+            return Ok(report);
+        };
         let before = now() - grace.as_secs() as i64;
         loop {
             let batch = self.inner.db.unreferenced_chunks(before, 1000).await?;

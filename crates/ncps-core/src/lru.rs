@@ -6,6 +6,9 @@ use tracing::info;
 
 use crate::{Cache, CacheError};
 
+/// How long the eviction lock lives without renewal.
+const LRU_LOCK_TTL: Duration = Duration::from_secs(30 * 60);
+
 /// Narinfos considered per round; the stored size is re-measured after each.
 const EVICT_BATCH: u32 = 500;
 
@@ -32,6 +35,11 @@ impl Cache {
     /// are at most `max_size`. Paths in the closure of a pin are never evicted.
     pub async fn evict_lru(&self, max_size: u64) -> Result<LruReport, CacheError> {
         let _running = self.inner.lru_lock.lock().await;
+        // One replica evicts at a time; the others skip this round.
+        let Some(_global) = self.inner.locks.try_lock("lru", LRU_LOCK_TTL).await? else {
+            info!("another replica is evicting; skipping this run");
+            return Ok(LruReport::default());
+        };
         let started = Instant::now();
         self.flush_access_times().await;
         let db = &self.inner.db;

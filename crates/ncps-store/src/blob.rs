@@ -40,6 +40,37 @@ pub struct BlobRead {
     pub stream: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
+/// Where an S3-compatible bucket is and how to talk to it.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL with scheme (e.g. `http://127.0.0.1:3900`); AWS when unset.
+    pub endpoint: Option<String>,
+    /// Region (`us-east-1` when unset).
+    pub region: Option<String>,
+    /// Access key id; the environment's AWS credentials when unset.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which MinIO, Garage and most
+    /// self-hosted servers need.
+    pub force_path_style: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("force_path_style", &self.force_path_style)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Object storage for NAR files, addressed by typed keys.
 #[derive(Clone)]
 pub struct BlobStore {
@@ -99,6 +130,27 @@ impl BlobStore {
         })?;
         let fs = LocalFileSystem::new_with_prefix(root)?;
         Ok(Self::from_object_store(Arc::new(fs)))
+    }
+
+    /// Storage in an S3-compatible bucket. Objects stream in and out; large NARs use multipart
+    /// uploads. Credentials stay inside the client and never reach a log line.
+    pub fn s3(config: &S3Config) -> Result<Self, StoreError> {
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_virtual_hosted_style_request(!config.force_path_style);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        builder = builder.with_region(config.region.as_deref().unwrap_or("us-east-1"));
+        if let Some(id) = &config.access_key_id {
+            builder = builder.with_access_key_id(id);
+        }
+        if let Some(secret) = &config.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        Ok(Self::from_object_store(Arc::new(builder.build()?)))
     }
 
     /// Wraps any `object_store` backend (S3, GCS, Azure, in-memory).

@@ -8,6 +8,6 @@ mod blob;
 pub mod chunk;
 mod error;
 
-pub use blob::{BlobRead, BlobStore, ByteRange, StoredObject};
+pub use blob::{BlobRead, BlobStore, ByteRange, S3Config, StoredObject};
 pub use chunk::{ChunkError, ChunkHash, ChunkParams, Chunker, ChunkingSummary};
 pub use error::StoreError;

@@ -87,8 +87,9 @@ pub struct StorageArgs {
     #[arg(long, env = "CACHE_STORAGE_LOCAL", alias = "cache-data-path")]
     pub cache_storage_local: Option<PathBuf>,
 
-    /// Database URL: sqlite:PATH (default sqlite:<data dir>/db/db.sqlite). postgres:// and
-    /// mysql:// are recognised but not supported yet.
+    /// Database URL: sqlite:PATH (default sqlite:<data dir>/db/db.sqlite),
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (or postgresql://) or
+    /// mysql://USER:PASSWORD@HOST:PORT/DB (MySQL 8 and MariaDB). See docs/databases.md.
     #[arg(long, env = "CACHE_DATABASE_URL")]
     pub cache_database_url: Option<String>,
 
@@ -101,6 +102,44 @@ pub struct StorageArgs {
     /// storage, and not a RAM-backed /tmp).
     #[arg(long, env = "CACHE_TEMP_PATH")]
     pub cache_temp_path: Option<PathBuf>,
+
+    /// S3 bucket to keep NARs and chunks in instead of the data directory (which then holds
+    /// only the SQLite database, the generated key and temporary files).
+    #[arg(long, env = "CACHE_STORAGE_S3_BUCKET")]
+    pub cache_storage_s3_bucket: Option<String>,
+
+    /// S3-compatible endpoint URL with scheme (e.g. http://127.0.0.1:3900); AWS when unset.
+    #[arg(long, env = "CACHE_STORAGE_S3_ENDPOINT")]
+    pub cache_storage_s3_endpoint: Option<String>,
+
+    /// S3 region (default us-east-1).
+    #[arg(long, env = "CACHE_STORAGE_S3_REGION")]
+    pub cache_storage_s3_region: Option<String>,
+
+    /// S3 access key id.
+    #[arg(long, env = "CACHE_STORAGE_S3_ACCESS_KEY_ID")]
+    pub cache_storage_s3_access_key_id: Option<String>,
+
+    /// S3 secret access key.
+    #[arg(
+        long,
+        env = "CACHE_STORAGE_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub cache_storage_s3_secret_access_key: Option<String>,
+
+    /// Path-style S3 addressing (endpoint/bucket/key), needed by MinIO, Garage and most
+    /// self-hosted servers.
+    #[arg(
+        long,
+        env = "CACHE_STORAGE_S3_FORCE_PATH_STYLE",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_storage_s3_force_path_style: bool,
 }
 
 /// Content-defined chunking.
@@ -286,6 +325,72 @@ pub struct ServeArgs {
     /// Size limit and eviction.
     #[command(flatten)]
     pub lru: LruArgs,
+
+    /// Locks shared by replicas.
+    #[command(flatten)]
+    pub locks: LockArgs,
+}
+
+/// How replicas coordinate (downloads, eviction, garbage collection).
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lock backend: local (one replica), redis (distributed, needs --cache-redis-addrs) or
+    /// postgres (distributed, advisory locks on the PostgreSQL database).
+    #[arg(long, env = "CACHE_LOCK_BACKEND", default_value = "local", value_parser = ["local", "redis", "postgres"])]
+    pub cache_lock_backend: String,
+
+    /// Redis address host:port (repeatable; the first is used — Redis Cluster is not supported).
+    #[arg(
+        long = "cache-redis-addrs",
+        env = "CACHE_REDIS_ADDRS",
+        value_delimiter = ','
+    )]
+    pub cache_redis_addrs: Vec<String>,
+
+    /// Redis username (ACL).
+    #[arg(long, env = "CACHE_REDIS_USERNAME")]
+    pub cache_redis_username: Option<String>,
+
+    /// Redis password.
+    #[arg(long, env = "CACHE_REDIS_PASSWORD", hide_env_values = true)]
+    pub cache_redis_password: Option<String>,
+
+    /// Redis database number.
+    #[arg(long, env = "CACHE_REDIS_DB", default_value = "0")]
+    pub cache_redis_db: u32,
+
+    /// Connect to Redis over TLS.
+    #[arg(
+        long,
+        env = "CACHE_REDIS_USE_TLS",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_redis_use_tls: bool,
+
+    /// Prefix of every Redis lock key.
+    #[arg(
+        long,
+        env = "CACHE_LOCK_REDIS_KEY_PREFIX",
+        default_value = "ncps:lock:"
+    )]
+    pub cache_lock_redis_key_prefix: String,
+
+    /// Prefix hashed into every PostgreSQL advisory lock id.
+    #[arg(
+        long,
+        env = "CACHE_LOCK_POSTGRES_KEY_PREFIX",
+        default_value = "ncps:lock:"
+    )]
+    pub cache_lock_postgres_key_prefix: String,
+
+    /// How long a download lock lives without renewal: a replica that dies mid-download loses
+    /// it after this, and another replica takes over.
+    #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = duration::parse)]
+    pub cache_lock_download_ttl: Duration,
 }
 
 /// Least-recently-used eviction.
@@ -391,6 +496,21 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("prometheus_enabled", "prometheus.enabled"),
     ("cache_hostname", "cache.hostname"),
     ("cache_storage_local", "cache.storage.local"),
+    ("cache_storage_s3_bucket", "cache.storage.s3.bucket"),
+    ("cache_storage_s3_endpoint", "cache.storage.s3.endpoint"),
+    ("cache_storage_s3_region", "cache.storage.s3.region"),
+    (
+        "cache_storage_s3_access_key_id",
+        "cache.storage.s3.access-key-id",
+    ),
+    (
+        "cache_storage_s3_secret_access_key",
+        "cache.storage.s3.secret-access-key",
+    ),
+    (
+        "cache_storage_s3_force_path_style",
+        "cache.storage.s3.force-path-style",
+    ),
     ("cache_database_url", "cache.database-url"),
     ("cache_upstream_urls", "cache.upstream.urls"),
     ("cache_upstream_public_keys", "cache.upstream.public-keys"),
@@ -406,6 +526,18 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "cache.upstream.response-header-timeout",
     ),
     ("server_addr", "server.addr"),
+    ("cache_lock_backend", "cache.lock.backend"),
+    ("cache_redis_addrs", "cache.redis.addrs"),
+    ("cache_redis_username", "cache.redis.username"),
+    ("cache_redis_password", "cache.redis.password"),
+    ("cache_redis_db", "cache.redis.db"),
+    ("cache_redis_use_tls", "cache.redis.use-tls"),
+    ("cache_lock_redis_key_prefix", "cache.lock.redis.key-prefix"),
+    (
+        "cache_lock_postgres_key_prefix",
+        "cache.lock.postgres.key-prefix",
+    ),
+    ("cache_lock_download_ttl", "cache.lock.download-lock-ttl"),
     ("cache_max_size", "cache.max-size"),
     ("cache_lru_schedule", "cache.lru.schedule"),
     ("cache_lru_schedule_timezone", "cache.lru.timezone"),

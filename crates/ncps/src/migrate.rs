@@ -8,31 +8,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ncps_core::{Cache, CacheConfig};
-use ncps_upstream::{UpstreamOptions, Upstreams};
+use ncps_core::Cache;
 
 use crate::cli::MigrateArgs;
-use crate::setup;
+use crate::{admin, setup};
 
 async fn open_cache(args: &MigrateArgs) -> Result<(Cache, ncps_core::ChunkSettings)> {
-    let parts = setup::open(&args.storage).await?;
-    let settings = setup::chunk_settings(&parts.db, &args.cdc).await?;
-    // Migrations never fetch: no upstream is needed.
-    let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default())?;
-    let cache = Cache::new(
-        CacheConfig {
-            secret_key: parts.secret_key,
-            sign_narinfo: true,
-            temp_dir: parts.temp_dir,
-            priority: 40,
-            cdc: None,
-            uploads: ncps_core::UploadConfig::default(),
-        },
-        parts.db,
-        parts.store,
-        upstreams,
-    );
-    Ok((cache, settings))
+    let opened = admin::open(&args.storage).await?;
+    let settings = setup::chunk_settings(&opened.db, &args.cdc).await?;
+    Ok((opened.cache, settings))
 }
 
 /// Reports each migrated NAR with a running count, size and rate.

@@ -4,14 +4,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ncps_core::{Cache, CacheConfig, CdcConfig, JobsConfig, LruConfig, Schedule, UploadConfig};
+use ncps_core::{
+    Cache, CacheConfig, CdcConfig, JobsConfig, LockBackend, LruConfig, Schedule, UploadConfig,
+};
 use ncps_nix::PublicKey;
 use ncps_server::{AccessConfig, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::cli::{AccessArgs, LruArgs, ServeArgs, UpstreamArgs};
+use crate::cli::{AccessArgs, LockArgs, LruArgs, ServeArgs, UpstreamArgs};
 use crate::{setup, shutdown};
 
 /// The upstream users get when they configure none.
@@ -40,19 +42,16 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     };
     let upstreams = upstreams(&args.upstream)?;
     let data_dir = parts.data_dir.clone();
-    let cache = Cache::new(
-        CacheConfig {
-            secret_key: parts.secret_key,
-            sign_narinfo: args.cache_sign_narinfo,
-            temp_dir: parts.temp_dir,
-            priority: PRIORITY,
-            cdc,
-            uploads: upload_rules(&args.access)?,
-        },
-        parts.db,
-        parts.store,
-        upstreams,
-    );
+    let config = CacheConfig {
+        sign_narinfo: args.cache_sign_narinfo,
+        priority: PRIORITY,
+        cdc,
+        uploads: upload_rules(&args.access)?,
+        locks: lock_backend(&args.locks, parts.database_url.as_str())?,
+        download_lock_ttl: args.locks.cache_lock_download_ttl,
+        ..CacheConfig::new(parts.secret_key, parts.temp_dir)
+    };
+    let cache = Cache::new(config, parts.db, parts.store, upstreams)?;
     cache.spawn_jobs(JobsConfig {
         chunk_workers: args.cdc_jobs.cache_cdc_background_workers,
         recovery_schedule: Schedule::parse(
@@ -103,6 +102,45 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+fn lock_backend(args: &LockArgs, database_url: &str) -> Result<LockBackend> {
+    Ok(match args.cache_lock_backend.as_str() {
+        "redis" => {
+            let Some(addr) = args.cache_redis_addrs.first() else {
+                bail!("--cache-lock-backend=redis requires --cache-redis-addrs");
+            };
+            let scheme = if args.cache_redis_use_tls {
+                "rediss"
+            } else {
+                "redis"
+            };
+            let auth = match (&args.cache_redis_username, &args.cache_redis_password) {
+                (Some(user), Some(password)) => format!("{user}:{password}@"),
+                (None, Some(password)) => format!(":{password}@"),
+                (Some(user), None) => format!("{user}@"),
+                (None, None) => String::new(),
+            };
+            info!(addr, db = args.cache_redis_db, "using Redis locks");
+            LockBackend::Redis {
+                url: format!("{scheme}://{auth}{addr}/{}", args.cache_redis_db),
+                prefix: args.cache_lock_redis_key_prefix.clone(),
+            }
+        }
+        "postgres" => {
+            if !(database_url.starts_with("postgres://")
+                || database_url.starts_with("postgresql://"))
+            {
+                bail!("--cache-lock-backend=postgres needs a postgres:// --cache-database-url");
+            }
+            info!("using PostgreSQL advisory locks");
+            LockBackend::Postgres {
+                url: database_url.to_string(),
+                prefix: args.cache_lock_postgres_key_prefix.clone(),
+            }
+        }
+        _ => LockBackend::Local,
+    })
 }
 
 fn lru_config(args: &LruArgs) -> Result<Option<LruConfig>> {

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use ncps_core::ChunkSettings;
 use ncps_db::Database;
 use ncps_nix::SecretKey;
-use ncps_store::BlobStore;
 use ncps_store::chunk::ChunkParams;
+use ncps_store::{BlobStore, S3Config};
 use tracing::{info, warn};
 
 use crate::cli::{CdcArgs, StorageArgs};
@@ -31,6 +31,8 @@ pub struct Parts {
     pub db: Database,
     /// Bytes.
     pub store: BlobStore,
+    /// The database URL in force (the PostgreSQL lock backend reuses it).
+    pub database_url: String,
 }
 
 /// Resolves defaults, loads (or generates) the key, opens the database and the storage.
@@ -61,13 +63,28 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
     let db = Database::open(&database_url)
         .await
         .context("cannot open the database")?;
-    let store = BlobStore::local(&data_dir.join("store"))?;
+    let store = match &args.cache_storage_s3_bucket {
+        Some(bucket) => {
+            let config = S3Config {
+                bucket: bucket.clone(),
+                endpoint: args.cache_storage_s3_endpoint.clone(),
+                region: args.cache_storage_s3_region.clone(),
+                access_key_id: args.cache_storage_s3_access_key_id.clone(),
+                secret_access_key: args.cache_storage_s3_secret_access_key.clone(),
+                force_path_style: args.cache_storage_s3_force_path_style,
+            };
+            info!(bucket, endpoint = ?config.endpoint, "storing NARs in S3");
+            BlobStore::s3(&config).context("invalid S3 storage settings")?
+        }
+        None => BlobStore::local(&data_dir.join("store"))?,
+    };
     Ok(Parts {
         data_dir,
         temp_dir,
         secret_key,
         db,
         store,
+        database_url,
     })
 }
 

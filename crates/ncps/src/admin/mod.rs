@@ -11,7 +11,7 @@ pub mod schema;
 use std::time::Duration;
 
 use anyhow::Result;
-use ncps_core::{Cache, CacheConfig, UploadConfig};
+use ncps_core::{Cache, CacheConfig};
 use ncps_db::Database;
 use ncps_store::BlobStore;
 use ncps_upstream::{UpstreamOptions, Upstreams};
@@ -36,19 +36,8 @@ pub async fn open(storage: &StorageArgs) -> Result<Opened> {
     let db = parts.db.clone();
     let store = parts.store.clone();
     let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default())?;
-    let cache = Cache::new(
-        CacheConfig {
-            secret_key: parts.secret_key,
-            sign_narinfo: true,
-            temp_dir: parts.temp_dir,
-            priority: 40,
-            cdc: None,
-            uploads: UploadConfig::default(),
-        },
-        parts.db,
-        parts.store,
-        upstreams,
-    );
+    let config = CacheConfig::new(parts.secret_key, parts.temp_dir);
+    let cache = Cache::new(config, parts.db, parts.store, upstreams)?;
     Ok(Opened { cache, db, store })
 }
 

@@ -1,0 +1,327 @@
+//! Scale-out: several ncps replicas share PostgreSQL, a real S3 server (Garage) and a lock
+//! service (Redis, or PostgreSQL advisory locks), and behave like one cache.
+//!
+//! `scripts/test` starts the servers on 127.0.0.1 and names them in `NCPS_TEST_POSTGRES_URL`,
+//! `NCPS_TEST_REDIS_ADDR`, `NCPS_TEST_S3_ENDPOINT`/`_KEY_ID`/`_SECRET` and
+//! `NCPS_TEST_GARAGE_CONFIG`. Without them (outside CI) these tests say so and pass; with
+//! `CI=true` a missing server fails them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{Compression, Ncps, NcpsConfig, TestEnv, eventually_within, http, random_hex};
+
+/// The shared services, from the environment.
+struct Services {
+    postgres: String,
+    redis: String,
+    s3_endpoint: String,
+    s3_key_id: String,
+    s3_secret: String,
+    garage_config: String,
+}
+
+impl Services {
+    fn from_env() -> Option<Services> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let found = (|| {
+            Some(Services {
+                postgres: var("NCPS_TEST_POSTGRES_URL")?,
+                redis: var("NCPS_TEST_REDIS_ADDR")?,
+                s3_endpoint: var("NCPS_TEST_S3_ENDPOINT")?,
+                s3_key_id: var("NCPS_TEST_S3_KEY_ID")?,
+                s3_secret: var("NCPS_TEST_S3_SECRET")?,
+                garage_config: var("NCPS_TEST_GARAGE_CONFIG")?,
+            })
+        })();
+        if found.is_none() {
+            let required = var("CI").as_deref() == Some("true")
+                || var("NCPS_TEST_REQUIRE_ALL_ENGINES").is_some();
+            assert!(
+                !required,
+                "scale-out tests need PostgreSQL, Redis and Garage: NCPS_TEST_POSTGRES_URL, NCPS_TEST_REDIS_ADDR, \
+                 NCPS_TEST_S3_* and NCPS_TEST_GARAGE_CONFIG must be set (scripts/test starts them)"
+            );
+            #[expect(clippy::print_stderr, reason = "says why the test did nothing")]
+            {
+                eprintln!("note: scale-out tests skipped: start the servers with scripts/test");
+            }
+        }
+        found
+    }
+
+    /// A fresh PostgreSQL database for one test.
+    fn database(&self) -> String {
+        let name = format!("ncps_replicas_{}", random_hex(6));
+        run(
+            "psql",
+            &[
+                &self.postgres,
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ],
+        );
+        let base = self
+            .postgres
+            .rsplit_once('/')
+            .map_or(self.postgres.as_str(), |(b, _)| b);
+        format!("{base}/{name}")
+    }
+
+    /// A fresh bucket for one test, writable with the shared key.
+    fn bucket(&self) -> String {
+        let name = format!("ncps-replicas-{}", random_hex(6));
+        let garage = |args: &[&str]| {
+            let mut full = vec!["-c", self.garage_config.as_str()];
+            full.extend_from_slice(args);
+            run("garage", &full);
+        };
+        garage(&["bucket", "create", &name]);
+        garage(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &name,
+            "--key",
+            &self.s3_key_id,
+        ]);
+        name
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Flags every replica shares: database, bucket, key, locks.
+fn shared_args(
+    services: &Services,
+    database: &str,
+    bucket: &str,
+    key_file: &str,
+    locks: &[String],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--cache-database-url",
+        database,
+        "--cache-storage-s3-bucket",
+        bucket,
+        "--cache-storage-s3-endpoint",
+        &services.s3_endpoint,
+        "--cache-storage-s3-region",
+        "garage",
+        "--cache-storage-s3-access-key-id",
+        &services.s3_key_id,
+        "--cache-storage-s3-secret-access-key",
+        &services.s3_secret,
+        "--cache-storage-s3-force-path-style",
+        "--cache-secret-key-path",
+        key_file,
+        "--cache-lock-download-ttl",
+        "3s",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.extend(locks.iter().cloned());
+    args
+}
+
+async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
+    let Some(services) = Services::from_env() else {
+        return;
+    };
+    let env = TestEnv::new();
+    let closure = env.closure_with_blob(3_000_000).await;
+    let upstream_key = env.key("replicas-upstream-1").await;
+    upstream_key.sign(env.path(), &closure.top).await;
+    let mut upstream = env.upstream(&closure, Compression::Xz).await;
+    // One signing key for every replica: clients trust one name.
+    let key_file = env.path().join("ncps.secret");
+    let key_path = key_file.to_str().expect("utf-8 path");
+    let argv = [
+        "generate-key",
+        "--name",
+        "replicas",
+        "--secret-key-path",
+        key_path,
+    ]
+    .map(Into::into);
+    crate::harness::NcpsRun::run(env.path(), &argv)
+        .await
+        .expect_success();
+    let database = services.database();
+    let bucket = services.bucket();
+    let shared = shared_args(&services, &database, &bucket, key_path, &locks(&services));
+    let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
+    let mut replicas: Vec<(Ncps, NcpsConfig)> = Vec::new();
+    for _ in 0..3 {
+        let config = env
+            .ncps_config(&[&upstream], &[&upstream_key.public])
+            .with_args(&shared);
+        replicas.push((env.ncps(&config).await, config));
+    }
+    let key = replicas[0].0.pubkey().await;
+    assert_eq!(
+        key,
+        replicas[1].0.pubkey().await,
+        "replicas must sign with one key"
+    );
+
+    // 1. Substitute through replica 1; nothing is kept on replica disks.
+    env.client()
+        .substitute_ok(&replicas[0].0.url(), &key, &closure)
+        .await;
+    assert!(
+        replicas[0].1.whole_nar_files().is_empty(),
+        "NARs must go to S3, not local disk"
+    );
+
+    // 2. With the upstream stopped, replica 2 serves the closure from shared storage.
+    upstream.stop().await;
+    env.client()
+        .substitute_ok(&replicas[1].0.url(), &key, &closure)
+        .await;
+    upstream.restart().await;
+    // Each replica keeps a database pool: stop these before starting the next ones.
+    drop(replicas);
+
+    // 3. 50 concurrent requests for one uncached NAR, spread over the replicas: one upstream GET.
+    let fresh = env.closure_with_blob(2_000_000).await;
+    upstream_key.sign(env.path(), &fresh.top).await;
+    let fresh_upstream = env.upstream(&fresh, Compression::Xz).await;
+    fresh_upstream.throttle_nars(Duration::from_millis(20));
+    let mut fresh_replicas = Vec::new();
+    for _ in 0..3 {
+        let config = env
+            .ncps_config(&[&fresh_upstream], &[&upstream_key.public])
+            .with_args(&shared);
+        fresh_replicas.push(env.ncps(&config).await);
+    }
+    let narinfo = http::get(&fresh_replicas[0].url_for(&format!(
+        "{}.narinfo",
+        &crate::harness::narinfo::store_hash(&fresh.blob)
+    )))
+    .await
+    .expect_status(200, "narinfo through replica 1");
+    let nar_url = crate::harness::NarInfo::parse(&narinfo.text())
+        .field("URL")
+        .to_owned();
+    let client = http::client();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let url = fresh_replicas[i % 3].url_for(&nar_url);
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(&url).send().await.expect("GET");
+            (
+                r.status().as_u16(),
+                r.bytes().await.map(|b| b.len()).unwrap_or(0),
+            )
+        }));
+    }
+    let mut sizes = Vec::new();
+    for t in tasks {
+        let (status, len) = t.await.expect("task");
+        assert_eq!(status, 200);
+        sizes.push(len);
+    }
+    assert!(
+        sizes.iter().all(|s| *s == sizes[0] && *s > 0),
+        "every client gets the whole NAR: {sizes:?}"
+    );
+    assert_eq!(
+        fresh_upstream.gets(&fresh_upstream.nar_path(&fresh.blob)),
+        1,
+        "exactly one upstream GET for a NAR requested through three replicas"
+    );
+
+    drop(fresh_replicas);
+
+    // 4. kill -9 a replica in the middle of a download; another replica finishes the request.
+    let third = env.closure_with_blob(4_000_000).await;
+    upstream_key.sign(env.path(), &third.top).await;
+    let slow = env.upstream(&third, Compression::Xz).await;
+    slow.throttle_nars(Duration::from_millis(50));
+    let mut pair: Vec<Ncps> = Vec::new();
+    for _ in 0..2 {
+        let config = env
+            .ncps_config(&[&slow], &[&upstream_key.public])
+            .with_args(&shared);
+        pair.push(env.ncps(&config).await);
+    }
+    let narinfo_url = pair[0].url_for(&format!(
+        "{}.narinfo",
+        crate::harness::narinfo::store_hash(&third.blob)
+    ));
+    let text = http::get(&narinfo_url)
+        .await
+        .expect_status(200, "narinfo")
+        .text();
+    let nar_url = crate::harness::NarInfo::parse(&text)
+        .field("URL")
+        .to_owned();
+    let doomed = pair[0].url_for(&nar_url);
+    let started =
+        tokio::spawn(async move { http::client().get(&doomed).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pair[0].kill();
+    let _ = started.await;
+    let survivor = pair[1].url_for(&nar_url);
+    let body = eventually_within(
+        "the surviving replica completes the download",
+        Duration::from_secs(60),
+        || {
+            let url = survivor.clone();
+            async move {
+                let r = http::client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status().as_u16() != 200 {
+                    return Err(format!("status {}", r.status()));
+                }
+                r.bytes().await.map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(!body.is_empty());
+}
+
+fn redis_locks(s: &Services) -> Vec<String> {
+    vec![
+        "--cache-lock-backend".into(),
+        "redis".into(),
+        "--cache-redis-addrs".into(),
+        s.redis.clone(),
+        "--cache-lock-redis-key-prefix".into(),
+        format!("ncps-test-{}:", random_hex(4)),
+    ]
+}
+
+fn postgres_locks(_: &Services) -> Vec<String> {
+    vec!["--cache-lock-backend".into(), "postgres".into()]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_on_postgres_s3_and_redis() {
+    replicas_share_one_cache(redis_locks).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_on_postgres_and_s3_with_advisory_locks() {
+    replicas_share_one_cache(postgres_locks).await;
+}
