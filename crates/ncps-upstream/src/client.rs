@@ -406,7 +406,17 @@ mod tests {
         .unwrap();
         assert_eq!(up.url(), "https://cache.example.com/sub/");
         assert_eq!(up.auth_scheme(), Some("basic"));
-        assert!(!format!("{up:?}").contains("s@cret"));
+        let shown = format!("{up:?}");
+        let header = Credentials::Basic {
+            login: "alice".into(),
+            password: "s@cret".into(),
+        }
+        .header_value();
+        assert!(!shown.contains("s@cret"), "{shown}");
+        assert!(
+            !shown.contains(header.trim_start_matches("Basic ")),
+            "{shown}"
+        );
         let err = Upstream::new("https://alice:pw@", &UpstreamOptions::default()).unwrap_err();
         assert!(!err.to_string().contains("pw"), "{err}");
         assert_eq!(redact("http://u:p@h:1/x@y"), "http://<redacted>@h:1/x@y");

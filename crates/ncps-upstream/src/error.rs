@@ -59,6 +59,12 @@ pub enum UpstreamError {
     /// A NAR download was requested from an upstream that is no longer configured.
     #[error("upstream {0} is not configured any more")]
     NotConfigured(String),
+    /// A lookup task ended before answering (the runtime is shutting down).
+    #[error("lookup at upstream {url} was interrupted")]
+    Interrupted {
+        /// The upstream's base URL.
+        url: String,
+    },
     /// The upstream's `nix-cache-info` is malformed, or names a store other than `/nix/store`
     /// (its paths would not be ours).
     #[error("upstream {url} has an unusable nix-cache-info: {reason}")]

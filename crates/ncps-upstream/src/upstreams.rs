@@ -307,14 +307,30 @@ impl Upstreams {
                 }
             }
             LookupStrategy::Parallel => {
-                let mut pending: FuturesUnordered<_> =
-                    group
-                        .iter()
-                        .enumerate()
-                        .map(|(rank, entry)| async move {
-                            (rank, self.ask(entry, hash, last_resort).await)
-                        })
-                        .collect();
+                // Each lookup is a task of its own: once a better answer decided, the others
+                // finish in the background rather than being cancelled, so their connections
+                // stay reusable (an HTTP/1.1 connection dropped mid-request is lost) and their
+                // upstream's health is still recorded. Each is bounded by the timeouts.
+                let mut pending: FuturesUnordered<_> = group
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, entry)| {
+                        let this = self.clone();
+                        let entry = entry.clone();
+                        let hash = *hash;
+                        let url = entry.upstream.url().to_string();
+                        let task =
+                            tokio::spawn(async move { this.ask(&entry, &hash, last_resort).await });
+                        async move {
+                            let answer = match task.await {
+                                Ok(answer) => answer,
+                                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                                Err(_) => Answer::Failed(UpstreamError::Interrupted { url }),
+                            };
+                            (rank, answer)
+                        }
+                    })
+                    .collect();
                 loop {
                     // The best-ranked upstream that has not said no decides: a hit there wins
                     // (every better one said no); an unanswered one is waited for.
@@ -325,7 +341,6 @@ impl Upstreams {
                         None => break,
                         Some(rank) => {
                             if let Some(Answer::Hit(found)) = answers[rank].take() {
-                                // Dropping `pending` cancels the slower, lower-ranked lookups.
                                 return Ok(*found);
                             }
                         }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use axum::serve::ListenerExt;
 use ncps_core::{
     Cache, CacheConfig, CdcConfig, JobsConfig, LockBackend, LruConfig, Schedule, UploadConfig,
 };
@@ -89,6 +90,13 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
             .filter(|t| !t.is_empty()),
     };
     let router = ncps_server::router(cache, ServerOptions { access, prometheus });
+    // Nagle's algorithm delays small writes (narinfos, response heads) by up to 40 ms per
+    // round trip; a cache answers many small requests, so send at once.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown::signal_received().await;
         notify.notify_one();
