@@ -15,6 +15,7 @@ mod docs;
 mod failures;
 mod lru;
 mod metrics;
+mod prefetch;
 mod protocol;
 mod replicas;
 mod selftest;

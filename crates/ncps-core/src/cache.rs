@@ -12,7 +12,7 @@ use ncps_nix::{
 use ncps_store::{BlobStore, ByteRange};
 use ncps_upstream::Upstreams;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::access::AccessLog;
 use crate::chunking::ChunkSettings;
@@ -53,6 +53,8 @@ pub struct CacheConfig {
     pub locks: LockBackend,
     /// How long a download lock lives without renewal (a dead replica's lock expires after it).
     pub download_lock_ttl: Duration,
+    /// Start downloading a NAR as soon as its narinfo is fetched from upstream.
+    pub prefetch: bool,
 }
 
 impl CacheConfig {
@@ -68,6 +70,7 @@ impl CacheConfig {
             uploads: UploadConfig::default(),
             locks: LockBackend::Local,
             download_lock_ttl: Duration::from_secs(300),
+            prefetch: false,
         }
     }
 }
@@ -263,7 +266,18 @@ impl Cache {
         info!(store_path = %cached.narinfo.store_path, upstream = %cached.origin.as_ref().map_or("", |o| &o.upstream_url), "cached narinfo");
         // Re-read: when a concurrent request stored the same path first, its row is what every
         // client must see.
-        Ok(self.inner.db.narinfo(hash).await?.unwrap_or(cached))
+        let stored = self.inner.db.narinfo(hash).await?.unwrap_or(cached);
+        if self.inner.config.prefetch {
+            // The client's NAR request usually follows at once: have the download under way.
+            let this = self.clone();
+            let nar_hash = stored.narinfo.nar_hash;
+            tokio::spawn(async move {
+                if let Err(e) = this.download(&nar_hash).await {
+                    debug!(nar = %nar_hash, error = %e, "prefetch did not start");
+                }
+            });
+        }
+        Ok(stored)
     }
 
     /// The NAR URL we hand out for an upstream narinfo. With chunking it names the NAR by its

@@ -302,6 +302,19 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub cdc_jobs: CdcJobArgs,
 
+    /// Start downloading a NAR as soon as its narinfo is fetched from upstream, so the
+    /// client's NAR request that follows finds it already arriving.
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_PREFETCH",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_upstream_prefetch: bool,
+
     /// Sign narinfos with our key (false: pass upstream signatures through unchanged).
     #[arg(
         long,
@@ -516,6 +529,7 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("cache_upstream_public_keys", "cache.upstream.public-keys"),
     ("cache_secret_key_path", "cache.secret-key-path"),
     ("cache_sign_narinfo", "cache.sign-narinfo"),
+    ("cache_upstream_prefetch", "cache.upstream.prefetch"),
     ("cache_temp_path", "cache.temp-path"),
     (
         "cache_upstream_dialer_timeout",

@@ -50,6 +50,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
         uploads: upload_rules(&args.access)?,
         locks: lock_backend(&args.locks, parts.database_url.as_str())?,
         download_lock_ttl: args.locks.cache_lock_download_ttl,
+        prefetch: args.cache_upstream_prefetch,
         ..CacheConfig::new(parts.secret_key, parts.temp_dir)
     };
     let cache = Cache::new(config, parts.db, parts.store, upstreams)?;
