@@ -12,13 +12,14 @@ use ncps_nix::{
 use ncps_store::{BlobStore, ByteRange};
 use ncps_upstream::Upstreams;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::access::AccessLog;
 use crate::chunking::ChunkSettings;
 use crate::codec::{can_decode, transcode};
 use crate::download::{Download, Downloads};
 use crate::locks::{LockBackend, Locks};
+use crate::memo::NarInfoMemo;
 use crate::metrics::{Metrics, Outcome, UpstreamLabels};
 use crate::upload::{PendingUploads, UploadConfig};
 use crate::{CacheError, RangeRequest};
@@ -111,6 +112,7 @@ pub(crate) struct Inner {
     pub downloads: Downloads,
     pub pending: PendingUploads,
     pub access: AccessLog,
+    pub memo: NarInfoMemo,
     pub metrics: Metrics,
     pub locks: Locks,
     /// In-process locks in front of `locks`, so one task per process polls the lock service.
@@ -144,6 +146,7 @@ impl Cache {
                 downloads,
                 pending: PendingUploads::default(),
                 access: AccessLog::default(),
+                memo: NarInfoMemo::default(),
                 metrics: Metrics::new(),
                 locks,
                 local_locks: Locks::new(&LockBackend::Local)?,
@@ -183,6 +186,7 @@ impl Cache {
     }
 
     /// The narinfo text for a store path hash, fetched from upstream when not cached.
+    #[tracing::instrument(name = "cache.narinfo", skip_all, fields(hash = %hash))]
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<String, CacheError> {
         let result = self.narinfo_counted(hash).await;
         if let Err(e) = &result {
@@ -193,6 +197,11 @@ impl Cache {
 
     async fn narinfo_counted(&self, hash: &StorePathHash) -> Result<String, CacheError> {
         let lookups = &self.inner.metrics.narinfo_lookups;
+        if let Some(text) = self.inner.memo.get(hash) {
+            Metrics::lookup(lookups, Outcome::Hit);
+            self.inner.access.narinfo(*hash);
+            return Ok(text.to_string());
+        }
         let cached = match self.inner.db.narinfo(hash).await? {
             Some(cached) => {
                 Metrics::lookup(lookups, Outcome::Hit);
@@ -216,9 +225,16 @@ impl Cache {
         if self.inner.config.sign_narinfo {
             narinfo.sign(&self.inner.config.secret_key);
         }
-        Ok(narinfo.render())
+        let text = narinfo.render();
+        // Only a narinfo whose NAR form is settled (FileHash known) is reused: one still being
+        // downloaded or chunked gains FileHash/FileSize soon.
+        if narinfo.file_hash.is_some() {
+            self.inner.memo.put(*hash, Arc::from(text.as_str()));
+        }
+        Ok(text)
     }
 
+    #[tracing::instrument(name = "cache.fetch_narinfo", skip_all, fields(hash = %hash))]
     async fn fetch_narinfo(&self, hash: &StorePathHash) -> Result<CachedNarInfo, CacheError> {
         let started = std::time::Instant::now();
         let found = self
@@ -262,7 +278,11 @@ impl Cache {
             url_key,
             origin: Some(origin),
         };
-        self.inner.db.insert_narinfo(&cached).await?;
+        self.inner
+            .db
+            .insert_narinfo(&cached)
+            .instrument(tracing::info_span!("db.insert_narinfo"))
+            .await?;
         info!(store_path = %cached.narinfo.store_path, upstream = %cached.origin.as_ref().map_or("", |o| &o.upstream_url), "cached narinfo");
         // Re-read: when a concurrent request stored the same path first, its row is what every
         // client must see.
@@ -296,6 +316,7 @@ impl Cache {
 
     /// The NAR a URL names: one we handed out, or `nar/<NarHash>.nar[.ext]` of any NAR we know,
     /// so a client may ask for the plain NAR (or another compression) by its hash.
+    #[tracing::instrument(name = "db.resolve_nar", skip_all, fields(nar = %key))]
     async fn resolve(&self, key: &NarKey) -> Result<ncps_nix::Sha256Hash, CacheError> {
         let db = &self.inner.db;
         if let Some(nar_hash) = db.nar_hash_for_url(key).await? {
@@ -309,6 +330,7 @@ impl Cache {
     }
 
     /// The size of a NAR as a HEAD request reports it, without downloading anything.
+    #[tracing::instrument(name = "cache.nar_size", skip_all, fields(nar = %key))]
     pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, CacheError> {
         if self.upload_pending(key) {
             return Ok(None);
@@ -338,6 +360,7 @@ impl Cache {
 
     /// A NAR's bytes in the compression its URL names: from storage in whichever form it is
     /// stored, otherwise from the (shared) upstream download.
+    #[tracing::instrument(name = "cache.nar", skip_all, fields(nar = %key))]
     pub async fn nar(
         &self,
         key: &NarKey,
@@ -373,7 +396,12 @@ impl Cache {
         let nar_hash = self.resolve(key).await?;
         self.inner.access.nar(nar_hash);
         let download = loop {
-            if let Some(record) = self.inner.db.nar(&nar_hash).await?
+            if let Some(record) = self
+                .inner
+                .db
+                .nar(&nar_hash)
+                .instrument(tracing::info_span!("db.get_nar"))
+                .await?
                 && let Some(body) = self.serve_stored(key, &record, range).await?
             {
                 return Ok((body, Outcome::Hit));
@@ -402,6 +430,7 @@ impl Cache {
     /// Joins or starts the download of a NAR. Across replicas only the holder of the NAR's
     /// download lock fetches it; the others wait until it is stored (or until the holder dies
     /// and its lock expires, when one of them takes over).
+    #[tracing::instrument(name = "cache.download", skip_all, fields(nar = %nar_hash))]
     async fn download(&self, nar_hash: &ncps_nix::Sha256Hash) -> Result<Fetch, CacheError> {
         let lock_key = format!("download:{nar_hash}");
         let ttl = self.inner.config.download_lock_ttl;
@@ -457,11 +486,15 @@ impl Cache {
             .inner
             .downloads
             .join_or_start(nar_hash, output, |download, file| {
-                tokio::spawn(async move {
-                    this.run_download(download, file, cached, origin, eager_chunks)
-                        .await;
-                    drop(guard);
-                });
+                tokio::spawn(
+                    async move {
+                        this.run_download(download, file, cached, origin, eager_chunks)
+                            .await;
+                        drop(guard);
+                    }
+                    // The download's span is a child of the request that started it.
+                    .in_current_span(),
+                );
             })?;
         Ok(Fetch::Local(download))
     }

@@ -19,6 +19,7 @@ mod forms;
 mod jobs;
 mod locks;
 mod lru;
+mod memo;
 mod metrics;
 mod range;
 mod schedule;

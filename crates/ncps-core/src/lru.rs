@@ -85,6 +85,9 @@ impl Cache {
                 }
             }
         }
+        if report.narinfos_evicted > 0 {
+            self.inner.memo.clear();
+        }
         report.bytes_after = stored;
         report.duration = started.elapsed();
         if report.narinfos_evicted > 0 {

@@ -307,6 +307,7 @@ impl Cache {
 
     /// Forgets a narinfo (DELETE); its NAR stays until deleted or evicted.
     pub async fn delete_narinfo(&self, hash: &StorePathHash) -> Result<(), CacheError> {
+        self.inner.memo.forget(hash);
         if self.inner.db.delete_narinfo(hash).await? {
             Ok(())
         } else {

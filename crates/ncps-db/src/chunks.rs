@@ -2,8 +2,9 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use ncps_nix::{ChunkHash, Sha256Hash};
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
+use crate::dialect::{Dialect, placeholders, text, values_rows};
 use crate::repo::{ROWS_PER_STATEMENT, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkRef, Database, DbError, NarRecord};
 
@@ -13,11 +14,18 @@ fn chunk_hash(s: &str) -> Result<ChunkHash, DbError> {
     ChunkHash::from_str(s).map_err(|e| corrupt(T, e))
 }
 
+/// Whether `e` is a unique-key violation (any engine).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 impl Database {
     /// Records the complete, ordered chunk list of a NAR in one transaction: chunk rows are
     /// created or gain references, the list is written in multi-row statements, and the NAR's
     /// row says it is chunked. Returns `false` (and changes nothing) when the NAR already has a
-    /// chunk list, so a repeated or concurrent chunking of the same NAR is harmless.
+    /// chunk list, so a repeated or concurrent chunking of the same NAR is harmless (on the
+    /// server engines the loser of a race finds out from the list's primary key and rolls
+    /// back).
     ///
     /// `spliced_hash` is the SHA-256 of our frames concatenated; it is kept only when the stored
     /// frames are the ones we hashed (a chunk stored earlier may hold another frame of the same
@@ -30,70 +38,82 @@ impl Database {
         spliced_hash: Sha256Hash,
     ) -> Result<bool, DbError> {
         let nar = nar_hash.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let existing: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT chunk_count FROM nars WHERE nar_hash = ?")
+            sqlx::query_scalar(&self.sql("SELECT chunk_count FROM nars WHERE nar_hash = ?"))
                 .bind(&nar)
                 .fetch_optional(&mut *tx)
                 .await?;
         if matches!(existing, Some(Some(_))) {
             return Ok(false);
         }
-        upsert_chunks(&mut tx, chunks).await?;
+        upsert_chunks(self.dialect, &mut tx, chunks).await?;
         for (batch_no, batch) in chunks.chunks(ROWS_PER_STATEMENT).enumerate() {
             let first_seq = batch_no * ROWS_PER_STATEMENT;
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO nar_chunks (nar_hash, seq, chunk_hash) ");
-            q.push_values(batch.iter().enumerate(), |mut row, (i, c)| {
-                row.push_bind(&nar)
-                    .push_bind((first_seq + i) as i64)
-                    .push_bind(c.hash.to_string());
-            });
-            q.build().execute(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO nar_chunks (nar_hash, seq, chunk_hash) VALUES {}",
+                values_rows(batch.len(), 3)
+            );
+            let sql = self.sql(&sql);
+            let mut q = sqlx::query(&sql);
+            for (i, c) in batch.iter().enumerate() {
+                q = q
+                    .bind(&nar)
+                    .bind((first_seq + i) as i64)
+                    .bind(c.hash.to_string());
+            }
+            match q.execute(&mut *tx).await {
+                Ok(_) => {}
+                // A concurrent commit of the same NAR got there first.
+                Err(e) if is_unique_violation(&e) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
         }
         let ours: u64 = chunks.iter().map(|c| c.stored_size).sum();
-        let stored: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(c.stored_size) FROM nar_chunks n JOIN chunks c ON c.hash = n.chunk_hash \
-             WHERE n.nar_hash = ?",
-        )
+        let sum = self.dialect.bigint("SUM(c.stored_size)");
+        let stored: Option<i64> = sqlx::query_scalar(&self.sql(&format!(
+            "SELECT {sum} FROM nar_chunks n JOIN chunks c ON c.hash = n.chunk_hash \
+             WHERE n.nar_hash = ?"
+        )))
         .bind(&nar)
         .fetch_one(&mut *tx)
         .await?;
         let stored = to_u64(T, stored.unwrap_or(0))?;
         let spliced_hash = (stored == ours).then(|| spliced_hash.to_string());
         let now = now_secs();
-        sqlx::query(
-            "INSERT INTO nars (nar_hash, nar_size, chunk_count, spliced_hash, spliced_size, \
-             created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (nar_hash) DO UPDATE SET chunk_count = excluded.chunk_count, \
-             spliced_hash = excluded.spliced_hash, spliced_size = excluded.spliced_size",
-        )
-        .bind(&nar)
-        .bind(to_i64(nar_size))
-        .bind(chunks.len() as i64)
-        .bind(spliced_hash)
-        .bind(to_i64(stored))
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let upsert = self.dialect.upsert(
+            "INTO nars (nar_hash, nar_size, chunk_count, spliced_hash, spliced_size, \
+             created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "nar_hash",
+            &["chunk_count", "spliced_hash", "spliced_size"],
+        );
+        sqlx::query(&self.sql(&upsert))
+            .bind(&nar)
+            .bind(to_i64(nar_size))
+            .bind(chunks.len() as i64)
+            .bind(spliced_hash)
+            .bind(to_i64(stored))
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
 
     /// The ordered chunk list of a NAR, with each chunk's sizes as stored.
     pub async fn nar_chunks(&self, nar_hash: &Sha256Hash) -> Result<Vec<ChunkRef>, DbError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&self.sql(
             "SELECT c.hash, c.plain_size, c.stored_size FROM nar_chunks n \
              JOIN chunks c ON c.hash = n.chunk_hash WHERE n.nar_hash = ? ORDER BY n.seq",
-        )
+        ))
         .bind(nar_hash.to_string())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
                 Ok(ChunkRef {
-                    hash: chunk_hash(r.try_get("hash")?)?,
+                    hash: chunk_hash(&text(r, "hash")?)?,
                     plain_size: to_u64(T, r.try_get("plain_size")?)?,
                     stored_size: to_u64(T, r.try_get("stored_size")?)?,
                 })
@@ -104,16 +124,16 @@ impl Database {
     /// Drops a NAR's chunk list (its chunks lose a reference each; those left with none start
     /// their grace period). The NAR row stays when a whole file remains.
     pub async fn drop_chunk_list(&self, nar_hash: &Sha256Hash) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        release_chunks(&mut tx, nar_hash).await?;
-        sqlx::query(
+        let mut tx = self.begin().await?;
+        release_chunks(self.dialect, &mut tx, nar_hash).await?;
+        sqlx::query(&self.sql(
             "UPDATE nars SET chunk_count = NULL, spliced_hash = NULL, spliced_size = NULL \
              WHERE nar_hash = ?",
-        )
+        ))
         .bind(nar_hash.to_string())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM nars WHERE nar_hash = ? AND whole_key IS NULL")
+        sqlx::query(&self.sql("DELETE FROM nars WHERE nar_hash = ? AND whole_key IS NULL"))
             .bind(nar_hash.to_string())
             .execute(&mut *tx)
             .await?;
@@ -127,9 +147,9 @@ impl Database {
         let Some(record) = self.nar(nar_hash).await? else {
             return Ok(None);
         };
-        let mut tx = self.pool.begin().await?;
-        release_chunks(&mut tx, nar_hash).await?;
-        sqlx::query("DELETE FROM nars WHERE nar_hash = ?")
+        let mut tx = self.begin().await?;
+        release_chunks(self.dialect, &mut tx, nar_hash).await?;
+        sqlx::query(&self.sql("DELETE FROM nars WHERE nar_hash = ?"))
             .bind(nar_hash.to_string())
             .execute(&mut *tx)
             .await?;
@@ -143,10 +163,10 @@ impl Database {
         before: i64,
         limit: u32,
     ) -> Result<Vec<ChunkHash>, DbError> {
-        let hashes: Vec<String> = sqlx::query_scalar(
+        let hashes: Vec<String> = sqlx::query_scalar(&self.sql(
             "SELECT hash FROM chunks WHERE ref_count <= 0 AND unreferenced_since IS NOT NULL \
              AND unreferenced_since <= ? LIMIT ?",
-        )
+        ))
         .bind(before)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -157,7 +177,7 @@ impl Database {
     /// Removes a chunk's row if it still has no reference; `true` when the caller may now
     /// delete its bytes (a NAR that picked the chunk up meanwhile keeps it alive).
     pub async fn forget_unreferenced_chunk(&self, hash: &ChunkHash) -> Result<bool, DbError> {
-        let done = sqlx::query("DELETE FROM chunks WHERE hash = ? AND ref_count <= 0")
+        let done = sqlx::query(&self.sql("DELETE FROM chunks WHERE hash = ? AND ref_count <= 0"))
             .bind(hash.to_string())
             .execute(&self.pool)
             .await?;
@@ -169,13 +189,16 @@ impl Database {
     pub async fn known_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<ChunkHash>, DbError> {
         let mut known = Vec::new();
         for batch in hashes.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("SELECT hash FROM chunks WHERE hash IN (");
-            let mut list = q.separated(", ");
+            let sql = format!(
+                "SELECT hash FROM chunks WHERE hash IN {}",
+                placeholders(batch.len())
+            );
+            let sql = self.sql(&sql);
+            let mut q = sqlx::query_scalar(&sql);
             for h in batch {
-                list.push_bind(h.to_string());
+                q = q.bind(h.to_string());
             }
-            q.push(")");
-            let rows: Vec<String> = q.build_query_scalar().fetch_all(&self.pool).await?;
+            let rows: Vec<String> = q.fetch_all(&self.pool).await?;
             for h in rows {
                 known.push(chunk_hash(&h)?);
             }
@@ -184,56 +207,72 @@ impl Database {
     }
 }
 
-/// Inserts chunk rows or adds references to existing ones, in multi-row statements.
+/// Inserts chunk rows or adds references to existing ones, in multi-row statements. Rows go
+/// in hash order, so two transactions upserting overlapping chunks lock them in the same
+/// order (PostgreSQL and InnoDB lock rows one by one, and opposite orders deadlock).
 async fn upsert_chunks(
-    tx: &mut Transaction<'_, Sqlite>,
+    dialect: Dialect,
+    tx: &mut Transaction<'static, Any>,
     chunks: &[ChunkRef],
 ) -> Result<(), DbError> {
     let mut counts: HashMap<ChunkHash, (ChunkRef, i64)> = HashMap::new();
     for c in chunks {
         counts.entry(c.hash).or_insert((*c, 0)).1 += 1;
     }
-    let distinct: Vec<(ChunkRef, i64)> = counts.into_values().collect();
+    let mut distinct: Vec<(String, ChunkRef, i64)> = counts
+        .into_values()
+        .map(|(c, n)| (c.hash.to_string(), c, n))
+        .collect();
+    distinct.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for batch in distinct.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since) ",
+        let sql = format!(
+            "INSERT INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since) \
+             VALUES {} {} ref_count = chunks.ref_count + {}, unreferenced_since = NULL",
+            values_rows(batch.len(), 5),
+            dialect.on_conflict_update("hash"),
+            dialect.excluded("ref_count"),
         );
-        q.push_values(batch, |mut row, (c, n)| {
-            row.push_bind(c.hash.to_string())
-                .push_bind(to_i64(c.plain_size))
-                .push_bind(to_i64(c.stored_size))
-                .push_bind(*n)
-                .push_bind(None::<i64>);
-        });
-        q.push(
-            " ON CONFLICT (hash) DO UPDATE SET ref_count = chunks.ref_count + excluded.ref_count, \
-             unreferenced_since = NULL",
-        );
-        q.build().execute(&mut **tx).await?;
+        let sql = dialect.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        for (hash, c, n) in batch {
+            q = q
+                .bind(hash)
+                .bind(to_i64(c.plain_size))
+                .bind(to_i64(c.stored_size))
+                .bind(*n)
+                .bind(None::<i64>);
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
 /// Takes one reference per list entry off the chunks of a NAR and deletes the list.
 async fn release_chunks(
-    tx: &mut Transaction<'_, Sqlite>,
+    dialect: Dialect,
+    tx: &mut Transaction<'static, Any>,
     nar_hash: &Sha256Hash,
 ) -> Result<(), DbError> {
     let nar = nar_hash.to_string();
-    sqlx::query(
+    sqlx::query(&dialect.sql(
         "UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM nar_chunks n \
          WHERE n.nar_hash = ? AND n.chunk_hash = chunks.hash) \
          WHERE hash IN (SELECT chunk_hash FROM nar_chunks WHERE nar_hash = ?)",
-    )
+    ))
     .bind(&nar)
     .bind(&nar)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 AND unreferenced_since IS NULL")
-        .bind(now_secs())
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("DELETE FROM nar_chunks WHERE nar_hash = ?")
+    sqlx::query(&dialect.sql(
+        "UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 \
+         AND unreferenced_since IS NULL \
+         AND hash IN (SELECT chunk_hash FROM nar_chunks WHERE nar_hash = ?)",
+    ))
+    .bind(now_secs())
+    .bind(&nar)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(&dialect.sql("DELETE FROM nar_chunks WHERE nar_hash = ?"))
         .bind(&nar)
         .execute(&mut **tx)
         .await?;
@@ -243,7 +282,6 @@ async fn release_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::test_support::temp_db;
 
     fn chunk(i: u32) -> ChunkRef {
         ChunkRef {
@@ -253,66 +291,96 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn chunk_lists_share_chunks_and_release_them() {
-        let (db, _dir) = temp_db().await;
-        let a = Sha256Hash::digest(b"a");
-        let b = Sha256Hash::digest(b"b");
-        // 1200 chunks: several statements per list; chunk 0 repeats inside list a.
-        let mut list_a: Vec<ChunkRef> = (0..1200).map(chunk).collect();
-        list_a.push(chunk(0));
-        let list_b: Vec<ChunkRef> = (1000..1300).map(chunk).collect();
-        let spliced = Sha256Hash::digest(b"s");
-        assert!(db.commit_chunks(&a, 1, &list_a, spliced).await.unwrap());
-        assert!(!db.commit_chunks(&a, 1, &list_a, spliced).await.unwrap());
-        assert!(db.commit_chunks(&b, 2, &list_b, spliced).await.unwrap());
-        assert_eq!(db.nar_chunks(&a).await.unwrap(), list_a);
-        let rec = db.nar(&a).await.unwrap().unwrap();
-        let form = rec.chunked.unwrap();
-        assert_eq!(form.chunk_count, 1201);
-        assert_eq!(form.spliced_hash, Some(spliced));
-        assert_eq!(
-            form.spliced_size,
-            list_a.iter().map(|c| c.stored_size).sum::<u64>()
-        );
+    db_test! {
+        async fn chunk_lists_share_chunks_and_release_them(db) {
+            let a = Sha256Hash::digest(b"a");
+            let b = Sha256Hash::digest(b"b");
+            // 1200 chunks: several statements per list; chunk 0 repeats inside list a.
+            let mut list_a: Vec<ChunkRef> = (0..1200).map(chunk).collect();
+            list_a.push(chunk(0));
+            let list_b: Vec<ChunkRef> = (1000..1300).map(chunk).collect();
+            let spliced = Sha256Hash::digest(b"s");
+            assert!(db.commit_chunks(&a, 1, &list_a, spliced).await.unwrap());
+            assert!(!db.commit_chunks(&a, 1, &list_a, spliced).await.unwrap());
+            assert!(db.commit_chunks(&b, 2, &list_b, spliced).await.unwrap());
+            assert_eq!(db.nar_chunks(&a).await.unwrap(), list_a);
+            let rec = db.nar(&a).await.unwrap().unwrap();
+            let form = rec.chunked.unwrap();
+            assert_eq!(form.chunk_count, 1201);
+            assert_eq!(form.spliced_hash, Some(spliced));
+            assert_eq!(
+                form.spliced_size,
+                list_a.iter().map(|c| c.stored_size).sum::<u64>()
+            );
 
-        // Dropping a releases chunks 0..1000 only; b keeps 1000..1200 alive.
-        db.delete_nar(&a).await.unwrap().unwrap();
-        assert!(db.nar(&a).await.unwrap().is_none());
-        let free = db
-            .unreferenced_chunks(now_secs() + 1, 10_000)
-            .await
-            .unwrap();
-        assert_eq!(free.len(), 1000);
-        assert!(free.contains(&chunk(0).hash));
-        assert!(!free.contains(&chunk(1000).hash));
-        assert!(
-            db.unreferenced_chunks(now_secs() - 100, 10)
+            // Dropping a releases chunks 0..1000 only; b keeps 1000..1200 alive.
+            db.delete_nar(&a).await.unwrap().unwrap();
+            assert!(db.nar(&a).await.unwrap().is_none());
+            let free = db
+                .unreferenced_chunks(now_secs() + 1, 10_000)
                 .await
-                .unwrap()
-                .is_empty()
-        );
-        let all: Vec<ChunkHash> = (0..1300).map(|i| chunk(i).hash).collect();
-        assert_eq!(db.known_chunks(&all).await.unwrap().len(), 1300);
+                .unwrap();
+            assert_eq!(free.len(), 1000);
+            assert!(free.contains(&chunk(0).hash));
+            assert!(!free.contains(&chunk(1000).hash));
+            assert!(
+                db.unreferenced_chunks(now_secs() - 100, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let all: Vec<ChunkHash> = (0..1300).map(|i| chunk(i).hash).collect();
+            assert_eq!(db.known_chunks(&all).await.unwrap().len(), 1300);
 
-        // A chunk picked up again by a new NAR is no longer collectable.
-        let c = Sha256Hash::digest(b"c");
-        db.commit_chunks(&c, 3, &[chunk(5)], spliced).await.unwrap();
-        assert!(!db.forget_unreferenced_chunk(&chunk(5).hash).await.unwrap());
-        assert!(db.forget_unreferenced_chunk(&chunk(6).hash).await.unwrap());
+            // A chunk picked up again by a new NAR is no longer collectable.
+            let c = Sha256Hash::digest(b"c");
+            db.commit_chunks(&c, 3, &[chunk(5)], spliced).await.unwrap();
+            assert!(!db.forget_unreferenced_chunk(&chunk(5).hash).await.unwrap());
+            assert!(db.forget_unreferenced_chunk(&chunk(6).hash).await.unwrap());
 
-        // A stored frame of another size than ours: FileHash is withheld, never wrong.
-        let d = Sha256Hash::digest(b"d");
-        let resized = ChunkRef {
-            stored_size: 1,
-            ..chunk(1100)
-        };
-        db.commit_chunks(&d, 4, &[resized], spliced).await.unwrap();
-        let form = db.nar(&d).await.unwrap().unwrap().chunked.unwrap();
-        assert_eq!(form.spliced_hash, None);
-        assert_eq!(form.spliced_size, chunk(1100).stored_size);
+            // A stored frame of another size than ours: FileHash is withheld, never wrong.
+            let d = Sha256Hash::digest(b"d");
+            let resized = ChunkRef {
+                stored_size: 1,
+                ..chunk(1100)
+            };
+            db.commit_chunks(&d, 4, &[resized], spliced).await.unwrap();
+            let form = db.nar(&d).await.unwrap().unwrap().chunked.unwrap();
+            assert_eq!(form.spliced_hash, None);
+            assert_eq!(form.spliced_size, chunk(1100).stored_size);
 
-        db.drop_chunk_list(&b).await.unwrap();
-        assert!(db.nar(&b).await.unwrap().is_none());
+            db.drop_chunk_list(&b).await.unwrap();
+            assert!(db.nar(&b).await.unwrap().is_none());
+        }
+    }
+
+    db_test! {
+        /// Two processes chunking the same NAR at once: one wins, the other changes nothing.
+        /// NARs sharing chunks, listed in opposite orders, commit side by side without a
+        /// deadlock. Reference counts stay exact throughout.
+        async fn concurrent_commits(db) {
+            let spliced = Sha256Hash::digest(b"s");
+            let list: Vec<ChunkRef> = (0..700).map(chunk).collect();
+            let reversed: Vec<ChunkRef> = list.iter().rev().copied().collect();
+            let (one, two) = (db.clone(), db.clone());
+            let a = Sha256Hash::digest(b"a");
+            let (r1, r2) = tokio::join!(
+                one.commit_chunks(&a, 1, &list, spliced),
+                two.commit_chunks(&a, 1, &list, spliced)
+            );
+            let won = [r1.unwrap(), r2.unwrap()];
+            assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+
+            let (b, c) = (Sha256Hash::digest(b"b"), Sha256Hash::digest(b"c"));
+            let (r1, r2) = tokio::join!(
+                one.commit_chunks(&b, 1, &list, spliced),
+                two.commit_chunks(&c, 1, &reversed, spliced)
+            );
+            assert!(r1.unwrap() && r2.unwrap());
+            assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+            let first = db.chunks_after(None, 1).await.unwrap();
+            assert_eq!(first[0].ref_count, 3);
+            assert_eq!(db.nar_chunks(&c).await.unwrap(), reversed);
+        }
     }
 }

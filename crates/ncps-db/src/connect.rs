@@ -9,7 +9,7 @@ pub enum DatabaseUrl {
     Sqlite(PathBuf),
     /// A PostgreSQL server (`postgres://` or `postgresql://`).
     Postgres(String),
-    /// A MySQL or MariaDB server (`mysql://`).
+    /// A MySQL or MariaDB server (`mysql://`, or `mariadb://` as an alias).
     Mysql(String),
 }
 
@@ -17,7 +17,7 @@ pub enum DatabaseUrl {
 /// when the first request arrives.
 pub fn parse_database_url(url: &str) -> Result<DatabaseUrl, DbError> {
     let invalid = |reason: &str| DbError::InvalidUrl {
-        url: url.to_string(),
+        url: crate::repo::redact(url),
         reason: reason.to_string(),
     };
     if let Some(rest) = url.strip_prefix("sqlite:") {
@@ -33,10 +33,12 @@ pub fn parse_database_url(url: &str) -> Result<DatabaseUrl, DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(DatabaseUrl::Postgres(url.to_string()));
     }
-    if url.starts_with("mysql://") {
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
         return Ok(DatabaseUrl::Mysql(url.to_string()));
     }
-    Err(invalid("expected sqlite:PATH, postgres://… or mysql://…"))
+    Err(invalid(
+        "expected sqlite:PATH, postgres://…, postgresql://… or mysql://…",
+    ))
 }
 
 #[cfg(test)]
@@ -59,6 +61,10 @@ mod tests {
         ));
         assert!(matches!(
             parse_database_url("mysql://u@h/db").unwrap(),
+            DatabaseUrl::Mysql(_)
+        ));
+        assert!(matches!(
+            parse_database_url("mariadb://u@h/db").unwrap(),
             DatabaseUrl::Mysql(_)
         ));
         assert!(parse_database_url("sqlite:").is_err());

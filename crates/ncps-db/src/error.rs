@@ -1,13 +1,13 @@
 /// Why a metadata operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The database URL names an engine this build cannot use (yet).
-    #[error("database engine {0:?} is not supported yet; use a sqlite:PATH URL")]
-    Unsupported(String),
+    /// The connection-pool sizes make no sense (e.g. zero connections).
+    #[error("invalid database pool options: {0}")]
+    InvalidPoolOptions(String),
     /// The database URL could not be understood.
     #[error("invalid database URL {url:?}: {reason}")]
     InvalidUrl {
-        /// The URL as given (credentials are not logged by callers).
+        /// The URL as given, its password (if any) replaced by `***`.
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -18,6 +18,9 @@ pub enum DbError {
     /// Applying migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another process kept the migration lock too long (MySQL/MariaDB).
+    #[error("cannot take the database migration lock: {0}")]
+    MigrationLock(String),
     /// A row holds a value that does not parse; the database was edited or corrupted.
     #[error("corrupt row in {table}: {reason}")]
     CorruptRow {

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use ncps_nix::{ChunkHash, NarKey, Sha256Hash, StorePathHash};
 use sqlx::Row;
 
+use crate::dialect::text;
 use crate::nars::nar_from_row;
 use crate::repo::{corrupt, now_secs};
 use crate::{Database, DbError, NarRecord};
@@ -115,21 +116,24 @@ impl Database {
         after: Option<&Sha256Hash>,
         limit: u32,
     ) -> Result<Vec<NarRecord>, DbError> {
-        let rows = sqlx::query("SELECT * FROM nars WHERE nar_hash > ? ORDER BY nar_hash LIMIT ?")
-            .bind(nar_hash_text(after))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            &self.sql("SELECT * FROM nars WHERE nar_hash > ? ORDER BY nar_hash LIMIT ?"),
+        )
+        .bind(nar_hash_text(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(nar_from_row).collect()
     }
 
     /// Whether a whole file with this storage key is recorded for any NAR: a stored file no
     /// row names is a leftover.
     pub async fn whole_file_recorded(&self, key: &NarKey) -> Result<bool, DbError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM nars WHERE whole_key = ?")
-            .bind(key.file_name())
-            .fetch_optional(&self.pool)
-            .await?;
+        let found: Option<i64> =
+            sqlx::query_scalar(&self.sql("SELECT 1 FROM nars WHERE whole_key = ? LIMIT 1"))
+                .bind(key.file_name())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(found.is_some())
     }
 
@@ -139,18 +143,21 @@ impl Database {
         &self,
         nar_hash: &Sha256Hash,
     ) -> Result<Vec<ChunkListEntry>, DbError> {
-        let rows = sqlx::query(
-            "SELECT n.chunk_hash, c.hash IS NOT NULL AS has_row FROM nar_chunks n \
-             LEFT JOIN chunks c ON c.hash = n.chunk_hash WHERE n.nar_hash = ? ORDER BY n.seq",
-        )
+        // `IS NOT NULL` is a boolean on PostgreSQL and an integer elsewhere; CASE is an
+        // integer everywhere.
+        let rows = sqlx::query(&self.sql(
+            "SELECT n.chunk_hash, CASE WHEN c.hash IS NULL THEN 0 ELSE 1 END AS has_row \
+             FROM nar_chunks n LEFT JOIN chunks c ON c.hash = n.chunk_hash \
+             WHERE n.nar_hash = ? ORDER BY n.seq",
+        ))
         .bind(nar_hash.to_string())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
                 Ok(ChunkListEntry {
-                    hash: chunk_hash(r.try_get("chunk_hash")?)?,
-                    has_row: r.try_get("has_row")?,
+                    hash: chunk_hash(&text(r, "chunk_hash")?)?,
+                    has_row: r.try_get::<i64, _>("has_row")? != 0,
                 })
             })
             .collect()
@@ -162,16 +169,17 @@ impl Database {
         after: Option<&ChunkHash>,
         limit: u32,
     ) -> Result<Vec<ChunkRow>, DbError> {
-        let rows =
-            sqlx::query("SELECT hash, ref_count FROM chunks WHERE hash > ? ORDER BY hash LIMIT ?")
-                .bind(after.map(ToString::to_string).unwrap_or_default())
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            &self.sql("SELECT hash, ref_count FROM chunks WHERE hash > ? ORDER BY hash LIMIT ?"),
+        )
+        .bind(after.map(ToString::to_string).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(ChunkRow {
-                    hash: chunk_hash(r.try_get("hash")?)?,
+                    hash: chunk_hash(&text(r, "hash")?)?,
                     ref_count: r.try_get("ref_count")?,
                 })
             })
@@ -180,9 +188,9 @@ impl Database {
 
     /// The NARs whose chunk list names `chunk`: they break when the chunk is lost.
     pub async fn nars_using_chunk(&self, chunk: &ChunkHash) -> Result<Vec<Sha256Hash>, DbError> {
-        let hashes: Vec<String> = sqlx::query_scalar(
+        let hashes: Vec<String> = sqlx::query_scalar(&self.sql(
             "SELECT DISTINCT nar_hash FROM nar_chunks WHERE chunk_hash = ? ORDER BY nar_hash",
-        )
+        ))
         .bind(chunk.to_string())
         .fetch_all(&self.pool)
         .await?;
@@ -202,10 +210,10 @@ impl Database {
         rows.iter()
             .map(|r| {
                 Ok(OrphanNarInfo {
-                    hash: StorePathHash::from_str(r.try_get("hash")?)
+                    hash: StorePathHash::from_str(&text(r, "hash")?)
                         .map_err(|e| corrupt("narinfos", e))?,
-                    store_path: r.try_get("store_path")?,
-                    nar_hash: r.try_get("nar_hash")?,
+                    store_path: text(r, "store_path")?,
+                    nar_hash: text(r, "nar_hash")?,
                     created_at: r.try_get("created_at")?,
                 })
             })
@@ -214,12 +222,32 @@ impl Database {
 
     /// Deletes a narinfo if it still cannot be served (a NAR stored meanwhile keeps it);
     /// `true` when it was deleted.
+    ///
+    /// MySQL refuses a DELETE whose sub-query reads the table it deletes from, unless that
+    /// sub-query is a derived table it must materialise (DISTINCT sees to that). So the NAR
+    /// hash is looked up first (a narinfo's never changes) and the "another narinfo of this
+    /// NAR is fetchable" test reads a derived table filtered on it.
     pub async fn delete_narinfo_if_orphan(&self, hash: &StorePathHash) -> Result<bool, DbError> {
-        let sql = format!("DELETE FROM narinfos WHERE hash = ? AND {UNSERVABLE_NARINFO}");
-        let done = sqlx::query(&sql)
-            .bind(hash.to_string())
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.begin().await?;
+        let nar_hash: Option<String> =
+            sqlx::query_scalar(&self.sql("SELECT nar_hash FROM narinfos WHERE hash = ?"))
+                .bind(hash.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(nar_hash) = nar_hash else {
+            return Ok(false);
+        };
+        let done = sqlx::query(&self.sql(
+            "DELETE FROM narinfos WHERE hash = ? AND upstream_url IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM nars s WHERE s.nar_hash = narinfos.nar_hash) \
+             AND NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT o.nar_hash FROM narinfos o \
+                             WHERE o.nar_hash = ? AND o.upstream_url IS NOT NULL) fetchable)",
+        ))
+        .bind(hash.to_string())
+        .bind(&nar_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -232,8 +260,8 @@ impl Database {
         rows.iter()
             .map(|r| {
                 Ok(DanglingNarUrl {
-                    url_key: r.try_get("url_key")?,
-                    nar_hash: r.try_get("nar_hash")?,
+                    url_key: text(r, "url_key")?,
+                    nar_hash: text(r, "nar_hash")?,
                 })
             })
             .collect()
@@ -242,7 +270,10 @@ impl Database {
     /// Deletes a NAR URL if it still names nothing; `true` when it was deleted.
     pub async fn delete_nar_url_if_dangling(&self, url_key: &str) -> Result<bool, DbError> {
         let sql = format!("DELETE FROM nar_urls WHERE url_key = ? AND {DANGLING_NAR_URL}");
-        let done = sqlx::query(&sql).bind(url_key).execute(&self.pool).await?;
+        let done = sqlx::query(&self.sql(&sql))
+            .bind(url_key)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -268,7 +299,7 @@ impl Database {
     /// deleted).
     pub async fn nar_is_referenced(&self, nar_hash: &Sha256Hash) -> Result<bool, DbError> {
         let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM narinfos WHERE nar_hash = ? LIMIT 1")
+            sqlx::query_scalar(&self.sql("SELECT 1 FROM narinfos WHERE nar_hash = ? LIMIT 1"))
                 .bind(nar_hash.to_string())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -288,7 +319,7 @@ impl Database {
         rows.iter()
             .map(|r| {
                 Ok(ChunkRefMismatch {
-                    hash: chunk_hash(r.try_get("hash")?)?,
+                    hash: chunk_hash(&text(r, "hash")?)?,
                     recorded: r.try_get("ref_count")?,
                     actual: r.try_get("actual")?,
                 })
@@ -306,7 +337,7 @@ impl Database {
              WHEN {counted} = 0 THEN COALESCE(unreferenced_since, ?) ELSE NULL END \
              WHERE hash = ?"
         );
-        sqlx::query(&sql)
+        sqlx::query(&self.sql(&sql))
             .bind(now_secs())
             .bind(chunk.to_string())
             .execute(&self.pool)
@@ -317,10 +348,10 @@ impl Database {
     /// Removes a chunk's row whatever its reference count (its bytes are gone); the caller
     /// first drops the chunk lists that name it.
     pub async fn forget_lost_chunk(&self, chunk: &ChunkHash) -> Result<bool, DbError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.sql(
             "DELETE FROM chunks WHERE hash = ? AND NOT EXISTS \
              (SELECT 1 FROM nar_chunks n WHERE n.chunk_hash = chunks.hash)",
-        )
+        ))
         .bind(chunk.to_string())
         .execute(&self.pool)
         .await?;
@@ -329,18 +360,17 @@ impl Database {
 
     /// Migrations applied to this database, oldest first.
     pub async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, DbError> {
-        let rows = sqlx::query(
-            "SELECT version, description, \
-             CAST(strftime('%s', installed_on) AS INTEGER) AS installed_at \
+        let sql = format!(
+            "SELECT version, description, {} AS installed_at \
              FROM _sqlx_migrations WHERE success ORDER BY version",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+            self.dialect.migration_installed_at()
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(AppliedMigration {
                     version: r.try_get("version")?,
-                    description: r.try_get("description")?,
+                    description: text(r, "description")?,
                     installed_at: r.try_get::<Option<i64>, _>("installed_at")?.unwrap_or(0),
                 })
             })
@@ -352,7 +382,6 @@ impl Database {
 mod tests {
     use super::*;
     use crate::narinfos::tests::sample;
-    use crate::repo::test_support::temp_db;
     use crate::{CachedNarInfo, ChunkRef, WholeFile};
     use ncps_nix::{Compression, StorePath};
 
@@ -387,192 +416,192 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn orphans_are_found_and_removed_only_while_orphaned() {
-        let (db, _dir) = temp_db().await;
-        // Fetchable from upstream: fine.
-        db.insert_narinfo(&narinfo("fetched", b"a", true))
-            .await
-            .unwrap();
-        // Uploaded, NAR stored: fine.
-        let stored = narinfo("stored", b"b", false);
-        db.insert_narinfo(&stored).await.unwrap();
-        db.record_whole_file(&stored.narinfo.nar_hash, 1, whole(b"b"), None)
-            .await
-            .unwrap();
-        // Uploaded, NAR lost, but another narinfo of the same NAR has an origin: fine.
-        db.insert_narinfo(&narinfo("twin", b"a", false))
-            .await
-            .unwrap();
-        // Uploaded, NAR lost: orphans.
-        let lost = narinfo("lost", b"c", false);
-        db.insert_narinfo(&lost).await.unwrap();
-        let revived = narinfo("revived", b"d", false);
-        db.insert_narinfo(&revived).await.unwrap();
-
-        let orphans = db.orphan_narinfos().await.unwrap();
-        let mut names: Vec<&str> = orphans.iter().map(|o| o.store_path.as_str()).collect();
-        names.sort();
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(names[0].ends_with("-lost") && names[1].ends_with("-revived"));
-        assert!(db.dangling_nar_urls().await.unwrap().is_empty());
-
-        // The NAR of "revived" arrives before the repair: it must survive.
-        db.record_whole_file(&revived.narinfo.nar_hash, 1, whole(b"d"), None)
-            .await
-            .unwrap();
-        let revived_hash = *revived.narinfo.store_path.hash();
-        assert!(!db.delete_narinfo_if_orphan(&revived_hash).await.unwrap());
-        let lost_hash = *lost.narinfo.store_path.hash();
-        assert!(db.delete_narinfo_if_orphan(&lost_hash).await.unwrap());
-        assert!(db.narinfo(&lost_hash).await.unwrap().is_none());
-        assert!(db.narinfo(&revived_hash).await.unwrap().is_some());
-        assert!(db.orphan_narinfos().await.unwrap().is_empty());
-
-        // The lost narinfo's URL now names nothing.
-        let dangling = db.dangling_nar_urls().await.unwrap();
-        assert_eq!(dangling.len(), 1);
-        assert_eq!(dangling[0].url_key, lost.url_key.file_name());
-        assert!(
-            db.delete_nar_url_if_dangling(&dangling[0].url_key)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !db.delete_nar_url_if_dangling(&stored.url_key.file_name())
-                .await
-                .unwrap()
-        );
-        assert!(db.dangling_nar_urls().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn unreferenced_nars_and_whole_keys() {
-        let (db, _dir) = temp_db().await;
-        let info = narinfo("described", b"a", true);
-        db.insert_narinfo(&info).await.unwrap();
-        db.record_whole_file(&info.narinfo.nar_hash, 1, whole(b"a"), None)
-            .await
-            .unwrap();
-        let loose = Sha256Hash::digest(b"loose");
-        db.record_whole_file(&loose, 1, whole(b"loose"), None)
-            .await
-            .unwrap();
-        let unref = db.unreferenced_nars().await.unwrap();
-        assert_eq!(unref.len(), 1);
-        assert_eq!(unref[0].record.nar_hash, loose);
-        assert!(unref[0].created_at > 0);
-        assert!(!db.nar_is_referenced(&loose).await.unwrap());
-        assert!(db.nar_is_referenced(&info.narinfo.nar_hash).await.unwrap());
-        assert!(db.whole_file_recorded(&whole(b"a").key).await.unwrap());
-        assert!(!db.whole_file_recorded(&whole(b"zz").key).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn pages_cover_every_row_once() {
-        let (db, _dir) = temp_db().await;
-        let mut expected = Vec::new();
-        for i in 0..25u8 {
-            let nar = Sha256Hash::digest(&[i]);
-            db.record_whole_file(&nar, 1, whole(&[i]), None)
+    db_test! {
+        async fn orphans_are_found_and_removed_only_while_orphaned(db) {
+            // Fetchable from upstream: fine.
+            db.insert_narinfo(&narinfo("fetched", b"a", true))
                 .await
                 .unwrap();
-            expected.push(nar.to_string());
-            db.commit_chunks(&Sha256Hash::digest(&[i, i]), 1, &[chunk(i)], nar)
+            // Uploaded, NAR stored: fine.
+            let stored = narinfo("stored", b"b", false);
+            db.insert_narinfo(&stored).await.unwrap();
+            db.record_whole_file(&stored.narinfo.nar_hash, 1, whole(b"b"), None)
                 .await
                 .unwrap();
+            // Uploaded, NAR lost, but another narinfo of the same NAR has an origin: fine.
+            db.insert_narinfo(&narinfo("twin", b"a", false))
+                .await
+                .unwrap();
+            // Uploaded, NAR lost: orphans.
+            let lost = narinfo("lost", b"c", false);
+            db.insert_narinfo(&lost).await.unwrap();
+            let revived = narinfo("revived", b"d", false);
+            db.insert_narinfo(&revived).await.unwrap();
+
+            let orphans = db.orphan_narinfos().await.unwrap();
+            let mut names: Vec<&str> = orphans.iter().map(|o| o.store_path.as_str()).collect();
+            names.sort();
+            assert_eq!(names.len(), 2, "{names:?}");
+            assert!(names[0].ends_with("-lost") && names[1].ends_with("-revived"));
+            assert!(db.dangling_nar_urls().await.unwrap().is_empty());
+
+            // The NAR of "revived" arrives before the repair: it must survive.
+            db.record_whole_file(&revived.narinfo.nar_hash, 1, whole(b"d"), None)
+                .await
+                .unwrap();
+            let revived_hash = *revived.narinfo.store_path.hash();
+            assert!(!db.delete_narinfo_if_orphan(&revived_hash).await.unwrap());
+            let lost_hash = *lost.narinfo.store_path.hash();
+            assert!(db.delete_narinfo_if_orphan(&lost_hash).await.unwrap());
+            assert!(db.narinfo(&lost_hash).await.unwrap().is_none());
+            assert!(db.narinfo(&revived_hash).await.unwrap().is_some());
+            assert!(db.orphan_narinfos().await.unwrap().is_empty());
+
+            // The lost narinfo's URL now names nothing.
+            let dangling = db.dangling_nar_urls().await.unwrap();
+            assert_eq!(dangling.len(), 1);
+            assert_eq!(dangling[0].url_key, lost.url_key.file_name());
+            assert!(
+                db.delete_nar_url_if_dangling(&dangling[0].url_key)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !db.delete_nar_url_if_dangling(&stored.url_key.file_name())
+                    .await
+                    .unwrap()
+            );
+            assert!(db.dangling_nar_urls().await.unwrap().is_empty());
         }
-        expected.sort();
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = db.nars_after(after.as_ref(), 7).await.unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last.nar_hash);
-            seen.extend(page.iter().map(|r| r.nar_hash));
-        }
-        // 25 whole-file NARs and 25 chunked ones.
-        assert_eq!(seen.len(), 50);
-        let mut chunks = Vec::new();
-        let mut after = None;
-        loop {
-            let page = db.chunks_after(after.as_ref(), 4).await.unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last.hash);
-            chunks.extend(page);
-        }
-        assert_eq!(chunks.len(), 25);
-        assert!(chunks.iter().all(|c| c.ref_count == 1));
     }
 
-    #[tokio::test]
-    async fn chunk_lists_ref_counts_and_lost_chunks() {
-        let (db, _dir) = temp_db().await;
-        let a = Sha256Hash::digest(b"a");
-        let b = Sha256Hash::digest(b"b");
-        let spliced = Sha256Hash::digest(b"s");
-        db.commit_chunks(&a, 1, &[chunk(1), chunk(2), chunk(1)], spliced)
-            .await
-            .unwrap();
-        db.commit_chunks(&b, 1, &[chunk(2), chunk(3)], spliced)
-            .await
-            .unwrap();
-        let entries = db.chunk_list_entries(&a).await.unwrap();
-        assert_eq!(
-            entries.iter().map(|e| e.hash).collect::<Vec<_>>(),
-            [chunk(1).hash, chunk(2).hash, chunk(1).hash]
-        );
-        assert!(entries.iter().all(|e| e.has_row));
-        let mut users = db.nars_using_chunk(&chunk(2).hash).await.unwrap();
-        users.sort();
-        let mut both = vec![a, b];
-        both.sort();
-        assert_eq!(users, both);
-        assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
-
-        // A lost chunk: its row goes only once no list names it.
-        assert!(!db.forget_lost_chunk(&chunk(3).hash).await.unwrap());
-        db.drop_chunk_list(&b).await.unwrap();
-        assert!(db.forget_lost_chunk(&chunk(3).hash).await.unwrap());
-        assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
-
-        // A chunk row missing under a list is flagged in the list.
-        sqlx::query("DELETE FROM chunks WHERE hash = ?")
-            .bind(chunk(2).hash.to_string())
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        let entries = db.chunk_list_entries(&a).await.unwrap();
-        assert_eq!(
-            entries.iter().map(|e| e.has_row).collect::<Vec<_>>(),
-            [true, false, true]
-        );
-
-        // A wrong count is found and recounted.
-        sqlx::query("UPDATE chunks SET ref_count = 7 WHERE hash = ?")
-            .bind(chunk(1).hash.to_string())
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        let wrong = db.chunk_ref_mismatches().await.unwrap();
-        assert_eq!(
-            wrong,
-            [ChunkRefMismatch {
-                hash: chunk(1).hash,
-                recorded: 7,
-                actual: 2
-            }]
-        );
-        db.recount_chunk_refs(&chunk(1).hash).await.unwrap();
-        assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+    db_test! {
+        async fn unreferenced_nars_and_whole_keys(db) {
+            let info = narinfo("described", b"a", true);
+            db.insert_narinfo(&info).await.unwrap();
+            db.record_whole_file(&info.narinfo.nar_hash, 1, whole(b"a"), None)
+                .await
+                .unwrap();
+            let loose = Sha256Hash::digest(b"loose");
+            db.record_whole_file(&loose, 1, whole(b"loose"), None)
+                .await
+                .unwrap();
+            let unref = db.unreferenced_nars().await.unwrap();
+            assert_eq!(unref.len(), 1);
+            assert_eq!(unref[0].record.nar_hash, loose);
+            assert!(unref[0].created_at > 0);
+            assert!(!db.nar_is_referenced(&loose).await.unwrap());
+            assert!(db.nar_is_referenced(&info.narinfo.nar_hash).await.unwrap());
+            assert!(db.whole_file_recorded(&whole(b"a").key).await.unwrap());
+            assert!(!db.whole_file_recorded(&whole(b"zz").key).await.unwrap());
+        }
     }
 
-    #[tokio::test]
-    async fn migrations_are_listed() {
-        let (db, _dir) = temp_db().await;
-        let applied = db.applied_migrations().await.unwrap();
-        assert_eq!(applied[0].version, 1);
-        assert_eq!(applied[0].description, "initial");
-        assert!((applied[0].installed_at - now_secs()).abs() < 600);
+    db_test! {
+        async fn pages_cover_every_row_once(db) {
+            let mut expected = Vec::new();
+            for i in 0..25u8 {
+                let nar = Sha256Hash::digest(&[i]);
+                db.record_whole_file(&nar, 1, whole(&[i]), None)
+                    .await
+                    .unwrap();
+                expected.push(nar.to_string());
+                db.commit_chunks(&Sha256Hash::digest(&[i, i]), 1, &[chunk(i)], nar)
+                    .await
+                    .unwrap();
+            }
+            expected.sort();
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = db.nars_after(after.as_ref(), 7).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some(last.nar_hash);
+                seen.extend(page.iter().map(|r| r.nar_hash));
+            }
+            // 25 whole-file NARs and 25 chunked ones.
+            assert_eq!(seen.len(), 50);
+            let mut chunks = Vec::new();
+            let mut after = None;
+            loop {
+                let page = db.chunks_after(after.as_ref(), 4).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some(last.hash);
+                chunks.extend(page);
+            }
+            assert_eq!(chunks.len(), 25);
+            assert!(chunks.iter().all(|c| c.ref_count == 1));
+        }
+    }
+
+    db_test! {
+        async fn chunk_lists_ref_counts_and_lost_chunks(db) {
+            let a = Sha256Hash::digest(b"a");
+            let b = Sha256Hash::digest(b"b");
+            let spliced = Sha256Hash::digest(b"s");
+            db.commit_chunks(&a, 1, &[chunk(1), chunk(2), chunk(1)], spliced)
+                .await
+                .unwrap();
+            db.commit_chunks(&b, 1, &[chunk(2), chunk(3)], spliced)
+                .await
+                .unwrap();
+            let entries = db.chunk_list_entries(&a).await.unwrap();
+            assert_eq!(
+                entries.iter().map(|e| e.hash).collect::<Vec<_>>(),
+                [chunk(1).hash, chunk(2).hash, chunk(1).hash]
+            );
+            assert!(entries.iter().all(|e| e.has_row));
+            let mut users = db.nars_using_chunk(&chunk(2).hash).await.unwrap();
+            users.sort();
+            let mut both = vec![a, b];
+            both.sort();
+            assert_eq!(users, both);
+            assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+
+            // A lost chunk: its row goes only once no list names it.
+            assert!(!db.forget_lost_chunk(&chunk(3).hash).await.unwrap());
+            db.drop_chunk_list(&b).await.unwrap();
+            assert!(db.forget_lost_chunk(&chunk(3).hash).await.unwrap());
+            assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+
+            // A chunk row missing under a list is flagged in the list.
+            sqlx::query(&db.sql("DELETE FROM chunks WHERE hash = ?"))
+                .bind(chunk(2).hash.to_string())
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            let entries = db.chunk_list_entries(&a).await.unwrap();
+            assert_eq!(
+                entries.iter().map(|e| e.has_row).collect::<Vec<_>>(),
+                [true, false, true]
+            );
+
+            // A wrong count is found and recounted.
+            sqlx::query(&db.sql("UPDATE chunks SET ref_count = 7 WHERE hash = ?"))
+                .bind(chunk(1).hash.to_string())
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            let wrong = db.chunk_ref_mismatches().await.unwrap();
+            assert_eq!(
+                wrong,
+                [ChunkRefMismatch {
+                    hash: chunk(1).hash,
+                    recorded: 7,
+                    actual: 2
+                }]
+            );
+            db.recount_chunk_refs(&chunk(1).hash).await.unwrap();
+            assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());
+        }
+    }
+
+    db_test! {
+        async fn migrations_are_listed(db) {
+            let applied = db.applied_migrations().await.unwrap();
+            assert_eq!(applied[0].version, 1);
+            assert_eq!(applied[0].description, "initial");
+            assert!((applied[0].installed_at - now_secs()).abs() < 600);
+        }
     }
 }

@@ -2,11 +2,40 @@
 //!
 //! The database says which narinfos and NARs the cache holds, in which storage forms (whole file,
 //! chunks), which NAR URL names which NAR, and where a NAR that is not stored yet comes from.
-//! SQLite is the embedded default; the queries stick to SQL that PostgreSQL also accepts (and
-//! MySQL with its upsert spelling), so other engines mean another pool, not a rewrite.
+//! SQLite is the embedded default; PostgreSQL and MySQL/MariaDB serve shared deployments. One
+//! code path serves all three: sqlx's `Any` driver, every query written once, and a small
+//! dialect layer for the few spellings that differ (placeholders, upserts, casts).
+
+/// Declares a test that runs once per engine: `db_test! { async fn name(db) { … } }` makes
+/// `name::sqlite`, `name::postgres` and `name::mysql`, each with a fresh, migrated database
+/// (`db: &Database`). See `repo::test_support` for where the servers come from.
+#[cfg(test)]
+macro_rules! db_test {
+    ($(#[$meta:meta])* async fn $name:ident($db:ident) $body:block) => {
+        $(#[$meta])*
+        async fn $name($db: &$crate::Database) $body
+
+        mod $name {
+            db_test!(@engine $name, sqlite, Sqlite);
+            db_test!(@engine $name, postgres, Postgres);
+            db_test!(@engine $name, mysql, Mysql);
+        }
+    };
+    (@engine $name:ident, $variant:ident, $engine:ident) => {
+        #[tokio::test]
+        async fn $variant() {
+            use $crate::repo::test_support::{Engine, TestDb};
+            if let Some(db) = TestDb::new(Engine::$engine).await {
+                super::$name(&db).await;
+                db.cleanup().await;
+            }
+        }
+    };
+}
 
 mod chunks;
 mod connect;
+mod dialect;
 mod error;
 mod fsck;
 mod logs;
@@ -28,4 +57,4 @@ pub use fsck::{
 pub use lru::LruEntry;
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
-pub use repo::{Database, now_secs};
+pub use repo::{Database, PoolOptions, now_secs};

@@ -4,22 +4,24 @@ use crate::{Database, DbError};
 impl Database {
     /// Stores (or replaces) the build log of a derivation.
     pub async fn put_build_log(&self, drv: &str, content: &[u8]) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO build_logs (drv, content, created_at) VALUES (?, ?, ?) \
-             ON CONFLICT (drv) DO UPDATE SET content = excluded.content, created_at = excluded.created_at",
-        )
-        .bind(drv)
-        .bind(content)
-        .bind(now_secs())
-        .execute(&self.pool)
-        .await?;
+        let upsert = self.dialect.upsert(
+            "INTO build_logs (drv, content, created_at) VALUES (?, ?, ?)",
+            "drv",
+            &["content", "created_at"],
+        );
+        sqlx::query(&self.sql(&upsert))
+            .bind(drv)
+            .bind(content)
+            .bind(now_secs())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// The build log of a derivation.
     pub async fn build_log(&self, drv: &str) -> Result<Option<Vec<u8>>, DbError> {
         Ok(
-            sqlx::query_scalar("SELECT content FROM build_logs WHERE drv = ?")
+            sqlx::query_scalar(&self.sql("SELECT content FROM build_logs WHERE drv = ?"))
                 .bind(drv)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -28,7 +30,7 @@ impl Database {
 
     /// Forgets a narinfo; `false` when there was none.
     pub async fn delete_narinfo(&self, hash: &ncps_nix::StorePathHash) -> Result<bool, DbError> {
-        let done = sqlx::query("DELETE FROM narinfos WHERE hash = ?")
+        let done = sqlx::query(&self.sql("DELETE FROM narinfos WHERE hash = ?"))
             .bind(hash.to_string())
             .execute(&self.pool)
             .await?;
@@ -38,18 +40,20 @@ impl Database {
 
 #[cfg(test)]
 mod tests {
-    use crate::repo::test_support::temp_db;
-
-    #[tokio::test]
-    async fn logs_round_trip_and_replace() {
-        let (db, _dir) = temp_db().await;
-        let drv = "00000000000000000000000000000000-x.drv";
-        assert_eq!(db.build_log(drv).await.unwrap(), None);
-        db.put_build_log(drv, b"one").await.unwrap();
-        db.put_build_log(drv, b"two").await.unwrap();
-        assert_eq!(
-            db.build_log(drv).await.unwrap().as_deref(),
-            Some(&b"two"[..])
-        );
+    db_test! {
+        async fn logs_round_trip_and_replace(db) {
+            let drv = "00000000000000000000000000000000-x.drv";
+            assert_eq!(db.build_log(drv).await.unwrap(), None);
+            db.put_build_log(drv, b"one").await.unwrap();
+            db.put_build_log(drv, b"two").await.unwrap();
+            assert_eq!(
+                db.build_log(drv).await.unwrap().as_deref(),
+                Some(&b"two"[..])
+            );
+            // Bytes that are not UTF-8 survive every engine.
+            let binary: Vec<u8> = (0..=255).collect();
+            db.put_build_log(drv, &binary).await.unwrap();
+            assert_eq!(db.build_log(drv).await.unwrap(), Some(binary));
+        }
     }
 }

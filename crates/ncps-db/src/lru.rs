@@ -5,8 +5,11 @@
 use std::str::FromStr;
 
 use ncps_nix::{Sha256Hash, StorePathHash};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
 
+use crate::dialect::{placeholders, text};
 use crate::nars::nar_from_row;
 use crate::repo::{ROWS_PER_STATEMENT, corrupt, to_u64};
 use crate::{Database, DbError, NarRecord};
@@ -22,13 +25,15 @@ pub struct LruEntry {
     pub stored_size: u64,
 }
 
-fn in_list<'a>(q: &mut QueryBuilder<'a, Sqlite>, items: &'a [String]) {
-    q.push("(");
-    let mut list = q.separated(", ");
+/// Binds each of `items`, in order (the SQL has a `?` for each, from [`placeholders`]).
+fn bind_all<'q>(
+    mut q: Query<'q, sqlx::Any, AnyArguments<'q>>,
+    items: &'q [String],
+) -> Query<'q, sqlx::Any, AnyArguments<'q>> {
     for item in items {
-        list.push_bind(item);
+        q = q.bind(item);
     }
-    q.push(")");
+    q
 }
 
 impl Database {
@@ -52,14 +57,14 @@ impl Database {
         at: i64,
     ) -> Result<(), DbError> {
         for batch in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new(format!("UPDATE {table} SET last_accessed_at = "));
-            q.push_bind(at);
-            q.push(" WHERE last_accessed_at < ");
-            q.push_bind(at);
-            q.push(format!(" AND {column} IN "));
-            in_list(&mut q, batch);
-            q.build().execute(&self.pool).await?;
+            let sql = format!(
+                "UPDATE {table} SET last_accessed_at = ? WHERE last_accessed_at < ? \
+                 AND {column} IN {}",
+                placeholders(batch.len())
+            );
+            let sql = self.sql(&sql);
+            let q = sqlx::query(&sql).bind(at).bind(at);
+            bind_all(q, batch).execute(&self.pool).await?;
         }
         Ok(())
     }
@@ -67,13 +72,17 @@ impl Database {
     /// Bytes the cache really keeps: whole files, plus each chunk still referenced once (chunks
     /// waiting for garbage collection are already on their way out).
     pub async fn stored_bytes(&self) -> Result<u64, DbError> {
-        let whole: i64 =
-            sqlx::query_scalar("SELECT CAST(COALESCE(SUM(whole_size), 0) AS BIGINT) FROM nars")
-                .fetch_one(&self.pool)
-                .await?;
-        let chunks: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM chunks WHERE ref_count > 0",
-        )
+        let d = self.dialect;
+        let whole: i64 = sqlx::query_scalar(&format!(
+            "SELECT {} FROM nars",
+            d.bigint("COALESCE(SUM(whole_size), 0)")
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let chunks: i64 = sqlx::query_scalar(&format!(
+            "SELECT {} FROM chunks WHERE ref_count > 0",
+            d.bigint("COALESCE(SUM(stored_size), 0)")
+        ))
         .fetch_one(&self.pool)
         .await?;
         Ok(to_u64("nars", whole)? + to_u64("chunks", chunks)?)
@@ -88,23 +97,26 @@ impl Database {
         let (at, hash) = after.map_or((i64::MIN, String::new()), |e| {
             (e.last_accessed_at, e.hash.to_string())
         });
-        let rows = sqlx::query(
-            "SELECT i.hash, i.last_accessed_at, \
-             CAST(COALESCE(n.whole_size, 0) + COALESCE(n.spliced_size, 0) AS BIGINT) AS stored_size \
+        let stored_size = self
+            .dialect
+            .bigint("COALESCE(n.whole_size, 0) + COALESCE(n.spliced_size, 0)");
+        let sql = format!(
+            "SELECT i.hash, i.last_accessed_at, {stored_size} AS stored_size \
              FROM narinfos i LEFT JOIN nars n ON n.nar_hash = i.nar_hash \
              WHERE i.last_accessed_at > ? OR (i.last_accessed_at = ? AND i.hash > ?) \
-             ORDER BY i.last_accessed_at, i.hash LIMIT ?",
-        )
-        .bind(at)
-        .bind(at)
-        .bind(hash)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+             ORDER BY i.last_accessed_at, i.hash LIMIT ?"
+        );
+        let rows = sqlx::query(&self.sql(&sql))
+            .bind(at)
+            .bind(at)
+            .bind(hash)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(LruEntry {
-                    hash: StorePathHash::from_str(r.try_get("hash")?)
+                    hash: StorePathHash::from_str(&text(r, "hash")?)
                         .map_err(|e| corrupt("narinfos", e))?,
                     last_accessed_at: r.try_get("last_accessed_at")?,
                     stored_size: to_u64("nars", r.try_get("stored_size")?)?,
@@ -120,48 +132,62 @@ impl Database {
         let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
         let mut removed = Vec::new();
         for batch in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut tx = self.pool.begin().await?;
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT DISTINCT nar_hash FROM narinfos WHERE hash IN ",
-            );
-            in_list(&mut q, batch);
-            let nar_hashes: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM narinfos WHERE hash IN ");
-            in_list(&mut q, batch);
-            q.build().execute(&mut *tx).await?;
+            let list = placeholders(batch.len());
+            let mut tx = self.begin().await?;
+            let sql = format!("SELECT DISTINCT nar_hash FROM narinfos WHERE hash IN {list}");
+            let sql = self.sql(&sql);
+            let nar_hashes: Vec<String> = {
+                let mut q = sqlx::query_scalar(&sql);
+                for key in batch {
+                    q = q.bind(key);
+                }
+                q.fetch_all(&mut *tx).await?
+            };
+            let sql = format!("DELETE FROM narinfos WHERE hash IN {list}");
+            let sql = self.sql(&sql);
+            bind_all(sqlx::query(&sql), batch).execute(&mut *tx).await?;
             if nar_hashes.is_empty() {
                 tx.commit().await?;
                 continue;
             }
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT * FROM nars WHERE NOT EXISTS (SELECT 1 FROM narinfos i WHERE i.nar_hash = nars.nar_hash) \
-                 AND nar_hash IN ",
+            let sql = format!(
+                "SELECT * FROM nars WHERE NOT EXISTS \
+                 (SELECT 1 FROM narinfos i WHERE i.nar_hash = nars.nar_hash) \
+                 AND nar_hash IN {}",
+                placeholders(nar_hashes.len())
             );
-            in_list(&mut q, &nar_hashes);
-            let orphans = q.build().fetch_all(&mut *tx).await?;
+            let sql = self.sql(&sql);
+            let orphans = bind_all(sqlx::query(&sql), &nar_hashes)
+                .fetch_all(&mut *tx)
+                .await?;
             let orphans: Vec<NarRecord> =
                 orphans.iter().map(nar_from_row).collect::<Result<_, _>>()?;
             let gone: Vec<String> = orphans.iter().map(|r| r.nar_hash.to_string()).collect();
             if !gone.is_empty() {
-                let mut q = QueryBuilder::<Sqlite>::new(
+                let gone_list = placeholders(gone.len());
+                let in_gone =
+                    format!("(SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN {gone_list})");
+                let sql = format!(
                     "UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM nar_chunks n \
-                     WHERE n.chunk_hash = chunks.hash AND n.nar_hash IN ",
+                     WHERE n.chunk_hash = chunks.hash AND n.nar_hash IN {gone_list}) \
+                     WHERE hash IN {in_gone}"
                 );
-                in_list(&mut q, &gone);
-                q.push(") WHERE hash IN (SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN ");
-                in_list(&mut q, &gone);
-                q.push(")");
-                q.build().execute(&mut *tx).await?;
-                sqlx::query("UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 AND unreferenced_since IS NULL")
-                    .bind(crate::now_secs())
+                let sql = self.sql(&sql);
+                bind_all(bind_all(sqlx::query(&sql), &gone), &gone)
+                    .execute(&mut *tx)
+                    .await?;
+                let sql = format!(
+                    "UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 \
+                     AND unreferenced_since IS NULL AND hash IN {in_gone}"
+                );
+                let sql = self.sql(&sql);
+                bind_all(sqlx::query(&sql).bind(crate::now_secs()), &gone)
                     .execute(&mut *tx)
                     .await?;
                 for table in ["nar_chunks", "nar_urls", "nars"] {
-                    let mut q = QueryBuilder::<Sqlite>::new(format!(
-                        "DELETE FROM {table} WHERE nar_hash IN "
-                    ));
-                    in_list(&mut q, &gone);
-                    q.build().execute(&mut *tx).await?;
+                    let sql = format!("DELETE FROM {table} WHERE nar_hash IN {gone_list}");
+                    let sql = self.sql(&sql);
+                    bind_all(sqlx::query(&sql), &gone).execute(&mut *tx).await?;
                 }
             }
             tx.commit().await?;
@@ -175,7 +201,6 @@ impl Database {
 mod tests {
     use super::*;
     use crate::narinfos::tests::sample;
-    use crate::repo::test_support::temp_db;
     use crate::{ChunkRef, WholeFile};
     use ncps_nix::{ChunkHash, Compression, NarKey, StorePath};
 
@@ -186,75 +211,75 @@ mod tests {
         StorePath::parse_base_name(&format!("{}-p{i}", StorePathHash::from_bytes(bytes))).unwrap()
     }
 
-    #[tokio::test]
-    async fn eviction_follows_access_order_and_frees_shared_nars_last() {
-        let (db, _dir) = temp_db().await;
-        let shared = Sha256Hash::digest(b"shared");
-        let mut hashes = Vec::new();
-        for i in 0..4u32 {
-            let mut info = sample();
-            info.narinfo.store_path = path(i);
-            // paths 0 and 1 share one NAR; 2 and 3 have their own
-            info.narinfo.nar_hash = if i < 2 {
-                shared
-            } else {
-                Sha256Hash::digest(&i.to_le_bytes())
+    db_test! {
+        async fn eviction_follows_access_order_and_frees_shared_nars_last(db) {
+            let shared = Sha256Hash::digest(b"shared");
+            let mut hashes = Vec::new();
+            for i in 0..4u32 {
+                let mut info = sample();
+                info.narinfo.store_path = path(i);
+                // paths 0 and 1 share one NAR; 2 and 3 have their own
+                info.narinfo.nar_hash = if i < 2 {
+                    shared
+                } else {
+                    Sha256Hash::digest(&i.to_le_bytes())
+                };
+                info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
+                db.insert_narinfo(&info).await.unwrap();
+                let whole = WholeFile {
+                    key: NarKey::new(info.narinfo.nar_hash, Compression::Xz),
+                    size: 1000,
+                };
+                db.record_whole_file(&info.narinfo.nar_hash, 5000, whole, None)
+                    .await
+                    .unwrap();
+                hashes.push(*info.narinfo.store_path.hash());
+            }
+            let chunk = ChunkRef {
+                hash: ChunkHash::digest(b"c"),
+                plain_size: 10,
+                stored_size: 7,
             };
-            info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
-            db.insert_narinfo(&info).await.unwrap();
-            let whole = WholeFile {
-                key: NarKey::new(info.narinfo.nar_hash, Compression::Xz),
-                size: 1000,
-            };
-            db.record_whole_file(&info.narinfo.nar_hash, 5000, whole, None)
+            db.commit_chunks(&shared, 5000, &[chunk], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
-            hashes.push(*info.narinfo.store_path.hash());
-        }
-        let chunk = ChunkRef {
-            hash: ChunkHash::digest(b"c"),
-            plain_size: 10,
-            stored_size: 7,
-        };
-        db.commit_chunks(&shared, 5000, &[chunk], Sha256Hash::digest(b"s"))
-            .await
-            .unwrap();
-        assert_eq!(db.stored_bytes().await.unwrap(), 3 * 1000 + 7);
+            assert_eq!(db.stored_bytes().await.unwrap(), 3 * 1000 + 7);
 
-        // Access order: 3 oldest, then 0, 1, 2.
-        for (i, h) in [3usize, 0, 1, 2].iter().enumerate() {
-            db.touch_narinfos(&[hashes[*h]], 10_000_000_000 + i as i64)
-                .await
-                .unwrap();
-        }
-        let page = db.lru_page(None, 2).await.unwrap();
-        assert_eq!(
-            page.iter().map(|e| e.hash).collect::<Vec<_>>(),
-            vec![hashes[3], hashes[0]]
-        );
-        let next = db.lru_page(page.last(), 10).await.unwrap();
-        assert_eq!(
-            next.iter().map(|e| e.hash).collect::<Vec<_>>(),
-            vec![hashes[1], hashes[2]]
-        );
+            // Access order: 3 oldest, then 0, 1, 2.
+            for (i, h) in [3usize, 0, 1, 2].iter().enumerate() {
+                db.touch_narinfos(&[hashes[*h]], 10_000_000_000 + i as i64)
+                    .await
+                    .unwrap();
+            }
+            let page = db.lru_page(None, 2).await.unwrap();
+            assert_eq!(
+                page.iter().map(|e| e.hash).collect::<Vec<_>>(),
+                vec![hashes[3], hashes[0]]
+            );
+            let next = db.lru_page(page.last(), 10).await.unwrap();
+            assert_eq!(
+                next.iter().map(|e| e.hash).collect::<Vec<_>>(),
+                vec![hashes[1], hashes[2]]
+            );
 
-        // Evicting 3 and 0 frees 3's NAR only: 1 still uses the shared one.
-        let removed = db.evict(&[hashes[3], hashes[0]]).await.unwrap();
-        assert_eq!(removed.len(), 1);
-        assert_eq!(db.stored_bytes().await.unwrap(), 2 * 1000 + 7);
-        let removed = db.evict(&[hashes[1]]).await.unwrap();
-        assert_eq!(removed.len(), 1);
-        assert!(removed[0].chunked.is_some());
-        assert_eq!(db.stored_bytes().await.unwrap(), 1000);
-        assert_eq!(
-            db.unreferenced_chunks(i64::MAX, 10).await.unwrap(),
-            vec![chunk.hash]
-        );
-        assert!(
-            db.nar_hash_for_url(&NarKey::new(shared, Compression::Zstd))
-                .await
-                .unwrap()
-                .is_none()
-        );
+            // Evicting 3 and 0 frees 3's NAR only: 1 still uses the shared one.
+            let removed = db.evict(&[hashes[3], hashes[0]]).await.unwrap();
+            assert_eq!(removed.len(), 1);
+            assert_eq!(db.stored_bytes().await.unwrap(), 2 * 1000 + 7);
+            let removed = db.evict(&[hashes[1]]).await.unwrap();
+            assert_eq!(removed.len(), 1);
+            assert!(removed[0].chunked.is_some());
+            assert_eq!(db.stored_bytes().await.unwrap(), 1000);
+            assert_eq!(
+                db.unreferenced_chunks(i64::MAX, 10).await.unwrap(),
+                vec![chunk.hash]
+            );
+            assert!(
+                db.nar_hash_for_url(&NarKey::new(shared, Compression::Zstd))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
     }
 }

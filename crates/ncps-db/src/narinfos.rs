@@ -2,8 +2,9 @@ use std::str::FromStr;
 
 use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath, StorePathHash};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
+use crate::dialect::{opt_text, text};
 use crate::repo::{corrupt, now_secs, to_i64, to_u64};
 use crate::{CachedNarInfo, Database, DbError, NarOrigin};
 
@@ -12,7 +13,7 @@ const T: &str = "narinfos";
 impl Database {
     /// Looks up the narinfo of a store path hash.
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Option<CachedNarInfo>, DbError> {
-        let row = sqlx::query("SELECT * FROM narinfos WHERE hash = ?")
+        let row = sqlx::query(&self.sql("SELECT * FROM narinfos WHERE hash = ?"))
             .bind(hash.to_string())
             .fetch_optional(&self.pool)
             .await?;
@@ -24,12 +25,13 @@ impl Database {
         &self,
         nar_hash: &Sha256Hash,
     ) -> Result<Option<CachedNarInfo>, DbError> {
-        let row = sqlx::query(
-            "SELECT * FROM narinfos WHERE nar_hash = ? AND upstream_url IS NOT NULL LIMIT 1",
-        )
-        .bind(nar_hash.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query(&self.sql(
+                "SELECT * FROM narinfos WHERE nar_hash = ? AND upstream_url IS NOT NULL LIMIT 1",
+            ))
+            .bind(nar_hash.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| narinfo_from_row(&r)).transpose()
     }
 
@@ -41,32 +43,37 @@ impl Database {
         let refs: Vec<String> = n.references.iter().map(StorePath::base_name).collect();
         let origin = info.origin.as_ref();
         let now = now_secs();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, deriver, \
+        let insert_narinfo = self.dialect.insert_or_ignore(
+            "INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, deriver, \
              sigs, ca, upstream_url, upstream_nar_url, upstream_compression, upstream_file_hash, \
              upstream_file_size, created_at, last_accessed_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(n.store_path.hash().to_string())
-        .bind(n.store_path.to_absolute())
-        .bind(info.url_key.file_name())
-        .bind(n.nar_hash.to_string())
-        .bind(to_i64(n.nar_size))
-        .bind(refs.join(" "))
-        .bind(n.deriver.clone())
-        .bind(n.sigs.join("\n"))
-        .bind(n.ca.clone())
-        .bind(origin.map(|o| o.upstream_url.clone()))
-        .bind(origin.map(|o| o.nar_url.clone()))
-        .bind(origin.map(|o| o.compression.as_str()))
-        .bind(origin.and_then(|o| o.file_hash).map(|h| h.to_string()))
-        .bind(origin.and_then(|o| o.file_size).map(to_i64))
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO nar_urls (url_key, nar_hash) VALUES (?, ?) ON CONFLICT (url_key) DO NOTHING")
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "hash",
+        );
+        let insert_url = self
+            .dialect
+            .insert_or_ignore("INTO nar_urls (url_key, nar_hash) VALUES (?, ?)", "url_key");
+        let mut tx = self.begin().await?;
+        sqlx::query(&self.sql(&insert_narinfo))
+            .bind(n.store_path.hash().to_string())
+            .bind(n.store_path.to_absolute())
+            .bind(info.url_key.file_name())
+            .bind(n.nar_hash.to_string())
+            .bind(to_i64(n.nar_size))
+            .bind(refs.join(" "))
+            .bind(n.deriver.clone())
+            .bind(n.sigs.join("\n"))
+            .bind(n.ca.clone())
+            .bind(origin.map(|o| o.upstream_url.clone()))
+            .bind(origin.map(|o| o.nar_url.clone()))
+            .bind(origin.map(|o| o.compression.as_str()))
+            .bind(origin.and_then(|o| o.file_hash).map(|h| h.to_string()))
+            .bind(origin.and_then(|o| o.file_size).map(to_i64))
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&self.sql(&insert_url))
             .bind(info.url_key.file_name())
             .bind(n.nar_hash.to_string())
             .execute(&mut *tx)
@@ -78,7 +85,7 @@ impl Database {
     /// The NAR a URL we handed out names.
     pub async fn nar_hash_for_url(&self, key: &NarKey) -> Result<Option<Sha256Hash>, DbError> {
         let hash: Option<String> =
-            sqlx::query_scalar("SELECT nar_hash FROM nar_urls WHERE url_key = ?")
+            sqlx::query_scalar(&self.sql("SELECT nar_hash FROM nar_urls WHERE url_key = ?"))
                 .bind(key.file_name())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -87,40 +94,36 @@ impl Database {
     }
 }
 
-fn narinfo_from_row(row: &SqliteRow) -> Result<CachedNarInfo, DbError> {
+fn narinfo_from_row(row: &AnyRow) -> Result<CachedNarInfo, DbError> {
     let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
     let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
-        row.try_get::<Option<&str>, _>(col)?
-            .map(Sha256Hash::from_str)
+        opt_text(row, col)?
+            .map(|h| Sha256Hash::from_str(&h))
             .transpose()
             .map_err(|e| bad(&e))
     };
-    let url_key =
-        NarKey::parse_file_name(row.try_get::<&str, _>("url_key")?).map_err(|e| bad(&e))?;
-    let store_path =
-        StorePath::parse(row.try_get::<&str, _>("store_path")?).map_err(|e| bad(&e))?;
+    let url_key = NarKey::parse_file_name(&text(row, "url_key")?).map_err(|e| bad(&e))?;
+    let store_path = StorePath::parse(&text(row, "store_path")?).map_err(|e| bad(&e))?;
     let nar_hash = hash("nar_hash")?.ok_or_else(|| bad(&"missing nar_hash"))?;
     let nar_size = to_u64(T, row.try_get("nar_size")?)?;
-    let references = row
-        .try_get::<&str, _>("refs")?
+    let references = text(row, "refs")?
         .split_whitespace()
         .map(StorePath::parse_base_name)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&e))?;
-    let sigs = row
-        .try_get::<&str, _>("sigs")?
+    let sigs = text(row, "sigs")?
         .lines()
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    let upstream_url: Option<String> = row.try_get("upstream_url")?;
-    let upstream_nar_url: Option<String> = row.try_get("upstream_nar_url")?;
-    let upstream_compression: Option<&str> = row.try_get("upstream_compression")?;
+    let upstream_url = opt_text(row, "upstream_url")?;
+    let upstream_nar_url = opt_text(row, "upstream_nar_url")?;
+    let upstream_compression = opt_text(row, "upstream_compression")?;
     let origin = match (upstream_url, upstream_nar_url, upstream_compression) {
         (Some(upstream_url), Some(nar_url), Some(compression)) => Some(NarOrigin {
             upstream_url,
             nar_url,
-            compression: Compression::parse(compression).map_err(|e| bad(&e))?,
+            compression: Compression::parse(&compression).map_err(|e| bad(&e))?,
             file_hash: hash("upstream_file_hash")?,
             file_size: row
                 .try_get::<Option<i64>, _>("upstream_file_size")?
@@ -139,9 +142,9 @@ fn narinfo_from_row(row: &SqliteRow) -> Result<CachedNarInfo, DbError> {
             nar_hash,
             nar_size,
             references,
-            deriver: row.try_get("deriver")?,
+            deriver: opt_text(row, "deriver")?,
             sigs,
-            ca: row.try_get("ca")?,
+            ca: opt_text(row, "ca")?,
         },
         url_key,
         origin,
@@ -151,7 +154,6 @@ fn narinfo_from_row(row: &SqliteRow) -> Result<CachedNarInfo, DbError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::repo::test_support::temp_db;
 
     pub fn sample() -> CachedNarInfo {
         let nar_hash = Sha256Hash::digest(b"nar");
@@ -182,25 +184,55 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn narinfo_round_trip_and_url_resolution() {
-        let (db, _dir) = temp_db().await;
-        let info = sample();
-        let hash = *info.narinfo.store_path.hash();
-        assert!(db.narinfo(&hash).await.unwrap().is_none());
-        db.insert_narinfo(&info).await.unwrap();
-        db.insert_narinfo(&info).await.unwrap(); // idempotent
-        assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
-        let nar_hash = info.narinfo.nar_hash;
-        assert_eq!(
-            db.narinfo_with_origin(&nar_hash).await.unwrap().unwrap(),
-            info
-        );
-        assert_eq!(
-            db.nar_hash_for_url(&info.url_key).await.unwrap(),
-            Some(nar_hash)
-        );
-        let other = NarKey::new(Sha256Hash::digest(b"other"), Compression::Xz);
-        assert_eq!(db.nar_hash_for_url(&other).await.unwrap(), None);
+    db_test! {
+        async fn narinfo_round_trip_and_url_resolution(db) {
+            let info = sample();
+            let hash = *info.narinfo.store_path.hash();
+            assert!(db.narinfo(&hash).await.unwrap().is_none());
+            db.insert_narinfo(&info).await.unwrap();
+            db.insert_narinfo(&info).await.unwrap(); // idempotent
+            assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
+            let nar_hash = info.narinfo.nar_hash;
+            assert_eq!(
+                db.narinfo_with_origin(&nar_hash).await.unwrap().unwrap(),
+                info
+            );
+            assert_eq!(
+                db.nar_hash_for_url(&info.url_key).await.unwrap(),
+                Some(nar_hash)
+            );
+            let other = NarKey::new(Sha256Hash::digest(b"other"), Compression::Xz);
+            assert_eq!(db.nar_hash_for_url(&other).await.unwrap(), None);
+        }
+    }
+
+    db_test! {
+        /// Long text columns (thousands of references) and empty optional fields.
+        async fn large_and_minimal_narinfos(db) {
+            let mut info = sample();
+            info.narinfo.references = (0..2000u32)
+                .map(|i| {
+                    let digest = Sha256Hash::digest(&i.to_le_bytes());
+                    let mut bytes = [0u8; 20];
+                    bytes.copy_from_slice(&digest.as_bytes()[..20]);
+                    let hash = StorePathHash::from_bytes(bytes);
+                    StorePath::parse_base_name(&format!("{hash}-dependency-number-{i}")).unwrap()
+                })
+                .collect();
+            db.insert_narinfo(&info).await.unwrap();
+            let hash = *info.narinfo.store_path.hash();
+            assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
+
+            let mut bare = sample();
+            bare.narinfo.store_path =
+                StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-bare").unwrap();
+            bare.narinfo.references.clear();
+            bare.narinfo.deriver = None;
+            bare.narinfo.sigs.clear();
+            bare.origin = None;
+            db.insert_narinfo(&bare).await.unwrap();
+            let hash = *bare.narinfo.store_path.hash();
+            assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), bare);
+        }
     }
 }

@@ -2,8 +2,9 @@ use std::str::FromStr;
 
 use ncps_nix::{NarKey, Sha256Hash};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
+use crate::dialect::opt_text;
 use crate::repo::{corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
 
@@ -12,7 +13,7 @@ const T: &str = "nars";
 impl Database {
     /// A stored NAR, in whichever forms it is stored.
     pub async fn nar(&self, nar_hash: &Sha256Hash) -> Result<Option<NarRecord>, DbError> {
-        let row = sqlx::query("SELECT * FROM nars WHERE nar_hash = ?")
+        let row = sqlx::query(&self.sql("SELECT * FROM nars WHERE nar_hash = ?"))
             .bind(nar_hash.to_string())
             .fetch_optional(&self.pool)
             .await?;
@@ -20,6 +21,10 @@ impl Database {
     }
 
     /// Records a verified whole file of a NAR. A whole file already recorded is kept.
+    ///
+    /// A conditional upsert (`DO UPDATE … WHERE whole_key IS NULL`) has no MySQL spelling, so
+    /// this is an UPDATE of a row without a whole file followed by an insert-if-absent, in one
+    /// transaction: whichever statement finds its case does the work, the other nothing.
     pub async fn record_whole_file(
         &self,
         nar_hash: &Sha256Hash,
@@ -28,39 +33,51 @@ impl Database {
         delete_after: Option<i64>,
     ) -> Result<(), DbError> {
         let now = now_secs();
-        sqlx::query(
-            "INSERT INTO nars (nar_hash, nar_size, whole_key, whole_size, whole_delete_after, \
-             created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (nar_hash) DO UPDATE SET whole_key = excluded.whole_key, \
-             whole_size = excluded.whole_size, whole_delete_after = excluded.whole_delete_after \
-             WHERE nars.whole_key IS NULL",
-        )
-        .bind(nar_hash.to_string())
-        .bind(to_i64(nar_size))
+        let nar = nar_hash.to_string();
+        let insert = self.dialect.insert_or_ignore(
+            "INTO nars (nar_hash, nar_size, whole_key, whole_size, whole_delete_after, \
+             created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "nar_hash",
+        );
+        let mut tx = self.begin().await?;
+        sqlx::query(&self.sql(
+            "UPDATE nars SET whole_key = ?, whole_size = ?, whole_delete_after = ? \
+             WHERE nar_hash = ? AND whole_key IS NULL",
+        ))
         .bind(whole.key.file_name())
         .bind(to_i64(whole.size))
         .bind(delete_after)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
+        .bind(&nar)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(&self.sql(&insert))
+            .bind(&nar)
+            .bind(to_i64(nar_size))
+            .bind(whole.key.file_name())
+            .bind(to_i64(whole.size))
+            .bind(delete_after)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Forgets the whole-file form (its bytes are gone or being deleted). A NAR left with no
     /// form at all is forgotten entirely, so the next request fetches it again.
     pub async fn forget_whole_file(&self, nar_hash: &Sha256Hash) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let mut tx = self.begin().await?;
+        sqlx::query(&self.sql(
             "UPDATE nars SET whole_key = NULL, whole_size = NULL, whole_delete_after = NULL \
              WHERE nar_hash = ?",
-        )
+        ))
         .bind(nar_hash.to_string())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        sqlx::query(&self.sql(
             "DELETE FROM nars WHERE nar_hash = ? AND whole_key IS NULL AND chunk_count IS NULL",
-        )
+        ))
         .bind(nar_hash.to_string())
         .execute(&mut *tx)
         .await?;
@@ -85,10 +102,10 @@ impl Database {
         now: i64,
         limit: u32,
     ) -> Result<Vec<NarRecord>, DbError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&self.sql(
             "SELECT * FROM nars WHERE whole_key IS NOT NULL AND chunk_count IS NOT NULL \
              AND whole_delete_after IS NOT NULL AND whole_delete_after <= ? LIMIT ?",
-        )
+        ))
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -107,7 +124,7 @@ impl Database {
     }
 
     async fn nar_list(&self, sql: &str, limit: u32) -> Result<Vec<NarRecord>, DbError> {
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query(&self.sql(sql))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
@@ -120,7 +137,7 @@ impl Database {
         nar_hash: &Sha256Hash,
         at: Option<i64>,
     ) -> Result<(), DbError> {
-        sqlx::query("UPDATE nars SET whole_delete_after = ? WHERE nar_hash = ?")
+        sqlx::query(&self.sql("UPDATE nars SET whole_delete_after = ? WHERE nar_hash = ?"))
             .bind(at)
             .bind(nar_hash.to_string())
             .execute(&self.pool)
@@ -129,11 +146,11 @@ impl Database {
     }
 }
 
-pub(crate) fn nar_from_row(row: &SqliteRow) -> Result<NarRecord, DbError> {
+pub(crate) fn nar_from_row(row: &AnyRow) -> Result<NarRecord, DbError> {
     let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
     let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
-        row.try_get::<Option<&str>, _>(col)?
-            .map(Sha256Hash::from_str)
+        opt_text(row, col)?
+            .map(|h| Sha256Hash::from_str(&h))
             .transpose()
             .map_err(|e| bad(&e))
     };
@@ -142,12 +159,9 @@ pub(crate) fn nar_from_row(row: &SqliteRow) -> Result<NarRecord, DbError> {
             .map(|n| to_u64(T, n))
             .transpose()
     };
-    let whole = match (
-        row.try_get::<Option<&str>, _>("whole_key")?,
-        size("whole_size")?,
-    ) {
+    let whole = match (opt_text(row, "whole_key")?, size("whole_size")?) {
         (Some(key), Some(size)) => Some(WholeFile {
-            key: NarKey::parse_file_name(key).map_err(|e| bad(&e))?,
+            key: NarKey::parse_file_name(&key).map_err(|e| bad(&e))?,
             size,
         }),
         _ => None,
@@ -172,32 +186,48 @@ pub(crate) fn nar_from_row(row: &SqliteRow) -> Result<NarRecord, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::test_support::temp_db;
     use ncps_nix::Compression;
 
-    #[tokio::test]
-    async fn whole_file_lifecycle() {
-        let (db, _dir) = temp_db().await;
-        let nar_hash = Sha256Hash::digest(b"n");
-        assert!(db.nar(&nar_hash).await.unwrap().is_none());
-        let whole = WholeFile {
-            key: NarKey::new(Sha256Hash::digest(b"f"), Compression::Xz),
-            size: 10,
-        };
-        db.record_whole_file(&nar_hash, 100, whole, Some(5))
-            .await
-            .unwrap();
-        let other = WholeFile { size: 11, ..whole };
-        db.record_whole_file(&nar_hash, 100, other, None)
-            .await
-            .unwrap(); // first one kept
-        let rec = db.nar(&nar_hash).await.unwrap().unwrap();
-        assert_eq!(rec.whole, Some(whole));
-        assert_eq!(rec.whole_delete_after, Some(5));
-        assert_eq!(rec.chunked, None);
-        assert_eq!(db.nars_to_chunk(10).await.unwrap().len(), 1);
-        assert!(db.nars_without_whole_file(10).await.unwrap().is_empty());
-        db.forget_whole_file(&nar_hash).await.unwrap();
-        assert!(db.nar(&nar_hash).await.unwrap().is_none());
+    db_test! {
+        async fn whole_file_lifecycle(db) {
+            let nar_hash = Sha256Hash::digest(b"n");
+            assert!(db.nar(&nar_hash).await.unwrap().is_none());
+            let whole = WholeFile {
+                key: NarKey::new(Sha256Hash::digest(b"f"), Compression::Xz),
+                size: 10,
+            };
+            db.record_whole_file(&nar_hash, 100, whole, Some(5))
+                .await
+                .unwrap();
+            let other = WholeFile { size: 11, ..whole };
+            db.record_whole_file(&nar_hash, 100, other, None)
+                .await
+                .unwrap(); // first one kept
+            let rec = db.nar(&nar_hash).await.unwrap().unwrap();
+            assert_eq!(rec.whole, Some(whole));
+            assert_eq!(rec.whole_delete_after, Some(5));
+            assert_eq!(rec.chunked, None);
+            assert_eq!(db.nars_to_chunk(10).await.unwrap().len(), 1);
+            assert!(db.nars_without_whole_file(10).await.unwrap().is_empty());
+            db.forget_whole_file(&nar_hash).await.unwrap();
+            assert!(db.nar(&nar_hash).await.unwrap().is_none());
+
+            // A NAR stored as chunks first gains its whole file; the chunks stay recorded.
+            let chunked = Sha256Hash::digest(b"c");
+            let chunk = crate::ChunkRef {
+                hash: ncps_nix::ChunkHash::digest(b"x"),
+                plain_size: 3,
+                stored_size: 2,
+            };
+            db.commit_chunks(&chunked, 3, &[chunk], Sha256Hash::digest(b"s"))
+                .await
+                .unwrap();
+            assert_eq!(db.nars_without_whole_file(10).await.unwrap().len(), 1);
+            db.record_whole_file(&chunked, 3, whole, None).await.unwrap();
+            let rec = db.nar(&chunked).await.unwrap().unwrap();
+            assert_eq!(rec.whole, Some(whole));
+            assert_eq!(rec.chunked.unwrap().chunk_count, 1);
+            assert!(db.nars_without_whole_file(10).await.unwrap().is_empty());
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use ncps_nix::StorePathHash;
 use sqlx::Row;
 
+use crate::dialect::{Dialect, opt_text, text};
 use crate::repo::{corrupt, now_secs};
 use crate::{Database, DbError};
 
@@ -22,21 +23,28 @@ const T: &str = "pins";
 /// cached yet once it is fetched. Refs are `<32-char hash>-<name>` joined by single spaces, as
 /// `insert_narinfo` writes them.
 ///
-/// One recursive term (joined with a two-row step table) keeps this valid for PostgreSQL too,
-/// where `instr(s, ' ')` is spelled `strpos(s, ' ')`. Kept as SQL so eviction can use it as a
-/// sub-query.
-pub(crate) const PINNED_CLOSURE_CTE: &str = "WITH RECURSIVE walk(hash, rest) AS ( \
-       SELECT p.hash, COALESCE(n.refs, '') || ' ' \
-       FROM pins p LEFT JOIN narinfos n ON n.hash = p.hash \
-     UNION \
-       SELECT CASE WHEN step.k = 0 THEN substr(w.rest, 1, 32) ELSE w.hash END, \
-              CASE WHEN step.k = 0 \
-                   THEN COALESCE((SELECT c.refs FROM narinfos c \
-                                  WHERE c.hash = substr(w.rest, 1, 32)), '') || ' ' \
-                   ELSE substr(w.rest, instr(w.rest, ' ') + 1) END \
-       FROM walk w CROSS JOIN (SELECT 0 AS k UNION ALL SELECT 1 AS k) step \
-       WHERE length(w.rest) > 32 \
-   )";
+/// One recursive term (joined with a two-row step table) keeps this valid on all three
+/// engines. The differences: PostgreSQL spells `instr` as `strpos`, and `CONCAT` (which all three
+/// have, unlike `||` on MySQL) makes the anchor's `hash` text rather than `VARCHAR(32)`, since
+/// PostgreSQL wants each column's type equal in both terms. Kept as SQL so eviction can use it
+/// as a sub-query.
+pub(crate) fn pinned_closure_cte(dialect: Dialect) -> String {
+    let space = dialect.strpos("w.rest", "' '");
+    format!(
+        "WITH RECURSIVE walk(hash, rest) AS ( \
+           SELECT CONCAT(p.hash, ''), CONCAT(COALESCE(n.refs, ''), ' ') \
+           FROM pins p LEFT JOIN narinfos n ON n.hash = p.hash \
+         UNION \
+           SELECT CASE WHEN step.k = 0 THEN substr(w.rest, 1, 32) ELSE w.hash END, \
+                  CASE WHEN step.k = 0 \
+                       THEN CONCAT(COALESCE((SELECT c.refs FROM narinfos c \
+                                             WHERE c.hash = substr(w.rest, 1, 32)), ''), ' ') \
+                       ELSE substr(w.rest, {space} + 1) END \
+           FROM walk w CROSS JOIN (SELECT 0 AS k UNION ALL SELECT 1 AS k) step \
+           WHERE length(w.rest) > 32 \
+       )"
+    )
+}
 
 /// A pinned store path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,19 +60,20 @@ pub struct Pin {
 impl Database {
     /// Pins a store path; `false` when it already was (the original pin time is kept).
     pub async fn pin(&self, hash: &StorePathHash) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "INSERT INTO pins (hash, created_at) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(hash.to_string())
-        .bind(now_secs())
-        .execute(&self.pool)
-        .await?;
+        let insert = self
+            .dialect
+            .insert_or_ignore("INTO pins (hash, created_at) VALUES (?, ?)", "hash");
+        let done = sqlx::query(&self.sql(&insert))
+            .bind(hash.to_string())
+            .bind(now_secs())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Removes a pin; `false` when the path was not pinned.
     pub async fn unpin(&self, hash: &StorePathHash) -> Result<bool, DbError> {
-        let done = sqlx::query("DELETE FROM pins WHERE hash = ?")
+        let done = sqlx::query(&self.sql("DELETE FROM pins WHERE hash = ?"))
             .bind(hash.to_string())
             .execute(&self.pool)
             .await?;
@@ -82,9 +91,9 @@ impl Database {
         rows.iter()
             .map(|r| {
                 Ok(Pin {
-                    hash: StorePathHash::from_str(r.try_get("hash")?).map_err(|e| corrupt(T, e))?,
+                    hash: StorePathHash::from_str(&text(r, "hash")?).map_err(|e| corrupt(T, e))?,
                     created_at: r.try_get("created_at")?,
-                    store_path: r.try_get("store_path")?,
+                    store_path: opt_text(r, "store_path")?,
                 })
             })
             .collect()
@@ -93,11 +102,13 @@ impl Database {
     /// The store path hashes eviction must keep: every pinned path and everything reachable
     /// from one through narinfo references, including referenced paths not cached yet.
     pub async fn pinned_closure(&self) -> Result<HashSet<StorePathHash>, DbError> {
-        let sql = format!("{PINNED_CLOSURE_CTE} SELECT DISTINCT hash FROM walk");
-        let hashes: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&self.pool).await?;
-        hashes
-            .iter()
-            .map(|h| StorePathHash::from_str(h).map_err(|e| corrupt("narinfos", e)))
+        let sql = format!(
+            "{} SELECT DISTINCT hash FROM walk",
+            pinned_closure_cte(self.dialect)
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| StorePathHash::from_str(&text(r, "hash")?).map_err(|e| corrupt("narinfos", e)))
             .collect()
     }
 }
@@ -107,7 +118,6 @@ mod tests {
     use super::*;
     use crate::CachedNarInfo;
     use crate::narinfos::tests::sample;
-    use crate::repo::test_support::temp_db;
     use ncps_nix::StorePath;
 
     /// A store path base name for a readable label (the hash is derived from the label).
@@ -130,85 +140,85 @@ mod tests {
         labels.iter().map(|l| *path(l).hash()).collect()
     }
 
-    #[tokio::test]
-    async fn pin_unpin_and_list() {
-        let (db, _dir) = temp_db().await;
-        add(&db, "cached", &[]).await;
-        let cached = *path("cached").hash();
-        let absent = *path("absent").hash();
-        assert!(db.pin(&cached).await.unwrap());
-        assert!(!db.pin(&cached).await.unwrap());
-        assert!(db.pin(&absent).await.unwrap());
-        let pins = db.pins().await.unwrap();
-        assert_eq!(pins.len(), 2);
-        let by_hash = |h| pins.iter().find(|p| p.hash == h).unwrap();
-        assert_eq!(
-            by_hash(cached).store_path,
-            Some(path("cached").to_absolute())
-        );
-        assert_eq!(by_hash(absent).store_path, None);
-        assert!(db.unpin(&absent).await.unwrap());
-        assert!(!db.unpin(&absent).await.unwrap());
-        assert_eq!(db.pins().await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn closure_follows_references_transitively() {
-        let (db, _dir) = temp_db().await;
-        assert!(db.pinned_closure().await.unwrap().is_empty());
-        // app -> {lib, app (itself)}; lib -> {libc, lib}; libc -> {}; tool -> {libc};
-        // uncached -> ? ; app also refers to "missing", which is not cached.
-        add(&db, "app", &["lib", "app", "missing"]).await;
-        add(&db, "lib", &["libc", "lib"]).await;
-        add(&db, "libc", &[]).await;
-        add(&db, "tool", &["libc"]).await;
-        add(&db, "other", &["cycle-b"]).await;
-        add(&db, "cycle-b", &["other"]).await;
-
-        db.pin(path("app").hash()).await.unwrap();
-        assert_eq!(
-            db.pinned_closure().await.unwrap(),
-            hashes(&["app", "lib", "libc", "missing"])
-        );
-
-        // A pin of an uncached path is in the closure by itself.
-        db.pin(path("uncached").hash()).await.unwrap();
-        // A reference cycle between two paths ends.
-        db.pin(path("other").hash()).await.unwrap();
-        assert_eq!(
-            db.pinned_closure().await.unwrap(),
-            hashes(&[
-                "app", "lib", "libc", "missing", "uncached", "other", "cycle-b"
-            ])
-        );
-
-        db.unpin(path("app").hash()).await.unwrap();
-        db.unpin(path("other").hash()).await.unwrap();
-        assert_eq!(db.pinned_closure().await.unwrap(), hashes(&["uncached"]));
-    }
-
-    #[tokio::test]
-    async fn closure_of_a_wide_and_deep_graph() {
-        let (db, _dir) = temp_db().await;
-        // A chain of 60 paths, each also referring to 40 shared leaves.
-        let leaves: Vec<String> = (0..40).map(|i| format!("leaf{i}")).collect();
-        for leaf in &leaves {
-            add(&db, leaf, &[]).await;
+    db_test! {
+        async fn pin_unpin_and_list(db) {
+            add(db, "cached", &[]).await;
+            let cached = *path("cached").hash();
+            let absent = *path("absent").hash();
+            assert!(db.pin(&cached).await.unwrap());
+            assert!(!db.pin(&cached).await.unwrap());
+            assert!(db.pin(&absent).await.unwrap());
+            let pins = db.pins().await.unwrap();
+            assert_eq!(pins.len(), 2);
+            let by_hash = |h| pins.iter().find(|p| p.hash == h).unwrap();
+            assert_eq!(
+                by_hash(cached).store_path,
+                Some(path("cached").to_absolute())
+            );
+            assert_eq!(by_hash(absent).store_path, None);
+            assert!(db.unpin(&absent).await.unwrap());
+            assert!(!db.unpin(&absent).await.unwrap());
+            assert_eq!(db.pins().await.unwrap().len(), 1);
         }
-        for i in 0..60 {
-            let next = format!("chain{}", i + 1);
-            let mut refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
-            if i < 59 {
-                refs.push(&next);
+    }
+
+    db_test! {
+        async fn closure_follows_references_transitively(db) {
+            assert!(db.pinned_closure().await.unwrap().is_empty());
+            // app -> {lib, app (itself)}; lib -> {libc, lib}; libc -> {}; tool -> {libc};
+            // uncached -> ? ; app also refers to "missing", which is not cached.
+            add(db, "app", &["lib", "app", "missing"]).await;
+            add(db, "lib", &["libc", "lib"]).await;
+            add(db, "libc", &[]).await;
+            add(db, "tool", &["libc"]).await;
+            add(db, "other", &["cycle-b"]).await;
+            add(db, "cycle-b", &["other"]).await;
+
+            db.pin(path("app").hash()).await.unwrap();
+            assert_eq!(
+                db.pinned_closure().await.unwrap(),
+                hashes(&["app", "lib", "libc", "missing"])
+            );
+
+            // A pin of an uncached path is in the closure by itself.
+            db.pin(path("uncached").hash()).await.unwrap();
+            // A reference cycle between two paths ends.
+            db.pin(path("other").hash()).await.unwrap();
+            assert_eq!(
+                db.pinned_closure().await.unwrap(),
+                hashes(&[
+                    "app", "lib", "libc", "missing", "uncached", "other", "cycle-b"
+                ])
+            );
+
+            db.unpin(path("app").hash()).await.unwrap();
+            db.unpin(path("other").hash()).await.unwrap();
+            assert_eq!(db.pinned_closure().await.unwrap(), hashes(&["uncached"]));
+        }
+    }
+
+    db_test! {
+        async fn closure_of_a_wide_and_deep_graph(db) {
+            // A chain of 60 paths, each also referring to 40 shared leaves.
+            let leaves: Vec<String> = (0..40).map(|i| format!("leaf{i}")).collect();
+            for leaf in &leaves {
+                add(db, leaf, &[]).await;
             }
-            add(&db, &format!("chain{i}"), &refs).await;
+            for i in 0..60 {
+                let next = format!("chain{}", i + 1);
+                let mut refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
+                if i < 59 {
+                    refs.push(&next);
+                }
+                add(db, &format!("chain{i}"), &refs).await;
+            }
+            add(db, "unrelated", &["leaf0"]).await;
+            db.pin(path("chain0").hash()).await.unwrap();
+            let closure = db.pinned_closure().await.unwrap();
+            assert_eq!(closure.len(), 100);
+            assert!(closure.contains(path("chain59").hash()));
+            assert!(closure.contains(path("leaf39").hash()));
+            assert!(!closure.contains(path("unrelated").hash()));
         }
-        add(&db, "unrelated", &["leaf0"]).await;
-        db.pin(path("chain0").hash()).await.unwrap();
-        let closure = db.pinned_closure().await.unwrap();
-        assert_eq!(closure.len(), 100);
-        assert!(closure.contains(path("chain59").hash()));
-        assert!(closure.contains(path("leaf39").hash()));
-        assert!(!closure.contains(path("unrelated").hash()));
     }
 }

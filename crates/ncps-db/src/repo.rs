@@ -1,26 +1,88 @@
+use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
+use crate::dialect::Dialect;
 use crate::{DatabaseUrl, DbError, parse_database_url};
 
-/// Migrations embedded in the binary, so a fresh machine needs nothing beside it.
+/// Migrations embedded in the binary, one set per engine (same versions, same tables), so a
+/// fresh machine needs nothing beside it.
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+/// See [`SQLITE_MIGRATIONS`].
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+/// See [`SQLITE_MIGRATIONS`].
+static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/mysql");
 
 /// How long a writer waits for SQLite's lock before giving up; long enough to ride out a burst
 /// of inserts, short enough that a stuck writer shows up as an error instead of a hang.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Rows per multi-row INSERT: far below SQLite's bind-variable limit (32766) for any table here,
-/// large enough that a NAR of 100 000 chunks takes a few hundred statements in one transaction.
+/// Run on every new SQLite connection (with the busy timeout above): WAL (readers never wait
+/// for the writer) and `synchronous = NORMAL` (durable at checkpoints; WAL keeps the database
+/// consistent after a power cut, and losing the last moments of metadata only means those
+/// paths are fetched again).
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
+/// How long opening the database (and later, getting a connection) may take: a server that is
+/// still starting, e.g. next to ncps in the same compose file, gets this long to come up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a MySQL/MariaDB process waits for another one's migrations (see
+/// [`Database::migrate`]) before giving up with an error.
+const MYSQL_MIGRATION_LOCK_WAIT_SECS: i64 = 3600;
+
+/// Idle connections above the kept-idle count are closed after this long: sqlx has no hard
+/// "max idle" limit, so this is how a burst's extra connections go away again.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Rows per multi-row INSERT: far below the bind-variable limits (SQLite 32766, PostgreSQL and
+/// MySQL 65535) for any table here, large enough that a NAR of 100 000 chunks takes a few
+/// hundred statements in one transaction.
 pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
-/// The cache's metadata store.
+/// Connection-pool sizes (`--cache-database-pool-max-open-conns`,
+/// `--cache-database-pool-max-idle-conns`); `None` takes the engine's default.
+///
+/// Defaults: SQLite 8 open / 2 idle (one writer at a time whatever the pool size, so more
+/// connections only queue); PostgreSQL and MySQL 32 open / 8 idle per process (replicas
+/// multiply this, and the servers' own limits default to 100 and 151 connections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Most connections open at once; requests wait for a free one beyond that.
+    pub max_open: Option<u32>,
+    /// Connections kept open while idle, so a burst does not pay for new connections; extra
+    /// idle connections close after a minute. Capped at `max_open`.
+    pub max_idle: Option<u32>,
+}
+
+impl PoolOptions {
+    /// The sizes in force for `dialect`: (max open, kept idle).
+    fn resolve(self, dialect: Dialect) -> Result<(u32, u32), DbError> {
+        let default_max = match dialect {
+            Dialect::Sqlite => 8,
+            Dialect::Postgres | Dialect::Mysql => 32,
+        };
+        let max = self.max_open.unwrap_or(default_max);
+        if max == 0 {
+            return Err(DbError::InvalidPoolOptions(
+                "max open connections must be at least 1".into(),
+            ));
+        }
+        let idle = self.max_idle.unwrap_or(max.div_ceil(4)).min(max);
+        Ok((max, idle))
+    }
+}
+
+/// The cache's metadata store: one pool on one of SQLite, PostgreSQL or MySQL/MariaDB, with
+/// every query written once (see the `dialect` module for the few differences).
 #[derive(Clone, Debug)]
 pub struct Database {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    pub(crate) dialect: Dialect,
 }
 
 /// Seconds since the Unix epoch, the time unit of every timestamp column.
@@ -46,73 +108,594 @@ pub(crate) fn to_u64(table: &'static str, n: i64) -> Result<u64, DbError> {
     u64::try_from(n).map_err(|_| corrupt(table, format!("negative size {n}")))
 }
 
-impl Database {
-    /// Opens (creating when missing) the database named by `url` and applies pending migrations.
-    pub async fn open(url: &str) -> Result<Self, DbError> {
-        match parse_database_url(url)? {
-            DatabaseUrl::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| DbError::InvalidUrl {
-                        url: url.to_string(),
-                        reason: format!("cannot create {}: {e}", dir.display()),
-                    })?;
-                }
-                let options = SqliteConnectOptions::new()
-                    .filename(&path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                    .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(options)
-                    .await?;
-                let db = Self { pool };
-                db.migrate().await?;
-                Ok(db)
-            }
-            DatabaseUrl::Postgres(_) => Err(DbError::Unsupported("postgres".into())),
-            DatabaseUrl::Mysql(_) => Err(DbError::Unsupported("mysql".into())),
+/// `url` with its password (if any) replaced, for error messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            let password = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{password}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The URL the Any driver wants for the SQLite file at `path` (absolute), created when
+/// missing. Every byte but unreserved ones is percent-encoded: the driver decodes the path
+/// once, and a `%`, `?` or `#` left as is would change it.
+fn sqlite_url(path: &std::path::Path) -> String {
+    let mut url = String::from("sqlite://");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
         }
     }
+    url.push_str("?mode=rwc");
+    url
+}
 
-    /// Applies every pending migration; already-applied ones are skipped.
-    pub async fn migrate(&self) -> Result<(), DbError> {
-        SQLITE_MIGRATIONS.run(&self.pool).await?;
+/// What an `after_connect` hook returns.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Sets up a new SQLite connection (see [`SQLITE_PRAGMAS`]). The Any driver builds SQLite
+/// connections from a URL, which cannot carry these settings, hence a hook.
+fn init_sqlite(
+    conn: &mut AnyConnection,
+    _meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let busy = format!("PRAGMA busy_timeout = {};", SQLITE_BUSY_TIMEOUT.as_millis());
+        conn.execute(&*busy).await?;
+        conn.execute(SQLITE_PRAGMAS).await?;
         Ok(())
+    })
+}
+
+/// Sets up a new MySQL/MariaDB connection. The pinned-closure walk recurses once per
+/// reference it visits, and MySQL stops recursive queries after 1000 rounds by default; the
+/// walk always ends (every round shortens a row's list), so the limit is lifted, under
+/// whichever name this server uses.
+fn init_mysql(
+    conn: &mut AnyConnection,
+    _meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let version: String = conn.fetch_one("SELECT VERSION()").await?.try_get(0)?;
+        let limit = if version.contains("MariaDB") {
+            "max_recursive_iterations"
+        } else {
+            "cte_max_recursion_depth"
+        };
+        conn.execute(&*format!("SET SESSION {limit} = 4294967295"))
+            .await?;
+        Ok(())
+    })
+}
+
+impl Database {
+    /// Opens (creating when missing) the database named by `url` with the default pool sizes
+    /// and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, PoolOptions::default()).await
+    }
+
+    /// Opens the database named by `url` (`sqlite:PATH`, `postgres://…`, `postgresql://…`,
+    /// `mysql://…` or `mariadb://…`) with the given pool sizes, and applies pending migrations
+    /// (safe when several replicas start at once; see [`Database::migrate`]).
+    pub async fn open_with(url: &str, pool: PoolOptions) -> Result<Self, DbError> {
+        Self::open_inner(url, pool, ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`Database::open_with`] with the acquire timeout as a parameter (tests shorten it).
+    async fn open_inner(
+        url: &str,
+        pool: PoolOptions,
+        acquire_timeout: Duration,
+    ) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let invalid = |reason: String| DbError::InvalidUrl {
+            url: redact(url),
+            reason,
+        };
+        let (dialect, connect) = match parse_database_url(url)? {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
+                }
+                let path = std::path::absolute(&path)
+                    .map_err(|e| invalid(format!("cannot resolve {}: {e}", path.display())))?;
+                let connect = AnyConnectOptions::from_str(&sqlite_url(&path))
+                    .map_err(|e| invalid(e.to_string()))?;
+                (Dialect::Sqlite, connect)
+            }
+            DatabaseUrl::Postgres(url) => (
+                Dialect::Postgres,
+                AnyConnectOptions::from_str(&url).map_err(|e| invalid(e.to_string()))?,
+            ),
+            DatabaseUrl::Mysql(url) => (
+                Dialect::Mysql,
+                AnyConnectOptions::from_str(&url).map_err(|e| invalid(e.to_string()))?,
+            ),
+        };
+        let (max_open, max_idle) = pool.resolve(dialect)?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_open)
+            .min_connections(max_idle)
+            .acquire_timeout(acquire_timeout)
+            .idle_timeout(IDLE_TIMEOUT);
+        match dialect {
+            Dialect::Sqlite => options = options.after_connect(init_sqlite),
+            Dialect::Mysql => options = options.after_connect(init_mysql),
+            Dialect::Postgres => {}
+        }
+        let pool = options.connect_with(connect).await?;
+        let db = Self { pool, dialect };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Applies every pending migration; already-applied ones are skipped, and a database
+    /// that has migrations this binary does not know (a newer version ran) is refused.
+    ///
+    /// Several processes may call this at once; one applies the migrations while the others
+    /// wait, then find nothing left to do:
+    /// - PostgreSQL: sqlx's migrator holds a session-level `pg_advisory_lock` while it works.
+    /// - MySQL/MariaDB: sqlx's migrator calls `GET_LOCK(name, -1)`, which waits forever on
+    ///   MySQL but returns NULL at once on MariaDB (a negative timeout is invalid there), and
+    ///   sqlx ignores the result. So we take our own `GET_LOCK` with a real timeout first, on
+    ///   the connection that runs the migrations.
+    /// - SQLite: the migrator has no lock, so the whole run happens inside one
+    ///   `BEGIN IMMEDIATE` transaction: the database's write lock serialises the processes.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self.dialect {
+            Dialect::Sqlite => {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                SQLITE_MIGRATIONS.run_direct(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            Dialect::Postgres => {
+                let mut conn = self.pool.acquire().await?;
+                if let Err(e) = POSTGRES_MIGRATIONS.run_direct(&mut *conn).await {
+                    // The migrator does not release its advisory lock on failure; closing
+                    // the session does, so other replicas are not left waiting forever.
+                    let _ = conn.close().await;
+                    return Err(e.into());
+                }
+            }
+            Dialect::Mysql => {
+                let mut conn = self.pool.acquire().await?;
+                let lock = "CONCAT('ncps_migrate_', SHA1(COALESCE(DATABASE(), '')))";
+                let got: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({lock}, ?)"))
+                    .bind(MYSQL_MIGRATION_LOCK_WAIT_SECS)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if got != Some(1) {
+                    let _ = conn.close().await;
+                    return Err(DbError::MigrationLock(format!(
+                        "another process held the migration lock for \
+                         {MYSQL_MIGRATION_LOCK_WAIT_SECS} s"
+                    )));
+                }
+                if let Err(e) = MYSQL_MIGRATIONS.run_direct(&mut *conn).await {
+                    // Ending the session releases the lock.
+                    let _ = conn.close().await;
+                    return Err(e.into());
+                }
+                sqlx::query(&format!("SELECT RELEASE_LOCK({lock})"))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `sql` (written with `?` placeholders) in this engine's spelling.
+    pub(crate) fn sql<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        self.dialect.sql(sql)
+    }
+
+    /// Starts a transaction that will write (see [`Dialect::begin_write`]).
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, DbError> {
+        Ok(match self.dialect.begin_write() {
+            Some(statement) => self.pool.begin_with(statement).await?,
+            None => self.pool.begin().await?,
+        })
     }
 }
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::Database;
+    //! Every test runs once per engine: SQLite in a temporary directory always, and a fresh
+    //! database on the PostgreSQL and MySQL/MariaDB servers named by `NCPS_TEST_POSTGRES_URL`
+    //! and `NCPS_TEST_MYSQL_URL` (`scripts/test` starts throwaway ones). Outside CI a missing
+    //! server is skipped with a note; in CI (`CI=true` or `NCPS_TEST_REQUIRE_ALL_ENGINES=1`)
+    //! it fails the test.
+    #![allow(clippy::print_stderr)] // the skip note is for whoever runs the tests
 
-    /// A fresh database in a temporary directory (kept alive by the returned guard).
-    pub async fn temp_db() -> (Database, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("db.sqlite").display());
-        (Database::open(&url).await.unwrap(), dir)
+    use std::sync::Once;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use sqlx::Connection;
+
+    use super::{Database, PoolOptions};
+
+    /// The engines every test runs on.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Engine {
+        Sqlite,
+        Postgres,
+        Mysql,
+    }
+
+    impl Engine {
+        fn env_var(self) -> Option<&'static str> {
+            match self {
+                Engine::Sqlite => None,
+                Engine::Postgres => Some("NCPS_TEST_POSTGRES_URL"),
+                Engine::Mysql => Some("NCPS_TEST_MYSQL_URL"),
+            }
+        }
+    }
+
+    fn all_engines_required() -> bool {
+        std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+            || std::env::var("NCPS_TEST_REQUIRE_ALL_ENGINES").is_ok_and(|v| v == "1")
+    }
+
+    /// The server URL for `engine`, `None` (with a note) when it is not configured and CI
+    /// does not require it.
+    fn server_url(engine: Engine) -> Option<String> {
+        let var = engine.env_var()?;
+        match std::env::var(var) {
+            Ok(url) if !url.trim().is_empty() => Some(url),
+            _ if all_engines_required() => panic!(
+                "{engine:?} tests cannot run: {var} is not set, and CI=true or \
+                 NCPS_TEST_REQUIRE_ALL_ENGINES=1 requires every engine. Run scripts/test \
+                 (it starts throwaway servers) or point {var} at a server where this user may \
+                 CREATE DATABASE."
+            ),
+            _ => {
+                static NOTE: Once = Once::new();
+                NOTE.call_once(|| {
+                    eprintln!(
+                        "note: {var} is not set, so the {engine:?} variants of the ncps-db tests \
+                         are skipped (scripts/test runs them against throwaway servers)"
+                    );
+                });
+                None
+            }
+        }
+    }
+
+    /// A database name no other test (or test process) uses.
+    fn unique_name() -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!(
+            "ncps_test_{}_{}_{}",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A database URL nobody has opened yet, and what removes it afterwards.
+    pub struct FreshUrl {
+        pub engine: Engine,
+        pub url: String,
+        _dir: Option<tempfile::TempDir>,
+        server: Option<(String, String)>,
+    }
+
+    impl FreshUrl {
+        /// `None` when the engine is skipped (see the module docs).
+        pub async fn new(engine: Engine) -> Option<Self> {
+            sqlx::any::install_default_drivers();
+            if engine == Engine::Sqlite {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite:{}", dir.path().join("db/db.sqlite").display());
+                return Some(Self {
+                    engine,
+                    url,
+                    _dir: Some(dir),
+                    server: None,
+                });
+            }
+            let admin_url = server_url(engine)?;
+            let name = unique_name();
+            let mut admin = sqlx::AnyConnection::connect(&admin_url)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to the {engine:?} test server: {e}"));
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot create a {engine:?} test database: {e}"));
+            let _ = admin.close().await;
+            let mut url = url::Url::parse(&admin_url).expect("test server URL");
+            url.set_path(&format!("/{name}"));
+            Some(Self {
+                engine,
+                url: url.to_string(),
+                _dir: None,
+                server: Some((admin_url, name)),
+            })
+        }
+
+        /// Drops the server database (a failed test leaves it behind for inspection; the
+        /// throwaway servers of scripts/test go away anyway).
+        pub async fn cleanup(self) {
+            let Some((admin_url, name)) = &self.server else {
+                return;
+            };
+            let drop = match self.engine {
+                Engine::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                _ => format!("DROP DATABASE IF EXISTS {name}"),
+            };
+            if let Ok(mut admin) = sqlx::AnyConnection::connect(admin_url).await {
+                let _ = sqlx::raw_sql(&drop).execute(&mut admin).await;
+                let _ = admin.close().await;
+            }
+        }
+    }
+
+    /// A freshly migrated database of one engine.
+    pub struct TestDb {
+        pub db: Database,
+        pub fresh: FreshUrl,
+    }
+
+    impl std::ops::Deref for TestDb {
+        type Target = Database;
+        fn deref(&self) -> &Database {
+            &self.db
+        }
+    }
+
+    impl TestDb {
+        /// `None` when the engine is skipped (see the module docs).
+        pub async fn new(engine: Engine) -> Option<Self> {
+            let fresh = FreshUrl::new(engine).await?;
+            // Small pools: many test processes share one server.
+            let options = PoolOptions {
+                max_open: Some(4),
+                max_idle: Some(0),
+            };
+            let db = Database::open_with(&fresh.url, options)
+                .await
+                .unwrap_or_else(|e| panic!("cannot open the {engine:?} test database: {e}"));
+            Some(Self { db, fresh })
+        }
+
+        /// Closes the pool and drops the server database.
+        pub async fn cleanup(self) {
+            self.db.pool.close().await;
+            self.fresh.cleanup().await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{Engine, FreshUrl};
     use super::*;
 
+    #[test]
+    fn pool_defaults_per_engine() {
+        let d = PoolOptions::default();
+        assert_eq!(d.resolve(Dialect::Sqlite).unwrap(), (8, 2));
+        assert_eq!(d.resolve(Dialect::Postgres).unwrap(), (32, 8));
+        assert_eq!(d.resolve(Dialect::Mysql).unwrap(), (32, 8));
+        let custom = PoolOptions {
+            max_open: Some(5),
+            max_idle: Some(9),
+        };
+        assert_eq!(custom.resolve(Dialect::Postgres).unwrap(), (5, 5));
+        let zero = PoolOptions {
+            max_open: Some(0),
+            max_idle: None,
+        };
+        assert!(zero.resolve(Dialect::Sqlite).is_err());
+    }
+
+    /// The schema of one migration file, types left out: per table its columns with their
+    /// `NOT NULL` / `PRIMARY KEY` attributes and its composite key, plus every index.
+    fn schema_shape(sql: &str) -> Vec<String> {
+        let sql: String = sql
+            .lines()
+            .map(|l| l.split("--").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut shape = Vec::new();
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let words: Vec<&str> = statement.split_whitespace().collect();
+            match words.as_slice() {
+                ["CREATE", "TABLE", table, ..] => {
+                    let open = statement.find('(').unwrap();
+                    let close = statement.rfind(')').unwrap();
+                    let mut depth = 0;
+                    let mut part = String::new();
+                    let mut parts = Vec::new();
+                    for c in statement[open + 1..close].chars() {
+                        match c {
+                            '(' => depth += 1,
+                            ')' => depth -= 1,
+                            ',' if depth == 0 => {
+                                parts.push(std::mem::take(&mut part));
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        part.push(c);
+                    }
+                    parts.push(part);
+                    for part in parts {
+                        let part = part.split_whitespace().collect::<Vec<_>>().join(" ");
+                        if let Some(key) = part.strip_prefix("PRIMARY KEY") {
+                            shape.push(format!("{table} key{}", key.trim()));
+                        } else {
+                            let column = part.split(' ').next().unwrap();
+                            shape.push(format!(
+                                "{table}.{column} not_null={} pk={}",
+                                part.contains("NOT NULL"),
+                                part.contains("PRIMARY KEY")
+                            ));
+                        }
+                    }
+                }
+                ["CREATE", "INDEX", ..] => shape.push(words.join(" ")),
+                _ => panic!("unexpected statement in a migration: {statement}"),
+            }
+        }
+        shape
+    }
+
+    #[test]
+    fn migrations_mirror_each_other() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+        let files = |dialect: &str| -> Vec<(String, String)> {
+            let mut files: Vec<(String, String)> = std::fs::read_dir(root.join(dialect))
+                .unwrap()
+                .map(|e| {
+                    let path = e.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(&path).unwrap())
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        let sqlite = files("sqlite");
+        assert!(!sqlite.is_empty());
+        for dialect in ["postgres", "mysql"] {
+            let other = files(dialect);
+            let names =
+                |f: &[(String, String)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                names(&other),
+                names(&sqlite),
+                "{dialect}: migration files differ"
+            );
+            for ((name, theirs), (_, ours)) in other.iter().zip(&sqlite) {
+                assert_eq!(
+                    schema_shape(theirs),
+                    schema_shape(ours),
+                    "{dialect}/{name} does not mirror sqlite/{name}"
+                );
+            }
+        }
+    }
+
+    /// Every SQLite connection is in WAL mode with the busy timeout and `synchronous = NORMAL`,
+    /// whatever characters the path holds.
     #[tokio::test]
-    async fn reopening_applies_no_migration_twice() {
+    async fn sqlite_connections_are_configured() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("sub/db.sqlite").display());
-        drop(Database::open(&url).await.unwrap());
-        Database::open(&url).await.unwrap();
+        let path = dir.path().join("a dir #1/db %20.sqlite");
+        let db = Database::open(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        assert!(path.exists(), "{}", path.display());
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let mut conn = db.pool.acquire().await.unwrap();
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!((mode.as_str(), busy, sync), ("wal", 10_000, 1));
+            conns.push(conn); // keep it, so the next acquire opens another connection
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
+        assert_eq!(redact("mysql://u@h/db"), "mysql://u@h/db");
+        assert_eq!(redact("sqlite:/x/y"), "sqlite:/x/y");
+    }
+
+    /// Reopening applies nothing twice, and several processes starting at once on a fresh
+    /// database all succeed (one applies the migrations, the others wait and find them done).
+    async fn concurrent_opens_and_reopening(engine: Engine) {
+        let Some(fresh) = FreshUrl::new(engine).await else {
+            return;
+        };
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = fresh.url.clone();
+                tokio::spawn(async move { Database::open(&url).await })
+            })
+            .collect();
+        for open in opens {
+            let db = open
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{engine:?}: {e}"));
+            db.pool.close().await;
+        }
+        let db = Database::open(&fresh.url).await.unwrap();
+        db.migrate().await.unwrap();
+        let applied = db.applied_migrations().await.unwrap();
+        assert_eq!(
+            applied.iter().map(|m| m.version).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        db.pool.close().await;
+        fresh.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_sqlite() {
+        concurrent_opens_and_reopening(Engine::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_postgres() {
+        concurrent_opens_and_reopening(Engine::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_mysql() {
+        concurrent_opens_and_reopening(Engine::Mysql).await;
     }
 
     #[tokio::test]
-    async fn other_engines_are_refused_clearly() {
-        let err = Database::open("postgres://u@127.0.0.1/db")
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+    async fn unreachable_servers_fail_clearly() {
+        for url in [
+            "postgres://u:pw@127.0.0.1:1/db",
+            "mysql://u:pw@127.0.0.1:1/db",
+        ] {
+            let options = PoolOptions {
+                max_open: Some(1),
+                max_idle: Some(0),
+            };
+            let err = Database::open_inner(url, options, Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, DbError::Sqlx(_)), "{url}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
     }
 }

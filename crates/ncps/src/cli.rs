@@ -38,6 +38,24 @@ pub struct Cli {
     )]
     pub prometheus_enabled: bool,
 
+    /// Export traces and metrics with OpenTelemetry, over OTLP/gRPC to --otel-grpc-url.
+    #[arg(
+        long,
+        env = "OTEL_ENABLED",
+        global = true,
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub otel_enabled: bool,
+
+    /// OpenTelemetry collector (OTLP/gRPC): http://HOST:PORT for plain gRPC, https://HOST:PORT
+    /// or HOST:PORT for TLS. Default $OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317.
+    #[arg(long, env = "OTEL_GRPC_URL", global = true)]
+    pub otel_grpc_url: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -92,6 +110,14 @@ pub struct StorageArgs {
     /// mysql://USER:PASSWORD@HOST:PORT/DB (MySQL 8 and MariaDB). See docs/databases.md.
     #[arg(long, env = "CACHE_DATABASE_URL")]
     pub cache_database_url: Option<String>,
+
+    /// Most database connections a replica opens (default: SQLite 8, PostgreSQL/MySQL 32).
+    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS")]
+    pub cache_database_pool_max_open_conns: Option<u32>,
+
+    /// Database connections kept open while idle (default: SQLite 2, PostgreSQL/MySQL 8).
+    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_IDLE_CONNS")]
+    pub cache_database_pool_max_idle_conns: Option<u32>,
 
     /// Secret key file (Nix format) used to sign narinfos. Default: <data dir>/secret.key,
     /// generated on first start.
@@ -507,6 +533,8 @@ pub struct MigrateArgs {
 const CONFIG_KEYS: &[(&str, &str)] = &[
     ("log_level", "log.level"),
     ("prometheus_enabled", "prometheus.enabled"),
+    ("otel_enabled", "opentelemetry.enabled"),
+    ("otel_grpc_url", "opentelemetry.grpc-url"),
     ("cache_hostname", "cache.hostname"),
     ("cache_storage_local", "cache.storage.local"),
     ("cache_storage_s3_bucket", "cache.storage.s3.bucket"),
@@ -525,6 +553,14 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "cache.storage.s3.force-path-style",
     ),
     ("cache_database_url", "cache.database-url"),
+    (
+        "cache_database_pool_max_open_conns",
+        "cache.database.pool.max-open-conns",
+    ),
+    (
+        "cache_database_pool_max_idle_conns",
+        "cache.database.pool.max-idle-conns",
+    ),
     ("cache_upstream_urls", "cache.upstream.urls"),
     ("cache_upstream_public_keys", "cache.upstream.public-keys"),
     ("cache_secret_key_path", "cache.secret-key-path"),
@@ -598,7 +634,12 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Flags that are global (defined on the top-level command).
-const GLOBAL_ARGS: &[&str] = &["log_level", "prometheus_enabled"];
+const GLOBAL_ARGS: &[&str] = &[
+    "log_level",
+    "prometheus_enabled",
+    "otel_enabled",
+    "otel_grpc_url",
+];
 
 /// The parsed command line, and notes about the config file to log once logging is up.
 pub struct Parsed {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use ncps_core::ChunkSettings;
-use ncps_db::Database;
+use ncps_db::{Database, PoolOptions};
 use ncps_nix::SecretKey;
 use ncps_store::chunk::ChunkParams;
 use ncps_store::{BlobStore, S3Config};
@@ -60,7 +60,11 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         .cache_database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db").join("db.sqlite").display()));
-    let db = Database::open(&database_url)
+    let pool = PoolOptions {
+        max_open: args.cache_database_pool_max_open_conns,
+        max_idle: args.cache_database_pool_max_idle_conns,
+    };
+    let db = Database::open_with(&database_url, pool)
         .await
         .context("cannot open the database")?;
     let store = match &args.cache_storage_s3_bucket {
