@@ -345,15 +345,26 @@ impl Cache {
         Ok(self.inner.db.put_build_log(drv, content).await?)
     }
 
-    /// A stored build log (`GET /log/<drv>`).
+    /// A build log (`GET /log/<drv>`): stored, or fetched from an upstream that has it (and
+    /// then kept).
     pub async fn build_log(&self, drv: &str) -> Result<Vec<u8>, CacheError> {
-        self.inner
-            .db
-            .build_log(drv)
+        if let Some(log) = self.inner.db.build_log(drv).await? {
+            return Ok(log);
+        }
+        let path = format!("log/{drv}");
+        let log = self
+            .inner
+            .upstreams
+            .find_document(&path, MAX_UPSTREAM_LOG)
             .await?
-            .ok_or(CacheError::NotFound)
+            .ok_or(CacheError::NotFound)?;
+        self.inner.db.put_build_log(drv, log.as_bytes()).await?;
+        Ok(log.into_bytes())
     }
 }
+
+/// Largest build log fetched from an upstream.
+const MAX_UPSTREAM_LOG: usize = 64 * 1024 * 1024;
 
 /// Largest realisation or build-trace document accepted (they are small JSON objects).
 pub const MAX_REALISATION_UPLOAD: usize = 64 * 1024;
@@ -365,13 +376,21 @@ impl Cache {
         Ok(self.inner.db.put_realisation(id, content).await?)
     }
 
-    /// A stored realisation or build-trace document.
+    /// A realisation or build-trace document: stored, or fetched from an upstream that has it
+    /// (the id is its path on the upstream) and then kept.
     pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {
-        self.inner
-            .db
-            .realisation(id)
+        if let Some(document) = self.inner.db.realisation(id).await? {
+            return Ok(document);
+        }
+        let document = self
+            .inner
+            .upstreams
+            .find_document(id, MAX_REALISATION_UPLOAD)
             .await?
-            .ok_or(CacheError::NotFound)
+            .ok_or(CacheError::NotFound)?;
+        serde_json_check(&document)?;
+        self.inner.db.put_realisation(id, &document).await?;
+        Ok(document)
     }
 }
 

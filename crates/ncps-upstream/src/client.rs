@@ -248,6 +248,34 @@ impl Upstream {
         Ok(Some(narinfo))
     }
 
+    /// Fetches a small text document (a build log, a realisation) at `relative`, which obeys
+    /// the same rules as a NAR URL; `Ok(None)` when the upstream does not have it.
+    pub async fn document(
+        &self,
+        relative: &str,
+        max_bytes: usize,
+    ) -> Result<Option<String>, UpstreamError> {
+        let url = self.join_nar_url(relative)?;
+        let response = self.get(url.clone()).await?;
+        let status = response.status();
+        if matches!(status.as_u16(), 404 | 403 | 410) {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Status {
+                url: url.into(),
+                status: status.as_u16(),
+            });
+        }
+        let text = read_text(response, &url, max_bytes)
+            .await?
+            .map_err(|reason| UpstreamError::InvalidNarInfo {
+                url: url.to_string(),
+                reason: reason.to_string(),
+            })?;
+        Ok(Some(text))
+    }
+
     /// Opens a NAR download at `nar_url` (relative to the base, as the narinfo said).
     pub async fn nar(&self, nar_url: &str) -> Result<NarResponse, UpstreamError> {
         let url = self.join_nar_url(nar_url)?;

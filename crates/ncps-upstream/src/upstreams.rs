@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use ncps_nix::{NarInfo, PublicKey, StorePathHash};
 use tokio::sync::{Notify, watch};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, field, info, warn};
 
 use crate::health::{HealthState, Transition, UpstreamHealth, jitter};
 use crate::negative::NegativeCache;
@@ -229,6 +229,25 @@ impl Upstreams {
             .collect()
     }
 
+    /// A small document (build log, realisation) from the first healthy upstream, by priority,
+    /// that has it. `Ok(None)` when none has it; an error when none had it and one failed.
+    pub async fn find_document(
+        &self,
+        relative: &str,
+        max_bytes: usize,
+    ) -> Result<Option<String>, UpstreamError> {
+        let (healthy, _) = self.ordered();
+        let mut failure = None;
+        for entry in healthy {
+            match entry.upstream.document(relative, max_bytes).await {
+                Ok(Some(document)) => return Ok(Some(document)),
+                Ok(None) => {}
+                Err(error) => failure = Some(error),
+            }
+        }
+        failure.map_or(Ok(None), Err)
+    }
+
     /// Healthy and unhealthy upstreams, each by priority then configuration order.
     fn ordered(&self) -> (Vec<Arc<Entry>>, Vec<Arc<Entry>>) {
         let mut keyed: Vec<(u32, usize, bool, &Arc<Entry>)> = self
@@ -252,6 +271,7 @@ impl Upstreams {
     /// Finds a path's narinfo. `Ok(None)` only when every upstream definitively said it does
     /// not have the path (see the module docs for the rule); when some could not answer and
     /// none had it, the most telling error is returned (a timeout wins, so the client sees 504).
+    #[tracing::instrument(name = "upstream.find_narinfo", skip_all, fields(hash = %hash))]
     pub async fn find_narinfo(
         &self,
         hash: &StorePathHash,
@@ -319,8 +339,10 @@ impl Upstreams {
                         let entry = entry.clone();
                         let hash = *hash;
                         let url = entry.upstream.url().to_string();
-                        let task =
-                            tokio::spawn(async move { this.ask(&entry, &hash, last_resort).await });
+                        let task = tokio::spawn(
+                            async move { this.ask(&entry, &hash, last_resort).await }
+                                .in_current_span(),
+                        );
                         async move {
                             let answer = match task.await {
                                 Ok(answer) => answer,
@@ -361,6 +383,18 @@ impl Upstreams {
     /// One upstream's answer, with retries on transient failures (not as a last resort, and
     /// not once the upstream was marked unhealthy meanwhile), health bookkeeping and the
     /// signature check.
+    #[tracing::instrument(
+        name = "upstream.narinfo",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            otel.status_code = field::Empty,
+            upstream = entry.upstream.url(),
+            hash = %hash,
+            last_resort = last_resort,
+            outcome = field::Empty,
+        )
+    )]
     async fn ask(&self, entry: &Entry, hash: &StorePathHash, last_resort: bool) -> Answer {
         let options = &self.inner.options;
         let upstream = &entry.upstream;
@@ -399,6 +433,7 @@ impl Upstreams {
             Ok(None) => {
                 entry.record_answer();
                 debug!(upstream = upstream.url(), %hash, "upstream miss");
+                Span::current().record("outcome", "miss");
                 Answer::Miss
             }
             Ok(Some(narinfo)) => {
@@ -408,12 +443,15 @@ impl Upstreams {
                         url: format!("{}{hash}.narinfo", upstream.url()),
                     };
                     warn!(upstream = upstream.url(), %hash, error = %err, "refusing narinfo");
+                    Span::current().record("outcome", "refused");
                     return Answer::Failed(err);
                 }
                 if let Err(err) = upstream.join_nar_url(&narinfo.url) {
                     warn!(upstream = upstream.url(), %hash, error = %err, "refusing narinfo");
+                    Span::current().record("outcome", "refused");
                     return Answer::Failed(err);
                 }
+                Span::current().record("outcome", "hit");
                 Answer::Hit(Box::new(FoundNarInfo {
                     upstream_url: upstream.url().to_string(),
                     narinfo,
@@ -421,6 +459,16 @@ impl Upstreams {
             }
             Err(error) => {
                 entry.record_failure(&error, options);
+                let span = Span::current();
+                span.record(
+                    "outcome",
+                    if error.is_timeout() {
+                        "timeout"
+                    } else {
+                        "error"
+                    },
+                );
+                span.record("otel.status_code", "ERROR");
                 if last_resort {
                     debug!(upstream = upstream.url(), %hash, %error, "unhealthy upstream failed again");
                 } else {
@@ -444,6 +492,18 @@ impl Upstreams {
 
     /// Opens the download of a NAR from the upstream its narinfo came from, healthy or not:
     /// no other upstream is known to have that file.
+    #[tracing::instrument(
+        name = "upstream.nar",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            otel.status_code = field::Empty,
+            upstream = upstream_url,
+            nar_url = nar_url,
+            outcome = field::Empty,
+            http.response.body.size = field::Empty,
+        )
+    )]
     pub async fn fetch_nar(
         &self,
         upstream_url: &str,
@@ -458,10 +518,25 @@ impl Upstreams {
         match entry.upstream.nar(nar_url).await {
             Ok(response) => {
                 entry.record_answer();
+                let span = Span::current();
+                span.record("outcome", "ok");
+                if let Some(n) = response.content_length {
+                    span.record("http.response.body.size", n);
+                }
                 Ok(response)
             }
             Err(error) => {
                 entry.record_failure(&error, &self.inner.options);
+                let span = Span::current();
+                span.record(
+                    "outcome",
+                    if error.is_timeout() {
+                        "timeout"
+                    } else {
+                        "error"
+                    },
+                );
+                span.record("otel.status_code", "ERROR");
                 Err(error)
             }
         }

@@ -271,7 +271,7 @@ async fn handle(
     let safe = !rel.is_empty()
         && rel
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:!+=".contains(&b))
         && rel
             .split('/')
             .all(|seg| !seg.is_empty() && !seg.starts_with('.'));

@@ -18,7 +18,8 @@ fn safe_part(s: &str) -> bool {
 
 fn realisation_id(file: &str) -> Result<String, ApiError> {
     match file.strip_suffix(".doi") {
-        Some(id) if safe_part(id) && id.contains('!') => Ok(format!("realisations/{id}")),
+        // The id is the path on an upstream too (`realisations/<id>.doi`).
+        Some(id) if safe_part(id) && id.contains('!') => Ok(format!("realisations/{file}")),
         _ => Err(ApiError::BadRequest(
             "expected /realisations/<drv hash>!<output>.doi".into(),
         )),
