@@ -13,6 +13,7 @@ mod chunking;
 mod databases;
 mod docs;
 mod failures;
+mod logs;
 mod lru;
 mod metrics;
 mod prefetch;
