@@ -16,6 +16,7 @@ mod failures;
 mod logs;
 mod lru;
 mod metrics;
+mod otel;
 mod prefetch;
 mod protocol;
 mod replicas;

@@ -20,6 +20,15 @@ use crate::verify::{Expected, write_verified};
 use crate::{Cache, CacheError};
 
 impl Cache {
+    #[tracing::instrument(
+        name = "nar.download",
+        skip_all,
+        fields(
+            nar = %cached.narinfo.nar_hash,
+            upstream = %origin.upstream_url,
+            chunked = eager_chunks.is_some(),
+        )
+    )]
     pub(crate) async fn run_download(
         self,
         download: Arc<Download>,
@@ -120,6 +129,11 @@ impl Cache {
         Ok(())
     }
 
+    #[tracing::instrument(
+        name = "store.put_nar",
+        skip_all,
+        fields(nar = %nar_hash, size = whole.size)
+    )]
     async fn commit_whole(
         &self,
         download: &Download,

@@ -34,6 +34,7 @@ fn resolve(range: Option<RangeRequest>, size: u64) -> Result<Option<ByteRange>, 
 
 impl Cache {
     /// The NAR from storage, or `None` when no stored form can produce it (then it is fetched).
+    #[tracing::instrument(name = "store.read_nar", skip_all, fields(nar = %key))]
     pub(crate) async fn serve_stored(
         &self,
         key: &NarKey,

@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use ncps_core::{Cache, RequestLabels};
-use tracing::info;
+use tracing::{Instrument, field, info, info_span};
 
 /// The route a path belongs to, as a bounded label (never the raw path, whose hashes would make
 /// one time series per store path).
@@ -32,20 +32,40 @@ fn route_of(path: &str) -> &'static str {
     }
 }
 
-/// One log line per request (method, path, route, status, bytes, duration, and whether the
-/// cache had it), and the request counters.
+/// One span per request (`http.request`, exported as a server span by `--otel-enabled`; it
+/// ends with the response headers), one log line per request (method, path, route, status,
+/// bytes, duration, and whether the cache had it), and the request counters.
 pub async fn log_request(State(cache): State<Cache>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = route_of(&path);
+    let span = info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        url.path = path,
+        http.response.status_code = field::Empty,
+        http.response.body.size = field::Empty,
+    );
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let bytes = response
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    span.record("http.response.status_code", status);
+    if let Some(n) = bytes {
+        span.record("http.response.body.size", n);
+    }
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let _in_span = span.enter();
     let labels = RequestLabels {
         route: route.to_string(),
         method: method.to_string(),

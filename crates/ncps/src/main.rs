@@ -6,6 +6,8 @@ mod config_file;
 mod duration;
 mod keys;
 mod migrate;
+mod otel;
+mod otel_metrics;
 mod serve;
 mod setup;
 mod shutdown;
@@ -17,12 +19,17 @@ use tracing::warn;
 
 fn main() -> Result<()> {
     let parsed = cli::parse()?;
-    telemetry::init(&parsed.cli.log_level)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let otel = otel::OtelConfig {
+        enabled: parsed.cli.otel_enabled,
+        grpc_url: parsed.cli.otel_grpc_url.clone(),
+    };
+    // Inside the runtime: the OTLP exporters' gRPC channel lives there.
+    let telemetry = runtime.block_on(async { telemetry::init(&parsed.cli.log_level, &otel) })?;
     for key in &parsed.unknown_config_keys {
         warn!(key, "unknown key in the config file; ignored");
     }
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match parsed.cli.command {
             cli::Command::Serve(args) => serve::run(*args, parsed.cli.prometheus_enabled).await,
             cli::Command::MigrateNarToChunks(args) => migrate::to_chunks(*args).await,
@@ -35,5 +42,8 @@ fn main() -> Result<()> {
             cli::Command::Unpin(args) => admin::pins::unpin(*args).await,
             cli::Command::Pins(args) => admin::pins::list(*args).await,
         }
-    })
+    });
+    // Spans of the last requests and the final metric values, before the runtime goes.
+    telemetry.shutdown();
+    result
 }
