@@ -174,17 +174,9 @@ impl Upstream {
     /// defaults), an error when it names a store other than `/nix/store`.
     pub async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
         let url = self.join("nix-cache-info")?;
-        let response = self.get(url.clone()).await?;
-        let status = response.status();
-        if matches!(status.as_u16(), 404 | 403 | 410) {
+        let Some(response) = self.get_if_present(&url).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(UpstreamError::Status {
-                url: url.into(),
-                status: status.as_u16(),
-            });
-        }
+        };
         let bad = |reason: String| UpstreamError::BadCacheInfo {
             url: url.to_string(),
             reason,
@@ -200,6 +192,24 @@ impl Upstream {
             )));
         }
         Ok(Some(info))
+    }
+
+    /// GETs a document: `Ok(None)` when the upstream says it does not have it (404, 410, and
+    /// 403, which S3-backed caches answer for missing keys and Nix also reads as "not here"),
+    /// an error for any other non-success status.
+    async fn get_if_present(&self, url: &Url) -> Result<Option<reqwest::Response>, UpstreamError> {
+        let response = self.get(url.clone()).await?;
+        let status = response.status();
+        if matches!(status.as_u16(), 404 | 403 | 410) {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        Ok(Some(response))
     }
 
     async fn get(&self, url: Url) -> Result<reqwest::Response, UpstreamError> {
@@ -219,18 +229,9 @@ impl Upstream {
     /// Signatures are not checked here (see [`crate::Upstreams`]).
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Option<NarInfo>, UpstreamError> {
         let url = self.join(&format!("{hash}.narinfo"))?;
-        let response = self.get(url.clone()).await?;
-        let status = response.status();
-        // S3-backed caches answer 403 for missing keys; Nix treats both as "not here".
-        if matches!(status.as_u16(), 404 | 403 | 410) {
+        let Some(response) = self.get_if_present(&url).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(UpstreamError::Status {
-                url: url.into(),
-                status: status.as_u16(),
-            });
-        }
+        };
         let invalid = |reason: String| UpstreamError::InvalidNarInfo {
             url: url.to_string(),
             reason,
@@ -256,17 +257,9 @@ impl Upstream {
         max_bytes: usize,
     ) -> Result<Option<String>, UpstreamError> {
         let url = self.join_nar_url(relative)?;
-        let response = self.get(url.clone()).await?;
-        let status = response.status();
-        if matches!(status.as_u16(), 404 | 403 | 410) {
+        let Some(response) = self.get_if_present(&url).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(UpstreamError::Status {
-                url: url.into(),
-                status: status.as_u16(),
-            });
-        }
+        };
         let text = read_text(response, &url, max_bytes)
             .await?
             .map_err(|reason| UpstreamError::InvalidNarInfo {
