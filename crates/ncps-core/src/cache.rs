@@ -18,6 +18,7 @@ use crate::access::AccessLog;
 use crate::chunking::ChunkSettings;
 use crate::codec::{can_decode, transcode};
 use crate::download::{Download, Downloads};
+use crate::forms::PresenceMemo;
 use crate::locks::{LockBackend, Locks};
 use crate::memo::NarInfoMemo;
 use crate::metrics::{Metrics, Outcome, UpstreamLabels};
@@ -113,6 +114,7 @@ pub(crate) struct Inner {
     pub pending: PendingUploads,
     pub access: AccessLog,
     pub memo: NarInfoMemo,
+    pub presence: PresenceMemo,
     pub metrics: Metrics,
     pub locks: Locks,
     /// In-process locks in front of `locks`, so one task per process polls the lock service.
@@ -147,6 +149,7 @@ impl Cache {
                 pending: PendingUploads::default(),
                 access: AccessLog::default(),
                 memo: NarInfoMemo::default(),
+                presence: PresenceMemo::default(),
                 metrics: Metrics::new(),
                 locks,
                 local_locks: Locks::new(&LockBackend::Local)?,

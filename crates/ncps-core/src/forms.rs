@@ -22,6 +22,29 @@ use crate::{Cache, CacheError, RangeRequest};
 const CHUNK_READ_AHEAD: usize = 16;
 /// Concurrent existence checks when making sure every chunk is there before answering 200.
 const PRESENCE_CHECKS: usize = 32;
+/// How long a NAR whose chunks were all found is trusted to still have them. Chunks are only
+/// deleted a grace period (1 h by default) after their last reference went, so a minute is safe,
+/// and it spares a burst of clients one existence check per chunk each (53 ms for a 300 MB NAR).
+const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// NARs whose chunks were recently all found in storage.
+#[derive(Default)]
+pub(crate) struct PresenceMemo(
+    std::sync::Mutex<std::collections::HashMap<ncps_nix::Sha256Hash, std::time::Instant>>,
+);
+
+impl PresenceMemo {
+    fn recently_checked(&self, nar: &ncps_nix::Sha256Hash) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(nar).is_some_and(|at| at.elapsed() < PRESENCE_TTL)
+    }
+
+    fn checked(&self, nar: ncps_nix::Sha256Hash) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, at| at.elapsed() < PRESENCE_TTL);
+        map.insert(nar, std::time::Instant::now());
+    }
+}
 
 fn resolve(range: Option<RangeRequest>, size: u64) -> Result<Option<ByteRange>, CacheError> {
     range
@@ -55,7 +78,10 @@ impl Cache {
         }
         if let Some(form) = record.chunked {
             let chunks = db.nar_chunks(&record.nar_hash).await?;
-            if self.all_chunks_present(&chunks).await? {
+            if self.inner.presence.recently_checked(&record.nar_hash)
+                || self.all_chunks_present(&chunks).await?
+            {
+                self.inner.presence.checked(record.nar_hash);
                 if key.compression == Compression::Zstd {
                     let range = resolve(range, form.spliced_size)?;
                     return Ok(Some(self.splice(chunks, range, form.spliced_size)));
