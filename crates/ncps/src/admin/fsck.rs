@@ -119,6 +119,12 @@ impl Fsck {
         println!("  repaired: {how}");
     }
 
+    /// Reports a removal whose condition was re-checked as it ran: done, or the thing became
+    /// valid meanwhile (a running server wrote it) and was kept.
+    fn removed_or_kept(&mut self, removed: bool, done: &str, kept: &str) {
+        self.repaired(if removed { done } else { kept });
+    }
+
     fn age_of(&self, at: SystemTime) -> Duration {
         self.now.duration_since(at).unwrap_or_default()
     }
@@ -474,16 +480,16 @@ impl Fsck {
             }
             self.problem(line);
             if self.repair {
-                if self
+                let removed = self
                     .opened
                     .db
                     .delete_narinfo_if_orphan(&orphan.hash)
-                    .await?
-                {
-                    self.repaired("dropped the narinfo (clients now get a 404 and look elsewhere)");
-                } else {
-                    self.repaired("its NAR arrived meanwhile; kept");
-                }
+                    .await?;
+                self.removed_or_kept(
+                    removed,
+                    "dropped the narinfo (clients now get a 404 and look elsewhere)",
+                    "its NAR arrived meanwhile; kept",
+                );
             }
         }
         Ok(())
@@ -498,16 +504,12 @@ impl Fsck {
                 url.url_key, url.nar_hash
             ));
             if self.repair {
-                if self
+                let removed = self
                     .opened
                     .db
                     .delete_nar_url_if_dangling(&url.url_key)
-                    .await?
-                {
-                    self.repaired("forgot the URL");
-                } else {
-                    self.repaired("its NAR arrived meanwhile; kept");
-                }
+                    .await?;
+                self.removed_or_kept(removed, "forgot the URL", "its NAR arrived meanwhile; kept");
             }
         }
         Ok(())
