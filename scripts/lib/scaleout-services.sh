@@ -58,7 +58,9 @@ admin_token = "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 TOML
     garage -c "$g/garage.toml" server >"$g/garage.log" 2>&1 &
     echo $! > "$g/garage.pid"
-    wait_for "garage" 30 garage -c "$g/garage.toml" node id -q || { tail -30 "$g/garage.log" >&2; return 1; }
+    # `node id` reads the key from disk and can answer before the RPC port listens; `status`
+    # needs the server itself, so the layout commands below cannot meet a refused connection.
+    wait_for "garage" 30 garage -c "$g/garage.toml" status || { tail -30 "$g/garage.log" >&2; return 1; }
     local node; node=$(garage -c "$g/garage.toml" node id -q | cut -d@ -f1)
     garage -c "$g/garage.toml" layout assign -z dc1 -c 1G "$node" >/dev/null
     garage -c "$g/garage.toml" layout apply --version 1 >/dev/null

@@ -15,12 +15,12 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info};
 
 use crate::access::AccessLog;
+use crate::chunk_memo::ChunkListMemo;
 use crate::chunking::ChunkSettings;
 use crate::codec::{can_decode, transcode};
 use crate::download::{Download, Downloads};
-use crate::forms::PresenceMemo;
 use crate::locks::{LockBackend, Locks};
-use crate::memo::NarInfoMemo;
+use crate::memo::{Memoized, NarInfoMemo};
 use crate::metrics::{Metrics, Outcome, UpstreamLabels};
 use crate::upload::{PendingUploads, UploadConfig};
 use crate::{CacheError, RangeRequest};
@@ -114,7 +114,7 @@ pub(crate) struct Inner {
     pub pending: PendingUploads,
     pub access: AccessLog,
     pub memo: NarInfoMemo,
-    pub presence: PresenceMemo,
+    pub chunk_lists: ChunkListMemo,
     pub metrics: Metrics,
     pub locks: Locks,
     /// In-process locks in front of `locks`, so one task per process polls the lock service.
@@ -149,7 +149,7 @@ impl Cache {
                 pending: PendingUploads::default(),
                 access: AccessLog::default(),
                 memo: NarInfoMemo::default(),
-                presence: PresenceMemo::default(),
+                chunk_lists: ChunkListMemo::default(),
                 metrics: Metrics::new(),
                 locks,
                 local_locks: Locks::new(&LockBackend::Local)?,
@@ -190,7 +190,7 @@ impl Cache {
 
     /// The narinfo text for a store path hash, fetched from upstream when not cached.
     #[tracing::instrument(name = "cache.narinfo", skip_all, fields(hash = %hash))]
-    pub async fn narinfo(&self, hash: &StorePathHash) -> Result<String, CacheError> {
+    pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Bytes, CacheError> {
         let result = self.narinfo_counted(hash).await;
         if let Err(e) = &result {
             Metrics::lookup(&self.inner.metrics.narinfo_lookups, outcome_of(e));
@@ -198,12 +198,20 @@ impl Cache {
         result
     }
 
-    async fn narinfo_counted(&self, hash: &StorePathHash) -> Result<String, CacheError> {
+    async fn narinfo_counted(&self, hash: &StorePathHash) -> Result<Bytes, CacheError> {
         let lookups = &self.inner.metrics.narinfo_lookups;
-        if let Some(text) = self.inner.memo.get(hash) {
+        if let Some(memoized) = self.inner.memo.get(hash) {
             Metrics::lookup(lookups, Outcome::Hit);
             self.inner.access.narinfo(*hash);
-            return Ok(text.to_string());
+            return Ok(match memoized {
+                Memoized::Fresh(text) => text,
+                Memoized::Stale(text) => {
+                    let this = self.clone();
+                    let hash = *hash;
+                    tokio::spawn(async move { this.refresh_memo(hash).await });
+                    text
+                }
+            });
         }
         let cached = match self.inner.db.narinfo(hash).await? {
             Some(cached) => {
@@ -217,6 +225,33 @@ impl Cache {
             }
         };
         self.inner.access.narinfo(*hash);
+        self.render(hash, cached).await
+    }
+
+    /// Re-renders a memoized narinfo from the database; a narinfo gone (evicted, deleted
+    /// elsewhere) or a failing database drops the entry, so the next request takes the full path.
+    async fn refresh_memo(&self, hash: StorePathHash) {
+        let refreshed = match self.inner.db.narinfo(&hash).await {
+            Ok(Some(cached)) => self.render(&hash, cached).await.map(|_| true),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = &refreshed {
+            debug!(%hash, error = %e, "could not refresh a remembered narinfo");
+        }
+        if !matches!(refreshed, Ok(true)) {
+            self.inner.memo.forget(&hash);
+        }
+    }
+
+    /// The narinfo as served: FileHash/FileSize of the stored form, our signature. Only a
+    /// narinfo whose NAR form is settled (FileHash known) is remembered; one still being
+    /// downloaded or chunked gains FileHash/FileSize soon, and its memo entry is dropped.
+    async fn render(
+        &self,
+        hash: &StorePathHash,
+        cached: CachedNarInfo,
+    ) -> Result<Bytes, CacheError> {
         let stored = self.inner.db.nar(&cached.narinfo.nar_hash).await?;
         let mut narinfo = cached.narinfo;
         (narinfo.file_hash, narinfo.file_size) = file_info(
@@ -228,11 +263,11 @@ impl Cache {
         if self.inner.config.sign_narinfo {
             narinfo.sign(&self.inner.config.secret_key);
         }
-        let text = narinfo.render();
-        // Only a narinfo whose NAR form is settled (FileHash known) is reused: one still being
-        // downloaded or chunked gains FileHash/FileSize soon.
+        let text = Bytes::from(narinfo.render());
         if narinfo.file_hash.is_some() {
-            self.inner.memo.put(*hash, Arc::from(text.as_str()));
+            self.inner.memo.put(*hash, text.clone());
+        } else {
+            self.inner.memo.forget(hash);
         }
         Ok(text)
     }

@@ -307,7 +307,7 @@ impl Cache {
             return Ok(false);
         };
         let chunks = self.inner.db.nar_chunks(nar_hash).await?;
-        let spliced = self.splice(chunks, None, form.spliced_size).stream;
+        let spliced = self.splice(chunks.into(), None, form.spliced_size).stream;
         let (file, path) = tempfile::Builder::new()
             .prefix("unchunk-")
             .tempfile_in(&self.inner.config.temp_dir)?
@@ -333,6 +333,7 @@ impl Cache {
             .record_whole_file(nar_hash, record.nar_size, whole, None)
             .await?;
         self.inner.db.drop_chunk_list(nar_hash).await?;
+        self.inner.chunk_lists.forget(nar_hash);
         Ok(true)
     }
 

@@ -10,6 +10,7 @@
 mod access;
 pub mod admin;
 mod cache;
+mod chunk_memo;
 mod chunking;
 mod codec;
 mod download;

@@ -1,41 +1,74 @@
 //! Rendered narinfos kept in memory for a few seconds, so a burst of warm hits (every client of
 //! a fleet asking for the same closure) costs neither a database query nor a signature each.
 //!
-//! Entries expire after a short TTL rather than being invalidated everywhere, which keeps
+//! Entries are refreshed after a short TTL rather than invalidated everywhere, which keeps
 //! replicas simple: a narinfo changed elsewhere (new FileHash after chunking, eviction) is seen
-//! here within the TTL; deletions made by this process drop their entry at once.
+//! here within the TTL plus one refresh; deletions made by this process drop their entry at once.
+//! The refresh runs in the background while the old rendering is still served, so no client
+//! waits for the database when an entry expires (a hot set expiring at once used to stall every
+//! connection for the few milliseconds its re-rendering took).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ncps_nix::StorePathHash;
 
-/// How long a rendered narinfo is reused.
+/// How long a rendered narinfo is reused before it is refreshed.
 const TTL: Duration = Duration::from_secs(10);
+/// Past this age an entry is not served at all, even while its refresh runs (a stuck database
+/// must not keep an old answer alive).
+const MAX_AGE: Duration = Duration::from_secs(30);
 /// Entries kept at most; the map is emptied when full (a burst refills what it needs).
 const CAPACITY: usize = 100_000;
 
+struct Entry {
+    text: Bytes,
+    at: Instant,
+    refreshing: bool,
+}
+
+/// What the memo holds for a narinfo.
+pub(crate) enum Memoized {
+    /// Serve this.
+    Fresh(Bytes),
+    /// Serve this, and refresh the entry: this caller is the one asked to.
+    Stale(Bytes),
+}
+
 /// Recently rendered narinfos.
 #[derive(Default)]
-pub(crate) struct NarInfoMemo(Mutex<HashMap<StorePathHash, (Arc<str>, Instant)>>);
+pub(crate) struct NarInfoMemo(Mutex<HashMap<StorePathHash, Entry>>);
 
 impl NarInfoMemo {
-    /// A rendering younger than the TTL.
-    pub fn get(&self, hash: &StorePathHash) -> Option<Arc<str>> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(hash)
-            .filter(|(_, at)| at.elapsed() < TTL)
-            .map(|(text, _)| text.clone())
+    /// The remembered rendering, unless there is none or it is too old to serve.
+    pub fn get(&self, hash: &StorePathHash) -> Option<Memoized> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get_mut(hash)?;
+        let age = entry.at.elapsed();
+        if age < TTL || (entry.refreshing && age < MAX_AGE) {
+            return Some(Memoized::Fresh(entry.text.clone()));
+        }
+        if age < MAX_AGE {
+            entry.refreshing = true;
+            return Some(Memoized::Stale(entry.text.clone()));
+        }
+        None
     }
 
     /// Remembers a rendering.
-    pub fn put(&self, hash: StorePathHash, text: Arc<str>) {
+    pub fn put(&self, hash: StorePathHash, text: Bytes) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CAPACITY {
             map.clear();
         }
-        map.insert(hash, (text, Instant::now()));
+        let entry = Entry {
+            text,
+            at: Instant::now(),
+            refreshing: false,
+        };
+        map.insert(hash, entry);
     }
 
     /// Forgets a narinfo this process deleted or evicted.
@@ -56,17 +89,45 @@ impl NarInfoMemo {
 mod tests {
     use super::*;
 
+    fn fresh(memo: &NarInfoMemo, h: &StorePathHash) -> Option<Bytes> {
+        match memo.get(h)? {
+            Memoized::Fresh(text) => Some(text),
+            Memoized::Stale(_) => panic!("expected a fresh entry"),
+        }
+    }
+
     #[test]
     fn remembers_then_forgets() {
         let memo = NarInfoMemo::default();
         let h = StorePathHash::from_bytes([1; 20]);
         assert!(memo.get(&h).is_none());
-        memo.put(h, Arc::from("text"));
-        assert_eq!(memo.get(&h).as_deref(), Some("text"));
+        memo.put(h, Bytes::from_static(b"text"));
+        assert_eq!(fresh(&memo, &h).as_deref(), Some(&b"text"[..]));
         memo.forget(&h);
         assert!(memo.get(&h).is_none());
-        memo.put(h, Arc::from("text"));
+        memo.put(h, Bytes::from_static(b"text"));
         memo.clear();
+        assert!(memo.get(&h).is_none());
+    }
+
+    #[test]
+    fn an_expired_entry_is_refreshed_by_one_caller_while_served() {
+        let memo = NarInfoMemo::default();
+        let h = StorePathHash::from_bytes([2; 20]);
+        memo.put(h, Bytes::from_static(b"old"));
+        let age = |memo: &NarInfoMemo, by: Duration| {
+            let mut map = memo.0.lock().unwrap();
+            let entry = map.get_mut(&h).unwrap();
+            entry.at = Instant::now() - by;
+        };
+        age(&memo, TTL + Duration::from_secs(1));
+        assert!(matches!(memo.get(&h), Some(Memoized::Stale(t)) if t == "old"));
+        // Others keep getting the old text without refreshing it again.
+        assert_eq!(fresh(&memo, &h).as_deref(), Some(&b"old"[..]));
+        memo.put(h, Bytes::from_static(b"new"));
+        assert_eq!(fresh(&memo, &h).as_deref(), Some(&b"new"[..]));
+        // Too old to serve, refresh or not.
+        age(&memo, MAX_AGE);
         assert!(memo.get(&h).is_none());
     }
 }

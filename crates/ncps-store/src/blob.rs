@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::StoreError;
 use crate::chunk::{CHUNK_DIR, ChunkHash, chunk_from_storage_key, chunk_storage_key};
+use crate::local::{LocalDir, OpenFile, positional_reads};
 
 /// Size of the pieces a file is streamed to the backend in: large enough for S3's 5 MiB minimum
 /// multipart part, small enough to keep memory flat.
@@ -20,6 +21,9 @@ const UPLOAD_PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// Files below this size are written with one `put`, which is one request on every backend.
 const SINGLE_PUT_LIMIT: u64 = UPLOAD_PART_SIZE as u64;
+
+/// Concurrent existence checks against a remote backend.
+const PRESENCE_CHECKS: usize = 32;
 
 /// An inclusive-exclusive byte range `[start, end)` of a stored object, already validated against
 /// the object's size.
@@ -75,41 +79,14 @@ impl std::fmt::Debug for S3Config {
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
+    /// Set for local storage, whose hot paths bypass object_store (see `local.rs`).
+    local: Option<Arc<LocalDir>>,
 }
 
 impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BlobStore({})", self.inner)
     }
-}
-
-/// Read size for local files. object_store's own file stream reads 8 KiB at a time, which caps
-/// a warm NAR download at a few hundred MB/s; large reads let the kernel's read-ahead work.
-const FILE_READ_SIZE: usize = 256 * 1024;
-
-/// Streams `range` of a local file in large reads.
-fn file_stream(
-    mut file: std::fs::File,
-    path: std::path::PathBuf,
-    range: std::ops::Range<u64>,
-) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(range.start))
-        .map_err(|source| StoreError::ReadFile {
-            path: path.clone(),
-            source,
-        })?;
-    let reader = tokio::fs::File::from_std(file).take(range.end - range.start);
-    Ok(
-        tokio_util::io::ReaderStream::with_capacity(reader, FILE_READ_SIZE)
-            .map(move |r| {
-                r.map_err(|source| StoreError::ReadFile {
-                    path: path.clone(),
-                    source,
-                })
-            })
-            .boxed(),
-    )
 }
 
 fn nar_path(key: &NarKey) -> ObjectPath {
@@ -129,7 +106,10 @@ impl BlobStore {
             source,
         })?;
         let fs = LocalFileSystem::new_with_prefix(root)?;
-        Ok(Self::from_object_store(Arc::new(fs)))
+        Ok(Self {
+            inner: Arc::new(fs),
+            local: Some(Arc::new(LocalDir::new(root))),
+        })
     }
 
     /// Storage in an S3-compatible bucket. Objects stream in and out; large NARs use multipart
@@ -155,7 +135,13 @@ impl BlobStore {
 
     /// Wraps any `object_store` backend (S3, GCS, Azure, in-memory).
     pub fn from_object_store(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner }
+        Self { inner, local: None }
+    }
+
+    /// Whether objects are files on this machine: reads are then cheap and need little
+    /// read-ahead, unlike a bucket's round trips.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
     }
 
     /// The stored size of a NAR, or `None` when it is not stored. Costs one metadata request.
@@ -173,6 +159,25 @@ impl BlobStore {
         key: &NarKey,
         range: Option<ByteRange>,
     ) -> Result<Option<BlobRead>, StoreError> {
+        if let Some(local) = &self.local {
+            let Some(OpenFile { file, size, path }) = local.open_nar(key).await? else {
+                return Ok(None);
+            };
+            let span = range.map_or(0..size, |r| r.start..r.end);
+            if span.end > size {
+                return Err(StoreError::ReadFile {
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("range ends at {} but the file has {size} bytes", span.end),
+                    ),
+                });
+            }
+            return Ok(Some(BlobRead {
+                total_size: size,
+                stream: positional_reads(file, path, span),
+            }));
+        }
         let options = GetOptions {
             range: range.map(|r| GetRange::Bounded(r.start..r.end)),
             ..GetOptions::default()
@@ -181,7 +186,9 @@ impl BlobStore {
             Ok(result) => {
                 let total_size = result.meta.size;
                 let stream = match result.payload {
-                    GetResultPayload::File(file, path) => file_stream(file, path, result.range)?,
+                    GetResultPayload::File(file, path) => {
+                        positional_reads(file, path, result.range)
+                    }
                     GetResultPayload::Stream(s) => s.map(|r| r.map_err(StoreError::from)).boxed(),
                 };
                 Ok(Some(BlobRead { total_size, stream }))
@@ -192,8 +199,15 @@ impl BlobStore {
     }
 
     /// Stores a NAR from a local file, streaming it so memory stays flat whatever its size. The
-    /// object appears atomically: a reader sees either nothing or the whole file.
+    /// object appears atomically: a reader sees either nothing or the whole file. On local
+    /// storage the file is hard-linked into place when it can be (the caller's file stays
+    /// valid, and must not be written to afterwards).
     pub async fn put_nar_from_file(&self, key: &NarKey, file: &Path) -> Result<(), StoreError> {
+        if let Some(local) = &self.local
+            && local.link_nar(key, file).await?
+        {
+            return Ok(());
+        }
         let read_err = |source| StoreError::ReadFile {
             path: file.to_path_buf(),
             source,
@@ -250,7 +264,7 @@ impl BlobStore {
     }
 
     /// Whether a chunk is stored; costs one metadata request. Used to skip uploads of chunks
-    /// shared with NARs already stored, and to check that every chunk exists before serving.
+    /// shared with NARs already stored.
     pub async fn has_chunk(&self, hash: &ChunkHash) -> Result<bool, StoreError> {
         match self.inner.head(&chunk_path(hash)).await {
             Ok(_) => Ok(true),
@@ -268,6 +282,41 @@ impl BlobStore {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The stored frames of a run of chunks given with their recorded stored sizes, in order,
+    /// `None` for each one not stored. Local storage reads them into one buffer in one blocking
+    /// call (a frame shorter than recorded is an error there); other backends fetch them
+    /// concurrently, whole.
+    pub async fn read_chunks(
+        &self,
+        chunks: &[(ChunkHash, u64)],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        if let Some(local) = &self.local {
+            return local.read_chunks(chunks).await;
+        }
+        futures::future::try_join_all(chunks.iter().map(|(h, _)| self.read_chunk(h))).await
+    }
+
+    /// Whether every one of `hashes` is stored, so a 200 is only sent when the whole body can
+    /// follow. Local storage checks them in one blocking call; other backends ask
+    /// `PRESENCE_CHECKS` at a time.
+    pub async fn all_chunks_present(&self, hashes: &[ChunkHash]) -> Result<bool, StoreError> {
+        if let Some(local) = &self.local {
+            return local.all_chunks_present(hashes).await;
+        }
+        let mut checks = futures::stream::iter(hashes.to_vec())
+            .map(|hash| {
+                let store = self.clone();
+                async move { store.has_chunk(&hash).await }
+            })
+            .buffer_unordered(PRESENCE_CHECKS);
+        while let Some(present) = checks.next().await {
+            if !present? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Removes a chunk; removing one that is not there is not an error, so a sweep can be
@@ -427,6 +476,25 @@ mod tests {
             store.delete_nar(&key).await.unwrap();
         }
     }
+
+    #[tokio::test]
+    async fn a_local_put_links_the_file_and_keeps_it_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        let data = b"some nar bytes".to_vec();
+        let file = dir.path().join("download");
+        std::fs::write(&file, &data).unwrap();
+        let key = key_for(&data);
+        store.put_nar_from_file(&key, &file).await.unwrap();
+        // Stored again (a second replica of the same download): same content, no error.
+        store.put_nar_from_file(&key, &file).await.unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let read = store.read_nar(&key, None).await.unwrap().unwrap();
+        assert_eq!(collect(read).await, data);
+        // A range past the end of the stored file is refused, not answered short.
+        let past = ByteRange { start: 0, end: 100 };
+        assert!(store.read_nar(&key, Some(past)).await.is_err());
+    }
 }
 
 #[cfg(test)]
@@ -480,6 +548,39 @@ mod chunk_tests {
         let listed: Vec<ChunkHash> = store.list_chunks().try_collect().await.unwrap();
         assert_eq!(listed.len(), 4);
         assert!(!listed.contains(&hashes[0]));
+    }
+
+    #[tokio::test]
+    async fn runs_of_chunks_are_read_together_and_checked_for_presence() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let local = BlobStore::local(&root).unwrap();
+        let remote = BlobStore::from_object_store(Arc::new(
+            LocalFileSystem::new_with_prefix(&root).unwrap(),
+        ));
+        let frames: Vec<Bytes> = (0..3u8)
+            .map(|i| Bytes::from(vec![i; 100 + usize::from(i)]))
+            .collect();
+        let hashes: Vec<ChunkHash> = (0..3u8).map(|i| ChunkHash::digest(&[i])).collect();
+        for (h, f) in hashes.iter().zip(&frames).take(2) {
+            local.put_chunk(h, f.clone()).await.unwrap();
+        }
+        let run: Vec<(ChunkHash, u64)> = hashes
+            .iter()
+            .zip(&frames)
+            .map(|(h, f)| (*h, f.len() as u64))
+            .collect();
+        for store in [&local, &remote] {
+            let read = store.read_chunks(&run).await.unwrap();
+            assert_eq!(read[0].as_ref(), Some(&frames[0]));
+            assert_eq!(read[1].as_ref(), Some(&frames[1]));
+            assert_eq!(read[2], None);
+            assert!(store.all_chunks_present(&hashes[..2]).await.unwrap());
+            assert!(!store.all_chunks_present(&hashes).await.unwrap());
+        }
+        // A frame shorter than recorded is an error, never a short body.
+        let too_long = [(hashes[0], frames[0].len() as u64 + 1)];
+        assert!(local.read_chunks(&too_long).await.is_err());
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 mod blob;
 pub mod chunk;
 mod error;
+mod local;
 
 pub use blob::{BlobRead, BlobStore, ByteRange, S3Config, StoredObject};
 pub use chunk::{ChunkError, ChunkHash, ChunkParams, Chunker, ChunkingSummary};
