@@ -316,15 +316,20 @@ impl Cache {
             url_key,
             origin: Some(origin),
         };
-        self.inner
+        let inserted = self
+            .inner
             .db
             .insert_narinfo(&cached)
             .instrument(tracing::info_span!("db.insert_narinfo"))
             .await?;
         info!(store_path = %cached.narinfo.store_path, upstream = %cached.origin.as_ref().map_or("", |o| &o.upstream_url), "cached narinfo");
-        // Re-read: when a concurrent request stored the same path first, its row is what every
-        // client must see.
-        let stored = self.inner.db.narinfo(hash).await?.unwrap_or(cached);
+        // When a concurrent request stored the same path first, its row is what every client
+        // must see.
+        let stored = if inserted {
+            cached
+        } else {
+            self.inner.db.narinfo(hash).await?.unwrap_or(cached)
+        };
         if self.inner.config.prefetch {
             // The client's NAR request usually follows at once: have the download under way.
             let this = self.clone();
@@ -431,15 +436,24 @@ impl Cache {
         key: &NarKey,
         range: Option<RangeRequest>,
     ) -> Result<(NarBody, Outcome), CacheError> {
-        let nar_hash = self.resolve(key).await?;
+        // The usual request names a URL we handed out: its NAR and record come in one query.
+        let (nar_hash, mut known) = match self.inner.db.nar_by_url(key).await? {
+            Some((nar_hash, record)) => (nar_hash, Some(record)),
+            None => (self.resolve(key).await?, None),
+        };
         self.inner.access.nar(nar_hash);
         let download = loop {
-            if let Some(record) = self
-                .inner
-                .db
-                .nar(&nar_hash)
-                .instrument(tracing::info_span!("db.get_nar"))
-                .await?
+            let record = match known.take() {
+                Some(record) => record,
+                None => {
+                    self.inner
+                        .db
+                        .nar(&nar_hash)
+                        .instrument(tracing::info_span!("db.get_nar"))
+                        .await?
+                }
+            };
+            if let Some(record) = record
                 && let Some(body) = self.serve_stored(key, &record, range).await?
             {
                 return Ok((body, Outcome::Hit));

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use ncps_nix::{Compression, Sha256Hash};
 use tempfile::TempPath;
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::CacheError;
@@ -130,7 +129,7 @@ impl Download {
 struct Reader {
     download: Arc<Download>,
     rx: watch::Receiver<Progress>,
-    file: Option<tokio::fs::File>,
+    file: Option<Arc<std::fs::File>>,
     pos: u64,
     ended: bool,
 }
@@ -160,13 +159,25 @@ impl Reader {
         }
     }
 
+    /// Reads the next piece: opening the file (first time) and reading happen in one blocking
+    /// call, at an explicit offset, into the buffer that is sent.
     async fn read(&mut self, available: u64) -> io::Result<Bytes> {
-        if self.file.is_none() {
-            self.file = Some(tokio::fs::File::open(self.download.path()).await?);
-        }
-        let file = self.file.as_mut().expect("opened above");
+        use std::os::unix::fs::FileExt;
+        let file = self.file.clone();
+        let path = self.download.path().to_path_buf();
+        let offset = self.pos;
         let mut buf = vec![0u8; available.min(READ_PIECE) as usize];
-        file.read_exact(&mut buf).await?;
+        let (file, buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let file = match file {
+                Some(file) => file,
+                None => Arc::new(std::fs::File::open(&path)?),
+            };
+            file.read_exact_at(&mut buf, offset)?;
+            Ok((file, buf))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.file = Some(file);
         self.pos += buf.len() as u64;
         Ok(Bytes::from(buf))
     }

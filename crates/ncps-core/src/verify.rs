@@ -228,6 +228,35 @@ impl NarIngest {
 /// Bytes queued between the source and the blocking writer; bounds memory per NAR.
 const INGEST_QUEUE: usize = 16;
 
+/// Files announced at or below this size are written and checked on the calling task: hashing
+/// and decompressing 64 KiB takes well under a millisecond, less than the hand-offs to a
+/// blocking thread and back would add to every small path of a cold closure.
+const INLINE_INGEST_LIMIT: u64 = 64 * 1024;
+
+/// [`write_verified`] for a small file, without a blocking thread. Memory stays bounded: a
+/// body longer than announced is refused at the first piece past the announced size.
+async fn write_verified_inline(
+    file: std::fs::File,
+    expected: Expected,
+    mut source: BoxStream<'static, io::Result<Bytes>>,
+    progress: Option<Arc<Download>>,
+) -> Result<Verified, CacheError> {
+    let mut ingest = NarIngest::new(file, expected).map_err(CacheError::from_read)?;
+    let mut written = 0u64;
+    while let Some(piece) = source.next().await {
+        let piece = piece.map_err(CacheError::from_read)?;
+        // write_file refuses more bytes than announced, so memory stays bounded.
+        ingest.write_file(&piece).map_err(CacheError::from_read)?;
+        ingest.check(&piece).map_err(CacheError::from_read)?;
+        written += piece.len() as u64;
+    }
+    let verified = ingest.finish().map_err(CacheError::from_read)?;
+    if let Some(download) = &progress {
+        download.advance(written);
+    }
+    Ok(verified)
+}
+
 /// Writes `source` into `file` on a blocking thread while checking it against `expected`,
 /// telling `progress` (a download's readers) how many bytes are on disk as they land.
 pub(crate) async fn write_verified(
@@ -236,6 +265,12 @@ pub(crate) async fn write_verified(
     mut source: BoxStream<'static, io::Result<Bytes>>,
     progress: Option<Arc<Download>>,
 ) -> Result<Verified, CacheError> {
+    if expected
+        .file_size
+        .is_some_and(|size| size <= INLINE_INGEST_LIMIT)
+    {
+        return write_verified_inline(file, expected, source, progress).await;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
     let ingest = tokio::task::spawn_blocking(move || -> io::Result<Verified> {
         let mut ingest = NarIngest::new(file, expected)?;

@@ -2,10 +2,10 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use ncps_nix::{ChunkHash, Sha256Hash};
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 use crate::dialect::{Dialect, placeholders, text, values_rows};
-use crate::repo::{ROWS_PER_STATEMENT, corrupt, now_secs, to_i64, to_u64};
+use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkRef, Database, DbError, NarRecord};
 
 const T: &str = "chunks";
@@ -212,7 +212,7 @@ impl Database {
 /// order (PostgreSQL and InnoDB lock rows one by one, and opposite orders deadlock).
 async fn upsert_chunks(
     dialect: Dialect,
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     chunks: &[ChunkRef],
 ) -> Result<(), DbError> {
     let mut counts: HashMap<ChunkHash, (ChunkRef, i64)> = HashMap::new();
@@ -250,7 +250,7 @@ async fn upsert_chunks(
 /// Takes one reference per list entry off the chunks of a NAR and deletes the list.
 async fn release_chunks(
     dialect: Dialect,
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     nar_hash: &Sha256Hash,
 ) -> Result<(), DbError> {
     let nar = nar_hash.to_string();

@@ -37,8 +37,8 @@ impl Database {
 
     /// Records a narinfo and the NAR URL it hands out, in one transaction. When one for the same
     /// store path already exists (a concurrent fetch won the race) the existing row is kept, so
-    /// a narinfo once served never changes its URL.
-    pub async fn insert_narinfo(&self, info: &CachedNarInfo) -> Result<(), DbError> {
+    /// a narinfo once served never changes its URL. `true` when this call inserted it.
+    pub async fn insert_narinfo(&self, info: &CachedNarInfo) -> Result<bool, DbError> {
         let n = &info.narinfo;
         let refs: Vec<String> = n.references.iter().map(StorePath::base_name).collect();
         let origin = info.origin.as_ref();
@@ -54,7 +54,7 @@ impl Database {
             .dialect
             .insert_or_ignore("INTO nar_urls (url_key, nar_hash) VALUES (?, ?)", "url_key");
         let mut tx = self.begin().await?;
-        sqlx::query(&self.sql(&insert_narinfo))
+        let inserted = sqlx::query(&self.sql(&insert_narinfo))
             .bind(n.store_path.hash().to_string())
             .bind(n.store_path.to_absolute())
             .bind(info.url_key.file_name())
@@ -72,14 +72,16 @@ impl Database {
             .bind(now)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+            > 0;
         sqlx::query(&self.sql(&insert_url))
             .bind(info.url_key.file_name())
             .bind(n.nar_hash.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(inserted)
     }
 
     /// The NAR a URL we handed out names.
@@ -189,8 +191,8 @@ pub(crate) mod tests {
             let info = sample();
             let hash = *info.narinfo.store_path.hash();
             assert!(db.narinfo(&hash).await.unwrap().is_none());
-            db.insert_narinfo(&info).await.unwrap();
-            db.insert_narinfo(&info).await.unwrap(); // idempotent
+            assert!(db.insert_narinfo(&info).await.unwrap());
+            assert!(!db.insert_narinfo(&info).await.unwrap()); // idempotent
             assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
             let nar_hash = info.narinfo.nar_hash;
             assert_eq!(

@@ -20,6 +20,31 @@ impl Database {
         row.map(|r| nar_from_row(&r)).transpose()
     }
 
+    /// The NAR a URL we handed out names, with its record when it is stored: what a NAR request
+    /// needs, in one query instead of two. `None` for a URL we never handed out.
+    pub async fn nar_by_url(
+        &self,
+        key: &NarKey,
+    ) -> Result<Option<(Sha256Hash, Option<NarRecord>)>, DbError> {
+        let row = sqlx::query(&self.sql(
+            "SELECT u.nar_hash AS url_nar_hash, n.* FROM nar_urls u \
+             LEFT JOIN nars n ON n.nar_hash = u.nar_hash WHERE u.url_key = ?",
+        ))
+        .bind(key.file_name())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let named = opt_text(&row, "url_nar_hash")?.unwrap_or_default();
+        let nar_hash = Sha256Hash::from_str(&named).map_err(|e| corrupt("nar_urls", e))?;
+        let record = match opt_text(&row, "nar_hash")? {
+            Some(_) => Some(nar_from_row(&row)?),
+            None => None,
+        };
+        Ok(Some((nar_hash, record)))
+    }
+
     /// Records a verified whole file of a NAR. A whole file already recorded is kept.
     ///
     /// A conditional upsert (`DO UPDATE … WHERE whole_key IS NULL`) has no MySQL spelling, so

@@ -1,4 +1,5 @@
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -83,6 +84,38 @@ impl PoolOptions {
 pub struct Database {
     pub(crate) pool: AnyPool,
     pub(crate) dialect: Dialect,
+    /// SQLite only: this process's writers take turns here (see [`WriteTx`]).
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction. On SQLite it also holds this process's writer gate: SQLite lets one
+/// writer in at a time and makes the others retry in sleeps of 1, 2, 5, 10 ms and more (its busy
+/// handler), which cost a cold closure of a few hundred paths a noticeable part of its time.
+/// Writers of one process queue on an async mutex instead and start the moment the previous one
+/// commits; other processes (admin commands) still meet the busy timeout.
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits, then lets the next writer in.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 /// Seconds since the Unix epoch, the time unit of every timestamp column.
@@ -230,14 +263,23 @@ impl Database {
             .max_connections(max_open)
             .min_connections(max_idle)
             .acquire_timeout(acquire_timeout)
-            .idle_timeout(IDLE_TIMEOUT);
+            .idle_timeout(IDLE_TIMEOUT)
+            // sqlx pings a connection before every use by default: one more round trip per
+            // query. An SQLite connection is a file handle on a thread of ours and does not go
+            // stale (a cold narinfo + NAR costs about ten queries); a server connection can.
+            .test_before_acquire(dialect != Dialect::Sqlite);
         match dialect {
             Dialect::Sqlite => options = options.after_connect(init_sqlite),
             Dialect::Mysql => options = options.after_connect(init_mysql),
             Dialect::Postgres => {}
         }
         let pool = options.connect_with(connect).await?;
-        let db = Self { pool, dialect };
+        let write_gate = (dialect == Dialect::Sqlite).then(Default::default);
+        let db = Self {
+            pool,
+            dialect,
+            write_gate,
+        };
         db.migrate().await?;
         Ok(db)
     }
@@ -302,12 +344,17 @@ impl Database {
         self.dialect.sql(sql)
     }
 
-    /// Starts a transaction that will write (see [`Dialect::begin_write`]).
-    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, DbError> {
-        Ok(match self.dialect.begin_write() {
+    /// Starts a transaction that will write (see [`Dialect::begin_write`] and [`WriteTx`]).
+    pub(crate) async fn begin(&self) -> Result<WriteTx, DbError> {
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = match self.dialect.begin_write() {
             Some(statement) => self.pool.begin_with(statement).await?,
             None => self.pool.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _gate: gate })
     }
 }
 
