@@ -62,6 +62,10 @@ fn unless_missing<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
     }
 }
 
+/// Pieces read ahead of the one being sent: the next read runs while the socket takes the
+/// previous piece, as a kernel read-ahead would, for one more piece of memory per download.
+const PIECES_AHEAD: usize = 2;
+
 /// Streams `range` of an open file in positional reads, one piece per blocking call.
 pub(crate) fn positional_reads(
     file: std::fs::File,
@@ -71,27 +75,26 @@ pub(crate) fn positional_reads(
     let file = Arc::new(file);
     let path: Arc<Path> = path.into();
     let end = range.end;
-    futures::stream::try_unfold(range.start, move |offset| {
-        let file = Arc::clone(&file);
-        let path = Arc::clone(&path);
-        async move {
-            if offset >= end {
-                return Ok(None);
-            }
+    let offsets = (range.start..end).step_by(FILE_PIECE as usize);
+    futures::stream::iter(offsets)
+        .map(move |offset| {
+            let file = Arc::clone(&file);
+            let path = Arc::clone(&path);
             let len = (end - offset).min(FILE_PIECE) as usize;
             // Allocated here, on a runtime worker, not on the blocking thread: glibc keeps
             // memory freed into a blocking thread's arena, and 100 downloads would spread
             // their pieces over a dozen arenas.
             let mut buf = vec![0u8; len];
-            let piece = blocking(&path, move || {
-                file.read_exact_at(&mut buf, offset)?;
-                Ok(Bytes::from(buf))
-            })
-            .await?;
-            Ok(Some((piece, offset + len as u64)))
-        }
-    })
-    .boxed()
+            async move {
+                blocking(&path, move || {
+                    file.read_exact_at(&mut buf, offset)?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+            }
+        })
+        .buffered(PIECES_AHEAD)
+        .boxed()
 }
 
 impl LocalDir {
