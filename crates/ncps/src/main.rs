@@ -5,6 +5,7 @@ mod cli;
 mod config_file;
 mod duration;
 mod keys;
+mod listen;
 mod migrate;
 mod otel;
 mod otel_metrics;

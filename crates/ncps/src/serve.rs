@@ -1,6 +1,5 @@
 //! `ncps serve`: open the parts, start the jobs, listen.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -11,11 +10,10 @@ use ncps_core::{
 use ncps_nix::PublicKey;
 use ncps_server::{AccessConfig, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::cli::{AccessArgs, LockArgs, LruArgs, ServeArgs, UpstreamArgs};
-use crate::{setup, shutdown};
+use crate::{listen, setup, shutdown};
 
 /// The upstream users get when they configure none.
 const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
@@ -65,7 +63,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
         gc_grace: args.cdc_jobs.cache_cdc_gc_grace,
         lru: lru_config(&args.lru)?,
     });
-    let listener = bind(&args.server_addr).await?;
+    let listener = listen::bind(&args.server_addr).await?;
     info!(
         addr = %listener.local_addr()?,
         data_dir = %data_dir.display(),
@@ -269,24 +267,4 @@ fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
     }
     upstreams.start();
     Ok(upstreams)
-}
-
-/// Binds `host:port`; the Go form `:port` listens on every interface (IPv6 and IPv4 where the
-/// system allows, IPv4 otherwise).
-async fn bind(addr: &str) -> Result<TcpListener> {
-    if let Some(port) = addr.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("invalid --server-addr {addr:?}"))?;
-        let any6 = SocketAddr::from(([0u16; 8], port));
-        return match TcpListener::bind(any6).await {
-            Ok(l) => Ok(l),
-            Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
-                .await
-                .with_context(|| format!("cannot listen on {addr}")),
-        };
-    }
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
 }
