@@ -205,6 +205,26 @@ pub(crate) mod tests {
             );
             let other = NarKey::new(Sha256Hash::digest(b"other"), Compression::Xz);
             assert_eq!(db.nar_hash_for_url(&other).await.unwrap(), None);
+
+            // The one-query form a NAR request uses: the URL's NAR, then its record once stored.
+            assert_eq!(db.nar_by_url(&other).await.unwrap(), None);
+            assert_eq!(
+                db.nar_by_url(&info.url_key).await.unwrap(),
+                Some((nar_hash, None))
+            );
+            let whole = crate::WholeFile {
+                key: info.url_key,
+                size: 1234,
+            };
+            db.record_whole_file(&nar_hash, info.narinfo.nar_size, whole, None)
+                .await
+                .unwrap();
+            let record = db.nar(&nar_hash).await.unwrap().unwrap();
+            assert_eq!(record.whole, Some(whole));
+            assert_eq!(
+                db.nar_by_url(&info.url_key).await.unwrap(),
+                Some((nar_hash, Some(record)))
+            );
         }
     }
 
