@@ -325,3 +325,64 @@ async fn replicas_on_postgres_s3_and_redis() {
 async fn replicas_on_postgres_and_s3_with_advisory_locks() {
     replicas_share_one_cache(postgres_locks).await;
 }
+
+/// Chunked NARs in a bucket: the remote paths of chunk storage (frames fetched concurrently,
+/// presence checked with HEAD requests) serve a closure through a second replica once the
+/// upstream is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_replicas_on_s3() {
+    let Some(services) = Services::from_env() else {
+        return;
+    };
+    let env = TestEnv::new();
+    let closure = env.closure_with_blob(3_000_000).await;
+    let upstream_key = env.key("chunked-upstream-1").await;
+    upstream_key.sign(env.path(), &closure.top).await;
+    let mut upstream = env.upstream(&closure, Compression::Zstd).await;
+    let key_file = env.path().join("ncps.secret");
+    let key_path = key_file.to_str().expect("utf-8 path");
+    let argv = [
+        "generate-key",
+        "--name",
+        "chunked",
+        "--secret-key-path",
+        key_path,
+    ]
+    .map(Into::into);
+    crate::harness::NcpsRun::run(env.path(), &argv)
+        .await
+        .expect_success();
+    let database = services.database();
+    let bucket = services.bucket();
+    let mut shared = shared_args(
+        &services,
+        &database,
+        &bucket,
+        key_path,
+        &postgres_locks(&services),
+    );
+    shared.push("--cache-cdc-enabled".into());
+    let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
+    let first_config = env
+        .ncps_config(&[&upstream], &[&upstream_key.public])
+        .with_args(&shared);
+    let first = env.ncps(&first_config).await;
+    let key = first.pubkey().await;
+    env.client()
+        .substitute_ok(&first.url(), &key, &closure)
+        .await;
+    assert!(
+        first_config.chunk_files().is_empty() && first_config.whole_nar_files().is_empty(),
+        "chunks must go to S3, not local disk"
+    );
+    drop(first);
+
+    upstream.stop().await;
+    let second_config = env
+        .ncps_config(&[&upstream], &[&upstream_key.public])
+        .with_args(&shared);
+    let second = env.ncps(&second_config).await;
+    env.client()
+        .substitute_ok(&second.url(), &key, &closure)
+        .await;
+}
