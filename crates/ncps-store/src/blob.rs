@@ -105,10 +105,16 @@ impl BlobStore {
             path: root.to_path_buf(),
             source,
         })?;
-        let fs = LocalFileSystem::new_with_prefix(root)?;
+        // Absolute, as object_store keeps it: both paths must name the same files whatever
+        // the working directory.
+        let root = std::fs::canonicalize(root).map_err(|source| StoreError::Open {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(&root)?;
         Ok(Self {
             inner: Arc::new(fs),
-            local: Some(Arc::new(LocalDir::new(root))),
+            local: Some(Arc::new(LocalDir::new(&root))),
         })
     }
 
