@@ -138,32 +138,64 @@ fn shared_args(
     args
 }
 
+/// What every scale-out test starts from: a signed closure served by an upstream, one signing
+/// key file for all replicas (clients trust one name), and the flags the replicas share.
+struct Fleet {
+    env: TestEnv,
+    closure: crate::harness::Closure,
+    upstream_key: crate::harness::SigningKey,
+    upstream: crate::harness::Upstream,
+    shared: Vec<String>,
+}
+
+impl Fleet {
+    async fn new(services: &Services, compression: Compression, locks: Vec<String>) -> Fleet {
+        let env = TestEnv::new();
+        let closure = env.closure_with_blob(3_000_000).await;
+        let upstream_key = env.key("replicas-upstream-1").await;
+        upstream_key.sign(env.path(), &closure.top).await;
+        let upstream = env.upstream(&closure, compression).await;
+        let key_file = env.path().join("ncps.secret");
+        let key_path = key_file.to_str().expect("utf-8 path");
+        let argv = [
+            "generate-key",
+            "--name",
+            "replicas",
+            "--secret-key-path",
+            key_path,
+        ]
+        .map(Into::into);
+        crate::harness::NcpsRun::run(env.path(), &argv)
+            .await
+            .expect_success();
+        let shared = shared_args(
+            services,
+            &services.database(),
+            &services.bucket(),
+            key_path,
+            &locks,
+        );
+        Fleet {
+            env,
+            closure,
+            upstream_key,
+            upstream,
+            shared,
+        }
+    }
+}
+
 async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
     let Some(services) = Services::from_env() else {
         return;
     };
-    let env = TestEnv::new();
-    let closure = env.closure_with_blob(3_000_000).await;
-    let upstream_key = env.key("replicas-upstream-1").await;
-    upstream_key.sign(env.path(), &closure.top).await;
-    let mut upstream = env.upstream(&closure, Compression::Xz).await;
-    // One signing key for every replica: clients trust one name.
-    let key_file = env.path().join("ncps.secret");
-    let key_path = key_file.to_str().expect("utf-8 path");
-    let argv = [
-        "generate-key",
-        "--name",
-        "replicas",
-        "--secret-key-path",
-        key_path,
-    ]
-    .map(Into::into);
-    crate::harness::NcpsRun::run(env.path(), &argv)
-        .await
-        .expect_success();
-    let database = services.database();
-    let bucket = services.bucket();
-    let shared = shared_args(&services, &database, &bucket, key_path, &locks(&services));
+    let Fleet {
+        env,
+        closure,
+        upstream_key,
+        mut upstream,
+        shared,
+    } = Fleet::new(&services, Compression::Xz, locks(&services)).await;
     let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
     let mut replicas: Vec<(Ncps, NcpsConfig)> = Vec::new();
     for _ in 0..3 {
@@ -334,42 +366,18 @@ async fn chunked_replicas_on_s3() {
     let Some(services) = Services::from_env() else {
         return;
     };
-    let env = TestEnv::new();
-    let closure = env.closure_with_blob(3_000_000).await;
-    let upstream_key = env.key("chunked-upstream-1").await;
-    upstream_key.sign(env.path(), &closure.top).await;
-    let mut upstream = env.upstream(&closure, Compression::Zstd).await;
-    let key_file = env.path().join("ncps.secret");
-    let key_path = key_file.to_str().expect("utf-8 path");
-    let argv = [
-        "generate-key",
-        "--name",
-        "chunked",
-        "--secret-key-path",
-        key_path,
-    ]
-    .map(Into::into);
-    crate::harness::NcpsRun::run(env.path(), &argv)
-        .await
-        .expect_success();
-    let database = services.database();
-    let bucket = services.bucket();
-    let mut shared = shared_args(
-        &services,
-        &database,
-        &bucket,
-        key_path,
-        &postgres_locks(&services),
-    );
-    shared.push("--cache-cdc-enabled".into());
-    let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
+    let mut fleet = Fleet::new(&services, Compression::Zstd, postgres_locks(&services)).await;
+    fleet.shared.push("--cache-cdc-enabled".into());
+    let shared: Vec<&str> = fleet.shared.iter().map(String::as_str).collect();
+    let (env, closure) = (&fleet.env, &fleet.closure);
+    let trusted = [fleet.upstream_key.public.as_str()];
     let first_config = env
-        .ncps_config(&[&upstream], &[&upstream_key.public])
+        .ncps_config(&[&fleet.upstream], &trusted)
         .with_args(&shared);
     let first = env.ncps(&first_config).await;
     let key = first.pubkey().await;
     env.client()
-        .substitute_ok(&first.url(), &key, &closure)
+        .substitute_ok(&first.url(), &key, closure)
         .await;
     assert!(
         first_config.chunk_files().is_empty() && first_config.whole_nar_files().is_empty(),
@@ -377,12 +385,12 @@ async fn chunked_replicas_on_s3() {
     );
     drop(first);
 
-    upstream.stop().await;
+    fleet.upstream.stop().await;
     let second_config = env
-        .ncps_config(&[&upstream], &[&upstream_key.public])
+        .ncps_config(&[&fleet.upstream], &trusted)
         .with_args(&shared);
     let second = env.ncps(&second_config).await;
     env.client()
-        .substitute_ok(&second.url(), &key, &closure)
+        .substitute_ok(&second.url(), &key, closure)
         .await;
 }
