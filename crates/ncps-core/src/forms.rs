@@ -135,7 +135,10 @@ impl Cache {
             let checked = self
                 .inner
                 .chunk_lists
-                .get_or_load(record.nar_hash, self.load_servable_chunks(&record.nar_hash))
+                .get_or_load(
+                    record.nar_hash,
+                    self.load_servable_chunks(&record.nar_hash, form.chunk_count),
+                )
                 .await?;
             if let Some(chunks) = checked {
                 if key.compression == Compression::Zstd {
@@ -197,13 +200,18 @@ impl Cache {
         }))
     }
 
-    /// A NAR's chunk list, or `None` when a chunk is missing from storage (checked so that a
-    /// 200 is only sent when the whole body can follow).
+    /// A NAR's chunk list, or `None` when it is not the `chunk_count` chunks its record names
+    /// (dropped meanwhile by a request that found a chunk missing) or a chunk is missing from
+    /// storage: checked so that a 200 is only sent when the whole body can follow.
     async fn load_servable_chunks(
         &self,
         nar: &ncps_nix::Sha256Hash,
+        chunk_count: u64,
     ) -> Result<Option<Vec<ChunkRef>>, CacheError> {
         let chunks = self.inner.db.nar_chunks(nar).await?;
+        if chunks.len() as u64 != chunk_count {
+            return Ok(None);
+        }
         let hashes: Vec<ChunkHash> = chunks.iter().map(|c| c.hash).collect();
         let present = self.inner.store.all_chunks_present(&hashes).await?;
         Ok(present.then_some(chunks))
