@@ -166,22 +166,21 @@ impl LocalDir {
             .map(|(h, size)| (self.chunk_file(h), *size as usize))
             .collect();
         let mut buf = vec![0u8; files.iter().map(|(_, size)| size).sum()];
-        let first = files
-            .first()
-            .map_or_else(|| self.root.clone(), |(f, _)| f.clone());
-        let (buf, found) = blocking(&first, move || {
+        let dir = self.root.join(crate::chunk::CHUNK_DIR);
+        let (buf, found) = blocking(&dir, move || {
             let mut found = Vec::with_capacity(files.len());
             let mut rest = &mut buf[..];
             for (file, size) in &files {
                 let (frame, tail) = rest.split_at_mut(*size);
                 rest = tail;
-                let present = match unless_missing(std::fs::File::open(file))? {
-                    Some(f) => {
-                        f.read_exact_at(frame, 0)?;
-                        true
-                    }
-                    None => false,
-                };
+                let read = |f: std::fs::File| f.read_exact_at(frame, 0);
+                let present = unless_missing(std::fs::File::open(file))
+                    .and_then(|f| f.map(read).transpose())
+                    .map_err(|e| {
+                        let name = file.file_name().unwrap_or_default().to_string_lossy();
+                        std::io::Error::new(e.kind(), format!("chunk {name}: {e}"))
+                    })?
+                    .is_some();
                 found.push(present);
             }
             Ok((buf, found))
