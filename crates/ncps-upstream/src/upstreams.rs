@@ -90,8 +90,18 @@ impl Entry {
         }
     }
 
-    /// A request failed; outages (timeouts, refused connections, 5xx) mark it unhealthy.
+    /// A request to this upstream failed: the request's span says so (outcome `timeout` or
+    /// `error`, status ERROR), and outages (timeouts, refused connections, 5xx) mark the
+    /// upstream unhealthy.
     fn record_failure(&self, error: &UpstreamError, options: &UpstreamOptions) {
+        let span = Span::current();
+        let outcome = if error.is_timeout() {
+            "timeout"
+        } else {
+            "error"
+        };
+        span.record("outcome", outcome);
+        span.record("otel.status_code", "ERROR");
         if !error.is_outage() {
             return;
         }
@@ -459,16 +469,6 @@ impl Upstreams {
             }
             Err(error) => {
                 entry.record_failure(&error, options);
-                let span = Span::current();
-                span.record(
-                    "outcome",
-                    if error.is_timeout() {
-                        "timeout"
-                    } else {
-                        "error"
-                    },
-                );
-                span.record("otel.status_code", "ERROR");
                 if last_resort {
                     debug!(upstream = upstream.url(), %hash, %error, "unhealthy upstream failed again");
                 } else {
@@ -527,16 +527,6 @@ impl Upstreams {
             }
             Err(error) => {
                 entry.record_failure(&error, &self.inner.options);
-                let span = Span::current();
-                span.record(
-                    "outcome",
-                    if error.is_timeout() {
-                        "timeout"
-                    } else {
-                        "error"
-                    },
-                );
-                span.record("otel.status_code", "ERROR");
                 Err(error)
             }
         }
