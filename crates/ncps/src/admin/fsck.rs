@@ -133,14 +133,19 @@ impl Fsck {
         Duration::from_secs(u64::try_from(now_secs() - secs).unwrap_or(0))
     }
 
-    /// Reports a finding too young to judge.
-    fn too_young(&mut self, line: String, age: Duration) {
+    /// A finding old enough to judge gives its line back; one younger than `--min-age` may be
+    /// a write in progress, so it is reported as left alone and `None` is returned.
+    fn old_enough(&mut self, line: String, age: Duration) -> Option<String> {
+        if age >= self.min_age {
+            return Some(line);
+        }
         self.left_alone += 1;
         println!(
             "recent ({} old, under --min-age {}; may be a write in progress, left alone): {line}",
             format_age(age),
             format_age(self.min_age)
         );
+        None
     }
 
     /// Walks every stored NAR; returns the whole-file keys recorded.
@@ -407,18 +412,16 @@ impl Fsck {
                 format_size(object.size)
             );
             let age = self.age_of(object.last_modified);
-            if age < self.min_age {
-                self.too_young(line, age);
+            let Some(line) = self.old_enough(line, age) else {
                 continue;
-            }
+            };
             self.problem(format!("{line} ({} old)", format_age(age)));
             if self.repair {
-                if self.opened.db.whole_file_recorded(&object.key).await? {
-                    self.repaired("recorded meanwhile; kept");
-                } else {
+                let kept = self.opened.db.whole_file_recorded(&object.key).await?;
+                if !kept {
                     self.opened.store.delete_nar(&object.key).await?;
-                    self.repaired("deleted");
                 }
+                self.removed_or_kept(!kept, "deleted", "recorded meanwhile; kept");
             }
         }
         Ok(())
@@ -447,18 +450,16 @@ impl Fsck {
                     format_size(object.size)
                 );
                 let age = self.age_of(object.last_modified);
-                if age < self.min_age {
-                    self.too_young(line, age);
+                let Some(line) = self.old_enough(line, age) else {
                     continue;
-                }
+                };
                 self.problem(format!("{line} ({} old)", format_age(age)));
                 if self.repair {
-                    if self.opened.db.known_chunks(&[object.key]).await?.is_empty() {
+                    let removed = self.opened.db.known_chunks(&[object.key]).await?.is_empty();
+                    if removed {
                         self.opened.store.delete_chunk(&object.key).await?;
-                        self.repaired("deleted");
-                    } else {
-                        self.repaired("recorded meanwhile; kept");
                     }
+                    self.removed_or_kept(removed, "deleted", "recorded meanwhile; kept");
                 }
             }
         }
@@ -474,10 +475,9 @@ impl Fsck {
                 orphan.store_path, orphan.nar_hash
             );
             let age = self.age_of_secs(orphan.created_at);
-            if age < self.min_age {
-                self.too_young(line, age);
+            let Some(line) = self.old_enough(line, age) else {
                 continue;
-            }
+            };
             self.problem(line);
             if self.repair {
                 let removed = self
