@@ -13,6 +13,7 @@ mod cache;
 mod chunk_memo;
 mod chunking;
 mod codec;
+pub mod defaults;
 mod download;
 mod error;
 mod fetch;

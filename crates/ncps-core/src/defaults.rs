@@ -1,0 +1,28 @@
+//! The core's defaults, in one place: the library's constructors use them, and the binary's
+//! flags take their default values from them, so a default is written exactly once.
+
+use std::time::Duration;
+
+/// Priority announced in `/nix-cache-info`: cache.nixos.org's, which clients usually list
+/// beside us (lower is preferred).
+pub const PRIORITY: u32 = 40;
+/// How long a download lock lives without renewal; a dead replica's lock expires after it.
+pub const DOWNLOAD_LOCK_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long a whole file is kept after its chunks are complete (lazy chunking).
+pub const CDC_DELETE_DELAY: Duration = Duration::from_secs(24 * 3600);
+/// zstd level of each chunk's frame: level 1 is the only one that keeps ingest above
+/// 300 MB/s per core (see docs/benchmarks.md).
+pub const CDC_ZSTD_LEVEL: i32 = 1;
+/// Concurrent lazy-chunking workers.
+pub const CDC_BACKGROUND_WORKERS: usize = 1;
+/// When interrupted lazy chunking is looked for (cron or `@every <duration>`).
+pub const CDC_LAZY_RECOVERY_SCHEDULE: &str = "@every 5m";
+/// NARs taken per recovery round.
+pub const CDC_LAZY_RECOVERY_BATCH: u32 = 100;
+/// How long an unreferenced chunk is kept, so a reader that resolved a chunk list before it
+/// was dropped never loses a chunk under it.
+pub const CDC_GC_GRACE: Duration = Duration::from_secs(3600);
+/// How often unreferenced chunks are looked for.
+pub const CDC_GC_INTERVAL: Duration = Duration::from_secs(3600);
+/// Largest NAR (compressed and plain) or build log accepted by upload.
+pub const MAX_UPLOAD_SIZE: u64 = 32 << 30;
