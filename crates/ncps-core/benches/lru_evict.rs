@@ -2,7 +2,7 @@
 //! `NCPS_BENCH_DATABASE_URL` names (default: a SQLite file in a temporary directory).
 //!
 //! Inserts N narinfos (env `N`, default 100 000), each with its own NAR recorded as a 1000-byte
-//! whole file and its own `last_accessed_at`, then times `Cache::evict_lru(0)`, which evicts all
+//! whole file and its own `last_accessed_at`, then times `Maintenance::evict_lru(0)`, which evicts all
 //! of them. The whole files are not in storage (deleting a missing file is a no-op), so the
 //! time is the database's plus the eviction loop's. On a server database the tables are
 //! not emptied: the URL must name an empty (throwaway) database.
@@ -83,8 +83,7 @@ async fn main() {
         db.clone(),
         store,
         upstreams,
-    )
-    .expect("cache");
+    );
 
     let before = db.stored_bytes().await.expect("stored bytes");
     assert_eq!(
@@ -123,7 +122,7 @@ async fn main() {
     let stored = db.stored_bytes().await.expect("stored bytes");
     assert_eq!(stored, n * NAR_FILE_SIZE);
 
-    let report = cache.evict_lru(0).await.expect("evict");
+    let report = cache.maintenance().evict_lru(0).await.expect("evict");
     assert_eq!(report.narinfos_evicted, n, "every narinfo is evicted");
     assert_eq!(report.bytes_after, 0);
     let secs = report.duration.as_secs_f64();

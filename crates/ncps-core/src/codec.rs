@@ -21,35 +21,139 @@ const ZSTD_TRANSCODE_LEVEL: i32 = 3;
 /// xz level for the rare URL that names xz but whose NAR is only stored in another form.
 const XZ_TRANSCODE_LEVEL: u32 = 1;
 
+/// The compressions ncps can decompress (to verify and chunk NARs) and produce (to convert
+/// them): the one table. Every match below is exhaustive, so a compression added to
+/// [`Compression`] must be decided in [`Codec::of`], and a codec added here must be given a
+/// decoder, a streaming decoder and an encoder, before anything compiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Codec {
+    None,
+    Xz,
+    Zstd,
+    Bzip2,
+    Brotli,
+}
+
+impl Codec {
+    /// The codec of a compression, or `None` when ncps cannot decode it (then it can neither
+    /// verify such a NAR nor serve it in another form).
+    pub fn of(compression: Compression) -> Option<Self> {
+        match compression {
+            Compression::None => Some(Self::None),
+            Compression::Xz => Some(Self::Xz),
+            Compression::Zstd => Some(Self::Zstd),
+            Compression::Bzip2 => Some(Self::Bzip2),
+            Compression::Brotli => Some(Self::Brotli),
+            Compression::Lz4 | Compression::Gzip => None,
+        }
+    }
+
+    /// The codec of a compression, or an `Unsupported` error naming it.
+    pub fn require(compression: Compression) -> io::Result<Self> {
+        Self::of(compression).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("NARs compressed with {compression} are not supported"),
+            )
+        })
+    }
+
+    /// Wraps `input` in a decompressor; concatenated streams (spliced frames) read through.
+    pub fn decoder<'a>(
+        self,
+        input: impl Read + Send + 'a,
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
+        Ok(match self {
+            Self::None => Box::new(input),
+            Self::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
+            Self::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+            Self::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
+            Self::Brotli => Box::new(brotli::Decompressor::new(input, 64 * 1024)),
+        })
+    }
+
+    /// A decompressor that is written to and writes the plain bytes into `sink` (the verifier
+    /// pushes bytes through it as they arrive).
+    pub fn write_decoder<W: Write>(self, sink: W) -> io::Result<WriteDecoder<W>> {
+        Ok(match self {
+            Self::None => WriteDecoder::Plain(sink),
+            Self::Xz => WriteDecoder::Xz(Box::new(xz2::write::XzDecoder::new_multi_decoder(sink))),
+            Self::Zstd => WriteDecoder::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?)),
+            Self::Bzip2 => WriteDecoder::Bzip2(Box::new(bzip2::write::BzDecoder::new(sink))),
+            Self::Brotli => {
+                WriteDecoder::Brotli(Box::new(brotli::DecompressorWriter::new(sink, 64 * 1024)))
+            }
+        })
+    }
+
+    /// A compressor writing into `out`, at the levels used for conversions on the fly.
+    fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
+        Ok(match self {
+            Self::None => Encoder::None(out),
+            Self::Xz => Encoder::Xz(xz2::write::XzEncoder::new(out, XZ_TRANSCODE_LEVEL)),
+            Self::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(
+                out,
+                ZSTD_TRANSCODE_LEVEL,
+            )?),
+            Self::Bzip2 => Encoder::Bzip2(bzip2::write::BzEncoder::new(
+                out,
+                bzip2::Compression::fast(),
+            )),
+            Self::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
+                out,
+                64 * 1024,
+                4,
+                22,
+            ))),
+        })
+    }
+}
+
 /// True when NARs in this compression can be decompressed (to verify and to chunk them).
 pub(crate) fn can_decode(compression: Compression) -> bool {
-    matches!(
-        compression,
-        Compression::None
-            | Compression::Xz
-            | Compression::Zstd
-            | Compression::Bzip2
-            | Compression::Brotli
-    )
+    Codec::of(compression).is_some()
 }
 
-fn unsupported(c: Compression) -> io::Error {
-    io::Error::new(io::ErrorKind::Unsupported, format!("{c} is not supported"))
+/// A streaming decompressor that is written to; see [`Codec::write_decoder`].
+pub(crate) enum WriteDecoder<W: Write> {
+    Plain(W),
+    Xz(Box<xz2::write::XzDecoder<W>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, W>>),
+    Bzip2(Box<bzip2::write::BzDecoder<W>>),
+    Brotli(Box<brotli::DecompressorWriter<W>>),
 }
 
-/// Wraps `input` in a decompressor for `compression`; concatenated streams are read through.
-pub(crate) fn decoder<'a>(
-    compression: Compression,
-    input: impl Read + Send + 'a,
-) -> io::Result<Box<dyn Read + Send + 'a>> {
-    Ok(match compression {
-        Compression::None => Box::new(input),
-        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
-        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
-        Compression::Brotli => Box::new(brotli::Decompressor::new(input, 64 * 1024)),
-        other => return Err(unsupported(other)),
-    })
+impl<W: Write> WriteDecoder<W> {
+    /// Decompresses `buf` into the sink.
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.write_all(buf),
+            Self::Xz(w) => w.write_all(buf),
+            Self::Zstd(w) => w.write_all(buf),
+            Self::Bzip2(w) => w.write_all(buf),
+            Self::Brotli(w) => w.write_all(buf),
+        }
+    }
+
+    /// Ends the stream and gives the sink back; a stream cut short is an `UnexpectedEof`.
+    pub fn finish(self) -> io::Result<W> {
+        let truncated = || {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "compressed stream is truncated",
+            )
+        };
+        match self {
+            Self::Plain(s) => Ok(s),
+            Self::Xz(mut w) => w.finish(),
+            Self::Zstd(mut w) => {
+                w.flush()?;
+                Ok(w.into_inner())
+            }
+            Self::Bzip2(mut w) => w.finish(),
+            Self::Brotli(w) => w.into_inner().map_err(|_| truncated()),
+        }
+    }
 }
 
 /// A compressor writing into `out`; `finish` must be called to flush the trailer.
@@ -62,28 +166,6 @@ enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    fn new(compression: Compression, out: W) -> io::Result<Self> {
-        Ok(match compression {
-            Compression::None => Self::None(out),
-            Compression::Xz => Self::Xz(xz2::write::XzEncoder::new(out, XZ_TRANSCODE_LEVEL)),
-            Compression::Zstd => Self::Zstd(zstd::stream::write::Encoder::new(
-                out,
-                ZSTD_TRANSCODE_LEVEL,
-            )?),
-            Compression::Bzip2 => Self::Bzip2(bzip2::write::BzEncoder::new(
-                out,
-                bzip2::Compression::fast(),
-            )),
-            Compression::Brotli => Self::Brotli(Box::new(brotli::CompressorWriter::new(
-                out,
-                64 * 1024,
-                4,
-                22,
-            ))),
-            other => return Err(unsupported(other)),
-        })
-    }
-
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Self::None(w) => w,
@@ -180,9 +262,9 @@ pub(crate) fn transcode(
     tokio::task::spawn_blocking(move || {
         let err_tx = tx.clone();
         let result = (|| -> io::Result<()> {
-            let mut plain = decoder(from, reader)?;
+            let mut plain = Codec::require(from)?.decoder(reader)?;
             let out = BufWriter::with_capacity(OUT_PIECE, ChannelWriter { tx });
-            let mut encoder = Encoder::new(to, out)?;
+            let mut encoder = Codec::require(to)?.encoder(out)?;
             io::copy(&mut plain, encoder.writer())?;
             encoder.finish()
         })();
@@ -230,16 +312,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn converts_between_every_supported_pair() {
         let plain = sample();
-        let all = [
-            Compression::None,
-            Compression::Xz,
-            Compression::Zstd,
-            Compression::Bzip2,
-            Compression::Brotli,
-        ];
-        for from in all {
+        let all: Vec<Compression> = Compression::ALL
+            .into_iter()
+            .filter(|c| can_decode(*c))
+            .collect();
+        assert_eq!(all.len(), 5);
+        for &from in &all {
             let encoded = run(plain.clone(), Compression::None, from).await.unwrap();
-            for to in all {
+            for &to in &all {
                 let converted = run(encoded.clone(), from, to).await.unwrap();
                 let back = run(converted, to, Compression::None).await.unwrap();
                 assert!(back == plain, "{from} -> {to}");

@@ -39,6 +39,14 @@ pub enum CacheError {
     /// Our own blob storage failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// The lock service that coordinates replicas could not be asked; the request may succeed
+    /// once it is back.
+    #[error(transparent)]
+    Lock(#[from] crate::LockError),
+    /// Another replica's download of this NAR held its lock for longer than the lock's TTL
+    /// without storing it.
+    #[error("another replica's download of this NAR did not finish in time")]
+    WaitedTooLong,
     /// A failure shared by every client of one download.
     #[error("{0}")]
     Shared(std::sync::Arc<CacheError>),

@@ -1,41 +1,128 @@
-//! The cache: the lifecycle of a narinfo and its NAR.
+//! The cache: the lifecycle of a narinfo and its NAR, in three components with one job each.
 //!
-//! Lookups go to the database first, then to the upstreams. A NAR that is not stored yet is
-//! downloaded once however many clients ask for it; every client streams from that one download
-//! while it is written and verified, and the NAR is committed to storage (as a whole file or as
-//! content-defined chunks) only after its hashes and sizes matched the narinfo. Stored NARs are
-//! served from whichever form can produce the compression their URL names. The HTTP layer above
-//! only translates requests and errors.
+//! - [`Reader`] answers requests: it resolves a NAR URL, decides with [`plan`](crate::plan)
+//!   which stored form serves it, and streams it. It owns the memo of rendered narinfos, the
+//!   memo of checked chunk lists and the log of accesses. On a miss it asks the ingest side.
+//! - [`Ingest`] brings bytes in: upstream narinfos, single-flight NAR downloads, uploads,
+//!   verification, chunking and the commit to storage and database, through temporary files.
+//! - [`Maintenance`] keeps the store in shape: background jobs (lazy chunking and its
+//!   recovery, LRU eviction, chunk garbage collection), pins, deletions, imports, the
+//!   migrations between whole files and chunks, and fsck.
+//!
+//! [`Documents`] serves build logs and realisations, which have no NAR. [`Cache`] wires the
+//! four together from one [`CacheConfig`]; the HTTP layer and the admin commands call the
+//! components, never the database or storage below them.
 
-mod access;
-pub mod admin;
-mod cache;
-mod chunk_memo;
-mod chunking;
+mod chunk_queue;
 mod codec;
+mod config;
 pub mod defaults;
-mod download;
+mod documents;
 mod error;
-mod fetch;
-mod forms;
-mod jobs;
+mod ingest;
 mod locks;
-mod lru;
-mod memo;
+pub mod maintenance;
 mod metrics;
+mod plan;
 mod range;
+mod reader;
 mod schedule;
-mod upload;
-mod verify;
+mod temp;
 
-pub use cache::{Cache, CacheConfig, CdcConfig, NarBody};
-pub use chunking::ChunkSettings;
+use std::sync::Arc;
+
+use ncps_db::Database;
+use ncps_store::BlobStore;
+use ncps_upstream::Upstreams;
+
+pub use config::{CacheConfig, CdcConfig};
+pub use documents::{Documents, MAX_REALISATION_UPLOAD};
 pub use error::CacheError;
-pub use jobs::{GcReport, JobsConfig, LruConfig};
-pub use locks::LockBackend;
-pub use lru::LruReport;
+pub use ingest::{ChunkSettings, Ingest, MAX_NARINFO_UPLOAD, UploadConfig};
+pub use locks::{LocalLocks, LockError, LockGuard, LockService};
+pub use maintenance::{GcReport, JobsConfig, LruConfig, LruReport, Maintenance};
 pub use metrics::{Metrics, Outcome, RequestLabels};
 pub use ncps_store::ByteRange;
 pub use range::RangeRequest;
+pub use reader::{NarBody, Reader};
 pub use schedule::{Schedule, ScheduleError, parse_duration, spawn_scheduled};
-pub use upload::{MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD, UploadConfig};
+pub use temp::TempFiles;
+
+use crate::chunk_queue::ChunkQueue;
+
+/// The cache's components, wired to one database, one storage and one set of upstreams;
+/// cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Cache {
+    reader: Reader,
+    ingest: Ingest,
+    maintenance: Maintenance,
+    documents: Documents,
+    metrics: Arc<Metrics>,
+}
+
+impl Cache {
+    /// Wires the components. Nothing runs in the background until
+    /// [`Maintenance::spawn_jobs`].
+    pub fn new(config: CacheConfig, db: Database, store: BlobStore, upstreams: Upstreams) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let queue = ChunkQueue::default();
+        let ingest = Ingest::new(
+            &config,
+            db.clone(),
+            store.clone(),
+            upstreams.clone(),
+            metrics.clone(),
+            queue.clone(),
+        );
+        let reader = Reader::new(
+            &config,
+            db.clone(),
+            store.clone(),
+            ingest.clone(),
+            metrics.clone(),
+        );
+        let maintenance = Maintenance::new(
+            &config,
+            db.clone(),
+            store,
+            reader.clone(),
+            ingest.clone(),
+            metrics.clone(),
+            queue,
+        );
+        let documents = Documents::new(db, upstreams, config.uploads.max_size);
+        Self {
+            reader,
+            ingest,
+            maintenance,
+            documents,
+            metrics,
+        }
+    }
+
+    /// Answers narinfo and NAR requests.
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    /// Receives uploads.
+    pub fn ingest(&self) -> &Ingest {
+        &self.ingest
+    }
+
+    /// Jobs, pins, deletions, imports, migrations and fsck.
+    pub fn maintenance(&self) -> &Maintenance {
+        &self.maintenance
+    }
+
+    /// Build logs and realisations.
+    pub fn documents(&self) -> &Documents {
+        &self.documents
+    }
+
+    /// The metrics, for `/metrics` and for the HTTP layer's request counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}

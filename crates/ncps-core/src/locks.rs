@@ -1,226 +1,115 @@
-//! Locks that work across replicas, so N processes behave like one: one download per NAR, one
-//! eviction run, one garbage collection.
+//! Locks that make N replicas behave like one: one download per NAR, one eviction run, one
+//! garbage collection.
 //!
-//! `local` locks live in this process (the single-box default). `redis` locks are fenced,
-//! expiring keys (`SET NX PX` with a random token; renewed while held; released only by their
-//! owner), so a replica that dies loses its locks after the TTL. `postgres` uses session
-//! advisory locks on a dedicated connection, released by the server when that connection
-//! closes, so it needs no extra service when the database is PostgreSQL already.
+//! The core only knows the [`LockService`] trait and the in-process [`LocalLocks`] (the
+//! single-box default). Services shared by replicas (Redis, PostgreSQL advisory locks) live in
+//! the `ncps-locks` crate and are handed in by the binary, so the core links no lock client.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
 
-use crate::CacheError;
+/// The lock service could not be asked (unreachable, refused, broken connection).
+#[derive(Debug, thiserror::Error)]
+#[error("lock service: {0}")]
+pub struct LockError(pub String);
 
-/// Which lock service coordinates replicas.
-#[derive(Clone, Debug)]
-pub enum LockBackend {
-    /// In-process locks: correct for one replica.
-    Local,
-    /// Redis at this URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS).
-    Redis {
-        /// Connection URL (credentials are never logged).
-        url: String,
-        /// Prefix of every lock key, so several caches can share one Redis.
-        prefix: String,
-    },
-    /// PostgreSQL session advisory locks on this database URL.
-    Postgres {
-        /// Connection URL.
-        url: String,
-        /// Prefix hashed into every lock id.
-        prefix: String,
-    },
-}
-
-/// A lock service.
-pub(crate) enum Locks {
-    Local(Arc<Mutex<HashSet<String>>>),
-    Redis {
-        client: redis::Client,
-        /// One multiplexed connection shared by every lock operation of this process.
-        conn: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
-        prefix: String,
-    },
-    Postgres {
-        /// A few connections to try locks on; a connection that takes a lock leaves the pool
-        /// and holds the lock until it closes.
-        pool: sqlx::PgPool,
-        prefix: String,
-    },
-}
-
-/// A held lock; released when dropped (a replica that dies loses it after the TTL, or when its
-/// database connection closes).
-pub(crate) struct LockGuard {
-    _release: Option<oneshot::Sender<()>>,
-}
-
-fn lock_error(e: impl std::fmt::Display) -> CacheError {
-    CacheError::Io(std::io::Error::other(format!("lock service: {e}")))
-}
-
-/// Renews a Redis lock only while its token still owns it.
-const REDIS_RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
-/// Releases a Redis lock only when its token still owns it (fencing).
-const REDIS_RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-
-/// A random token naming one holder of a Redis lock.
-fn random_token() -> String {
-    let mut bytes = [0u8; 16];
-    // Without entropy the token is still unique enough per process; never fail a lock for it.
-    let _ = getrandom::getrandom(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl Locks {
-    /// Connects to the lock service.
-    pub fn new(backend: &LockBackend) -> Result<Self, CacheError> {
-        Ok(match backend {
-            LockBackend::Local => Self::Local(Arc::default()),
-            LockBackend::Redis { url, prefix } => Self::Redis {
-                client: redis::Client::open(url.as_str()).map_err(lock_error)?,
-                conn: tokio::sync::OnceCell::new(),
-                prefix: prefix.clone(),
-            },
-            LockBackend::Postgres { url, prefix } => Self::Postgres {
-                pool: sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(PG_LOCK_CONNECTIONS)
-                    .connect_lazy(url)
-                    .map_err(lock_error)?,
-                prefix: prefix.clone(),
-            },
-        })
+impl LockError {
+    /// Wraps any displayable failure of a lock client.
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
     }
+}
 
-    /// Takes `key` if nobody holds it; `None` when another holder (here or on another replica)
-    /// has it.
-    pub async fn try_lock(
-        &self,
-        key: &str,
+/// A held lock, released when dropped. A holder that dies loses its lock through the service
+/// itself (an expiring key, a closed session).
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard {
+    _release: oneshot::Sender<()>,
+}
+
+impl LockGuard {
+    /// A guard whose drop closes `release`: the service's task waiting on the other end then
+    /// releases the lock.
+    pub fn new(release: oneshot::Sender<()>) -> Self {
+        Self { _release: release }
+    }
+}
+
+/// A service that hands out named, exclusive, expiring locks.
+pub trait LockService: Send + Sync {
+    /// Takes `key` if nobody holds it; `None` when another holder (in this process or on
+    /// another replica) has it. `ttl` is how long the lock survives a holder that stops
+    /// renewing it (a dead replica).
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
         ttl: Duration,
-    ) -> Result<Option<LockGuard>, CacheError> {
-        match self {
-            Self::Local(held) => {
-                if !held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.to_string())
-                {
-                    return Ok(None);
-                }
-                let (tx, rx) = oneshot::channel::<()>();
-                let held = held.clone();
-                let key = key.to_string();
-                tokio::spawn(async move {
-                    let _ = rx.await;
-                    held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                });
-                Ok(Some(LockGuard { _release: Some(tx) }))
-            }
-            Self::Redis {
-                client,
-                conn,
-                prefix,
-            } => {
-                let conn = conn
-                    .get_or_try_init(|| client.get_multiplexed_async_connection())
-                    .await
-                    .map_err(lock_error)?
-                    .clone();
-                redis_try_lock(conn, &format!("{prefix}{key}"), ttl).await
-            }
-            Self::Postgres { pool, prefix } => {
-                postgres_try_lock(pool, &format!("{prefix}{key}")).await
-            }
+    ) -> BoxFuture<'a, Result<Option<LockGuard>, LockError>>;
+}
+
+/// In-process locks: correct for one replica, and the first tier in front of a shared service
+/// (one task per process asks the remote service; the others wait for it locally).
+#[derive(Clone, Default)]
+pub struct LocalLocks {
+    held: Arc<Mutex<HashSet<String>>>,
+}
+
+impl LocalLocks {
+    /// Takes `key` if no task of this process holds it. Never fails.
+    pub fn try_lock_now(&self, key: &str) -> Option<LockGuard> {
+        if !self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string())
+        {
+            return None;
         }
+        let (tx, rx) = oneshot::channel::<()>();
+        let held = self.held.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+        Some(LockGuard::new(tx))
     }
 }
 
-async fn redis_try_lock(
-    mut conn: redis::aio::MultiplexedConnection,
-    key: &str,
-    ttl: Duration,
-) -> Result<Option<LockGuard>, CacheError> {
-    let token = random_token();
-    let ttl_ms = ttl.as_millis().max(1000) as u64;
-    let set: Option<String> = redis::cmd("SET")
-        .arg(key)
-        .arg(&token)
-        .arg("NX")
-        .arg("PX")
-        .arg(ttl_ms)
-        .query_async(&mut conn)
-        .await
-        .map_err(lock_error)?;
-    if set.is_none() {
-        return Ok(None);
+impl LockService for LocalLocks {
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<LockGuard>, LockError>> {
+        Box::pin(async move { Ok(self.try_lock_now(key)) })
     }
-    let (tx, mut rx) = oneshot::channel::<()>();
-    let key = key.to_string();
-    tokio::spawn(async move {
-        let renew = redis::Script::new(REDIS_RENEW);
-        let release = redis::Script::new(REDIS_RELEASE);
-        let mut tick = tokio::time::interval(Duration::from_millis(ttl_ms / 3));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = &mut rx => break,
-                _ = tick.tick() => {
-                    let renewed: Result<i64, _> = renew.key(&key).arg(&token).arg(ttl_ms).invoke_async(&mut conn).await;
-                    if !matches!(renewed, Ok(1)) {
-                        warn!(key, "lost a lock before releasing it (renewal failed)");
-                        return;
-                    }
-                }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_lock_is_exclusive_until_dropped() {
+        let locks = LocalLocks::default();
+        let ttl = Duration::from_secs(1);
+        let first = locks.try_lock("a", ttl).await.unwrap().expect("free");
+        assert!(locks.try_lock("a", ttl).await.unwrap().is_none());
+        let other = locks.try_lock("b", ttl).await.unwrap();
+        assert!(other.is_some(), "keys are independent");
+        drop(first);
+        // The release runs on a task: give it a moment.
+        for _ in 0..100 {
+            if locks.try_lock("a", ttl).await.unwrap().is_some() {
+                return;
             }
+            tokio::task::yield_now().await;
         }
-        let released: Result<i64, _> = release.key(&key).arg(&token).invoke_async(&mut conn).await;
-        debug!(key, ?released, "released lock");
-    });
-    Ok(Some(LockGuard { _release: Some(tx) }))
-}
-
-/// Connections used to try advisory locks (held locks keep their own, outside this pool).
-const PG_LOCK_CONNECTIONS: u32 = 4;
-
-/// A stable 64-bit id for an advisory lock name.
-fn advisory_id(name: &str) -> i64 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(name.as_bytes());
-    i64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-async fn postgres_try_lock(
-    pool: &sqlx::PgPool,
-    name: &str,
-) -> Result<Option<LockGuard>, CacheError> {
-    use sqlx::Connection;
-    let mut conn = pool.acquire().await.map_err(lock_error)?;
-    let id = advisory_id(name);
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(lock_error)?;
-    if !got {
-        return Ok(None); // the connection goes back to the pool
+        panic!("a dropped lock was never released");
     }
-    // The lock belongs to this session: take the connection out of the pool for its lifetime.
-    let mut conn = conn.detach();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = rx.await;
-        // Closing the session releases the lock even if the unlock fails.
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(id)
-            .execute(&mut conn)
-            .await;
-        let _ = conn.close().await;
-    });
-    Ok(Some(LockGuard { _release: Some(tx) }))
 }

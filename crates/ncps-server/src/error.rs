@@ -28,6 +28,8 @@ fn status_of(e: &CacheError) -> StatusCode {
         CacheError::BadRequest(_) => StatusCode::BAD_REQUEST,
         CacheError::Forbidden(_) => StatusCode::FORBIDDEN,
         CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        CacheError::Lock(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CacheError::WaitedTooLong => StatusCode::GATEWAY_TIMEOUT,
         CacheError::Shared(inner) => status_of(inner),
         CacheError::Database(_) | CacheError::Storage(_) | CacheError::Io(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -45,6 +47,10 @@ fn public_message(e: &CacheError) -> String {
         CacheError::RangeNotSatisfiable { size } => format!("range outside the {size} bytes"),
         CacheError::BadRequest(m) | CacheError::Forbidden(m) => m.clone(),
         CacheError::TooLarge { limit } => format!("upload larger than the limit of {limit} bytes"),
+        CacheError::Lock(_) => "the lock service is unavailable; try again shortly".into(),
+        CacheError::WaitedTooLong => {
+            "another replica's download of this NAR did not finish in time".into()
+        }
         CacheError::Shared(inner) => public_message(inner),
         CacheError::Database(_) | CacheError::Storage(_) | CacheError::Io(_) => {
             "internal error".into()

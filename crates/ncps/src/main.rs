@@ -1,15 +1,13 @@
 //! `ncps`: a Nix binary cache proxy.
 
-mod admin;
 mod cli;
+mod commands;
 mod config_file;
 mod duration;
 mod keys;
 mod listen;
-mod migrate;
 mod otel;
 mod otel_metrics;
-mod serve;
 mod setup;
 mod shutdown;
 mod size;
@@ -32,16 +30,22 @@ fn main() -> Result<()> {
     }
     let result = runtime.block_on(async {
         match parsed.cli.command {
-            cli::Command::Serve(args) => serve::run(*args, parsed.cli.prometheus_enabled).await,
-            cli::Command::MigrateNarToChunks(args) => migrate::to_chunks(*args).await,
-            cli::Command::MigrateChunksToNar(args) => migrate::to_whole_files(*args).await,
-            cli::Command::Migrate(args) => admin::schema::run(*args).await,
-            cli::Command::MigrateNarinfo(args) => admin::import::run(*args).await,
-            cli::Command::Fsck(args) => admin::fsck::run(*args).await,
-            cli::Command::GenerateKey(args) => admin::keygen::run(&args),
-            cli::Command::Pin(args) => admin::pins::pin(*args).await,
-            cli::Command::Unpin(args) => admin::pins::unpin(*args).await,
-            cli::Command::Pins(args) => admin::pins::list(*args).await,
+            cli::Command::Serve(args) => {
+                commands::serve::run(*args, parsed.cli.prometheus_enabled).await
+            }
+            cli::Command::MigrateNarToChunks(args) => {
+                commands::migrate_nar_to_chunks::run(*args).await
+            }
+            cli::Command::MigrateChunksToNar(args) => {
+                commands::migrate_chunks_to_nar::run(*args).await
+            }
+            cli::Command::Migrate(args) => commands::migrate::run(*args).await,
+            cli::Command::MigrateNarinfo(args) => commands::migrate_narinfo::run(*args).await,
+            cli::Command::Fsck(args) => commands::fsck::run(*args).await,
+            cli::Command::GenerateKey(args) => commands::generate_key::run(&args),
+            cli::Command::Pin(args) => commands::pin::pin(*args).await,
+            cli::Command::Unpin(args) => commands::pin::unpin(*args).await,
+            cli::Command::Pins(args) => commands::pin::list(*args).await,
         }
     });
     // Spans of the last requests and the final metric values, before the runtime goes.

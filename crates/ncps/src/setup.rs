@@ -1,20 +1,20 @@
 //! Opening the cache's parts from the storage flags: shared by `serve` and the admin commands.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ncps_core::ChunkSettings;
+use ncps_core::{ChunkSettings, TempFiles};
 use ncps_db::{Database, PoolOptions};
 use ncps_nix::SecretKey;
 use ncps_store::chunk::ChunkParams;
 use ncps_store::{BlobStore, S3Config};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cli::{CdcArgs, StorageArgs};
 use crate::keys;
 
-/// Leftover downloads older than this are from a crashed run and are removed at start.
+/// Temporary files older than this are from a crashed run and are removed at start.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 /// Settings key recording the chunking parameters a cache was built with.
 const CDC_PARAMS_SETTING: &str = "cdc.params";
@@ -51,7 +51,7 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         .unwrap_or_else(|| data_dir.join("tmp"));
     std::fs::create_dir_all(&temp_dir)
         .with_context(|| format!("cannot create temp directory {}", temp_dir.display()))?;
-    remove_stale_downloads(&temp_dir);
+    TempFiles::new(temp_dir.clone()).sweep(STALE_TEMP_AGE);
     let secret_key = match &args.cache_secret_key_path {
         Some(path) => keys::load_or_generate(path, None)?,
         None => keys::load_or_generate(&data_dir.join("secret.key"), Some(&hostname))?,
@@ -143,34 +143,4 @@ fn system_hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ncps".to_string())
-}
-
-/// Deletes temporary download files a crashed run left behind.
-fn remove_stale_downloads(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let ours = ["nar-", "unchunk-"]
-            .iter()
-            .any(|p| name.to_string_lossy().starts_with(p));
-        if !ours {
-            continue;
-        }
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_TEMP_AGE);
-        if old {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => info!(file = %entry.path().display(), "removed stale download"),
-                Err(e) => {
-                    warn!(file = %entry.path().display(), error = %e, "cannot remove stale download")
-                }
-            }
-        }
-    }
 }

@@ -12,6 +12,6 @@ pub async fn get(State(cache): State<Cache>) -> impl IntoResponse {
             (header::CONTENT_TYPE, headers::CACHE_INFO),
             (header::CACHE_CONTROL, headers::CACHE_SHORT),
         ],
-        cache.cache_info().render(),
+        cache.reader().cache_info().render(),
     )
 }

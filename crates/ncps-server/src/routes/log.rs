@@ -18,7 +18,7 @@ pub async fn get(
     State(cache): State<Cache>,
     Path(drv): Path<String>,
 ) -> Result<Response, ApiError> {
-    let log = cache.build_log(&parse_drv(&drv)?).await?;
+    let log = cache.documents().build_log(&parse_drv(&drv)?).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }
 
@@ -28,6 +28,9 @@ pub async fn put(
     Path(drv): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    cache.put_build_log(&parse_drv(&drv)?, &body).await?;
+    cache
+        .documents()
+        .put_build_log(&parse_drv(&drv)?, &body)
+        .await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -7,7 +7,7 @@ use crate::ApiError;
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text), storage gauges measured now.
 pub async fn get(State(cache): State<Cache>) -> Result<Response, ApiError> {
-    cache.refresh_gauges().await?;
+    cache.maintenance().refresh_gauges().await?;
     Ok((
         [
             (

@@ -43,7 +43,7 @@ pub async fn get(
         total_size,
         range,
         stream,
-    } = cache.nar(&key, range).await?;
+    } = cache.reader().nar(&key, range).await?;
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     base_headers(h);
@@ -69,7 +69,7 @@ pub async fn head(
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&file)?;
-    let size = cache.nar_size(&key).await?;
+    let size = cache.reader().nar_size(&key).await?;
     let mut response = StatusCode::OK.into_response();
     let h = response.headers_mut();
     base_headers(h);
@@ -91,7 +91,7 @@ pub async fn put(
         .into_data_stream()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e))
         .boxed();
-    cache.upload_nar(&key, stream).await?;
+    cache.ingest().upload_nar(&key, stream).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -101,6 +101,6 @@ pub async fn delete(
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let key = parse_key(&file)?;
-    cache.delete_nar(&key).await?;
+    cache.maintenance().delete_nar(&key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -22,7 +22,7 @@ pub async fn get(
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&file)?;
-    let text = cache.narinfo(&hash).await?;
+    let text = cache.reader().narinfo(&hash).await?;
     Ok((
         [
             (header::CONTENT_TYPE, headers::NARINFO),
@@ -42,7 +42,7 @@ pub async fn put(
     let hash = parse_hash(&file)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("narinfo is not UTF-8".into()))?;
-    cache.upload_narinfo(&hash, text).await?;
+    cache.ingest().upload_narinfo(&hash, text).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -52,6 +52,6 @@ pub async fn delete(
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&file)?;
-    cache.delete_narinfo(&hash).await?;
+    cache.maintenance().delete_narinfo(&hash).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -19,7 +19,7 @@ pub async fn post(
     State(cache): State<Cache>,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
-    let created = cache.pin(&parse_hash(&file)?).await?;
+    let created = cache.maintenance().pin(&parse_hash(&file)?).await?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -33,13 +33,13 @@ pub async fn delete(
     State(cache): State<Cache>,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
-    cache.unpin(&parse_hash(&file)?).await?;
+    cache.maintenance().unpin(&parse_hash(&file)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /pins`: one pin per line, `<hash> <store path or ->`.
 pub async fn list(State(cache): State<Cache>) -> Result<Response, ApiError> {
-    let text = cache.pins_text().await?;
+    let text = cache.maintenance().pins_text().await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),

@@ -12,6 +12,6 @@ pub async fn get(State(cache): State<Cache>) -> impl IntoResponse {
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, headers::CACHE_SHORT),
         ],
-        cache.public_key().to_nix_string(),
+        cache.reader().public_key().to_nix_string(),
     )
 }

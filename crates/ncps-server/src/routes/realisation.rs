@@ -49,7 +49,12 @@ pub async fn get(
     State(cache): State<Cache>,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(json(cache.realisation(&realisation_id(&file)?).await?))
+    Ok(json(
+        cache
+            .documents()
+            .realisation(&realisation_id(&file)?)
+            .await?,
+    ))
 }
 
 /// `PUT /realisations/<id>.doi`.
@@ -59,6 +64,7 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     cache
+        .documents()
         .put_realisation(&realisation_id(&file)?, text(&body)?)
         .await?;
     Ok(StatusCode::OK.into_response())
@@ -69,7 +75,12 @@ pub async fn get_trace(
     State(cache): State<Cache>,
     Path((drv, output)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    Ok(json(cache.realisation(&trace_id(&drv, &output)?).await?))
+    Ok(json(
+        cache
+            .documents()
+            .realisation(&trace_id(&drv, &output)?)
+            .await?,
+    ))
 }
 
 /// `PUT /build-trace-v2/<drv name>/<output>`.
@@ -79,6 +90,7 @@ pub async fn put_trace(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     cache
+        .documents()
         .put_realisation(&trace_id(&drv, &output)?, text(&body)?)
         .await?;
     Ok(StatusCode::OK.into_response())

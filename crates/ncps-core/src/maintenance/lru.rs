@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::{Cache, CacheError};
+use super::Maintenance;
+use crate::CacheError;
 
 /// How long the eviction lock lives without renewal.
 const LRU_LOCK_TTL: Duration = Duration::from_secs(30 * 60);
@@ -30,19 +31,19 @@ pub struct LruReport {
     pub duration: Duration,
 }
 
-impl Cache {
+impl Maintenance {
     /// Evicts least recently used narinfos (and the NARs only they use) until the stored bytes
     /// are at most `max_size`. Paths in the closure of a pin are never evicted.
     pub async fn evict_lru(&self, max_size: u64) -> Result<LruReport, CacheError> {
-        let _running = self.inner.lru_lock.lock().await;
+        let _running = self.0.lru_running.lock().await;
         // One replica evicts at a time; the others skip this round.
-        let Some(_global) = self.inner.locks.try_lock("lru", LRU_LOCK_TTL).await? else {
+        let Some(_global) = self.0.locks.try_lock("lru", LRU_LOCK_TTL).await? else {
             info!("another replica is evicting; skipping this run");
             return Ok(LruReport::default());
         };
         let started = Instant::now();
-        self.flush_access_times().await;
-        let db = &self.inner.db;
+        self.0.reader.flush_access_times().await;
+        let db = &self.0.db;
         let mut report = LruReport {
             bytes_before: db.stored_bytes().await?,
             ..LruReport::default()
@@ -76,7 +77,7 @@ impl Cache {
                     let removed = db.evict(&hashes).await?;
                     for record in &removed {
                         if let Some(whole) = record.whole {
-                            self.inner.store.delete_nar(&whole.key).await?;
+                            self.0.store.delete_nar(&whole.key).await?;
                         }
                     }
                     report.narinfos_evicted += hashes.len() as u64;
@@ -86,7 +87,7 @@ impl Cache {
             }
         }
         if report.narinfos_evicted > 0 {
-            self.inner.memo.clear();
+            self.0.reader.forget_all_narinfos();
         }
         report.bytes_after = stored;
         report.duration = started.elapsed();
@@ -100,30 +101,5 @@ impl Cache {
             );
         }
         Ok(report)
-    }
-}
-
-impl Cache {
-    /// Pins a store path (and so its closure) against eviction; `false` when it already was.
-    pub async fn pin(&self, hash: &ncps_nix::StorePathHash) -> Result<bool, CacheError> {
-        Ok(self.inner.db.pin(hash).await?)
-    }
-
-    /// Removes a pin; `NotFound` when there was none.
-    pub async fn unpin(&self, hash: &ncps_nix::StorePathHash) -> Result<(), CacheError> {
-        if self.inner.db.unpin(hash).await? {
-            Ok(())
-        } else {
-            Err(CacheError::NotFound)
-        }
-    }
-
-    /// Every pin, as one line each: `<hash> <store path or ->`.
-    pub async fn pins_text(&self) -> Result<String, CacheError> {
-        let pins = self.inner.db.pins().await?;
-        Ok(pins
-            .iter()
-            .map(|p| format!("{} {}\n", p.hash, p.store_path.as_deref().unwrap_or("-")))
-            .collect())
     }
 }

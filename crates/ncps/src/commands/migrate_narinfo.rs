@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use ncps_core::CacheError;
-use ncps_core::admin::Imported;
+use ncps_core::maintenance::Imported;
 use ncps_nix::{MAX_TEXT_LEN, NarInfo, PublicKey, StorePathHash};
 
-use super::format_size;
 use crate::cli::MigrateNarinfoArgs;
+use ncps_core::maintenance::format_size;
 
 /// The narinfo files below a binary cache directory, in a stable order (a resumed run walks
 /// the same way), with the hash each file name claims. Subdirectories are searched too (the Go
@@ -146,7 +146,7 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
             ""
         }
     );
-    let opened = super::open(&args.storage).await?;
+    let maintenance = super::open(&args.storage).await?;
     let started = Instant::now();
     let mut tally = Tally::default();
     for (i, (claimed, path)) in files.iter().enumerate() {
@@ -164,7 +164,7 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
             }
         };
         let store_path = narinfo.store_path.to_absolute();
-        if opened.db.narinfo(claimed).await?.is_some() {
+        if maintenance.cached_store_path(claimed).await?.is_some() {
             eprintln!("[{n}/{total}] already cached: {store_path}");
             tally.present += 1;
             continue;
@@ -192,7 +192,7 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
             }
             continue;
         }
-        match opened.cache.import_path(&narinfo, &nar).await {
+        match maintenance.import_path(&narinfo, &nar).await {
             Ok(Imported::Stored { whole }) => {
                 tally.imported += 1;
                 tally.bytes += whole.size;

@@ -8,16 +8,18 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
+use ncps_db::NarOrigin;
 use ncps_nix::{Compression, Sha256Hash};
 use tempfile::TempPath;
 use tokio::sync::watch;
 
 use crate::CacheError;
+use crate::temp::{TempFiles, TempKind};
 
 /// Largest piece a reader sends at once.
 const READ_PIECE: u64 = 256 * 1024;
@@ -38,12 +40,24 @@ pub(crate) enum Progress {
 /// One NAR being downloaded, keyed by its NarHash (several URLs may name the same NAR).
 pub(crate) struct Download {
     key: Sha256Hash,
+    nar_size: u64,
+    origin: NarOrigin,
     compression: Compression,
     path: TempPath,
     progress: watch::Sender<Progress>,
 }
 
 impl Download {
+    /// The NAR's hash and size (NarHash, NarSize).
+    pub fn nar(&self) -> (Sha256Hash, u64) {
+        (self.key, self.nar_size)
+    }
+
+    /// Where the NAR is fetched from.
+    pub fn origin(&self) -> &NarOrigin {
+        &self.origin
+    }
+
     /// The compression of the bytes in the download's file.
     pub fn compression(&self) -> Compression {
         self.compression
@@ -78,15 +92,6 @@ impl Download {
             }
             Progress::Done { .. } | Progress::Failed(_) => false,
         });
-    }
-
-    /// The file's size when known without downloading (Content-Length).
-    pub fn known_size(&self) -> Option<u64> {
-        match &*self.progress.borrow() {
-            Progress::Running { total, .. } => *total,
-            Progress::Done { size } => Some(*size),
-            Progress::Connecting | Progress::Failed(_) => None,
-        }
     }
 
     /// Waits for the upstream's headers, so an upstream that fails at once gives the client a
@@ -185,15 +190,15 @@ impl Reader {
 
 /// The downloads in flight, by NAR key.
 pub(crate) struct Downloads {
-    temp_dir: PathBuf,
+    temp: TempFiles,
     map: Mutex<HashMap<Sha256Hash, Arc<Download>>>,
 }
 
 impl Downloads {
-    /// Downloads write their temporary files below `temp_dir`.
-    pub fn new(temp_dir: PathBuf) -> Self {
+    /// Downloads write their temporary files to `temp`.
+    pub fn new(temp: TempFiles) -> Self {
         Self {
-            temp_dir,
+            temp,
             map: Mutex::new(HashMap::new()),
         }
     }
@@ -209,32 +214,32 @@ impl Downloads {
         self.lock().get(key).cloned()
     }
 
-    /// Joins the download for `key`, or registers a new one whose file will hold bytes in
-    /// `compression` and hands it with its open file to `start`, which must spawn the task that
-    /// fills it.
+    /// Joins the download of the NAR `nar` (NarHash, NarSize), or registers a new one from
+    /// `origin` whose file will hold bytes in `compression` and hands it with its open file to
+    /// `start`, which must spawn the task that fills it.
     pub fn join_or_start(
         &self,
-        key: &Sha256Hash,
+        nar: (Sha256Hash, u64),
         compression: Compression,
+        origin: NarOrigin,
         start: impl FnOnce(Arc<Download>, std::fs::File),
     ) -> io::Result<Arc<Download>> {
+        let (key, nar_size) = nar;
         let mut map = self.lock();
-        if let Some(existing) = map.get(key) {
+        if let Some(existing) = map.get(&key) {
             return Ok(existing.clone());
         }
-        std::fs::create_dir_all(&self.temp_dir)?;
-        let (file, path) = tempfile::Builder::new()
-            .prefix("nar-")
-            .tempfile_in(&self.temp_dir)?
-            .into_parts();
+        let (file, path) = self.temp.create(TempKind::Download)?;
         let (progress, _) = watch::channel(Progress::Connecting);
         let download = Arc::new(Download {
-            key: *key,
+            key,
+            nar_size,
+            origin,
             compression,
             path,
             progress,
         });
-        map.insert(*key, download.clone());
+        map.insert(key, download.clone());
         drop(map);
         start(download.clone(), file);
         Ok(download)
@@ -262,13 +267,23 @@ mod tests {
         Sha256Hash::digest(b"k")
     }
 
+    fn origin() -> NarOrigin {
+        NarOrigin {
+            upstream_url: "http://127.0.0.1:1".into(),
+            nar_url: "nar/k.nar".into(),
+            compression: Compression::None,
+            file_hash: None,
+            file_size: None,
+        }
+    }
+
     #[tokio::test]
     async fn readers_follow_the_writer_and_see_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
-        let downloads = Downloads::new(dir.path().to_path_buf());
+        let downloads = Downloads::new(TempFiles::new(dir.path().to_path_buf()));
         let mut handle = None;
         let dl = downloads
-            .join_or_start(&key(), Compression::None, |dl, file| {
+            .join_or_start((key(), 10), Compression::None, origin(), |dl, file| {
                 handle = Some((dl, file))
             })
             .unwrap();
@@ -300,10 +315,10 @@ mod tests {
     #[tokio::test]
     async fn a_failed_download_never_delivers_the_last_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let downloads = Downloads::new(dir.path().to_path_buf());
+        let downloads = Downloads::new(TempFiles::new(dir.path().to_path_buf()));
         let mut handle = None;
         let dl = downloads
-            .join_or_start(&key(), Compression::None, |dl, file| {
+            .join_or_start((key(), 10), Compression::None, origin(), |dl, file| {
                 handle = Some((dl, file))
             })
             .unwrap();

@@ -19,9 +19,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::download::Download;
+use super::verify::Expected;
 use crate::CacheError;
-use crate::codec::{StreamReader, decoder};
-use crate::download::Download;
+use crate::codec::{Codec, StreamReader};
 
 /// Chunk uploads in flight at once per NAR: enough to hide a remote store's latency.
 const UPLOAD_CONCURRENCY: usize = 8;
@@ -99,7 +100,7 @@ fn chunk_error(e: ChunkError) -> CacheError {
 /// Chunks the NAR in `source` (compressed with `compression`) and stores every chunk. Reads at
 /// most `nar_size + 1` plain bytes, so a source larger than its narinfo says is caught without
 /// reading it all. The caller checks the summary against the narinfo before committing.
-pub(crate) async fn chunk_nar(
+async fn chunk_nar(
     store: &BlobStore,
     source: BoxStream<'static, io::Result<Bytes>>,
     compression: Compression,
@@ -114,9 +115,10 @@ pub(crate) async fn chunk_nar(
     };
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
     let producer = tokio::task::spawn_blocking(move || -> Result<ChunkingSummary, CacheError> {
-        let plain = decoder(compression, reader)
+        let plain = Codec::require(compression)
+            .and_then(|codec| codec.decoder(reader))
             .map_err(CacheError::from_read)?
-            .take(nar_size + 1);
+            .take(nar_size.saturating_add(1));
         let mut chunker =
             Chunker::new(plain, settings.params, settings.zstd_level).map_err(chunk_error)?;
         while let Some(chunk) = chunker.next_chunk().map_err(chunk_error)? {
@@ -165,39 +167,52 @@ pub(crate) async fn chunk_nar(
     })
 }
 
-/// Checks a chunking result against what the narinfo promised.
-pub(crate) fn check_chunked(
-    chunked: &Chunked,
-    nar_hash: &Sha256Hash,
-    nar_size: u64,
-    source_hash: Option<Sha256Hash>,
-    source_size: Option<u64>,
-) -> Result<(), CacheError> {
+/// Chunks the NAR in `source` (compressed with `expected.compression`), stores every chunk,
+/// and checks the result against every promise in `expected` (the source file's hash and size
+/// when known, the NAR's hash and size). Nothing is recorded: the caller commits the chunk list
+/// once this returned `Ok`.
+pub(crate) async fn chunk_verified(
+    store: &BlobStore,
+    source: BoxStream<'static, io::Result<Bytes>>,
+    expected: &Expected,
+    settings: ChunkSettings,
+    sink: Option<FrameSink>,
+) -> Result<Chunked, CacheError> {
+    let nar_size = expected.nar_size.unwrap_or(expected.max_size);
+    let chunked = chunk_nar(
+        store,
+        source,
+        expected.compression,
+        nar_size,
+        settings,
+        sink,
+    )
+    .await?;
     let s = &chunked.summary;
     let fail = |m: String| Err(CacheError::Integrity(m));
-    if let Some(size) = source_size.filter(|&z| z != chunked.source_size) {
+    if let Some(size) = expected.file_size.filter(|&z| z != chunked.source_size) {
         return fail(format!(
             "got {} bytes, FileSize says {size}",
             chunked.source_size
         ));
     }
-    if let Some(hash) = source_hash.filter(|h| *h != chunked.source_hash) {
+    if let Some(hash) = expected.file_hash.filter(|h| *h != chunked.source_hash) {
         return fail(format!(
             "FileHash mismatch: narinfo says {hash}, got {}",
             chunked.source_hash
         ));
     }
-    if s.nar_size != nar_size {
+    if let Some(size) = expected.nar_size.filter(|&z| z != s.nar_size) {
         return fail(format!(
-            "NarSize mismatch: narinfo says {nar_size}, got {}",
+            "NarSize mismatch: narinfo says {size}, got {}",
             s.nar_size
         ));
     }
-    if s.nar_hash != *nar_hash {
+    if let Some(hash) = expected.nar_hash.filter(|h| *h != s.nar_hash) {
         return fail(format!(
-            "NarHash mismatch: narinfo says {nar_hash}, got {}",
+            "NarHash mismatch: narinfo says {hash}, got {}",
             s.nar_hash
         ));
     }
-    Ok(())
+    Ok(chunked)
 }

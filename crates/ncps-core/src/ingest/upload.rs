@@ -14,16 +14,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use ncps_db::{CachedNarInfo, WholeFile};
+use ncps_db::WholeFile;
 use ncps_nix::{NarInfo, NarKey, PublicKey, StorePathHash};
 use tempfile::TempPath;
 use tracing::info;
 
-use crate::chunking::{check_chunked, chunk_nar};
+use super::Ingest;
+use super::chunking::chunk_verified;
+use super::verify::{Expected, Verified, write_verified};
+use crate::CacheError;
 use crate::codec::can_decode;
+use crate::defaults;
 use crate::metrics::{Metrics, Outcome};
-use crate::verify::{Expected, Verified, write_verified};
-use crate::{Cache, CacheError};
+use crate::temp::TempKind;
 
 /// How long an uploaded NAR waits for its narinfo before it is dropped.
 const PENDING_TTL: Duration = Duration::from_secs(3600);
@@ -47,7 +50,7 @@ impl Default for UploadConfig {
         Self {
             require_trusted_signature: false,
             trusted_keys: Vec::new(),
-            max_size: 32 << 30,
+            max_size: defaults::MAX_UPLOAD_SIZE,
         }
     }
 }
@@ -86,7 +89,10 @@ fn bad(msg: impl Into<String>) -> CacheError {
     CacheError::BadRequest(msg.into())
 }
 
-fn file_source(path: &std::path::Path) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+/// A file's bytes as a stream, read in 256 KiB pieces.
+pub(crate) fn file_source(
+    path: &std::path::Path,
+) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
     let file = std::fs::File::open(path)?;
     Ok(
         tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024)
@@ -94,11 +100,11 @@ fn file_source(path: &std::path::Path) -> io::Result<BoxStream<'static, io::Resu
     )
 }
 
-impl Cache {
+impl Ingest {
     /// True when an uploaded NAR with this URL is stored or waiting for its narinfo (so
     /// `HEAD` tells `nix copy` not to send it again).
     pub(crate) fn upload_pending(&self, key: &NarKey) -> bool {
-        self.inner.pending.contains(key)
+        self.0.pending.contains(key)
     }
 
     /// Receives a NAR upload. Its URL names its FileHash, which must match the bytes.
@@ -113,29 +119,25 @@ impl Cache {
                 key.compression
             )));
         }
-        std::fs::create_dir_all(&self.inner.config.temp_dir)?;
-        let (file, path) = tempfile::Builder::new()
-            .prefix("upload-")
-            .tempfile_in(&self.inner.config.temp_dir)?
-            .into_parts();
+        let (file, path) = self.0.temp.create(TempKind::Upload)?;
         let expected = Expected {
             compression: key.compression,
             file_hash: Some(key.hash),
             file_size: None,
             nar_hash: None,
             nar_size: None,
-            max_size: self.inner.config.uploads.max_size,
+            max_size: self.0.uploads.max_size,
         };
         let verified = write_verified(file, expected, body, None)
             .await
             .map_err(|e| match e {
                 CacheError::Integrity(m) if m.contains("larger than") => CacheError::TooLarge {
-                    limit: self.inner.config.uploads.max_size,
+                    limit: self.0.uploads.max_size,
                 },
                 CacheError::Integrity(m) => bad(format!("uploaded NAR refused: {m}")),
                 other => other,
             })?;
-        self.inner.pending.insert(
+        self.0.pending.insert(
             *key,
             Pending {
                 path,
@@ -155,7 +157,7 @@ impl Cache {
         } else {
             Outcome::Error
         };
-        Metrics::lookup(&self.inner.metrics.uploads, outcome);
+        Metrics::lookup(&self.0.metrics.uploads, outcome);
         result
     }
 
@@ -165,14 +167,14 @@ impl Cache {
             .map_err(|e| bad(format!("narinfo URL {:?}: {e}", narinfo.url)))?;
         // Whatever happens next, the uploaded NAR leaves the waiting room: published, or
         // dropped with its temporary file when the narinfo is refused.
-        let pending = self.inner.pending.take(&key);
+        let pending = self.0.pending.take(&key);
         if narinfo.store_path.hash() != hash {
             return Err(bad(format!(
                 "narinfo for {} uploaded as {hash}.narinfo",
                 narinfo.store_path
             )));
         }
-        let rules = &self.inner.config.uploads;
+        let rules = &self.0.uploads;
         if rules.require_trusted_signature && !narinfo.verify(&rules.trusted_keys) {
             return Err(CacheError::Forbidden(
                 "the narinfo carries no valid signature from a trusted upload key".into(),
@@ -186,7 +188,7 @@ impl Cache {
         }
         match pending {
             Some(pending) => self.publish_upload(narinfo, &key, &pending).await,
-            None if self.inner.db.nar(&narinfo.nar_hash).await?.is_some() => {
+            None if self.0.db.nar(&narinfo.nar_hash).await?.is_some() => {
                 self.publish_narinfo(narinfo, None).await // same NAR stored before: just the path
             }
             None => Err(bad(format!(
@@ -228,48 +230,28 @@ impl Cache {
         if let Some(s) = narinfo.file_size.filter(|s| *s != v.file_size) {
             return mismatch("FileSize", s.to_string(), v.file_size.to_string());
         }
-        let db = &self.inner.db;
-        match self.inner.config.cdc {
-            Some(cdc) if !cdc.lazy => {
-                let source = file_source(&pending.path)?;
-                let chunked = chunk_nar(
-                    &self.inner.store,
-                    source,
+        match self.0.cdc.and_then(|c| c.eager()) {
+            Some(settings) => {
+                let expected = Expected::exactly(
                     key.compression,
-                    v.nar_size,
-                    cdc.chunking,
-                    None,
-                )
-                .await?;
-                check_chunked(
-                    &chunked,
-                    &v.nar_hash,
-                    v.nar_size,
                     Some(v.file_hash),
                     Some(v.file_size),
-                )?;
-                db.commit_chunks(
-                    &v.nar_hash,
+                    v.nar_hash,
                     v.nar_size,
-                    &chunked.refs,
-                    chunked.summary.file_hash,
-                )
-                .await?;
+                );
+                let source = file_source(&pending.path)?;
+                let chunked =
+                    chunk_verified(&self.0.store, source, &expected, settings, None).await?;
+                self.commit_chunks(&v.nar_hash, v.nar_size, &chunked)
+                    .await?;
             }
-            cdc => {
+            None => {
                 let whole = WholeFile {
                     key: *key,
                     size: v.file_size,
                 };
-                self.inner
-                    .store
-                    .put_nar_from_file(key, &pending.path)
+                self.commit_whole_file(&v.nar_hash, v.nar_size, whole, &pending.path)
                     .await?;
-                db.record_whole_file(&v.nar_hash, v.nar_size, whole, None)
-                    .await?;
-                if cdc.is_some() {
-                    let _ = self.inner.chunk_queue.send(v.nar_hash);
-                }
             }
         }
         self.publish_narinfo(narinfo, Some(v.file_hash)).await
@@ -284,122 +266,10 @@ impl Cache {
             file_hash: uploaded.file_hash.or(file_hash),
             ..uploaded
         };
-        let url_key = self.url_for(&with_file_hash);
         let store_path = with_file_hash.store_path.clone();
-        let narinfo = NarInfo {
-            url: url_key.url(),
-            compression: url_key.compression,
-            file_hash: None,
-            file_size: None,
-            ..with_file_hash
-        };
-        self.inner
-            .db
-            .insert_narinfo(&CachedNarInfo {
-                narinfo,
-                url_key,
-                origin: None,
-            })
-            .await?;
+        let cached = self.as_served(with_file_hash, None);
+        self.0.db.insert_narinfo(&cached).await?;
         info!(%store_path, "published uploaded path");
         Ok(())
-    }
-
-    /// Forgets a narinfo (DELETE); its NAR stays until deleted or evicted.
-    pub async fn delete_narinfo(&self, hash: &StorePathHash) -> Result<(), CacheError> {
-        self.inner.memo.forget(hash);
-        if self.inner.db.delete_narinfo(hash).await? {
-            Ok(())
-        } else {
-            Err(CacheError::NotFound)
-        }
-    }
-
-    /// Deletes a NAR in every stored form (DELETE); its chunks are released for collection.
-    pub async fn delete_nar(&self, key: &NarKey) -> Result<(), CacheError> {
-        let nar_hash = self
-            .inner
-            .db
-            .nar_hash_for_url(key)
-            .await?
-            .ok_or(CacheError::NotFound)?;
-        let record = self
-            .inner
-            .db
-            .delete_nar(&nar_hash)
-            .await?
-            .ok_or(CacheError::NotFound)?;
-        if let Some(whole) = record.whole {
-            self.inner.store.delete_nar(&whole.key).await?;
-        }
-        Ok(())
-    }
-
-    /// Stores a build log (`PUT /log/<drv>`).
-    pub async fn put_build_log(&self, drv: &str, content: &[u8]) -> Result<(), CacheError> {
-        if content.len() as u64 > self.inner.config.uploads.max_size {
-            return Err(CacheError::TooLarge {
-                limit: self.inner.config.uploads.max_size,
-            });
-        }
-        Ok(self.inner.db.put_build_log(drv, content).await?)
-    }
-
-    /// A build log (`GET /log/<drv>`): stored, or fetched from an upstream that has it (and
-    /// then kept).
-    pub async fn build_log(&self, drv: &str) -> Result<Vec<u8>, CacheError> {
-        if let Some(log) = self.inner.db.build_log(drv).await? {
-            return Ok(log);
-        }
-        let path = format!("log/{drv}");
-        let log = self
-            .inner
-            .upstreams
-            .find_document(&path, MAX_UPSTREAM_LOG)
-            .await?
-            .ok_or(CacheError::NotFound)?;
-        self.inner.db.put_build_log(drv, log.as_bytes()).await?;
-        Ok(log.into_bytes())
-    }
-}
-
-/// Largest build log fetched from an upstream.
-const MAX_UPSTREAM_LOG: usize = 64 * 1024 * 1024;
-
-/// Largest realisation or build-trace document accepted (they are small JSON objects).
-pub const MAX_REALISATION_UPLOAD: usize = 64 * 1024;
-
-impl Cache {
-    /// Stores a realisation or build-trace document under its (already validated) id.
-    pub async fn put_realisation(&self, id: &str, content: &str) -> Result<(), CacheError> {
-        serde_json_check(content)?;
-        Ok(self.inner.db.put_realisation(id, content).await?)
-    }
-
-    /// A realisation or build-trace document: stored, or fetched from an upstream that has it
-    /// (the id is its path on the upstream) and then kept.
-    pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {
-        if let Some(document) = self.inner.db.realisation(id).await? {
-            return Ok(document);
-        }
-        let document = self
-            .inner
-            .upstreams
-            .find_document(id, MAX_REALISATION_UPLOAD)
-            .await?
-            .ok_or(CacheError::NotFound)?;
-        serde_json_check(&document)?;
-        self.inner.db.put_realisation(id, &document).await?;
-        Ok(document)
-    }
-}
-
-/// Realisations are JSON objects; refuse anything else rather than serve garbage to clients.
-fn serde_json_check(content: &str) -> Result<(), CacheError> {
-    let trimmed = content.trim_start();
-    if trimmed.starts_with('{') && content.trim_end().ends_with('}') {
-        Ok(())
-    } else {
-        Err(bad("a realisation must be a JSON object"))
     }
 }

@@ -1,12 +1,15 @@
 //! `ncps serve`: open the parts, start the jobs, listen.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use ncps_core::{
-    Cache, CacheConfig, CdcConfig, JobsConfig, LockBackend, LruConfig, Schedule, UploadConfig,
+    Cache, CacheConfig, CdcConfig, JobsConfig, LocalLocks, LockService, LruConfig, Schedule,
+    UploadConfig,
 };
+use ncps_locks::{PostgresLocks, RedisLocks};
 use ncps_nix::PublicKey;
 use ncps_server::{AccessConfig, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
@@ -51,8 +54,8 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
         prefetch: args.cache_upstream_prefetch,
         ..CacheConfig::new(parts.secret_key, parts.temp_dir)
     };
-    let cache = Cache::new(config, parts.db, parts.store, upstreams)?;
-    cache.spawn_jobs(JobsConfig {
+    let cache = Cache::new(config, parts.db, parts.store, upstreams);
+    cache.maintenance().spawn_jobs(JobsConfig {
         chunk_workers: args.cdc_jobs.cache_cdc_background_workers,
         recovery_schedule: Schedule::parse(
             &args.cdc_jobs.cache_cdc_lazy_recovery_schedule,
@@ -67,7 +70,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     info!(
         addr = %listener.local_addr()?,
         data_dir = %data_dir.display(),
-        public_key = %cache.public_key().to_nix_string(),
+        public_key = %cache.reader().public_key().to_nix_string(),
         chunking = cdc.is_some(),
         lazy = cdc.is_some_and(|c| c.lazy),
         "ncps is serving"
@@ -111,7 +114,8 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     Ok(())
 }
 
-fn lock_backend(args: &LockArgs, database_url: &str) -> Result<LockBackend> {
+/// The lock service `--cache-lock-backend` names.
+fn lock_backend(args: &LockArgs, database_url: &str) -> Result<Arc<dyn LockService>> {
     Ok(match args.cache_lock_backend.as_str() {
         "redis" => {
             let Some(addr) = args.cache_redis_addrs.first() else {
@@ -129,10 +133,8 @@ fn lock_backend(args: &LockArgs, database_url: &str) -> Result<LockBackend> {
                 (None, None) => String::new(),
             };
             info!(addr, db = args.cache_redis_db, "using Redis locks");
-            LockBackend::Redis {
-                url: format!("{scheme}://{auth}{addr}/{}", args.cache_redis_db),
-                prefix: args.cache_lock_redis_key_prefix.clone(),
-            }
+            let url = format!("{scheme}://{auth}{addr}/{}", args.cache_redis_db);
+            Arc::new(RedisLocks::new(&url, &args.cache_lock_redis_key_prefix)?)
         }
         "postgres" => {
             if !(database_url.starts_with("postgres://")
@@ -141,12 +143,12 @@ fn lock_backend(args: &LockArgs, database_url: &str) -> Result<LockBackend> {
                 bail!("--cache-lock-backend=postgres needs a postgres:// --cache-database-url");
             }
             info!("using PostgreSQL advisory locks");
-            LockBackend::Postgres {
-                url: database_url.to_string(),
-                prefix: args.cache_lock_postgres_key_prefix.clone(),
-            }
+            Arc::new(PostgresLocks::new(
+                database_url,
+                &args.cache_lock_postgres_key_prefix,
+            )?)
         }
-        _ => LockBackend::Local,
+        _ => Arc::new(LocalLocks::default()),
     })
 }
 

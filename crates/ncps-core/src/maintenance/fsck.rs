@@ -16,87 +16,130 @@
 //! `--repair` only removes what is broken: a NAR whose bytes are gone or bad is forgotten, so
 //! the next request fetches it again from its upstream; narinfos left with nothing to serve
 //! are dropped, so clients look elsewhere instead of failing.
-#![allow(clippy::print_stdout, clippy::print_stderr)] // findings on stdout, progress on stderr
+//!
+//! Findings and progress go to an [`FsckOutput`]; the command prints them.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, bail};
-use ncps_core::admin::FileCheck;
-use ncps_db::{NarRecord, WholeFile, now_secs};
+use ncps_db::{Database, NarRecord, WholeFile, now_secs};
 use ncps_nix::{ChunkHash, NarKey, Sha256Hash};
-use ncps_store::StoredObject;
 use ncps_store::chunk::chunk_storage_key;
+use ncps_store::{BlobStore, StoredObject};
 
-use super::{Opened, format_age, format_size};
-use crate::cli::FsckArgs;
+use super::Maintenance;
+use super::human::{format_age, format_size};
+use super::import::FileCheck;
+use crate::CacheError;
+
+type Result<T> = std::result::Result<T, CacheError>;
 
 /// Rows read per database page.
 const PAGE: u32 = 500;
 /// How often progress is reported during long walks.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// Runs every check, repairing with `--repair`; fails while problems remain.
-pub async fn run(args: FsckArgs) -> Result<()> {
-    let opened = super::open(&args.storage).await?;
-    let mut fsck = Fsck {
-        opened,
-        repair: args.repair,
-        verify_hashes: args.verify_hashes,
-        min_age: args.min_age,
-        now: SystemTime::now(),
-        problems: 0,
-        repaired: 0,
-        left_alone: 0,
-        notes: 0,
-    };
-    eprintln!("fsck: listing storage");
-    let nars: HashMap<NarKey, StoredObject<NarKey>> = fsck
-        .opened
-        .store
-        .list_nars()
-        .await?
-        .into_iter()
-        .map(|o| (o.key, o))
-        .collect();
-    let chunks: HashMap<ChunkHash, StoredObject<ChunkHash>> = fsck
-        .opened
-        .store
-        .list_chunk_objects()
-        .await?
-        .into_iter()
-        .map(|o| (o.key, o))
-        .collect();
-    eprintln!(
-        "fsck: {} NAR files and {} chunks in storage",
-        nars.len(),
-        chunks.len()
-    );
-    let recorded = fsck.check_nars(&nars, &chunks).await?;
-    fsck.check_chunk_rows(&chunks).await?;
-    fsck.check_chunk_ref_counts().await?;
-    fsck.check_stray_nars(&nars, &recorded).await?;
-    fsck.check_stray_chunks(&chunks).await?;
-    fsck.check_narinfos().await?;
-    fsck.check_nar_urls().await?;
-    fsck.note_unreferenced_nars().await?;
-    fsck.finish()
+/// How fsck runs.
+#[derive(Clone, Copy, Debug)]
+pub struct FsckOptions {
+    /// Remove what is broken (see the module documentation).
+    pub repair: bool,
+    /// Read every whole file and check its hashes, not only its size.
+    pub verify_hashes: bool,
+    /// Findings younger than this may be a write in progress: reported, left alone.
+    pub min_age: Duration,
 }
 
-struct Fsck {
-    opened: Opened,
-    repair: bool,
-    verify_hashes: bool,
-    min_age: Duration,
-    now: SystemTime,
+/// Where fsck's lines go.
+pub trait FsckOutput {
+    /// A finding, a repair, a note: the command's result.
+    fn finding(&mut self, line: &str);
+    /// Progress through a long walk.
+    fn progress(&mut self, line: &str);
+}
+
+/// What a run found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsckSummary {
     /// Problems found.
-    problems: u64,
+    pub problems: u64,
     /// Problems repaired (or resolved meanwhile).
-    repaired: u64,
+    pub repaired: u64,
     /// Leftovers too young to judge.
-    left_alone: u64,
+    pub left_alone: u64,
     /// Findings that are not problems.
-    notes: u64,
+    pub notes: u64,
+}
+
+impl FsckSummary {
+    /// Problems found and not repaired.
+    pub fn remaining(&self) -> u64 {
+        self.problems - self.repaired
+    }
+}
+
+impl Maintenance {
+    /// Runs every check, repairing with `options.repair`; the summary says what remains.
+    pub async fn fsck(
+        &self,
+        options: FsckOptions,
+        out: &mut dyn FsckOutput,
+    ) -> Result<FsckSummary> {
+        let mut fsck = Fsck {
+            maintenance: self.clone(),
+            db: self.0.db.clone(),
+            store: self.0.store.clone(),
+            out,
+            options,
+            now: SystemTime::now(),
+            summary: FsckSummary::default(),
+        };
+        fsck.run().await?;
+        Ok(fsck.summary)
+    }
+}
+
+impl Fsck<'_> {
+    async fn run(&mut self) -> Result<()> {
+        self.out.progress("fsck: listing storage");
+        let nars: HashMap<NarKey, StoredObject<NarKey>> = self
+            .store
+            .list_nars()
+            .await?
+            .into_iter()
+            .map(|o| (o.key, o))
+            .collect();
+        let chunks: HashMap<ChunkHash, StoredObject<ChunkHash>> = self
+            .store
+            .list_chunk_objects()
+            .await?
+            .into_iter()
+            .map(|o| (o.key, o))
+            .collect();
+        self.out.progress(&format!(
+            "fsck: {} NAR files and {} chunks in storage",
+            nars.len(),
+            chunks.len()
+        ));
+        let recorded = self.check_nars(&nars, &chunks).await?;
+        self.check_chunk_rows(&chunks).await?;
+        self.check_chunk_ref_counts().await?;
+        self.check_stray_nars(&nars, &recorded).await?;
+        self.check_stray_chunks(&chunks).await?;
+        self.check_narinfos().await?;
+        self.check_nar_urls().await?;
+        self.note_unreferenced_nars().await
+    }
+}
+
+struct Fsck<'a> {
+    maintenance: Maintenance,
+    db: Database,
+    store: BlobStore,
+    out: &'a mut dyn FsckOutput,
+    options: FsckOptions,
+    now: SystemTime,
+    summary: FsckSummary,
 }
 
 /// How a NAR's loss is healed, for the repair line.
@@ -108,15 +151,15 @@ fn consequence(has_origin: bool) -> &'static str {
     }
 }
 
-impl Fsck {
+impl Fsck<'_> {
     fn problem(&mut self, line: String) {
-        self.problems += 1;
-        println!("{line}");
+        self.summary.problems += 1;
+        self.out.finding(&line);
     }
 
     fn repaired(&mut self, how: &str) {
-        self.repaired += 1;
-        println!("  repaired: {how}");
+        self.summary.repaired += 1;
+        self.out.finding(&format!("  repaired: {how}"));
     }
 
     /// Reports a removal whose condition was re-checked as it ran: done, or the thing became
@@ -136,15 +179,15 @@ impl Fsck {
     /// A finding old enough to judge gives its line back; one younger than `--min-age` may be
     /// a write in progress, so it is reported as left alone and `None` is returned.
     fn old_enough(&mut self, line: String, age: Duration) -> Option<String> {
-        if age >= self.min_age {
+        if age >= self.options.min_age {
             return Some(line);
         }
-        self.left_alone += 1;
-        println!(
+        self.summary.left_alone += 1;
+        self.out.finding(&format!(
             "recent ({} old, under --min-age {}; may be a write in progress, left alone): {line}",
             format_age(age),
-            format_age(self.min_age)
-        );
+            format_age(self.options.min_age)
+        ));
         None
     }
 
@@ -160,7 +203,7 @@ impl Fsck {
         let started = Instant::now();
         let mut last_report = Instant::now();
         loop {
-            let page = self.opened.db.nars_after(after.as_ref(), PAGE).await?;
+            let page = self.db.nars_after(after.as_ref(), PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.nar_hash);
             for record in page {
@@ -175,15 +218,15 @@ impl Fsck {
                 if last_report.elapsed() >= PROGRESS_EVERY {
                     last_report = Instant::now();
                     let secs = started.elapsed().as_secs_f64().max(0.001);
-                    eprintln!(
+                    self.out.progress(&format!(
                         "fsck: checked {checked} NARs ({} read, {:.1} MB/s)",
                         format_size(bytes),
                         bytes as f64 / 1e6 / secs
-                    );
+                    ));
                 }
             }
         }
-        eprintln!("fsck: checked {checked} NARs");
+        self.out.progress(&format!("fsck: checked {checked} NARs"));
         Ok(recorded)
     }
 
@@ -198,7 +241,7 @@ impl Fsck {
         let size = match nars.get(&whole.key) {
             Some(o) => Some(o.size),
             // Not listed: maybe stored after the listing; ask storage itself.
-            None => self.opened.store.nar_size(&whole.key).await?,
+            None => self.store.nar_size(&whole.key).await?,
         };
         let verdict = match size {
             None => FileCheck::Missing,
@@ -206,25 +249,28 @@ impl Fsck {
                 "it is {size} bytes, {} recorded (truncated or overwritten)",
                 whole.size
             )),
-            Some(_) if self.verify_hashes => {
-                self.opened
-                    .cache
+            Some(_) if self.options.verify_hashes => {
+                self.maintenance
                     .verify_whole_file(&nar, record.nar_size, &whole)
                     .await?
             }
             Some(_) => FileCheck::Intact,
         };
-        let read = if self.verify_hashes { whole.size } else { 0 };
+        let read = if self.options.verify_hashes {
+            whole.size
+        } else {
+            0
+        };
         if verdict == FileCheck::Intact {
             return Ok(read);
         }
         // The server may have dropped this whole file meanwhile (lazy chunking deletes whole
         // files): only a row that still names it is a problem.
-        let still = self.opened.db.nar(&nar).await?;
+        let still = self.db.nar(&nar).await?;
         if still.and_then(|r| r.whole).map(|w| w.key) != Some(whole.key) {
             return Ok(read);
         }
-        let has_origin = self.opened.db.narinfo_with_origin(&nar).await?.is_some();
+        let has_origin = self.db.narinfo_with_origin(&nar).await?.is_some();
         let after = if record.chunked.is_some() {
             "it is still served from its chunks"
         } else {
@@ -236,8 +282,8 @@ impl Fsck {
                     "missing: NAR {nar}: whole file {} is recorded but not in storage",
                     whole.key
                 ));
-                if self.repair {
-                    self.opened.db.forget_whole_file(&nar).await?;
+                if self.options.repair {
+                    self.db.forget_whole_file(&nar).await?;
                     self.repaired(&format!("forgot the whole file; {after}"));
                 }
             }
@@ -246,9 +292,9 @@ impl Fsck {
                     "corrupt: NAR {nar}: whole file {}: {why}",
                     whole.key
                 ));
-                if self.repair {
-                    self.opened.db.forget_whole_file(&nar).await?;
-                    self.opened.store.delete_nar(&whole.key).await?;
+                if self.options.repair {
+                    self.db.forget_whole_file(&nar).await?;
+                    self.store.delete_nar(&whole.key).await?;
                     self.repaired(&format!("forgot and deleted the whole file; {after}"));
                 }
             }
@@ -267,7 +313,7 @@ impl Fsck {
             return Ok(());
         };
         let nar = record.nar_hash;
-        let entries = self.opened.db.chunk_list_entries(&nar).await?;
+        let entries = self.db.chunk_list_entries(&nar).await?;
         let mut faults = Vec::new();
         if entries.len() as u64 != form.chunk_count {
             faults.push(format!(
@@ -284,7 +330,7 @@ impl Fsck {
         for entry in &entries {
             if !chunks.contains_key(&entry.hash)
                 && !missing.contains(&entry.hash)
-                && !self.opened.store.has_chunk(&entry.hash).await?
+                && !self.store.has_chunk(&entry.hash).await?
             {
                 missing.insert(entry.hash);
             }
@@ -300,28 +346,21 @@ impl Fsck {
             return Ok(());
         }
         // A list dropped meanwhile is not a problem any more.
-        if self
-            .opened
-            .db
-            .nar(&nar)
-            .await?
-            .and_then(|r| r.chunked)
-            .is_none()
-        {
+        if self.db.nar(&nar).await?.and_then(|r| r.chunked).is_none() {
             return Ok(());
         }
         self.problem(format!(
             "broken chunk list: NAR {nar}: {}",
             faults.join("; ")
         ));
-        if self.repair {
-            let has_origin = self.opened.db.narinfo_with_origin(&nar).await?.is_some();
+        if self.options.repair {
+            let has_origin = self.db.narinfo_with_origin(&nar).await?.is_some();
             let after = if record.whole.is_some() {
                 "it is still served from its whole file"
             } else {
                 consequence(has_origin)
             };
-            self.opened.db.drop_chunk_list(&nar).await?;
+            self.db.drop_chunk_list(&nar).await?;
             self.repaired(&format!("dropped the chunk list; {after}"));
         }
         Ok(())
@@ -335,13 +374,11 @@ impl Fsck {
         let mut after: Option<ChunkHash> = None;
         let mut lost = Vec::new();
         loop {
-            let page = self.opened.db.chunks_after(after.as_ref(), PAGE).await?;
+            let page = self.db.chunks_after(after.as_ref(), PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.hash);
             for row in page {
-                if !chunks.contains_key(&row.hash)
-                    && !self.opened.store.has_chunk(&row.hash).await?
-                {
+                if !chunks.contains_key(&row.hash) && !self.store.has_chunk(&row.hash).await? {
                     lost.push(row);
                 }
             }
@@ -352,21 +389,22 @@ impl Fsck {
                 "missing: chunk {key} is recorded ({} references) but not in storage",
                 row.ref_count
             ));
-            if !self.repair {
+            if !self.options.repair {
                 continue;
             }
-            for nar in self.opened.db.nars_using_chunk(&row.hash).await? {
-                let has_origin = self.opened.db.narinfo_with_origin(&nar).await?.is_some();
-                self.opened.db.drop_chunk_list(&nar).await?;
-                println!(
+            for nar in self.db.nars_using_chunk(&row.hash).await? {
+                let has_origin = self.db.narinfo_with_origin(&nar).await?.is_some();
+                self.db.drop_chunk_list(&nar).await?;
+                self.out.finding(&format!(
                     "  dropped the chunk list of NAR {nar}; {}",
                     consequence(has_origin)
-                );
+                ));
             }
-            if self.opened.db.forget_lost_chunk(&row.hash).await? {
+            if self.db.forget_lost_chunk(&row.hash).await? {
                 self.repaired("forgot the chunk");
             } else {
-                println!("  NOT repaired: a chunk list committed meanwhile names it");
+                self.out
+                    .finding("  NOT repaired: a chunk list committed meanwhile names it");
             }
         }
         Ok(())
@@ -374,7 +412,7 @@ impl Fsck {
 
     /// Every chunk's reference count matches the chunk lists.
     async fn check_chunk_ref_counts(&mut self) -> Result<()> {
-        for m in self.opened.db.chunk_ref_mismatches().await? {
+        for m in self.db.chunk_ref_mismatches().await? {
             self.problem(format!(
                 "wrong reference count: chunk {} records {} references, {} chunk-list entries \
                  name it",
@@ -382,8 +420,8 @@ impl Fsck {
                 m.recorded,
                 m.actual
             ));
-            if self.repair {
-                self.opened.db.recount_chunk_refs(&m.hash).await?;
+            if self.options.repair {
+                self.db.recount_chunk_refs(&m.hash).await?;
                 self.repaired("recounted");
             }
         }
@@ -403,7 +441,7 @@ impl Fsck {
         strays.sort_by_key(|o| o.key.file_name());
         for object in strays {
             // Recorded after our walk passed its NAR: not a stray.
-            if self.opened.db.whole_file_recorded(&object.key).await? {
+            if self.db.whole_file_recorded(&object.key).await? {
                 continue;
             }
             let line = format!(
@@ -416,10 +454,10 @@ impl Fsck {
                 continue;
             };
             self.problem(format!("{line} ({} old)", format_age(age)));
-            if self.repair {
-                let kept = self.opened.db.whole_file_recorded(&object.key).await?;
+            if self.options.repair {
+                let kept = self.db.whole_file_recorded(&object.key).await?;
                 if !kept {
-                    self.opened.store.delete_nar(&object.key).await?;
+                    self.store.delete_nar(&object.key).await?;
                 }
                 self.removed_or_kept(!kept, "deleted", "recorded meanwhile; kept");
             }
@@ -436,13 +474,8 @@ impl Fsck {
         all.sort_by_key(|o| o.key);
         for batch in all.chunks(PAGE as usize) {
             let hashes: Vec<ChunkHash> = batch.iter().map(|o| o.key).collect();
-            let known: HashSet<ChunkHash> = self
-                .opened
-                .db
-                .known_chunks(&hashes)
-                .await?
-                .into_iter()
-                .collect();
+            let known: HashSet<ChunkHash> =
+                self.db.known_chunks(&hashes).await?.into_iter().collect();
             for object in batch.iter().filter(|o| !known.contains(&o.key)) {
                 let line = format!(
                     "stray: chunk {} ({}) is in storage but has no row",
@@ -454,10 +487,10 @@ impl Fsck {
                     continue;
                 };
                 self.problem(format!("{line} ({} old)", format_age(age)));
-                if self.repair {
-                    let removed = self.opened.db.known_chunks(&[object.key]).await?.is_empty();
+                if self.options.repair {
+                    let removed = self.db.known_chunks(&[object.key]).await?.is_empty();
                     if removed {
-                        self.opened.store.delete_chunk(&object.key).await?;
+                        self.store.delete_chunk(&object.key).await?;
                     }
                     self.removed_or_kept(removed, "deleted", "recorded meanwhile; kept");
                 }
@@ -468,7 +501,7 @@ impl Fsck {
 
     /// Narinfos whose NAR is neither stored nor fetchable.
     async fn check_narinfos(&mut self) -> Result<()> {
-        for orphan in self.opened.db.orphan_narinfos().await? {
+        for orphan in self.db.orphan_narinfos().await? {
             let line = format!(
                 "unservable narinfo: {}: its NAR ({}) is not stored and no upstream is \
                  recorded to fetch it from",
@@ -479,12 +512,8 @@ impl Fsck {
                 continue;
             };
             self.problem(line);
-            if self.repair {
-                let removed = self
-                    .opened
-                    .db
-                    .delete_narinfo_if_orphan(&orphan.hash)
-                    .await?;
+            if self.options.repair {
+                let removed = self.db.delete_narinfo_if_orphan(&orphan.hash).await?;
                 self.removed_or_kept(
                     removed,
                     "dropped the narinfo (clients now get a 404 and look elsewhere)",
@@ -497,18 +526,14 @@ impl Fsck {
 
     /// NAR URLs that resolve to nothing.
     async fn check_nar_urls(&mut self) -> Result<()> {
-        for url in self.opened.db.dangling_nar_urls().await? {
+        for url in self.db.dangling_nar_urls().await? {
             self.problem(format!(
                 "dangling NAR URL: nar/{} names NAR {}, which is neither stored nor described \
                  by a narinfo",
                 url.url_key, url.nar_hash
             ));
-            if self.repair {
-                let removed = self
-                    .opened
-                    .db
-                    .delete_nar_url_if_dangling(&url.url_key)
-                    .await?;
+            if self.options.repair {
+                let removed = self.db.delete_nar_url_if_dangling(&url.url_key).await?;
                 self.removed_or_kept(removed, "forgot the URL", "its NAR arrived meanwhile; kept");
             }
         }
@@ -518,42 +543,14 @@ impl Fsck {
     /// Stored NARs no narinfo describes (a path deleted with DELETE keeps its NAR until
     /// eviction): reported, not a problem.
     async fn note_unreferenced_nars(&mut self) -> Result<()> {
-        for nar in self.opened.db.unreferenced_nars().await? {
-            self.notes += 1;
+        for nar in self.db.unreferenced_nars().await? {
+            self.summary.notes += 1;
             let age = self.age_of_secs(nar.created_at);
-            println!(
+            self.out.finding(&format!(
                 "note: NAR {} is stored ({} old) but no narinfo describes it; eviction reclaims it",
                 nar.record.nar_hash,
                 format_age(age)
-            );
-        }
-        Ok(())
-    }
-
-    /// Prints the summary; fails when problems remain.
-    fn finish(self) -> Result<()> {
-        let remaining = self.problems - self.repaired;
-        let mut summary = format!(
-            "fsck: {} problem{} found",
-            self.problems,
-            if self.problems == 1 { "" } else { "s" }
-        );
-        if self.repair {
-            summary += &format!(", {} repaired", self.repaired);
-        }
-        summary += &format!(", {remaining} remaining");
-        if self.left_alone > 0 {
-            summary += &format!("; {} recent items left alone", self.left_alone);
-        }
-        if self.notes > 0 {
-            summary += &format!("; {} notes", self.notes);
-        }
-        println!("{summary}");
-        if remaining > 0 {
-            if self.repair {
-                bail!("{remaining} problems could not be repaired");
-            }
-            bail!("{remaining} problems found; run again with --repair to fix them");
+            ));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)] // the listing and confirmations are these commands' output
 
 use anyhow::{Context, Result, bail};
+use ncps_core::CacheError;
 use ncps_nix::{STORE_DIR, StorePath, StorePathHash};
 
 use super::format_utc;
@@ -38,13 +39,11 @@ fn parse_all(paths: &[String]) -> Result<Vec<(String, StorePathHash)>> {
 /// Pins each path, saying which are not cached yet.
 pub async fn pin(args: PinArgs) -> Result<()> {
     let hashes = parse_all(&args.paths)?;
-    let db = crate::setup::open(&args.storage).await?.db;
+    let maintenance = super::open(&args.storage).await?;
     for (arg, hash) in hashes {
-        let known = db.narinfo(&hash).await?;
-        let name = known
-            .as_ref()
-            .map_or(arg.clone(), |c| c.narinfo.store_path.to_absolute());
-        if !db.pin(&hash).await? {
+        let known = maintenance.cached_store_path(&hash).await?;
+        let name = known.as_ref().map_or(arg.clone(), |p| p.to_absolute());
+        if !maintenance.pin(&hash).await? {
             println!("already pinned: {name}");
             continue;
         }
@@ -55,22 +54,24 @@ pub async fn pin(args: PinArgs) -> Result<()> {
             }
         }
     }
-    let closure = db.pinned_closure().await?;
-    println!("{} store paths are protected by pins", closure.len());
+    let protected = maintenance.protected_paths().await?;
+    println!("{protected} store paths are protected by pins");
     Ok(())
 }
 
 /// Removes each pin; a path that was not pinned is reported and the command fails at the end.
 pub async fn unpin(args: PinArgs) -> Result<()> {
     let hashes = parse_all(&args.paths)?;
-    let db = crate::setup::open(&args.storage).await?.db;
+    let maintenance = super::open(&args.storage).await?;
     let mut not_pinned = 0;
     for (arg, hash) in hashes {
-        if db.unpin(&hash).await? {
-            println!("unpinned {arg}");
-        } else {
-            println!("not pinned: {arg}");
-            not_pinned += 1;
+        match maintenance.unpin(&hash).await {
+            Ok(()) => println!("unpinned {arg}"),
+            Err(CacheError::NotFound) => {
+                println!("not pinned: {arg}");
+                not_pinned += 1;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     if not_pinned > 0 {
@@ -81,18 +82,14 @@ pub async fn unpin(args: PinArgs) -> Result<()> {
 
 /// Lists every pin: hash, store path (when cached) and when it was pinned.
 pub async fn list(args: AdminArgs) -> Result<()> {
-    let db = crate::setup::open(&args.storage).await?.db;
-    let pins = db.pins().await?;
+    let maintenance = super::open(&args.storage).await?;
+    let pins = maintenance.pins().await?;
     for p in &pins {
         let path = p.store_path.as_deref().unwrap_or("(not cached yet)");
         println!("{}  {path}  pinned {}", p.hash, format_utc(p.created_at));
     }
-    let closure = db.pinned_closure().await?;
-    println!(
-        "{} pins protecting {} store paths",
-        pins.len(),
-        closure.len()
-    );
+    let protected = maintenance.protected_paths().await?;
+    println!("{} pins protecting {protected} store paths", pins.len());
     Ok(())
 }
 

@@ -9,56 +9,53 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use ncps_db::{CachedNarInfo, NarOrigin, WholeFile};
+use ncps_db::{NarOrigin, WholeFile};
 use ncps_nix::NarKey;
 use ncps_upstream::{NarResponse, UpstreamError};
 use tracing::{debug, error, info, warn};
 
-use crate::chunking::{ChunkSettings, FrameSink, check_chunked, chunk_nar};
-use crate::download::{Download, Progress};
-use crate::verify::{Expected, write_verified};
-use crate::{Cache, CacheError};
+use super::Ingest;
+use super::chunking::{ChunkSettings, FrameSink, chunk_verified};
+use super::download::{Download, Progress};
+use super::verify::{Expected, write_verified};
+use crate::CacheError;
 
-impl Cache {
+impl Ingest {
     #[tracing::instrument(
         name = "nar.download",
         skip_all,
         fields(
-            nar = %cached.narinfo.nar_hash,
-            upstream = %origin.upstream_url,
+            nar = %download.nar().0,
+            upstream = %download.origin().upstream_url,
             chunked = eager_chunks.is_some(),
         )
     )]
-    pub(crate) async fn run_download(
+    pub(super) async fn run_download(
         self,
         download: Arc<Download>,
         file: std::fs::File,
-        cached: CachedNarInfo,
-        origin: NarOrigin,
         eager_chunks: Option<ChunkSettings>,
     ) {
-        let nar_hash = cached.narinfo.nar_hash;
-        debug!(nar = %nar_hash, upstream = %origin.upstream_url, "downloading NAR");
-        self.inner.metrics.downloads_in_flight.inc();
+        let (nar_hash, _) = download.nar();
+        let upstream = download.origin().upstream_url.clone();
+        debug!(nar = %nar_hash, %upstream, "downloading NAR");
+        self.0.metrics.downloads_in_flight.inc();
         let result = match eager_chunks {
-            Some(settings) => {
-                self.download_chunked(&download, file, &cached, &origin, settings)
-                    .await
-            }
-            None => self.download_whole(&download, file, &cached, &origin).await,
+            Some(settings) => self.download_chunked(&download, file, settings).await,
+            None => self.download_whole(&download, file).await,
         };
         if let Err(e) = result {
-            warn!(nar = %nar_hash, upstream = %origin.upstream_url, error = %e, "NAR download failed; nothing cached");
+            warn!(nar = %nar_hash, %upstream, error = %e, "NAR download failed; nothing cached");
             download.fail(e);
         }
-        self.inner.downloads.remove(&download);
-        self.inner.metrics.downloads_in_flight.dec();
+        self.0.downloads.remove(&download);
+        self.0.metrics.downloads_in_flight.dec();
     }
 
     /// Opens the upstream body and checks its announced length against the narinfo.
     async fn open_upstream(&self, origin: &NarOrigin) -> Result<NarResponse, CacheError> {
         let mut response = self
-            .inner
+            .0
             .upstreams
             .fetch_nar(&origin.upstream_url, &origin.nar_url)
             .await?;
@@ -69,7 +66,7 @@ impl Cache {
                 "upstream sends {sent} bytes, FileSize says {promised}"
             )));
         }
-        let fetched = self.inner.metrics.nar_bytes_fetched.clone();
+        let fetched = self.0.metrics.nar_bytes_fetched.clone();
         response.body = response
             .body
             .inspect(move |piece| {
@@ -85,16 +82,15 @@ impl Cache {
         &self,
         download: &Arc<Download>,
         file: std::fs::File,
-        cached: &CachedNarInfo,
-        origin: &NarOrigin,
     ) -> Result<(), CacheError> {
-        let n = &cached.narinfo;
+        let (nar_hash, nar_size) = download.nar();
+        let origin = download.origin();
         let expected = Expected::exactly(
             origin.compression,
             origin.file_hash,
             origin.file_size,
-            n.nar_hash,
-            n.nar_size,
+            nar_hash,
+            nar_size,
         );
         let response = self.open_upstream(origin).await?;
         download.set(Progress::Running {
@@ -115,40 +111,14 @@ impl Cache {
             key: NarKey::new(verified.file_hash, origin.compression),
             size: verified.file_size,
         };
-        if let Err(e) = self
-            .commit_whole(download, n.nar_hash, n.nar_size, whole)
+        // Every client already has its verified bytes: a failure to store only costs a refetch.
+        match self
+            .commit_whole_file(&nar_hash, nar_size, whole, download.path())
             .await
         {
-            error!(nar = %n.nar_hash, error = %e, "verified NAR could not be stored");
-            return Ok(());
+            Ok(()) => info!(nar = %nar_hash, size = verified.file_size, "stored NAR"),
+            Err(e) => error!(nar = %nar_hash, error = %e, "verified NAR could not be stored"),
         }
-        info!(nar = %n.nar_hash, size = verified.file_size, "stored NAR");
-        if self.inner.config.cdc.is_some_and(|c| c.lazy) {
-            let _ = self.inner.chunk_queue.send(n.nar_hash);
-        }
-        Ok(())
-    }
-
-    #[tracing::instrument(
-        name = "store.put_nar",
-        skip_all,
-        fields(nar = %nar_hash, size = whole.size)
-    )]
-    async fn commit_whole(
-        &self,
-        download: &Download,
-        nar_hash: ncps_nix::Sha256Hash,
-        nar_size: u64,
-        whole: WholeFile,
-    ) -> Result<(), CacheError> {
-        self.inner
-            .store
-            .put_nar_from_file(&whole.key, download.path())
-            .await?;
-        self.inner
-            .db
-            .record_whole_file(&nar_hash, nar_size, whole, None)
-            .await?;
         Ok(())
     }
 
@@ -156,11 +126,10 @@ impl Cache {
         &self,
         download: &Arc<Download>,
         file: std::fs::File,
-        cached: &CachedNarInfo,
-        origin: &NarOrigin,
         settings: ChunkSettings,
     ) -> Result<(), CacheError> {
-        let n = &cached.narinfo;
+        let (nar_hash, nar_size) = download.nar();
+        let origin = download.origin();
         let response = self.open_upstream(origin).await?;
         download.set(Progress::Running {
             written: 0,
@@ -171,41 +140,31 @@ impl Cache {
             file: tokio::fs::File::from_std(file),
             written: 0,
         };
-        let chunked = chunk_nar(
-            &self.inner.store,
-            io_stream(response.body),
+        let expected = Expected::exactly(
             origin.compression,
-            n.nar_size,
+            origin.file_hash,
+            origin.file_size,
+            nar_hash,
+            nar_size,
+        );
+        let chunked = chunk_verified(
+            &self.0.store,
+            io_stream(response.body),
+            &expected,
             settings,
             Some(sink),
         )
         .await?;
-        check_chunked(
-            &chunked,
-            &n.nar_hash,
-            n.nar_size,
-            origin.file_hash,
-            origin.file_size,
-        )?;
         download.set(Progress::Done {
             size: chunked.summary.file_size,
         });
-        let committed = self
-            .inner
-            .db
-            .commit_chunks(
-                &n.nar_hash,
-                n.nar_size,
-                &chunked.refs,
-                chunked.summary.file_hash,
-            )
-            .await;
-        match committed {
+        // Every client already has its verified bytes: a failure to record only costs a refetch.
+        match self.commit_chunks(&nar_hash, nar_size, &chunked).await {
             Ok(_) => {
-                info!(nar = %n.nar_hash, chunks = chunked.refs.len(), size = chunked.summary.file_size, "stored NAR as chunks")
+                info!(nar = %nar_hash, chunks = chunked.refs.len(), size = chunked.summary.file_size, "stored NAR as chunks")
             }
             Err(e) => {
-                error!(nar = %n.nar_hash, error = %e, "verified chunks could not be recorded")
+                error!(nar = %nar_hash, error = %e, "verified chunks could not be recorded")
             }
         }
         Ok(())

@@ -4,15 +4,10 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
 
+use ncps_db::Database;
 use ncps_nix::{Sha256Hash, StorePathHash};
 use tracing::warn;
-
-use crate::Cache;
-
-/// How often noted accesses are written.
-const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// Accesses noted since the last flush.
 #[derive(Default)]
@@ -22,6 +17,7 @@ pub(crate) struct AccessLog {
 }
 
 impl AccessLog {
+    /// Notes a narinfo hit.
     pub fn narinfo(&self, hash: StorePathHash) {
         self.narinfos
             .lock()
@@ -29,6 +25,7 @@ impl AccessLog {
             .insert(hash);
     }
 
+    /// Notes a NAR request.
     pub fn nar(&self, hash: Sha256Hash) {
         self.nars
             .lock()
@@ -44,31 +41,21 @@ impl AccessLog {
     }
 }
 
-impl Cache {
-    /// Writes the accesses noted so far.
-    pub async fn flush_access_times(&self) {
-        let (narinfos, nars) = self.inner.access.take();
+impl AccessLog {
+    /// Writes the accesses noted so far; a failed write is logged and those accesses are lost
+    /// (the next ones are recorded as usual).
+    pub async fn flush(&self, db: &Database) {
+        let (narinfos, nars) = self.take();
         let now = ncps_db::now_secs();
         if !narinfos.is_empty()
-            && let Err(e) = self.inner.db.touch_narinfos(&narinfos, now).await
+            && let Err(e) = db.touch_narinfos(&narinfos, now).await
         {
             warn!(error = %e, count = narinfos.len(), "could not record narinfo access times");
         }
         if !nars.is_empty()
-            && let Err(e) = self.inner.db.touch_nars(&nars, now).await
+            && let Err(e) = db.touch_nars(&nars, now).await
         {
             warn!(error = %e, count = nars.len(), "could not record NAR access times");
         }
-    }
-
-    pub(crate) fn spawn_access_flush(&self) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
-            loop {
-                tick.tick().await;
-                this.flush_access_times().await;
-            }
-        });
     }
 }

@@ -1,5 +1,5 @@
-//! Cache-level operations behind the admin commands: importing paths from a file binary cache
-//! (`ncps migrate-narinfo`) and re-verifying stored files (`ncps fsck --verify-hashes`).
+//! Importing paths from a file binary cache (`ncps migrate-narinfo`) and re-verifying stored
+//! whole files (`ncps fsck --verify-hashes`).
 //!
 //! Both reuse the download path's verifier, so an imported NAR is held to exactly the checks a
 //! fetched one is (FileHash, FileSize, NarHash, NarSize, decompression bombs stopped at
@@ -12,9 +12,10 @@ use futures::{StreamExt, TryStreamExt};
 use ncps_db::{CachedNarInfo, WholeFile};
 use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash};
 
-use crate::codec::can_decode;
-use crate::verify::{Expected, write_verified};
-use crate::{Cache, CacheError};
+use super::Maintenance;
+use crate::CacheError;
+use crate::ingest::{Expected, file_source, refuse_undecodable, write_verified};
+use crate::temp::TempKind;
 
 /// What importing one path did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub enum FileCheck {
     Corrupt(String),
 }
 
-impl Cache {
+impl Maintenance {
     /// Imports one store path from a file binary cache: checks `nar_file` against every hash
     /// and size `narinfo` gives, stores it as a whole file, then records the narinfo with no
     /// upstream origin (these bytes are the only copy we know of). Idempotent: a path already
@@ -59,16 +60,11 @@ impl Cache {
         narinfo: &NarInfo,
         nar_file: &Path,
     ) -> Result<Imported, CacheError> {
-        let db = &self.inner.db;
+        let db = &self.0.db;
         if db.narinfo(narinfo.store_path.hash()).await?.is_some() {
             return Ok(Imported::AlreadyCached);
         }
-        if !can_decode(narinfo.compression) {
-            return Err(CacheError::Integrity(format!(
-                "{} is compressed with {}, which ncps cannot verify",
-                narinfo.store_path, narinfo.compression
-            )));
-        }
+        refuse_undecodable(narinfo)?;
         let existing = db.nar(&narinfo.nar_hash).await?.and_then(|record| {
             // Any stored form serves any URL of the NAR; name the form that needs no work.
             match (record.whole, record.chunked) {
@@ -104,18 +100,8 @@ impl Cache {
         narinfo: &NarInfo,
         nar_file: &Path,
     ) -> Result<WholeFile, CacheError> {
-        let source = std::fs::File::open(nar_file)?;
-        let source = tokio_util::io::ReaderStream::with_capacity(
-            tokio::fs::File::from_std(source),
-            256 * 1024,
-        )
-        .boxed();
-        std::fs::create_dir_all(&self.inner.config.temp_dir)?;
-        // "nar-": a copy left by a crash is removed at the next start like a download's.
-        let (file, temp) = tempfile::Builder::new()
-            .prefix("nar-import-")
-            .tempfile_in(&self.inner.config.temp_dir)?
-            .into_parts();
+        let source = file_source(nar_file)?;
+        let (file, temp) = self.0.ingest.temp().create(TempKind::Import)?;
         let expected = Expected::exactly(
             narinfo.compression,
             narinfo.file_hash,
@@ -128,13 +114,9 @@ impl Cache {
             key: NarKey::new(verified.file_hash, narinfo.compression),
             size: verified.file_size,
         };
-        self.inner
-            .store
-            .put_nar_from_file(&whole.key, &temp)
-            .await?;
-        self.inner
-            .db
-            .record_whole_file(&narinfo.nar_hash, narinfo.nar_size, whole, None)
+        self.0
+            .ingest
+            .commit_whole_file(&narinfo.nar_hash, narinfo.nar_size, whole, &temp)
             .await?;
         Ok(whole)
     }
@@ -148,7 +130,7 @@ impl Cache {
         nar_size: u64,
         whole: &WholeFile,
     ) -> Result<FileCheck, CacheError> {
-        let Some(read) = self.inner.store.read_nar(&whole.key, None).await? else {
+        let Some(read) = self.0.store.read_nar(&whole.key, None).await? else {
             return Ok(FileCheck::Missing);
         };
         let source = read.stream.map_err(io::Error::other).boxed();
@@ -180,21 +162,22 @@ mod tests {
     use ncps_upstream::{UpstreamOptions, Upstreams};
 
     use super::*;
-    use crate::CacheConfig;
+    use crate::{Cache, CacheConfig};
 
-    async fn cache(dir: &Path) -> Cache {
+    /// A cache's maintenance side and its database.
+    async fn cache(dir: &Path) -> (Maintenance, Database) {
         let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
             .await
             .unwrap();
         let store = BlobStore::local(&dir.join("store")).unwrap();
         let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
-        Cache::new(
+        let cache = Cache::new(
             CacheConfig::new(SecretKey::generate("test").unwrap(), dir.join("tmp")),
-            db,
+            db.clone(),
             store,
             upstreams,
-        )
-        .unwrap()
+        );
+        (cache.maintenance().clone(), db)
     }
 
     /// A narinfo and its xz file for `nar`, written to `dir`.
@@ -229,7 +212,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn imports_verified_files_once_and_refuses_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = cache(dir.path()).await;
+        let (cache, db) = cache(dir.path()).await;
         let nar = b"nix-archive-1 pretend".repeat(1000);
         let (narinfo, file) = file_cache_entry(dir.path(), "hello", &nar);
 
@@ -239,14 +222,14 @@ mod tests {
         let err = cache.import_path(&wrong, &file).await.unwrap_err();
         assert!(matches!(err, CacheError::Integrity(_)), "{err}");
         let hash = narinfo.store_path.hash();
-        assert!(cache.inner.db.narinfo(hash).await.unwrap().is_none());
-        assert!(cache.inner.db.nar(&wrong.nar_hash).await.unwrap().is_none());
+        assert!(db.narinfo(hash).await.unwrap().is_none());
+        assert!(db.nar(&wrong.nar_hash).await.unwrap().is_none());
 
         let Imported::Stored { whole } = cache.import_path(&narinfo, &file).await.unwrap() else {
             panic!("not stored");
         };
         assert_eq!(Some(whole.key.hash), narinfo.file_hash);
-        let cached = cache.inner.db.narinfo(hash).await.unwrap().unwrap();
+        let cached = db.narinfo(hash).await.unwrap().unwrap();
         assert_eq!(cached.url_key, whole.key);
         assert_eq!(cached.origin, None);
         assert_eq!(cached.narinfo.sigs, narinfo.sigs);
@@ -283,7 +266,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn verification_finds_missing_truncated_and_altered_files() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = cache(dir.path()).await;
+        let (cache, _) = cache(dir.path()).await;
         let nar = b"nix-archive-1 pretend".repeat(1000);
         let (narinfo, file) = file_cache_entry(dir.path(), "hello", &nar);
         let Imported::Stored { whole } = cache.import_path(&narinfo, &file).await.unwrap() else {

@@ -10,8 +10,9 @@ use futures::stream::{BoxStream, StreamExt};
 use ncps_nix::{Compression, Sha256Hash};
 use sha2::{Digest, Sha256};
 
+use super::download::Download;
 use crate::CacheError;
-use crate::download::Download;
+use crate::codec::{Codec, WriteDecoder};
 
 /// What the narinfo promises about the NAR file. An upload arrives before its narinfo, so
 /// everything but the compression may be unknown; `max_size` then bounds the file and the NAR.
@@ -81,70 +82,12 @@ impl Write for NarSink {
     }
 }
 
-/// A streaming decompressor writing into the NAR sink.
-enum Decoder {
-    Plain(NarSink),
-    Xz(Box<xz2::write::XzDecoder<NarSink>>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, NarSink>>),
-    Bzip2(Box<bzip2::write::BzDecoder<NarSink>>),
-    Brotli(Box<brotli::DecompressorWriter<NarSink>>),
-}
-
-impl Decoder {
-    fn new(compression: Compression, sink: NarSink) -> io::Result<Self> {
-        Ok(match compression {
-            Compression::None => Self::Plain(sink),
-            Compression::Xz => Self::Xz(Box::new(xz2::write::XzDecoder::new_multi_decoder(sink))),
-            Compression::Zstd => Self::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?)),
-            Compression::Bzip2 => Self::Bzip2(Box::new(bzip2::write::BzDecoder::new(sink))),
-            Compression::Brotli => {
-                Self::Brotli(Box::new(brotli::DecompressorWriter::new(sink, 64 * 1024)))
-            }
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("cannot verify NARs compressed with {other}"),
-                ));
-            }
-        })
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Self::Plain(w) => w.write_all(buf),
-            Self::Xz(w) => w.write_all(buf),
-            Self::Zstd(w) => w.write_all(buf),
-            Self::Bzip2(w) => w.write_all(buf),
-            Self::Brotli(w) => w.write_all(buf),
-        }
-    }
-
-    fn finish(self) -> io::Result<NarSink> {
-        let truncated = || {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "compressed stream is truncated",
-            )
-        };
-        match self {
-            Self::Plain(s) => Ok(s),
-            Self::Xz(mut w) => w.finish(),
-            Self::Zstd(mut w) => {
-                w.flush()?;
-                Ok(w.into_inner())
-            }
-            Self::Bzip2(mut w) => w.finish(),
-            Self::Brotli(w) => w.into_inner().map_err(|_| truncated()),
-        }
-    }
-}
-
 /// Writes a NAR file to disk while checking it against its narinfo.
 pub(crate) struct NarIngest {
     file: std::fs::File,
     file_hasher: Sha256,
     file_size: u64,
-    decoder: Decoder,
+    decoder: WriteDecoder<NarSink>,
     expected: Expected,
 }
 
@@ -164,7 +107,7 @@ impl NarIngest {
             file,
             file_hasher: Sha256::new(),
             file_size: 0,
-            decoder: Decoder::new(expected.compression, sink)?,
+            decoder: Codec::require(expected.compression)?.write_decoder(sink)?,
             expected,
         })
     }

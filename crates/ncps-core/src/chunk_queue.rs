@@ -1,0 +1,76 @@
+//! NARs stored whole that lazy chunking should pick up.
+//!
+//! The ingest side pushes a NAR once its whole file is committed; the lazy-chunking workers of
+//! [`crate::Maintenance`] take them in order. Nothing else may use it. A NAR queued in a process
+//! without workers (an admin command) is simply not chunked now: the recovery job finds every
+//! NAR stored whole but not chunked and queues it again.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use ncps_nix::Sha256Hash;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct Pending {
+    order: VecDeque<Sha256Hash>,
+    queued: HashSet<Sha256Hash>,
+}
+
+/// A queue of NARs to chunk, shared by its producers and its workers; each NAR is queued once
+/// until a worker takes it.
+#[derive(Clone, Default)]
+pub(crate) struct ChunkQueue {
+    pending: Arc<Mutex<Pending>>,
+    ready: Arc<Notify>,
+}
+
+impl ChunkQueue {
+    /// Queues a NAR (again only once a worker took it).
+    pub fn push(&self, nar: Sha256Hash) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.queued.insert(nar) {
+            p.order.push_back(nar);
+            drop(p);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next NAR to chunk, waiting for one.
+    pub async fn next(&self) -> Sha256Hash {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(nar) = p.order.pop_front() {
+                    p.queued.remove(&nar);
+                    return nar;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_nar_is_queued_once_and_taken_in_order() {
+        let q = ChunkQueue::default();
+        let (a, b) = (Sha256Hash::digest(b"a"), Sha256Hash::digest(b"b"));
+        q.push(a);
+        q.push(b);
+        q.push(a);
+        assert_eq!(q.next().await, a);
+        assert_eq!(q.next().await, b);
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.next().await }
+        });
+        tokio::task::yield_now().await;
+        q.push(a);
+        assert_eq!(waiting.await.unwrap(), a);
+    }
+}

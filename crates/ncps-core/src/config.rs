@@ -1,0 +1,74 @@
+//! The settings of the cache core, with defaults from [`crate::defaults`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ncps_nix::SecretKey;
+
+use crate::defaults;
+use crate::ingest::{ChunkSettings, UploadConfig};
+use crate::locks::{LocalLocks, LockService};
+
+/// Content-defined chunking settings; `None` in [`CacheConfig`] stores NARs as whole files.
+#[derive(Clone, Copy, Debug)]
+pub struct CdcConfig {
+    /// How chunks are cut and compressed.
+    pub chunking: ChunkSettings,
+    /// Store the whole file first and chunk it in the background (serving it at once).
+    pub lazy: bool,
+    /// How long a whole file is kept after its chunks are complete (lazy mode).
+    pub delete_delay: Duration,
+}
+
+impl CdcConfig {
+    /// The chunking applied while a NAR arrives, when chunking is eager.
+    pub(crate) fn eager(&self) -> Option<ChunkSettings> {
+        (!self.lazy).then_some(self.chunking)
+    }
+}
+
+/// Settings of the cache core.
+pub struct CacheConfig {
+    /// The key narinfos are signed with.
+    pub secret_key: SecretKey,
+    /// Add our signature to narinfos (off: pass upstream signatures through unchanged).
+    pub sign_narinfo: bool,
+    /// Where downloads and uploads are written before they are verified and stored.
+    pub temp_dir: PathBuf,
+    /// Priority announced in nix-cache-info (lower is preferred by clients).
+    pub priority: u32,
+    /// Chunk NARs (eagerly or lazily); `None` keeps whole files.
+    pub cdc: Option<CdcConfig>,
+    /// Rules for uploads.
+    pub uploads: UploadConfig,
+    /// The lock service that coordinates replicas.
+    pub locks: Arc<dyn LockService>,
+    /// How long a download lock lives without renewal (a dead replica's lock expires after it).
+    pub download_lock_ttl: Duration,
+    /// Start downloading a NAR as soon as its narinfo is fetched from upstream.
+    pub prefetch: bool,
+}
+
+impl CacheConfig {
+    /// Defaults for everything but the key and the temporary directory: signing on, the
+    /// default priority, whole files, default upload rules, in-process locks.
+    pub fn new(secret_key: SecretKey, temp_dir: PathBuf) -> Self {
+        Self {
+            secret_key,
+            sign_narinfo: true,
+            temp_dir,
+            priority: defaults::PRIORITY,
+            cdc: None,
+            uploads: UploadConfig::default(),
+            locks: Arc::new(LocalLocks::default()),
+            download_lock_ttl: defaults::DOWNLOAD_LOCK_TTL,
+            prefetch: false,
+        }
+    }
+
+    /// The chunking applied while a NAR arrives, when chunking is on and eager.
+    pub(crate) fn eager_chunking(&self) -> Option<ChunkSettings> {
+        self.cdc.and_then(|c| c.eager())
+    }
+}

@@ -1,0 +1,39 @@
+//! Ages and sizes as people read them, for fsck findings and progress lines.
+
+use std::time::Duration;
+
+/// A rough human age: `45s`, `12m`, `3h`, `2d`.
+pub fn format_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Bytes in decimal units, as progress lines show them.
+pub fn format_size(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} kB", bytes as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", bytes as f64 / 1e6),
+        _ => format!("{:.2} GB", bytes as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_ages_and_sizes() {
+        assert_eq!(format_age(Duration::from_secs(59)), "59s");
+        assert_eq!(format_age(Duration::from_secs(3600)), "60m");
+        assert_eq!(format_age(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_age(Duration::from_secs(3 * 86_400)), "3d");
+        assert_eq!(format_size(999), "999 B");
+        assert_eq!(format_size(4_000_000), "4.0 MB");
+    }
+}

@@ -1,0 +1,162 @@
+//! Starting the background jobs: access-time flushes, lazy chunking workers and their recovery
+//! (which also deletes whole files whose delay passed), LRU eviction and chunk collection.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ncps_nix::Sha256Hash;
+use tracing::{error, info, warn};
+
+use super::Maintenance;
+use crate::ingest::ChunkSettings;
+use crate::schedule::{Schedule, spawn_scheduled};
+
+/// How often accesses noted by the reader are written.
+const ACCESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// How the background jobs run.
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    /// Concurrent lazy-chunking workers.
+    pub chunk_workers: usize,
+    /// When interrupted lazy chunking is looked for (and expired whole files deleted); it also
+    /// runs once at start.
+    pub recovery_schedule: Schedule,
+    /// NARs taken per recovery round.
+    pub recovery_batch: u32,
+    /// How often unreferenced chunks are collected.
+    pub gc_interval: Duration,
+    /// How long a chunk stays after its last reference went, so readers that already started
+    /// never lose a chunk under them.
+    pub gc_grace: Duration,
+    /// Least-recently-used eviction: when it runs, and the size it brings the cache under.
+    pub lru: Option<LruConfig>,
+}
+
+/// When and down to what size least-recently-used eviction runs.
+#[derive(Clone, Debug)]
+pub struct LruConfig {
+    /// When the job runs.
+    pub schedule: Schedule,
+    /// The most bytes the cache may keep in storage.
+    pub max_size: u64,
+}
+
+impl Maintenance {
+    /// Starts the background jobs on the current runtime; they stop with it.
+    pub fn spawn_jobs(&self, jobs: JobsConfig) {
+        self.spawn_access_flush();
+        if let Some(lru) = jobs.lru.clone() {
+            self.spawn_lru(lru);
+        }
+        self.spawn_gc(&jobs);
+        let Some(cdc) = self.0.cdc else {
+            return;
+        };
+        if cdc.lazy {
+            let busy = Arc::new(Mutex::new(HashSet::new()));
+            for _ in 0..jobs.chunk_workers.max(1) {
+                tokio::spawn(self.clone().chunk_worker(busy.clone(), cdc.chunking));
+            }
+        }
+        let this = self.clone();
+        let batch = jobs.recovery_batch;
+        let recover = move || {
+            let this = this.clone();
+            async move {
+                if let Err(e) = this.recover_and_clean(cdc.lazy, batch).await {
+                    error!(error = %e, "lazy chunking recovery failed");
+                }
+            }
+        };
+        tokio::spawn(recover());
+        spawn_scheduled(jobs.recovery_schedule.clone(), recover);
+    }
+
+    fn spawn_access_flush(&self) {
+        let reader = self.0.reader.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ACCESS_FLUSH_EVERY);
+            loop {
+                tick.tick().await;
+                reader.flush_access_times().await;
+            }
+        });
+    }
+
+    fn spawn_lru(&self, lru: LruConfig) {
+        let this = self.clone();
+        spawn_scheduled(lru.schedule, move || {
+            let this = this.clone();
+            async move {
+                match this.evict_lru(lru.max_size).await {
+                    Ok(report) => {
+                        let freed = report.bytes_before.saturating_sub(report.bytes_after);
+                        this.0.metrics.job_finished(
+                            "lru",
+                            report.duration,
+                            Some(freed),
+                            report.narinfos_evicted,
+                        );
+                        info!(?report, "LRU eviction finished");
+                    }
+                    Err(e) => error!(error = %e, "LRU eviction failed"),
+                }
+            }
+        });
+    }
+
+    fn spawn_gc(&self, jobs: &JobsConfig) {
+        let jobs = jobs.clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(jobs.gc_interval);
+            loop {
+                tick.tick().await;
+                let started = std::time::Instant::now();
+                let result = this.collect_chunks(jobs.gc_grace).await;
+                if let Ok(r) = &result {
+                    this.0.metrics.job_finished(
+                        "chunk_gc",
+                        started.elapsed(),
+                        None,
+                        r.chunks_deleted,
+                    );
+                }
+                match result {
+                    Ok(r) if r.chunks_deleted > 0 => {
+                        info!(chunks = r.chunks_deleted, "collected unreferenced chunks")
+                    }
+                    Ok(_) => {}
+                    Err(e) => error!(error = %e, "chunk garbage collection failed"),
+                }
+            }
+        });
+    }
+
+    /// Takes NARs from the queue and chunks them, one at a time per worker; `busy` keeps two
+    /// workers off the same NAR.
+    async fn chunk_worker(self, busy: Arc<Mutex<HashSet<Sha256Hash>>>, settings: ChunkSettings) {
+        loop {
+            let nar_hash = self.0.chunk_queue.next().await;
+            if !busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(nar_hash)
+            {
+                continue; // another worker has it
+            }
+            match self.chunk_stored_nar(&nar_hash, settings).await {
+                Ok(true) => info!(nar = %nar_hash, "chunked NAR in the background"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(nar = %nar_hash, error = %e, "background chunking failed; the recovery job retries it")
+                }
+            }
+            busy.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&nar_hash);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Lock services shared by replicas, behind the core's [`LockService`] trait.
+//!
+//! [`RedisLocks`] are fenced, expiring keys (`SET NX PX` with a random token; renewed while
+//! held; released only by their owner), so a replica that dies loses its locks after the TTL.
+//! [`PostgresLocks`] are session advisory locks on a dedicated connection, released by the server
+//! when that connection closes, so they need no extra service when the database is PostgreSQL
+//! already. The binary picks one from `--cache-lock-backend`.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ncps_core::{LockError, LockGuard, LockService};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+/// Renews a Redis lock only while its token still owns it.
+const REDIS_RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+/// Releases a Redis lock only when its token still owns it (fencing).
+const REDIS_RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/// Connections used to try advisory locks (held locks keep their own, outside this pool).
+const PG_LOCK_CONNECTIONS: u32 = 4;
+
+/// Locks in Redis.
+pub struct RedisLocks {
+    client: redis::Client,
+    /// One multiplexed connection shared by every lock operation of this process.
+    conn: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
+    prefix: String,
+}
+
+impl RedisLocks {
+    /// Locks in the Redis at `url` (`redis://[user:password@]host:port/db`, `rediss://` for
+    /// TLS; credentials are never logged), every key starting with `prefix` so several caches
+    /// can share one Redis. Connects on first use.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, LockError> {
+        Ok(Self {
+            client: redis::Client::open(url).map_err(LockError::new)?,
+            conn: tokio::sync::OnceCell::new(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    async fn lock(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
+        let mut conn = self
+            .conn
+            .get_or_try_init(|| self.client.get_multiplexed_async_connection())
+            .await
+            .map_err(LockError::new)?
+            .clone();
+        let key = format!("{}{key}", self.prefix);
+        let token = random_token();
+        let ttl_ms = ttl.as_millis().max(1000) as u64;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(LockError::new)?;
+        if set.is_none() {
+            return Ok(None);
+        }
+        let (tx, mut rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let renew = redis::Script::new(REDIS_RENEW);
+            let release = redis::Script::new(REDIS_RELEASE);
+            let mut tick = tokio::time::interval(Duration::from_millis(ttl_ms / 3));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    _ = tick.tick() => {
+                        let renewed: Result<i64, _> = renew.key(&key).arg(&token).arg(ttl_ms).invoke_async(&mut conn).await;
+                        if !matches!(renewed, Ok(1)) {
+                            warn!(key, "lost a lock before releasing it (renewal failed)");
+                            return;
+                        }
+                    }
+                }
+            }
+            let released: Result<i64, _> =
+                release.key(&key).arg(&token).invoke_async(&mut conn).await;
+            debug!(key, ?released, "released lock");
+        });
+        Ok(Some(LockGuard::new(tx)))
+    }
+}
+
+impl LockService for RedisLocks {
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<LockGuard>, LockError>> {
+        Box::pin(self.lock(key, ttl))
+    }
+}
+
+/// A random token naming one holder of a Redis lock.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    // Without entropy the token is still unique enough per process; never fail a lock for it.
+    let _ = getrandom::getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// PostgreSQL session advisory locks.
+pub struct PostgresLocks {
+    /// A few connections to try locks on; a connection that takes a lock leaves the pool and
+    /// holds the lock until it closes.
+    pool: sqlx::PgPool,
+    prefix: String,
+}
+
+impl PostgresLocks {
+    /// Advisory locks in the database at `url`, each id hashed from `prefix` and the lock's
+    /// name. Connects on first use.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, LockError> {
+        Ok(Self {
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(PG_LOCK_CONNECTIONS)
+                .connect_lazy(url)
+                .map_err(LockError::new)?,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    async fn lock(&self, key: &str) -> Result<Option<LockGuard>, LockError> {
+        use sqlx::Connection;
+        let mut conn = self.pool.acquire().await.map_err(LockError::new)?;
+        let id = advisory_id(&format!("{}{key}", self.prefix));
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(LockError::new)?;
+        if !got {
+            return Ok(None); // the connection goes back to the pool
+        }
+        // The lock belongs to this session: take the connection out of the pool for its
+        // lifetime.
+        let mut conn = conn.detach();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            // Closing the session releases the lock even if the unlock fails.
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(id)
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        });
+        Ok(Some(LockGuard::new(tx)))
+    }
+}
+
+impl LockService for PostgresLocks {
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<LockGuard>, LockError>> {
+        Box::pin(self.lock(key))
+    }
+}
+
+/// A stable 64-bit id for an advisory lock name.
+fn advisory_id(name: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    i64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advisory_ids_are_stable_and_distinct() {
+        assert_eq!(advisory_id("ncps:lock:lru"), advisory_id("ncps:lock:lru"));
+        assert_ne!(
+            advisory_id("ncps:lock:lru"),
+            advisory_id("ncps:lock:chunk-gc")
+        );
+    }
+
+    #[test]
+    fn tokens_differ() {
+        assert_ne!(random_token(), random_token());
+        assert_eq!(random_token().len(), 32);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_lock_error() {
+        // Nothing listens on port 1 of the loopback address.
+        let locks = RedisLocks::new("redis://127.0.0.1:1/0", "t:").unwrap();
+        let err = locks
+            .try_lock("k", Duration::from_secs(1))
+            .await
+            .err()
+            .expect("no Redis there");
+        assert!(err.to_string().starts_with("lock service:"), "{err}");
+    }
+}

@@ -1,0 +1,85 @@
+//! `ncps fsck`: the database against storage (the checks live in
+//! `ncps_core::maintenance::fsck`). Findings on stdout, progress on stderr; fails while
+//! problems remain.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // findings and progress are its interface
+
+use anyhow::{Result, bail};
+use ncps_core::maintenance::{FsckOptions, FsckOutput, FsckSummary};
+
+use crate::cli::FsckArgs;
+
+/// Prints findings as they come.
+struct Terminal;
+
+impl FsckOutput for Terminal {
+    fn finding(&mut self, line: &str) {
+        println!("{line}");
+    }
+
+    fn progress(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// Runs every check, repairing with `--repair`; fails while problems remain.
+pub async fn run(args: FsckArgs) -> Result<()> {
+    let maintenance = super::open(&args.storage).await?;
+    let options = FsckOptions {
+        repair: args.repair,
+        verify_hashes: args.verify_hashes,
+        min_age: args.min_age,
+    };
+    let summary = maintenance.fsck(options, &mut Terminal).await?;
+    println!("{}", summary_line(&summary, args.repair));
+    let remaining = summary.remaining();
+    if remaining > 0 {
+        if args.repair {
+            bail!("{remaining} problems could not be repaired");
+        }
+        bail!("{remaining} problems found; run again with --repair to fix them");
+    }
+    Ok(())
+}
+
+/// `fsck: N problems found, M repaired, K remaining; …`.
+fn summary_line(s: &FsckSummary, repair: bool) -> String {
+    let mut line = format!(
+        "fsck: {} problem{} found",
+        s.problems,
+        if s.problems == 1 { "" } else { "s" }
+    );
+    if repair {
+        line += &format!(", {} repaired", s.repaired);
+    }
+    line += &format!(", {} remaining", s.remaining());
+    if s.left_alone > 0 {
+        line += &format!("; {} recent items left alone", s.left_alone);
+    }
+    if s.notes > 0 {
+        line += &format!("; {} notes", s.notes);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_what_remains() {
+        let s = FsckSummary {
+            problems: 3,
+            repaired: 2,
+            left_alone: 1,
+            notes: 0,
+        };
+        assert_eq!(
+            summary_line(&s, true),
+            "fsck: 3 problems found, 2 repaired, 1 remaining; 1 recent items left alone"
+        );
+        assert_eq!(
+            summary_line(&FsckSummary::default(), false),
+            "fsck: 0 problems found, 0 remaining"
+        );
+    }
+}

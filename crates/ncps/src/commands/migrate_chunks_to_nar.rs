@@ -1,0 +1,23 @@
+//! `ncps migrate-chunks-to-nar`: rebuilds a verified whole file for every NAR kept only as
+//! chunks, then drops its chunk list. Resumable, and safe beside a running server, like
+//! `migrate-nar-to-chunks`. Progress on stderr, one line per NAR.
+#![allow(clippy::print_stderr)] // progress output is this command's interface
+
+use anyhow::Result;
+
+use super::migration_progress;
+use crate::cli::MigrateArgs;
+use crate::setup;
+
+/// Runs the migration to whole files.
+pub async fn run(args: MigrateArgs) -> Result<()> {
+    let parts = setup::open(&args.storage).await?;
+    // The chunking flags must still match the cache's, as for every command that opens it.
+    setup::chunk_settings(&parts.db, &args.cdc).await?;
+    let maintenance = super::maintenance(parts)?;
+    let done = maintenance
+        .migrate_to_whole_files(args.batch_size, migration_progress("rebuilt"))
+        .await?;
+    eprintln!("done: {done} NARs rebuilt as whole files");
+    Ok(())
+}
