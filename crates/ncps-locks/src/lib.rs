@@ -193,6 +193,152 @@ mod tests {
         assert_eq!(random_token().len(), 32);
     }
 
+    /// A service started by scripts/test, or `None` (then the test does nothing, which CI
+    /// forbids).
+    fn service(var: &str) -> Option<String> {
+        let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let found = get(var);
+        let required =
+            get("CI").as_deref() == Some("true") || get("NCPS_TEST_REQUIRE_ALL_ENGINES").is_some();
+        assert!(
+            found.is_some() || !required,
+            "{var} must be set (scripts/test starts the server)"
+        );
+        found
+    }
+
+    async fn wait_for_lock(locks: &dyn LockService, key: &str) -> LockGuard {
+        for _ in 0..100 {
+            if let Some(guard) = locks.try_lock(key, Duration::from_secs(1)).await.unwrap() {
+                return guard;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{key} was never released");
+    }
+
+    fn unique(name: &str) -> String {
+        format!("{name}-{}", random_token())
+    }
+
+    #[tokio::test]
+    async fn redis_locks_are_exclusive_renewed_fenced_and_released() {
+        let Some(addr) = service("NCPS_TEST_REDIS_ADDR") else {
+            return;
+        };
+        let url = format!("redis://{addr}/0");
+        let prefix = unique("test:");
+        let (a, b) = (
+            RedisLocks::new(&url, &prefix).unwrap(),
+            RedisLocks::new(&url, &prefix).unwrap(),
+        );
+        let ttl = Duration::from_secs(1);
+        let held = a.try_lock("k", ttl).await.unwrap().expect("free");
+        assert!(
+            b.try_lock("k", ttl).await.unwrap().is_none(),
+            "not exclusive"
+        );
+        // Renewed while held: still taken well past its TTL.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(b.try_lock("k", ttl).await.unwrap().is_none(), "not renewed");
+        drop(held);
+        let _released = wait_for_lock(&b, "k").await;
+
+        // Fencing: a holder whose key was taken over (it expired, another replica took it)
+        // must not release the new holder's lock.
+        let old = a.try_lock("f", ttl).await.unwrap().expect("free");
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let key = format!("{prefix}f");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("someone-else")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        drop(old);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            owner.as_deref(),
+            Some("someone-else"),
+            "released another's lock"
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dead_holders_redis_lock_expires_after_its_ttl() {
+        let Some(addr) = service("NCPS_TEST_REDIS_ADDR") else {
+            return;
+        };
+        let url = format!("redis://{addr}/0");
+        let prefix = unique("test:");
+        let locks = RedisLocks::new(&url, &prefix).unwrap();
+        // A holder that died: its key is there, nobody renews it.
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}d"))
+            .arg("dead")
+            .arg("PX")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            locks
+                .try_lock("d", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(
+            locks
+                .try_lock("d", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_advisory_locks_are_exclusive_and_released() {
+        let Some(url) = service("NCPS_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let prefix = unique("test:");
+        let (a, b) = (
+            PostgresLocks::new(&url, &prefix).unwrap(),
+            PostgresLocks::new(&url, &prefix).unwrap(),
+        );
+        let ttl = Duration::from_secs(1);
+        let held = a.try_lock("k", ttl).await.unwrap().expect("free");
+        assert!(
+            b.try_lock("k", ttl).await.unwrap().is_none(),
+            "not exclusive"
+        );
+        drop(held);
+        let _released = wait_for_lock(&b, "k").await;
+    }
+
     #[tokio::test]
     async fn an_unreachable_redis_is_a_lock_error() {
         // Nothing listens on port 1 of the loopback address.

@@ -3,6 +3,9 @@ use axum::response::{IntoResponse, Response};
 use ncps_core::CacheError;
 use tracing::error;
 
+/// When a client should retry after a 503 (the lock service was unavailable).
+const RETRY_AFTER_SECS: &str = "5";
+
 /// A failed request. Clients get a status and a one-line reason; details go to the log only.
 #[derive(Debug)]
 pub enum ApiError {
@@ -84,6 +87,78 @@ impl IntoResponse for ApiError {
         {
             response.headers_mut().insert(header::CONTENT_RANGE, v);
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use ncps_core::LockError;
+
+    fn io() -> std::io::Error {
+        std::io::Error::other("disk on fire at /secret/path")
+    }
+
+    /// Every variant's status, and what the client is told about our internals: nothing.
+    #[test]
+    fn each_error_has_one_status_and_hides_internals() {
+        let rows: Vec<(CacheError, StatusCode)> = vec![
+            (CacheError::NotFound, StatusCode::NOT_FOUND),
+            (
+                CacheError::Integrity("bad hash".into()),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (CacheError::BadRequest("no".into()), StatusCode::BAD_REQUEST),
+            (CacheError::Forbidden("no".into()), StatusCode::FORBIDDEN),
+            (
+                CacheError::TooLarge { limit: 1 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                CacheError::RangeNotSatisfiable { size: 10 },
+                StatusCode::RANGE_NOT_SATISFIABLE,
+            ),
+            (
+                CacheError::Lock(LockError::new("connection refused")),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (CacheError::WaitedTooLong, StatusCode::GATEWAY_TIMEOUT),
+            (CacheError::Io(io()), StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                CacheError::Shared(Arc::new(CacheError::WaitedTooLong)),
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                CacheError::Shared(Arc::new(CacheError::Io(io()))),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (error, status) in rows {
+            assert_eq!(status_of(&error), status, "{error:?}");
+            let message = public_message(&error);
+            assert!(
+                !message.contains("/secret/path"),
+                "{error:?} leaks: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_503_says_when_to_retry_and_a_416_names_the_size() {
+        let busy = ApiError::Cache(CacheError::Lock(LockError::new("down"))).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS);
+        let range = ApiError::Cache(CacheError::RangeNotSatisfiable { size: 42 }).into_response();
+        assert_eq!(range.headers()[header::CONTENT_RANGE], "bytes */42");
+        assert_eq!(range.headers()[header::CACHE_CONTROL], "no-store");
     }
 }

@@ -103,3 +103,117 @@ impl Maintenance {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ncps_db::{CachedNarInfo, Database, WholeFile, now_secs};
+    use ncps_nix::{Compression, NarInfo, NarKey, SecretKey, Sha256Hash, StorePath};
+    use ncps_store::BlobStore;
+    use ncps_upstream::{UpstreamOptions, Upstreams};
+
+    use crate::{Cache, CacheConfig};
+
+    const FILE_SIZE: u64 = 1000;
+
+    /// Store path `i` (0..10), its NAR stored as a whole file of `FILE_SIZE` bytes.
+    fn path(i: u8) -> CachedNarInfo {
+        let nar_hash = Sha256Hash::digest(&[i]);
+        let url_key = NarKey::new(nar_hash, Compression::Zstd);
+        let hash = format!("{}{i}", "0".repeat(31));
+        CachedNarInfo {
+            narinfo: NarInfo {
+                store_path: StorePath::parse_base_name(&format!("{hash}-p{i}")).unwrap(),
+                url: url_key.url(),
+                compression: Compression::Zstd,
+                file_hash: None,
+                file_size: None,
+                nar_hash,
+                nar_size: FILE_SIZE,
+                references: vec![],
+                deriver: None,
+                sigs: vec![],
+                ca: None,
+            },
+            url_key,
+            origin: None,
+        }
+    }
+
+    /// Five paths, path 0 used least recently, path 4 most; path 1 pinned.
+    async fn cache(dir: &std::path::Path) -> (Cache, Database) {
+        let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
+            .await
+            .unwrap();
+        let store = BlobStore::local(&dir.join("store")).unwrap();
+        let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
+        let config = CacheConfig::new(SecretKey::generate("t").unwrap(), dir.join("tmp"));
+        let cache = Cache::new(config, db.clone(), store, upstreams);
+        let base = now_secs() + 10;
+        for i in 0..5 {
+            let p = path(i);
+            db.insert_narinfo(&p).await.unwrap();
+            let whole = WholeFile {
+                key: p.url_key,
+                size: FILE_SIZE,
+            };
+            db.record_whole_file(&p.narinfo.nar_hash, FILE_SIZE, whole, None)
+                .await
+                .unwrap();
+            db.touch_narinfos(&[*p.narinfo.store_path.hash()], base + i64::from(i))
+                .await
+                .unwrap();
+        }
+        db.pin(path(1).narinfo.store_path.hash()).await.unwrap();
+        (cache, db)
+    }
+
+    async fn cached(db: &Database) -> Vec<u8> {
+        let mut left = Vec::new();
+        for i in 0..5 {
+            if db
+                .narinfo(path(i).narinfo.store_path.hash())
+                .await
+                .unwrap()
+                .is_some()
+            {
+                left.push(i);
+            }
+        }
+        left
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn evicts_least_recently_used_first_no_more_than_needed_never_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = cache(dir.path()).await;
+        let m = cache.maintenance();
+        // Under the limit: nothing happens.
+        let report = m.evict_lru(5 * FILE_SIZE).await.unwrap();
+        assert_eq!(report.narinfos_evicted, 0);
+        assert_eq!(report.bytes_before, 5 * FILE_SIZE);
+        // Two paths over: the two least recently used that are not pinned (0 and 2).
+        let report = m.evict_lru(3 * FILE_SIZE).await.unwrap();
+        assert_eq!(cached(&db).await, vec![1, 3, 4]);
+        assert_eq!(report.narinfos_evicted, 2);
+        assert_eq!(report.nars_removed, 2);
+        assert_eq!(report.bytes_before, 5 * FILE_SIZE);
+        assert_eq!(report.bytes_after, 3 * FILE_SIZE);
+        assert!(report.pinned_skipped >= 1);
+        // Down to nothing: everything but the pin goes.
+        let report = m.evict_lru(0).await.unwrap();
+        assert_eq!(cached(&db).await, vec![1]);
+        assert_eq!(report.bytes_after, FILE_SIZE);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_access_moves_a_path_to_the_back_of_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = cache(dir.path()).await;
+        // Path 0 was the oldest; used now, the next oldest unpinned (2) goes instead.
+        db.touch_narinfos(&[*path(0).narinfo.store_path.hash()], now_secs() + 100)
+            .await
+            .unwrap();
+        cache.maintenance().evict_lru(4 * FILE_SIZE).await.unwrap();
+        assert_eq!(cached(&db).await, vec![0, 1, 3, 4]);
+    }
+}

@@ -45,22 +45,45 @@ pub async fn get(
         stream,
     } = cache.reader().nar(&key, range).await?;
     let mut response = Response::new(Body::from_stream(stream));
+    let framing = framing(range, total_size);
+    *response.status_mut() = framing.status;
     let h = response.headers_mut();
     base_headers(h);
-    match (range, total_size) {
-        (Some(r), Some(total)) => {
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let h = response.headers_mut();
-            length(h, r.end - r.start);
-            let content_range = format!("bytes {}-{}/{total}", r.start, r.end - 1);
-            if let Ok(v) = HeaderValue::from_str(&content_range) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-        }
-        (_, Some(total)) => length(h, total),
-        (_, None) => {}
+    if let Some(n) = framing.length {
+        length(h, n);
+    }
+    if let Some(v) = framing
+        .content_range
+        .and_then(|r| HeaderValue::from_str(&r).ok())
+    {
+        h.insert(header::CONTENT_RANGE, v);
     }
     Ok(response)
+}
+
+/// Status, Content-Length and Content-Range of a NAR response.
+#[derive(Debug, PartialEq, Eq)]
+struct Framing {
+    status: StatusCode,
+    length: Option<u64>,
+    content_range: Option<String>,
+}
+
+/// How a body is framed: a honoured range is a 206 with its part's length, a known size is a
+/// 200 with Content-Length, an unknown size is a 200 sent until the stream ends.
+fn framing(range: Option<ncps_core::ByteRange>, total_size: Option<u64>) -> Framing {
+    match (range, total_size) {
+        (Some(r), Some(total)) => Framing {
+            status: StatusCode::PARTIAL_CONTENT,
+            length: Some(r.end - r.start),
+            content_range: Some(format!("bytes {}-{}/{total}", r.start, r.end - 1)),
+        },
+        (_, total) => Framing {
+            status: StatusCode::OK,
+            length: total,
+            content_range: None,
+        },
+    }
 }
 
 /// `HEAD /nar/<hash>.nar[.ext]`: answered from metadata alone, never starting a download.
@@ -103,4 +126,48 @@ pub async fn delete(
     let key = parse_key(&file)?;
     cache.maintenance().delete_nar(&key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ncps_core::ByteRange;
+
+    #[test]
+    fn ranges_sizes_and_unknown_lengths_are_framed() {
+        let r = ByteRange { start: 10, end: 20 };
+        assert_eq!(
+            framing(Some(r), Some(100)),
+            Framing {
+                status: StatusCode::PARTIAL_CONTENT,
+                length: Some(10),
+                content_range: Some("bytes 10-19/100".into()),
+            }
+        );
+        assert_eq!(
+            framing(None, Some(100)),
+            Framing {
+                status: StatusCode::OK,
+                length: Some(100),
+                content_range: None,
+            }
+        );
+        assert_eq!(
+            framing(None, None),
+            Framing {
+                status: StatusCode::OK,
+                length: None,
+                content_range: None,
+            }
+        );
+    }
+
+    #[test]
+    fn nar_names_are_parsed_before_anything_else() {
+        assert!(parse_key("../etc/passwd").is_err());
+        assert!(parse_key("x.nar.xz").is_err());
+        let hash = ncps_nix::Sha256Hash::digest(b"n");
+        let name = NarKey::new(hash, ncps_nix::Compression::Xz).file_name();
+        assert_eq!(parse_key(&name).unwrap().hash, hash);
+    }
 }
