@@ -28,6 +28,8 @@ mod range;
 mod reader;
 mod schedule;
 mod temp;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

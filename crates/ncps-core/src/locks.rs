@@ -28,14 +28,29 @@ impl LockError {
 /// itself (an expiring key, a closed session).
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
-    _release: oneshot::Sender<()>,
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl LockGuard {
     /// A guard whose drop closes `release`: the service's task waiting on the other end then
     /// releases the lock.
     pub fn new(release: oneshot::Sender<()>) -> Self {
-        Self { _release: release }
+        Self::on_drop(move || drop(release))
+    }
+
+    /// A guard that runs `release` when dropped (it must not block).
+    pub fn on_drop(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
     }
 }
 
@@ -59,7 +74,8 @@ pub struct LocalLocks {
 }
 
 impl LocalLocks {
-    /// Takes `key` if no task of this process holds it. Never fails.
+    /// Takes `key` if no task of this process holds it; released the moment the guard is
+    /// dropped. Never fails.
     pub fn try_lock_now(&self, key: &str) -> Option<LockGuard> {
         if !self
             .held
@@ -69,14 +85,11 @@ impl LocalLocks {
         {
             return None;
         }
-        let (tx, rx) = oneshot::channel::<()>();
         let held = self.held.clone();
         let key = key.to_string();
-        tokio::spawn(async move {
-            let _ = rx.await;
+        Some(LockGuard::on_drop(move || {
             held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-        });
-        Some(LockGuard::new(tx))
+        }))
     }
 }
 
@@ -103,13 +116,7 @@ mod tests {
         let other = locks.try_lock("b", ttl).await.unwrap();
         assert!(other.is_some(), "keys are independent");
         drop(first);
-        // The release runs on a task: give it a moment.
-        for _ in 0..100 {
-            if locks.try_lock("a", ttl).await.unwrap().is_some() {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("a dropped lock was never released");
+        // Released at once: an eviction right after another must not find it held.
+        assert!(locks.try_lock("a", ttl).await.unwrap().is_some());
     }
 }

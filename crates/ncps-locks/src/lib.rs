@@ -217,6 +217,27 @@ mod tests {
         panic!("{key} was never released");
     }
 
+    /// Sets `key` to `owner` for `ttl_ms`, as another (possibly dead) holder would have.
+    async fn set_by_another(url: &str, key: &str, owner: &str, ttl_ms: u64) {
+        let mut conn = redis_conn(url).await;
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(owner)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     fn unique(name: &str) -> String {
         format!("{name}-{}", random_token())
     }
@@ -247,22 +268,11 @@ mod tests {
         // Fencing: a holder whose key was taken over (it expired, another replica took it)
         // must not release the new holder's lock.
         let old = a.try_lock("f", ttl).await.unwrap().expect("free");
-        let mut conn = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
         let key = format!("{prefix}f");
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg("someone-else")
-            .arg("PX")
-            .arg(60_000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        set_by_another(&url, &key, "someone-else", 60_000).await;
         drop(old);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut conn = redis_conn(&url).await;
         let owner: Option<String> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut conn)
@@ -289,19 +299,7 @@ mod tests {
         let prefix = unique("test:");
         let locks = RedisLocks::new(&url, &prefix).unwrap();
         // A holder that died: its key is there, nobody renews it.
-        let mut conn = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let _: () = redis::cmd("SET")
-            .arg(format!("{prefix}d"))
-            .arg("dead")
-            .arg("PX")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        set_by_another(&url, &format!("{prefix}d"), "dead", 1000).await;
         assert!(
             locks
                 .try_lock("d", Duration::from_secs(1))

@@ -85,13 +85,6 @@ impl Ingest {
     ) -> Result<(), CacheError> {
         let (nar_hash, nar_size) = download.nar();
         let origin = download.origin();
-        let expected = Expected::exactly(
-            origin.compression,
-            origin.file_hash,
-            origin.file_size,
-            nar_hash,
-            nar_size,
-        );
         let response = self.open_upstream(origin).await?;
         download.set(Progress::Running {
             written: 0,
@@ -99,7 +92,7 @@ impl Ingest {
         });
         let verified = write_verified(
             file,
-            expected,
+            promised(download),
             io_stream(response.body),
             Some(download.clone()),
         )
@@ -140,17 +133,10 @@ impl Ingest {
             file: tokio::fs::File::from_std(file),
             written: 0,
         };
-        let expected = Expected::exactly(
-            origin.compression,
-            origin.file_hash,
-            origin.file_size,
-            nar_hash,
-            nar_size,
-        );
         let chunked = chunk_verified(
             &self.0.store,
             io_stream(response.body),
-            &expected,
+            &promised(download),
             settings,
             Some(sink),
         )
@@ -169,6 +155,19 @@ impl Ingest {
         }
         Ok(())
     }
+}
+
+/// What the upstream's narinfo promised about the file and the NAR a download brings.
+fn promised(download: &Download) -> Expected {
+    let (nar_hash, nar_size) = download.nar();
+    let origin = download.origin();
+    Expected::exactly(
+        origin.compression,
+        origin.file_hash,
+        origin.file_size,
+        nar_hash,
+        nar_size,
+    )
 }
 
 /// An upstream body as plain I/O: a broken or stalled body reads as an aborted connection.

@@ -273,3 +273,82 @@ impl Ingest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use ncps_nix::{Compression, Sha256Hash, StorePath};
+
+    use super::*;
+    use crate::test_support::local_cache;
+
+    fn body(bytes: &[u8]) -> BoxStream<'static, io::Result<Bytes>> {
+        stream::iter(vec![Ok(Bytes::copy_from_slice(bytes))]).boxed()
+    }
+
+    fn temp_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("tmp")).map_or(0, |d| d.count())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_upload_is_published_only_when_its_narinfo_matches_and_leaves_nothing_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let ingest = cache.ingest();
+        let nar = b"nix-archive-1 uploaded".repeat(500);
+        let file = zstd::encode_all(&nar[..], 3).unwrap();
+        let key = NarKey::new(Sha256Hash::digest(&file), Compression::Zstd);
+        let narinfo = NarInfo {
+            store_path: StorePath::parse_base_name("7rjj86a15146cq1d0ybgnwyqdwgv9lfh-up").unwrap(),
+            url: key.url(),
+            compression: Compression::Zstd,
+            file_hash: Some(key.hash),
+            file_size: Some(file.len() as u64),
+            nar_hash: Sha256Hash::digest(&nar),
+            nar_size: nar.len() as u64,
+            references: vec![],
+            deriver: None,
+            sigs: vec![],
+            ca: None,
+        };
+        let hash = *narinfo.store_path.hash();
+
+        // A NAR whose bytes do not hash to its URL is refused at once.
+        let wrong_url = NarKey::new(Sha256Hash::digest(b"other"), Compression::Zstd);
+        let err = ingest
+            .upload_nar(&wrong_url, body(&file))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CacheError::BadRequest(_)), "{err}");
+        assert_eq!(temp_files(dir.path()), 0);
+
+        // A narinfo that disagrees with the uploaded NAR is refused; the NAR is dropped.
+        ingest.upload_nar(&key, body(&file)).await.unwrap();
+        assert!(ingest.upload_pending(&key));
+        let lying = NarInfo {
+            nar_size: narinfo.nar_size + 1,
+            ..narinfo.clone()
+        };
+        let err = ingest
+            .upload_narinfo(&hash, &lying.render())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CacheError::BadRequest(_)), "{err}");
+        assert!(!ingest.upload_pending(&key));
+        assert_eq!(temp_files(dir.path()), 0);
+        assert!(db.narinfo(&hash).await.unwrap().is_none());
+        assert!(db.nar(&narinfo.nar_hash).await.unwrap().is_none());
+
+        // The NAR again, then the right narinfo: published and stored.
+        ingest.upload_nar(&key, body(&file)).await.unwrap();
+        ingest
+            .upload_narinfo(&hash, &narinfo.render())
+            .await
+            .unwrap();
+        assert_eq!(temp_files(dir.path()), 0);
+        let cached = db.narinfo(&hash).await.unwrap().expect("published");
+        assert_eq!(cached.url_key, key);
+        let record = db.nar(&narinfo.nar_hash).await.unwrap().expect("stored");
+        assert_eq!(record.whole.map(|w| w.key), Some(key));
+    }
+}

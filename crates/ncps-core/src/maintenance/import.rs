@@ -157,26 +157,14 @@ mod tests {
     use std::io::Write;
 
     use ncps_db::Database;
-    use ncps_nix::{SecretKey, StorePath};
-    use ncps_store::BlobStore;
-    use ncps_upstream::{UpstreamOptions, Upstreams};
+    use ncps_nix::StorePath;
 
     use super::*;
-    use crate::{Cache, CacheConfig};
+    use crate::test_support::local_cache;
 
     /// A cache's maintenance side and its database.
     async fn cache(dir: &Path) -> (Maintenance, Database) {
-        let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
-            .await
-            .unwrap();
-        let store = BlobStore::local(&dir.join("store")).unwrap();
-        let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
-        let cache = Cache::new(
-            CacheConfig::new(SecretKey::generate("test").unwrap(), dir.join("tmp")),
-            db.clone(),
-            store,
-            upstreams,
-        );
+        let (cache, db) = local_cache(dir).await;
         (cache.maintenance().clone(), db)
     }
 

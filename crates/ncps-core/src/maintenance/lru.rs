@@ -107,11 +107,10 @@ impl Maintenance {
 #[cfg(test)]
 mod tests {
     use ncps_db::{CachedNarInfo, Database, WholeFile, now_secs};
-    use ncps_nix::{Compression, NarInfo, NarKey, SecretKey, Sha256Hash, StorePath};
-    use ncps_store::BlobStore;
-    use ncps_upstream::{UpstreamOptions, Upstreams};
+    use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath};
 
-    use crate::{Cache, CacheConfig};
+    use crate::Cache;
+    use crate::test_support::local_cache;
 
     const FILE_SIZE: u64 = 1000;
 
@@ -141,13 +140,7 @@ mod tests {
 
     /// Five paths, path 0 used least recently, path 4 most; path 1 pinned.
     async fn cache(dir: &std::path::Path) -> (Cache, Database) {
-        let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
-            .await
-            .unwrap();
-        let store = BlobStore::local(&dir.join("store")).unwrap();
-        let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
-        let config = CacheConfig::new(SecretKey::generate("t").unwrap(), dir.join("tmp"));
-        let cache = Cache::new(config, db.clone(), store, upstreams);
+        let (cache, db) = local_cache(dir).await;
         let base = now_secs() + 10;
         for i in 0..5 {
             let p = path(i);

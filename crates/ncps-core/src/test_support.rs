@@ -1,0 +1,23 @@
+//! What unit tests of several components share: a cache on SQLite and local disk below a
+//! temporary directory, with no upstream.
+
+use std::path::Path;
+
+use ncps_db::Database;
+use ncps_nix::SecretKey;
+use ncps_store::BlobStore;
+use ncps_upstream::{UpstreamOptions, Upstreams};
+
+use crate::{Cache, CacheConfig};
+
+/// A cache below `dir` (database `db.sqlite`, storage `store/`, temporary files `tmp/`) and
+/// its database, for checking what the components recorded.
+pub(crate) async fn local_cache(dir: &Path) -> (Cache, Database) {
+    let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
+        .await
+        .unwrap();
+    let store = BlobStore::local(&dir.join("store")).unwrap();
+    let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
+    let config = CacheConfig::new(SecretKey::generate("test").unwrap(), dir.join("tmp"));
+    (Cache::new(config, db.clone(), store, upstreams), db)
+}
