@@ -9,6 +9,9 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use ncps_core::defaults;
+use ncps_store::ChunkParams;
+use ncps_upstream::UpstreamOptions;
 
 use crate::{config_file, duration, size};
 
@@ -185,20 +188,25 @@ pub struct CdcArgs {
     pub cache_cdc_enabled: bool,
 
     /// Minimum chunk size in bytes.
-    #[arg(long, env = "CACHE_CDC_MIN", default_value = "16384")]
+    #[arg(long, env = "CACHE_CDC_MIN", default_value_t = ChunkParams::default().min)]
     pub cache_cdc_min: u32,
 
     /// Average chunk size in bytes.
-    #[arg(long, env = "CACHE_CDC_AVG", default_value = "65536")]
+    #[arg(long, env = "CACHE_CDC_AVG", default_value_t = ChunkParams::default().avg)]
     pub cache_cdc_avg: u32,
 
     /// Maximum chunk size in bytes.
-    #[arg(long, env = "CACHE_CDC_MAX", default_value = "262144")]
+    #[arg(long, env = "CACHE_CDC_MAX", default_value_t = ChunkParams::default().max)]
     pub cache_cdc_max: u32,
 
     /// zstd level of each chunk (1 keeps ingest above 300 MB/s per core; higher saves a few
     /// percent of storage for much more CPU).
-    #[arg(long, env = "CACHE_CDC_ZSTD_LEVEL", default_value = "1", value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(
+        long,
+        env = "CACHE_CDC_ZSTD_LEVEL",
+        default_value_t = defaults::CDC_ZSTD_LEVEL,
+        value_parser = clap::value_parser!(i32).range(1..=19)
+    )]
     pub cache_cdc_zstd_level: i32,
 }
 
@@ -218,28 +226,47 @@ pub struct CdcJobArgs {
     pub cache_cdc_lazy_chunking_enabled: bool,
 
     /// Background chunking workers (lazy mode).
-    #[arg(long, env = "CACHE_CDC_BACKGROUND_WORKERS", default_value = "1")]
+    #[arg(
+        long,
+        env = "CACHE_CDC_BACKGROUND_WORKERS",
+        default_value_t = defaults::CDC_BACKGROUND_WORKERS
+    )]
     pub cache_cdc_background_workers: usize,
 
     /// How long a whole file is kept after its chunks are complete (Go duration).
-    #[arg(long, env = "CACHE_CDC_DELETE_DELAY", default_value = "24h", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_CDC_DELETE_DELAY",
+        default_value = duration::format(defaults::CDC_DELETE_DELAY),
+        value_parser = duration::parse
+    )]
     pub cache_cdc_delete_delay: Duration,
 
     /// When to look for interrupted lazy chunking and resume it (cron expression, @hourly-style
     /// descriptor, or @every <duration>).
-    #[arg(long, env = "CACHE_CDC_LAZY_RECOVERY_SCHEDULE", default_value = "@every 5m", value_parser = duration::parse_schedule)]
+    #[arg(
+        long,
+        env = "CACHE_CDC_LAZY_RECOVERY_SCHEDULE",
+        default_value = defaults::CDC_LAZY_RECOVERY_SCHEDULE,
+        value_parser = duration::parse_schedule
+    )]
     pub cache_cdc_lazy_recovery_schedule: String,
 
     /// NARs resumed per recovery run.
     #[arg(
         long,
         env = "CACHE_CDC_LAZY_RECOVERY_BATCH_SIZE",
-        default_value = "100"
+        default_value_t = defaults::CDC_LAZY_RECOVERY_BATCH
     )]
     pub cache_cdc_lazy_recovery_batch_size: u32,
 
     /// How long an unreferenced chunk is kept before it is deleted (Go duration).
-    #[arg(long, env = "CACHE_CDC_GC_GRACE", default_value = "1h", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_CDC_GC_GRACE",
+        default_value = duration::format(defaults::CDC_GC_GRACE),
+        value_parser = duration::parse
+    )]
     pub cache_cdc_gc_grace: Duration,
 }
 
@@ -269,26 +296,41 @@ pub struct UpstreamArgs {
     pub cache_upstream_public_keys: Vec<String>,
 
     /// Timeout for connecting to an upstream (Go duration, e.g. 3s).
-    #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_DIALER_TIMEOUT",
+        default_value = duration::format(UpstreamOptions::default().dialer_timeout),
+        value_parser = duration::parse
+    )]
     pub cache_upstream_dialer_timeout: Duration,
 
     /// Timeout for an upstream's response headers (Go duration, e.g. 3s).
     #[arg(
         long,
         env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
-        default_value = "3s",
+        default_value = duration::format(UpstreamOptions::default().response_header_timeout),
         value_parser = duration::parse
     )]
     pub cache_upstream_response_header_timeout: Duration,
 
     /// Timeout for an upstream body that stops sending (Go duration): a stalled NAR download
     /// is abandoned (and nothing cached) after this long without a byte.
-    #[arg(long, env = "CACHE_UPSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_STALL_TIMEOUT",
+        default_value = duration::format(UpstreamOptions::default().stall_timeout),
+        value_parser = duration::parse
+    )]
     pub cache_upstream_stall_timeout: Duration,
 
     /// How long a store path that every upstream answered 404 for is remembered, sparing the
     /// upstreams repeated misses (Go duration; 0 disables). At most 100000 paths are kept.
-    #[arg(long, env = "CACHE_UPSTREAM_NEGATIVE_TTL", default_value = "30s", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_NEGATIVE_TTL",
+        default_value = duration::format(UpstreamOptions::default().negative_ttl),
+        value_parser = duration::parse
+    )]
     pub cache_upstream_negative_ttl: Duration,
 
     /// How a narinfo miss asks several upstreams: "parallel" (all healthy ones at once, the
@@ -333,7 +375,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "CACHE_UPSTREAM_PREFETCH",
-        default_value = "false",
+        default_value_t = defaults::UPSTREAM_PREFETCH,
         num_args = 0..=1,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
@@ -345,7 +387,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "CACHE_SIGN_NARINFO",
-        default_value = "true",
+        default_value_t = defaults::SIGN_NARINFO,
         num_args = 0..=1,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
@@ -414,7 +456,7 @@ pub struct LockArgs {
     #[arg(
         long,
         env = "CACHE_LOCK_REDIS_KEY_PREFIX",
-        default_value = "ncps:lock:"
+        default_value = defaults::LOCK_KEY_PREFIX
     )]
     pub cache_lock_redis_key_prefix: String,
 
@@ -422,13 +464,18 @@ pub struct LockArgs {
     #[arg(
         long,
         env = "CACHE_LOCK_POSTGRES_KEY_PREFIX",
-        default_value = "ncps:lock:"
+        default_value = defaults::LOCK_KEY_PREFIX
     )]
     pub cache_lock_postgres_key_prefix: String,
 
     /// How long a download lock lives without renewal: a replica that dies mid-download loses
     /// it after this, and another replica takes over.
-    #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_LOCK_DOWNLOAD_TTL",
+        default_value = duration::format(defaults::DOWNLOAD_LOCK_TTL),
+        value_parser = duration::parse
+    )]
     pub cache_lock_download_ttl: Duration,
 }
 
@@ -483,7 +530,7 @@ pub struct AccessArgs {
     #[arg(
         long,
         env = "CACHE_REQUIRE_TRUSTED_SIGNATURE",
-        default_value = "false",
+        default_value_t = defaults::REQUIRE_TRUSTED_SIGNATURE,
         num_args = 0..=1,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
@@ -500,7 +547,12 @@ pub struct AccessArgs {
     pub cache_trusted_upload_keys: Vec<String>,
 
     /// Largest NAR upload accepted (units K, M, G, T).
-    #[arg(long, env = "CACHE_MAX_UPLOAD_SIZE", default_value = "32G", value_parser = size::parse)]
+    #[arg(
+        long,
+        env = "CACHE_MAX_UPLOAD_SIZE",
+        default_value = size::format(defaults::MAX_UPLOAD_SIZE),
+        value_parser = size::parse
+    )]
     pub cache_max_upload_size: u64,
 
     /// Token required to read (Authorization: Bearer, or the password of Basic auth as Nix sends
@@ -525,7 +577,7 @@ pub struct MigrateArgs {
     pub cdc: CdcArgs,
 
     /// NARs taken from the database per round.
-    #[arg(long, default_value = "100")]
+    #[arg(long, default_value_t = defaults::MIGRATE_BATCH)]
     pub batch_size: u32,
 }
 
@@ -861,5 +913,65 @@ mod tests {
         assert_eq!(a.server_addr, ":8501");
         assert!(!a.cdc.cache_cdc_enabled);
         assert_eq!(a.cdc_jobs.cache_cdc_lazy_recovery_schedule, "@every 5m");
+    }
+
+    /// Parses with clap alone: no config file is read.
+    fn try_parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ncps").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_libraries() {
+        let cli = try_parse(&["serve"]).unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve")
+        };
+        let chunks = ChunkParams {
+            min: a.cdc.cache_cdc_min,
+            avg: a.cdc.cache_cdc_avg,
+            max: a.cdc.cache_cdc_max,
+        };
+        assert_eq!(chunks, ChunkParams::default());
+        assert_eq!(a.cdc.cache_cdc_zstd_level, defaults::CDC_ZSTD_LEVEL);
+        let jobs = &a.cdc_jobs;
+        assert_eq!(
+            jobs.cache_cdc_background_workers,
+            defaults::CDC_BACKGROUND_WORKERS
+        );
+        assert_eq!(jobs.cache_cdc_delete_delay, defaults::CDC_DELETE_DELAY);
+        assert_eq!(
+            jobs.cache_cdc_lazy_recovery_schedule,
+            defaults::CDC_LAZY_RECOVERY_SCHEDULE
+        );
+        assert_eq!(
+            jobs.cache_cdc_lazy_recovery_batch_size,
+            defaults::CDC_LAZY_RECOVERY_BATCH
+        );
+        assert_eq!(jobs.cache_cdc_gc_grace, defaults::CDC_GC_GRACE);
+        let upstream = UpstreamOptions::default();
+        let u = &a.upstream;
+        assert_eq!(u.cache_upstream_dialer_timeout, upstream.dialer_timeout);
+        assert_eq!(
+            u.cache_upstream_response_header_timeout,
+            upstream.response_header_timeout
+        );
+        assert_eq!(u.cache_upstream_stall_timeout, upstream.stall_timeout);
+        assert_eq!(u.cache_upstream_negative_ttl, upstream.negative_ttl);
+        assert_eq!(a.cache_sign_narinfo, defaults::SIGN_NARINFO);
+        assert_eq!(a.cache_upstream_prefetch, defaults::UPSTREAM_PREFETCH);
+        assert_eq!(
+            a.access.cache_require_trusted_signature,
+            defaults::REQUIRE_TRUSTED_SIGNATURE
+        );
+        assert_eq!(a.access.cache_max_upload_size, defaults::MAX_UPLOAD_SIZE);
+        let l = &a.locks;
+        assert_eq!(l.cache_lock_download_ttl, defaults::DOWNLOAD_LOCK_TTL);
+        assert_eq!(l.cache_lock_redis_key_prefix, defaults::LOCK_KEY_PREFIX);
+        assert_eq!(l.cache_lock_postgres_key_prefix, defaults::LOCK_KEY_PREFIX);
+        let Command::MigrateNarToChunks(m) = try_parse(&["migrate-nar-to-chunks"]).unwrap().command
+        else {
+            panic!("not migrate-nar-to-chunks")
+        };
+        assert_eq!(m.batch_size, defaults::MIGRATE_BATCH);
     }
 }

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use ncps_core::{
     Cache, CacheConfig, CdcConfig, JobsConfig, LockBackend, LruConfig, Schedule, UploadConfig,
+    defaults,
 };
 use ncps_nix::PublicKey;
 use ncps_server::{AccessConfig, ServerOptions};
@@ -19,13 +20,9 @@ use crate::{listen, setup, shutdown};
 const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
 /// cache.nixos.org's public key, trusted by default alongside the default upstream.
 const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
-/// Priority we announce: the same as cache.nixos.org, which clients usually list beside us.
-const PRIORITY: u32 = 40;
 /// How long in-flight requests may take to finish after SIGTERM before the process exits anyway
 /// (systemd's default stop timeout is 90 s; finish well before it kills us).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often unreferenced chunks are looked for.
-const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests.
 pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
@@ -43,7 +40,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     let data_dir = parts.data_dir.clone();
     let config = CacheConfig {
         sign_narinfo: args.cache_sign_narinfo,
-        priority: PRIORITY,
+        priority: defaults::PRIORITY,
         cdc,
         uploads: upload_rules(&args.access)?,
         locks: lock_backend(&args.locks, parts.database_url.as_str())?,
@@ -59,7 +56,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
             "Local",
         )?,
         recovery_batch: args.cdc_jobs.cache_cdc_lazy_recovery_batch_size,
-        gc_interval: GC_INTERVAL,
+        gc_interval: defaults::CDC_GC_INTERVAL,
         gc_grace: args.cdc_jobs.cache_cdc_gc_grace,
         lru: lru_config(&args.lru)?,
     });
