@@ -2,16 +2,17 @@
 //! names and precedence of the Go ncps (flag, then config file, then environment, then default)
 //! so that switching implementations needs no configuration change.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ncps_core::defaults;
 use ncps_store::ChunkParams;
-use ncps_upstream::UpstreamOptions;
+use ncps_upstream::{LookupStrategy, UpstreamOptions};
 
 use crate::{config_file, duration, size};
 
@@ -25,8 +26,15 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Log level: trace, debug, info, warn or error.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
-    pub log_level: String,
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        value_enum,
+        ignore_case = true,
+        default_value_t = LogLevel::Info,
+        global = true
+    )]
+    pub log_level: LogLevel,
 
     /// Serve Prometheus metrics at /metrics.
     #[arg(
@@ -62,6 +70,60 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+// The values of these enums carry no doc comments: clap would show each as the value's help,
+// which switches the whole of `--help` to its long layout. Their meaning is in the flag's help.
+
+/// `--log-level`: the Go ncps's (zerolog's) level names, so a configuration written for it
+/// keeps working; any other value is an error at start-up. `warning`, `fatal`, `panic` and
+/// `disabled` (alias `off`) are accepted too but not listed: `fatal` and `panic` log errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    #[value(alias = "warning")]
+    Warn,
+    #[value(alias = "fatal", alias = "panic")]
+    Error,
+    #[value(hide = true, alias = "off")]
+    Disabled,
+}
+
+/// `--cache-lock-backend`: how replicas coordinate (in-process, Redis or PostgreSQL locks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LockBackendKind {
+    Local,
+    Redis,
+    Postgres,
+}
+
+/// `--cache-upstream-lookup`: the command-line names of [`LookupStrategy`], which the upstream
+/// crate keeps free of clap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamLookup {
+    Parallel,
+    Sequential,
+}
+
+impl From<UpstreamLookup> for LookupStrategy {
+    fn from(lookup: UpstreamLookup) -> Self {
+        match lookup {
+            UpstreamLookup::Parallel => Self::Parallel,
+            UpstreamLookup::Sequential => Self::Sequential,
+        }
+    }
+}
+
+/// The flag's default is the library's, named the flag's way.
+impl From<LookupStrategy> for UpstreamLookup {
+    fn from(strategy: LookupStrategy) -> Self {
+        match strategy {
+            LookupStrategy::Parallel => Self::Parallel,
+            LookupStrategy::Sequential => Self::Sequential,
+        }
+    }
 }
 
 /// The subcommands.
@@ -339,10 +401,10 @@ pub struct UpstreamArgs {
     #[arg(
         long,
         env = "CACHE_UPSTREAM_LOOKUP",
-        default_value = "parallel",
-        value_parser = ["parallel", "sequential"]
+        value_enum,
+        default_value_t = UpstreamLookup::from(LookupStrategy::default())
     )]
-    pub cache_upstream_lookup: String,
+    pub cache_upstream_lookup: UpstreamLookup,
 
     /// netrc file with credentials for private upstreams, matched by host (and port):
     /// "machine HOST login USER password PASS" for Basic auth, "login bearer" to send the
@@ -417,8 +479,13 @@ pub struct ServeArgs {
 pub struct LockArgs {
     /// Lock backend: local (one replica), redis (distributed, needs --cache-redis-addrs) or
     /// postgres (distributed, advisory locks on the PostgreSQL database).
-    #[arg(long, env = "CACHE_LOCK_BACKEND", default_value = "local", value_parser = ["local", "redis", "postgres"])]
-    pub cache_lock_backend: String,
+    #[arg(
+        long,
+        env = "CACHE_LOCK_BACKEND",
+        value_enum,
+        default_value_t = LockBackendKind::Local
+    )]
+    pub cache_lock_backend: LockBackendKind,
 
     /// Redis address host:port (repeatable; the first is used — Redis Cluster is not supported).
     #[arg(
@@ -731,6 +798,17 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
         .filter(|k| !known.contains(&k.as_str()))
         .cloned()
         .collect();
+    let matches = with_config_defaults(&values).get_matches_from(&args);
+    Ok(Parsed {
+        cli: Cli::from_arg_matches(&matches)?,
+        unknown_config_keys,
+    })
+}
+
+/// The command line with each config-file value as its flag's default (in place of the
+/// environment variable, which the file overrides), so the values go through the flags' own
+/// parsers: a bad value in the file is an error naming the flag, as on the command line.
+fn with_config_defaults(values: &BTreeMap<String, Vec<String>>) -> clap::Command {
     let mut command = Cli::command();
     for (id, key) in CONFIG_KEYS {
         let Some(vals) = values.get(*key) else {
@@ -752,11 +830,7 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
             command = command.mut_subcommand(name, |sub| sub.mut_arg(*id, apply));
         }
     }
-    let matches = command.get_matches_from(&args);
-    Ok(Parsed {
-        cli: Cli::from_arg_matches(&matches)?,
-        unknown_config_keys,
-    })
+    command
 }
 
 /// Flags of the admin commands that only open the cache.
@@ -923,6 +997,7 @@ mod tests {
     #[test]
     fn defaults_are_the_libraries() {
         let cli = try_parse(&["serve"]).unwrap();
+        assert_eq!(cli.log_level, LogLevel::Info);
         let Command::Serve(a) = cli.command else {
             panic!("not serve")
         };
@@ -957,6 +1032,10 @@ mod tests {
         );
         assert_eq!(u.cache_upstream_stall_timeout, upstream.stall_timeout);
         assert_eq!(u.cache_upstream_negative_ttl, upstream.negative_ttl);
+        assert_eq!(
+            LookupStrategy::from(u.cache_upstream_lookup),
+            upstream.lookup
+        );
         assert_eq!(a.cache_sign_narinfo, defaults::SIGN_NARINFO);
         assert_eq!(a.cache_upstream_prefetch, defaults::UPSTREAM_PREFETCH);
         assert_eq!(
@@ -965,6 +1044,7 @@ mod tests {
         );
         assert_eq!(a.access.cache_max_upload_size, defaults::MAX_UPLOAD_SIZE);
         let l = &a.locks;
+        assert_eq!(l.cache_lock_backend, LockBackendKind::Local);
         assert_eq!(l.cache_lock_download_ttl, defaults::DOWNLOAD_LOCK_TTL);
         assert_eq!(l.cache_lock_redis_key_prefix, defaults::LOCK_KEY_PREFIX);
         assert_eq!(l.cache_lock_postgres_key_prefix, defaults::LOCK_KEY_PREFIX);
@@ -973,5 +1053,85 @@ mod tests {
             panic!("not migrate-nar-to-chunks")
         };
         assert_eq!(m.batch_size, defaults::MIGRATE_BATCH);
+    }
+
+    /// Each flag with a fixed set of values, a typo of one of them, and the list its error shows.
+    const TYPOS: [(&str, &str, &str, &str); 3] = [
+        (
+            "--log-level",
+            "log.level",
+            "infos",
+            "[possible values: trace, debug, info, warn, error]",
+        ),
+        (
+            "--cache-lock-backend",
+            "cache.lock.backend",
+            "rdis",
+            "[possible values: local, redis, postgres]",
+        ),
+        (
+            "--cache-upstream-lookup",
+            "cache.upstream.lookup",
+            "paralel",
+            "[possible values: parallel, sequential]",
+        ),
+    ];
+
+    #[test]
+    fn a_typo_in_a_value_list_flag_is_an_error_listing_the_values() {
+        for (flag, key, typo, values) in TYPOS {
+            let err = try_parse(&["serve", flag, typo]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{flag}");
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains(values), "{text}");
+            // The same from the config file, whose values go through the same parsers.
+            let file = BTreeMap::from([(key.to_string(), vec![typo.to_string()])]);
+            let err = with_config_defaults(&file)
+                .try_get_matches_from(["ncps", "serve"])
+                .unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{key}");
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains(values), "{text}");
+        }
+    }
+
+    #[test]
+    fn value_list_flags_accept_their_values_and_the_go_level_names() {
+        let level = |name: &str| {
+            try_parse(&["--log-level", name, "serve"])
+                .unwrap()
+                .log_level
+        };
+        for (name, expected) in [
+            ("trace", LogLevel::Trace),
+            ("debug", LogLevel::Debug),
+            ("INFO", LogLevel::Info),
+            ("warn", LogLevel::Warn),
+            ("Warning", LogLevel::Warn),
+            ("error", LogLevel::Error),
+            ("fatal", LogLevel::Error),
+            ("panic", LogLevel::Error),
+            ("disabled", LogLevel::Disabled),
+            ("off", LogLevel::Disabled),
+        ] {
+            assert_eq!(level(name), expected, "{name}");
+        }
+        let Command::Serve(a) = try_parse(&[
+            "serve",
+            "--cache-lock-backend",
+            "postgres",
+            "--cache-upstream-lookup",
+            "sequential",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(a.locks.cache_lock_backend, LockBackendKind::Postgres);
+        assert_eq!(
+            LookupStrategy::from(a.upstream.cache_upstream_lookup),
+            LookupStrategy::Sequential
+        );
     }
 }

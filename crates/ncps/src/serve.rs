@@ -13,7 +13,7 @@ use ncps_server::{AccessConfig, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tracing::{info, warn};
 
-use crate::cli::{AccessArgs, LockArgs, LruArgs, ServeArgs, UpstreamArgs};
+use crate::cli::{AccessArgs, LockArgs, LockBackendKind, LruArgs, ServeArgs, UpstreamArgs};
 use crate::{listen, setup, shutdown};
 
 /// The upstream users get when they configure none.
@@ -109,8 +109,8 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
 }
 
 fn lock_backend(args: &LockArgs, database_url: &str) -> Result<LockBackend> {
-    Ok(match args.cache_lock_backend.as_str() {
-        "redis" => {
+    Ok(match args.cache_lock_backend {
+        LockBackendKind::Redis => {
             let Some(addr) = args.cache_redis_addrs.first() else {
                 bail!("--cache-lock-backend=redis requires --cache-redis-addrs");
             };
@@ -131,7 +131,7 @@ fn lock_backend(args: &LockArgs, database_url: &str) -> Result<LockBackend> {
                 prefix: args.cache_lock_redis_key_prefix.clone(),
             }
         }
-        "postgres" => {
+        LockBackendKind::Postgres => {
             if !(database_url.starts_with("postgres://")
                 || database_url.starts_with("postgresql://"))
             {
@@ -143,7 +143,7 @@ fn lock_backend(args: &LockArgs, database_url: &str) -> Result<LockBackend> {
                 prefix: args.cache_lock_postgres_key_prefix.clone(),
             }
         }
-        _ => LockBackend::Local,
+        LockBackendKind::Local => LockBackend::Local,
     })
 }
 
@@ -244,10 +244,7 @@ fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
         response_header_timeout: args.cache_upstream_response_header_timeout,
         stall_timeout: args.cache_upstream_stall_timeout,
         negative_ttl: args.cache_upstream_negative_ttl,
-        lookup: match args.cache_upstream_lookup.as_str() {
-            "sequential" => ncps_upstream::LookupStrategy::Sequential,
-            _ => ncps_upstream::LookupStrategy::Parallel,
-        },
+        lookup: args.cache_upstream_lookup.into(),
         netrc: netrc.map(std::sync::Arc::new),
         ..UpstreamOptions::default()
     };
