@@ -56,14 +56,14 @@ impl CacheConfig {
     pub fn new(secret_key: SecretKey, temp_dir: PathBuf) -> Self {
         Self {
             secret_key,
-            sign_narinfo: true,
+            sign_narinfo: defaults::SIGN_NARINFO,
             temp_dir,
             priority: defaults::PRIORITY,
             cdc: None,
             uploads: UploadConfig::default(),
             locks: Arc::new(LocalLocks::default()),
             download_lock_ttl: defaults::DOWNLOAD_LOCK_TTL,
-            prefetch: false,
+            prefetch: defaults::UPSTREAM_PREFETCH,
         }
     }
 

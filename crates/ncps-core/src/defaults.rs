@@ -26,3 +26,19 @@ pub const CDC_GC_GRACE: Duration = Duration::from_secs(3600);
 pub const CDC_GC_INTERVAL: Duration = Duration::from_secs(3600);
 /// Largest NAR (compressed and plain) or build log accepted by upload.
 pub const MAX_UPLOAD_SIZE: u64 = 32 << 30;
+/// Prefix of every distributed lock's key (the Redis key, or the text hashed into a PostgreSQL
+/// advisory lock id): replicas with the same prefix exclude each other, so caches sharing one
+/// Redis or database pick different ones.
+pub const LOCK_KEY_PREFIX: &str = "ncps:lock:";
+/// NARs taken from the database per round by the migrations between whole files and chunks:
+/// large enough to keep the database round trips rare, small enough to resume with little lost.
+pub const MIGRATE_BATCH: u32 = 100;
+/// Whether served narinfos carry our signature: clients then need to trust only our key,
+/// whichever upstream a path came from.
+pub const SIGN_NARINFO: bool = true;
+/// Whether a NAR download starts as soon as its narinfo is fetched: off, since a narinfo that
+/// is never followed by its NAR would cost a whole download.
+pub const UPSTREAM_PREFETCH: bool = false;
+/// Whether uploads must be signed by a trusted key: off, so a plain `nix copy --to` works once
+/// uploads are allowed.
+pub const REQUIRE_TRUSTED_SIGNATURE: bool = false;

@@ -2,13 +2,17 @@
 //! names and precedence of the Go ncps (flag, then config file, then environment, then default)
 //! so that switching implementations needs no configuration change.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ncps_core::defaults;
+use ncps_store::ChunkParams;
+use ncps_upstream::{LookupStrategy, UpstreamOptions};
 
 use crate::{config_file, duration, size};
 
@@ -22,8 +26,15 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Log level: trace, debug, info, warn or error.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
-    pub log_level: String,
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        value_enum,
+        ignore_case = true,
+        default_value_t = LogLevel::Info,
+        global = true
+    )]
+    pub log_level: LogLevel,
 
     /// Serve Prometheus metrics at /metrics.
     #[arg(
@@ -59,6 +70,60 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+// The values of these enums carry no doc comments: clap would show each as the value's help,
+// which switches the whole of `--help` to its long layout. Their meaning is in the flag's help.
+
+/// `--log-level`: the Go ncps's (zerolog's) level names, so a configuration written for it
+/// keeps working; any other value is an error at start-up. `warning`, `fatal`, `panic` and
+/// `disabled` (alias `off`) are accepted too but not listed: `fatal` and `panic` log errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    #[value(alias = "warning")]
+    Warn,
+    #[value(alias = "fatal", alias = "panic")]
+    Error,
+    #[value(hide = true, alias = "off")]
+    Disabled,
+}
+
+/// `--cache-lock-backend`: how replicas coordinate (in-process, Redis or PostgreSQL locks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LockBackendKind {
+    Local,
+    Redis,
+    Postgres,
+}
+
+/// `--cache-upstream-lookup`: the command-line names of [`LookupStrategy`], which the upstream
+/// crate keeps free of clap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamLookup {
+    Parallel,
+    Sequential,
+}
+
+impl From<UpstreamLookup> for LookupStrategy {
+    fn from(lookup: UpstreamLookup) -> Self {
+        match lookup {
+            UpstreamLookup::Parallel => Self::Parallel,
+            UpstreamLookup::Sequential => Self::Sequential,
+        }
+    }
+}
+
+/// The flag's default is the library's, named the flag's way.
+impl From<LookupStrategy> for UpstreamLookup {
+    fn from(strategy: LookupStrategy) -> Self {
+        match strategy {
+            LookupStrategy::Parallel => Self::Parallel,
+            LookupStrategy::Sequential => Self::Sequential,
+        }
+    }
 }
 
 /// The subcommands.
@@ -185,20 +250,25 @@ pub struct CdcArgs {
     pub cache_cdc_enabled: bool,
 
     /// Minimum chunk size in bytes.
-    #[arg(long, env = "CACHE_CDC_MIN", default_value = "16384")]
+    #[arg(long, env = "CACHE_CDC_MIN", default_value_t = ChunkParams::default().min)]
     pub cache_cdc_min: u32,
 
     /// Average chunk size in bytes.
-    #[arg(long, env = "CACHE_CDC_AVG", default_value = "65536")]
+    #[arg(long, env = "CACHE_CDC_AVG", default_value_t = ChunkParams::default().avg)]
     pub cache_cdc_avg: u32,
 
     /// Maximum chunk size in bytes.
-    #[arg(long, env = "CACHE_CDC_MAX", default_value = "262144")]
+    #[arg(long, env = "CACHE_CDC_MAX", default_value_t = ChunkParams::default().max)]
     pub cache_cdc_max: u32,
 
     /// zstd level of each chunk (1 keeps ingest above 300 MB/s per core; higher saves a few
     /// percent of storage for much more CPU).
-    #[arg(long, env = "CACHE_CDC_ZSTD_LEVEL", default_value = "1", value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(
+        long,
+        env = "CACHE_CDC_ZSTD_LEVEL",
+        default_value_t = defaults::CDC_ZSTD_LEVEL,
+        value_parser = clap::value_parser!(i32).range(1..=19)
+    )]
     pub cache_cdc_zstd_level: i32,
 }
 
@@ -218,28 +288,47 @@ pub struct CdcJobArgs {
     pub cache_cdc_lazy_chunking_enabled: bool,
 
     /// Background chunking workers (lazy mode).
-    #[arg(long, env = "CACHE_CDC_BACKGROUND_WORKERS", default_value = "1")]
+    #[arg(
+        long,
+        env = "CACHE_CDC_BACKGROUND_WORKERS",
+        default_value_t = defaults::CDC_BACKGROUND_WORKERS
+    )]
     pub cache_cdc_background_workers: usize,
 
     /// How long a whole file is kept after its chunks are complete (Go duration).
-    #[arg(long, env = "CACHE_CDC_DELETE_DELAY", default_value = "24h", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_CDC_DELETE_DELAY",
+        default_value = duration::format(defaults::CDC_DELETE_DELAY),
+        value_parser = duration::parse
+    )]
     pub cache_cdc_delete_delay: Duration,
 
     /// When to look for interrupted lazy chunking and resume it (cron expression, @hourly-style
     /// descriptor, or @every <duration>).
-    #[arg(long, env = "CACHE_CDC_LAZY_RECOVERY_SCHEDULE", default_value = "@every 5m", value_parser = duration::parse_schedule)]
+    #[arg(
+        long,
+        env = "CACHE_CDC_LAZY_RECOVERY_SCHEDULE",
+        default_value = defaults::CDC_LAZY_RECOVERY_SCHEDULE,
+        value_parser = duration::parse_schedule
+    )]
     pub cache_cdc_lazy_recovery_schedule: String,
 
     /// NARs resumed per recovery run.
     #[arg(
         long,
         env = "CACHE_CDC_LAZY_RECOVERY_BATCH_SIZE",
-        default_value = "100"
+        default_value_t = defaults::CDC_LAZY_RECOVERY_BATCH
     )]
     pub cache_cdc_lazy_recovery_batch_size: u32,
 
     /// How long an unreferenced chunk is kept before it is deleted (Go duration).
-    #[arg(long, env = "CACHE_CDC_GC_GRACE", default_value = "1h", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_CDC_GC_GRACE",
+        default_value = duration::format(defaults::CDC_GC_GRACE),
+        value_parser = duration::parse
+    )]
     pub cache_cdc_gc_grace: Duration,
 }
 
@@ -269,26 +358,41 @@ pub struct UpstreamArgs {
     pub cache_upstream_public_keys: Vec<String>,
 
     /// Timeout for connecting to an upstream (Go duration, e.g. 3s).
-    #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_DIALER_TIMEOUT",
+        default_value = duration::format(UpstreamOptions::default().dialer_timeout),
+        value_parser = duration::parse
+    )]
     pub cache_upstream_dialer_timeout: Duration,
 
     /// Timeout for an upstream's response headers (Go duration, e.g. 3s).
     #[arg(
         long,
         env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
-        default_value = "3s",
+        default_value = duration::format(UpstreamOptions::default().response_header_timeout),
         value_parser = duration::parse
     )]
     pub cache_upstream_response_header_timeout: Duration,
 
     /// Timeout for an upstream body that stops sending (Go duration): a stalled NAR download
     /// is abandoned (and nothing cached) after this long without a byte.
-    #[arg(long, env = "CACHE_UPSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_STALL_TIMEOUT",
+        default_value = duration::format(UpstreamOptions::default().stall_timeout),
+        value_parser = duration::parse
+    )]
     pub cache_upstream_stall_timeout: Duration,
 
     /// How long a store path that every upstream answered 404 for is remembered, sparing the
     /// upstreams repeated misses (Go duration; 0 disables). At most 100000 paths are kept.
-    #[arg(long, env = "CACHE_UPSTREAM_NEGATIVE_TTL", default_value = "30s", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_NEGATIVE_TTL",
+        default_value = duration::format(UpstreamOptions::default().negative_ttl),
+        value_parser = duration::parse
+    )]
     pub cache_upstream_negative_ttl: Duration,
 
     /// How a narinfo miss asks several upstreams: "parallel" (all healthy ones at once, the
@@ -297,10 +401,10 @@ pub struct UpstreamArgs {
     #[arg(
         long,
         env = "CACHE_UPSTREAM_LOOKUP",
-        default_value = "parallel",
-        value_parser = ["parallel", "sequential"]
+        value_enum,
+        default_value_t = UpstreamLookup::from(LookupStrategy::default())
     )]
-    pub cache_upstream_lookup: String,
+    pub cache_upstream_lookup: UpstreamLookup,
 
     /// netrc file with credentials for private upstreams, matched by host (and port):
     /// "machine HOST login USER password PASS" for Basic auth, "login bearer" to send the
@@ -333,7 +437,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "CACHE_UPSTREAM_PREFETCH",
-        default_value = "false",
+        default_value_t = defaults::UPSTREAM_PREFETCH,
         num_args = 0..=1,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
@@ -345,7 +449,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "CACHE_SIGN_NARINFO",
-        default_value = "true",
+        default_value_t = defaults::SIGN_NARINFO,
         num_args = 0..=1,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
@@ -375,8 +479,13 @@ pub struct ServeArgs {
 pub struct LockArgs {
     /// Lock backend: local (one replica), redis (distributed, needs --cache-redis-addrs) or
     /// postgres (distributed, advisory locks on the PostgreSQL database).
-    #[arg(long, env = "CACHE_LOCK_BACKEND", default_value = "local", value_parser = ["local", "redis", "postgres"])]
-    pub cache_lock_backend: String,
+    #[arg(
+        long,
+        env = "CACHE_LOCK_BACKEND",
+        value_enum,
+        default_value_t = LockBackendKind::Local
+    )]
+    pub cache_lock_backend: LockBackendKind,
 
     /// Redis address host:port (repeatable; the first is used — Redis Cluster is not supported).
     #[arg(
@@ -414,7 +523,7 @@ pub struct LockArgs {
     #[arg(
         long,
         env = "CACHE_LOCK_REDIS_KEY_PREFIX",
-        default_value = "ncps:lock:"
+        default_value = defaults::LOCK_KEY_PREFIX
     )]
     pub cache_lock_redis_key_prefix: String,
 
@@ -422,13 +531,18 @@ pub struct LockArgs {
     #[arg(
         long,
         env = "CACHE_LOCK_POSTGRES_KEY_PREFIX",
-        default_value = "ncps:lock:"
+        default_value = defaults::LOCK_KEY_PREFIX
     )]
     pub cache_lock_postgres_key_prefix: String,
 
     /// How long a download lock lives without renewal: a replica that dies mid-download loses
     /// it after this, and another replica takes over.
-    #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = duration::parse)]
+    #[arg(
+        long,
+        env = "CACHE_LOCK_DOWNLOAD_TTL",
+        default_value = duration::format(defaults::DOWNLOAD_LOCK_TTL),
+        value_parser = duration::parse
+    )]
     pub cache_lock_download_ttl: Duration,
 }
 
@@ -483,7 +597,7 @@ pub struct AccessArgs {
     #[arg(
         long,
         env = "CACHE_REQUIRE_TRUSTED_SIGNATURE",
-        default_value = "false",
+        default_value_t = defaults::REQUIRE_TRUSTED_SIGNATURE,
         num_args = 0..=1,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
@@ -500,7 +614,12 @@ pub struct AccessArgs {
     pub cache_trusted_upload_keys: Vec<String>,
 
     /// Largest NAR upload accepted (units K, M, G, T).
-    #[arg(long, env = "CACHE_MAX_UPLOAD_SIZE", default_value = "32G", value_parser = size::parse)]
+    #[arg(
+        long,
+        env = "CACHE_MAX_UPLOAD_SIZE",
+        default_value = size::format(defaults::MAX_UPLOAD_SIZE),
+        value_parser = size::parse
+    )]
     pub cache_max_upload_size: u64,
 
     /// Token required to read (Authorization: Bearer, or the password of Basic auth as Nix sends
@@ -525,7 +644,7 @@ pub struct MigrateArgs {
     pub cdc: CdcArgs,
 
     /// NARs taken from the database per round.
-    #[arg(long, default_value = "100")]
+    #[arg(long, default_value_t = defaults::MIGRATE_BATCH)]
     pub batch_size: u32,
 }
 
@@ -679,6 +798,17 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
         .filter(|k| !known.contains(&k.as_str()))
         .cloned()
         .collect();
+    let matches = with_config_defaults(&values).get_matches_from(&args);
+    Ok(Parsed {
+        cli: Cli::from_arg_matches(&matches)?,
+        unknown_config_keys,
+    })
+}
+
+/// The command line with each config-file value as its flag's default (in place of the
+/// environment variable, which the file overrides), so the values go through the flags' own
+/// parsers: a bad value in the file is an error naming the flag, as on the command line.
+fn with_config_defaults(values: &BTreeMap<String, Vec<String>>) -> clap::Command {
     let mut command = Cli::command();
     for (id, key) in CONFIG_KEYS {
         let Some(vals) = values.get(*key) else {
@@ -700,11 +830,7 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
             command = command.mut_subcommand(name, |sub| sub.mut_arg(*id, apply));
         }
     }
-    let matches = command.get_matches_from(&args);
-    Ok(Parsed {
-        cli: Cli::from_arg_matches(&matches)?,
-        unknown_config_keys,
-    })
+    command
 }
 
 /// Flags of the admin commands that only open the cache.
@@ -861,5 +987,151 @@ mod tests {
         assert_eq!(a.server_addr, ":8501");
         assert!(!a.cdc.cache_cdc_enabled);
         assert_eq!(a.cdc_jobs.cache_cdc_lazy_recovery_schedule, "@every 5m");
+    }
+
+    /// Parses with clap alone: no config file is read.
+    fn try_parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ncps").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_libraries() {
+        let cli = try_parse(&["serve"]).unwrap();
+        assert_eq!(cli.log_level, LogLevel::Info);
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve")
+        };
+        let chunks = ChunkParams {
+            min: a.cdc.cache_cdc_min,
+            avg: a.cdc.cache_cdc_avg,
+            max: a.cdc.cache_cdc_max,
+        };
+        assert_eq!(chunks, ChunkParams::default());
+        assert_eq!(a.cdc.cache_cdc_zstd_level, defaults::CDC_ZSTD_LEVEL);
+        let jobs = &a.cdc_jobs;
+        assert_eq!(
+            jobs.cache_cdc_background_workers,
+            defaults::CDC_BACKGROUND_WORKERS
+        );
+        assert_eq!(jobs.cache_cdc_delete_delay, defaults::CDC_DELETE_DELAY);
+        assert_eq!(
+            jobs.cache_cdc_lazy_recovery_schedule,
+            defaults::CDC_LAZY_RECOVERY_SCHEDULE
+        );
+        assert_eq!(
+            jobs.cache_cdc_lazy_recovery_batch_size,
+            defaults::CDC_LAZY_RECOVERY_BATCH
+        );
+        assert_eq!(jobs.cache_cdc_gc_grace, defaults::CDC_GC_GRACE);
+        let upstream = UpstreamOptions::default();
+        let u = &a.upstream;
+        assert_eq!(u.cache_upstream_dialer_timeout, upstream.dialer_timeout);
+        assert_eq!(
+            u.cache_upstream_response_header_timeout,
+            upstream.response_header_timeout
+        );
+        assert_eq!(u.cache_upstream_stall_timeout, upstream.stall_timeout);
+        assert_eq!(u.cache_upstream_negative_ttl, upstream.negative_ttl);
+        assert_eq!(
+            LookupStrategy::from(u.cache_upstream_lookup),
+            upstream.lookup
+        );
+        assert_eq!(a.cache_sign_narinfo, defaults::SIGN_NARINFO);
+        assert_eq!(a.cache_upstream_prefetch, defaults::UPSTREAM_PREFETCH);
+        assert_eq!(
+            a.access.cache_require_trusted_signature,
+            defaults::REQUIRE_TRUSTED_SIGNATURE
+        );
+        assert_eq!(a.access.cache_max_upload_size, defaults::MAX_UPLOAD_SIZE);
+        let l = &a.locks;
+        assert_eq!(l.cache_lock_backend, LockBackendKind::Local);
+        assert_eq!(l.cache_lock_download_ttl, defaults::DOWNLOAD_LOCK_TTL);
+        assert_eq!(l.cache_lock_redis_key_prefix, defaults::LOCK_KEY_PREFIX);
+        assert_eq!(l.cache_lock_postgres_key_prefix, defaults::LOCK_KEY_PREFIX);
+        let Command::MigrateNarToChunks(m) = try_parse(&["migrate-nar-to-chunks"]).unwrap().command
+        else {
+            panic!("not migrate-nar-to-chunks")
+        };
+        assert_eq!(m.batch_size, defaults::MIGRATE_BATCH);
+    }
+
+    /// Each flag with a fixed set of values, a typo of one of them, and the list its error shows.
+    const TYPOS: [(&str, &str, &str, &str); 3] = [
+        (
+            "--log-level",
+            "log.level",
+            "infos",
+            "[possible values: trace, debug, info, warn, error]",
+        ),
+        (
+            "--cache-lock-backend",
+            "cache.lock.backend",
+            "rdis",
+            "[possible values: local, redis, postgres]",
+        ),
+        (
+            "--cache-upstream-lookup",
+            "cache.upstream.lookup",
+            "paralel",
+            "[possible values: parallel, sequential]",
+        ),
+    ];
+
+    #[test]
+    fn a_typo_in_a_value_list_flag_is_an_error_listing_the_values() {
+        for (flag, key, typo, values) in TYPOS {
+            let err = try_parse(&["serve", flag, typo]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{flag}");
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains(values), "{text}");
+            // The same from the config file, whose values go through the same parsers.
+            let file = BTreeMap::from([(key.to_string(), vec![typo.to_string()])]);
+            let err = with_config_defaults(&file)
+                .try_get_matches_from(["ncps", "serve"])
+                .unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{key}");
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains(values), "{text}");
+        }
+    }
+
+    #[test]
+    fn value_list_flags_accept_their_values_and_the_go_level_names() {
+        let level = |name: &str| {
+            try_parse(&["--log-level", name, "serve"])
+                .unwrap()
+                .log_level
+        };
+        for (name, expected) in [
+            ("trace", LogLevel::Trace),
+            ("debug", LogLevel::Debug),
+            ("INFO", LogLevel::Info),
+            ("warn", LogLevel::Warn),
+            ("Warning", LogLevel::Warn),
+            ("error", LogLevel::Error),
+            ("fatal", LogLevel::Error),
+            ("panic", LogLevel::Error),
+            ("disabled", LogLevel::Disabled),
+            ("off", LogLevel::Disabled),
+        ] {
+            assert_eq!(level(name), expected, "{name}");
+        }
+        let Command::Serve(a) = try_parse(&[
+            "serve",
+            "--cache-lock-backend",
+            "postgres",
+            "--cache-upstream-lookup",
+            "sequential",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(a.locks.cache_lock_backend, LockBackendKind::Postgres);
+        assert_eq!(
+            LookupStrategy::from(a.upstream.cache_upstream_lookup),
+            LookupStrategy::Sequential
+        );
     }
 }

@@ -24,7 +24,7 @@ fn main() -> Result<()> {
         grpc_url: parsed.cli.otel_grpc_url.clone(),
     };
     // Inside the runtime: the OTLP exporters' gRPC channel lives there.
-    let telemetry = runtime.block_on(async { telemetry::init(&parsed.cli.log_level, &otel) })?;
+    let telemetry = runtime.block_on(async { telemetry::init(parsed.cli.log_level, &otel) })?;
     for key in &parsed.unknown_config_keys {
         warn!(key, "unknown key in the config file; ignored");
     }

@@ -1,4 +1,5 @@
-//! Sizes with units ("10G", "512M"), as the Go ncps's size flags take them.
+//! Sizes with units ("10G", "512M"), as the Go ncps's size flags take them, and the formatter
+//! that shows a typed default that way in `--help`.
 
 /// Parses a byte count with an optional unit: B, K, M, G, T (powers of 1024; a trailing "B" or
 /// "iB" is accepted, so "10GB" and "10GiB" mean the same).
@@ -24,6 +25,19 @@ pub fn parse(input: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{input:?}: too large"))
 }
 
+/// Formats `bytes` with the largest binary unit that divides it exactly ("32G", "64K", "1000"),
+/// as [`parse`] reads it: flags take their defaults from the libraries' typed constants, and
+/// `--help` shows them as a user would write them.
+pub fn format(bytes: u64) -> String {
+    [("T", 40), ("G", 30), ("M", 20), ("K", 10)]
+        .into_iter()
+        .find(|(_, shift)| bytes != 0 && bytes.trailing_zeros() >= *shift)
+        .map_or_else(
+            || bytes.to_string(),
+            |(unit, shift)| format!("{}{unit}", bytes >> shift),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +54,23 @@ mod tests {
         assert!(parse("G").is_err());
         assert!(parse("10X").is_err());
         assert!(parse("99999999999T").is_err());
+    }
+
+    #[test]
+    fn format_uses_the_largest_exact_unit_and_parses_back() {
+        let cases = [
+            (0, "0"),
+            (1000, "1000"),
+            (1536, "1536"),
+            (64 << 10, "64K"),
+            (5 << 20, "5M"),
+            (32 << 30, "32G"),
+            (1536 << 30, "1536G"),
+            (2 << 40, "2T"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(format(bytes), text);
+            assert_eq!(parse(text), Ok(bytes), "{text}");
+        }
     }
 }

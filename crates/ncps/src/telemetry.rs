@@ -9,6 +9,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
 
+use crate::cli::LogLevel;
 use crate::otel::{Otel, OtelConfig};
 
 /// What [`init`] started; [`Telemetry::shutdown`] flushes it before the process exits.
@@ -30,7 +31,7 @@ impl Telemetry {
 /// shippers). `RUST_LOG`, when set, overrides `--log-level` for fine-grained filters. With
 /// `--otel-enabled`, spans are also exported over OTLP/gRPC, whatever the log level; this must
 /// then run inside a Tokio runtime.
-pub fn init(level: &str, otel: &OtelConfig) -> Result<Telemetry> {
+pub fn init(level: LogLevel, otel: &OtelConfig) -> Result<Telemetry> {
     // Log lines are events only: the spans the crates open (for OpenTelemetry) are not part
     // of them, so without `--otel-enabled` no layer wants a span and every span callsite is
     // disabled outright (nothing is allocated or formatted for it).
@@ -65,24 +66,23 @@ pub fn init(level: &str, otel: &OtelConfig) -> Result<Telemetry> {
     Ok(Telemetry { otel: started })
 }
 
-fn log_filter(level: &str) -> Result<EnvFilter> {
+fn log_filter(level: LogLevel) -> Result<EnvFilter> {
     match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec),
-        _ => EnvFilter::try_new(level_directive(level)?),
+        _ => EnvFilter::try_new(level_directive(level)),
     }
     .context("invalid log filter")
 }
 
-/// Accepts the Go ncps level names (zerolog's), mapping them onto tracing's.
-fn level_directive(level: &str) -> Result<String> {
-    let level = match level.to_ascii_lowercase().as_str() {
-        "trace" => "trace",
-        "debug" => "debug",
-        "info" => "info",
-        "warn" | "warning" => "warn",
-        "error" | "fatal" | "panic" => "error",
-        "disabled" | "off" => "off",
-        other => anyhow::bail!("unknown log level {other:?} (trace, debug, info, warn, error)"),
+/// Maps the Go ncps level names (zerolog's, checked by the flag's parser) onto tracing's.
+fn level_directive(level: LogLevel) -> String {
+    let level = match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+        LogLevel::Disabled => "off",
     };
     // Our crates at the chosen level; dependencies one notch quieter unless tracing.
     let deps = if level == "trace" || level == "debug" {
@@ -90,13 +90,14 @@ fn level_directive(level: &str) -> Result<String> {
     } else {
         level
     };
-    Ok(format!(
+    format!(
         "{deps},ncps={level},ncps_core={level},ncps_server={level},ncps_upstream={level},ncps_db={level},ncps_store={level}"
-    ))
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::ValueEnum as _;
     use tracing::level_filters::LevelFilter;
 
     use super::*;
@@ -106,7 +107,7 @@ mod tests {
         // The only subscriber of this test process. With OTel off nothing is exported, no
         // runtime is needed (none exists here), and spans are not even created: the log
         // layer takes events only, even at a level it logs.
-        let telemetry = init("error", &OtelConfig::default()).unwrap();
+        let telemetry = init(LogLevel::Error, &OtelConfig::default()).unwrap();
         assert!(telemetry.otel.is_none());
         assert!(tracing::error_span!("probe").is_disabled());
         // The level still bounds everything (a cheap global check for disabled levels).
@@ -116,6 +117,8 @@ mod tests {
 
     #[test]
     fn go_level_names_are_accepted() {
+        // As the flag parses them (ignoring case).
+        let level_directive = |name| LogLevel::from_str(name, true).map(level_directive);
         assert!(level_directive("warning").unwrap().starts_with("warn,"));
         assert!(level_directive("fatal").unwrap().starts_with("error,"));
         assert!(level_directive("loud").is_err());

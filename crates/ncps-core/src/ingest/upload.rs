@@ -48,7 +48,7 @@ pub struct UploadConfig {
 impl Default for UploadConfig {
     fn default() -> Self {
         Self {
-            require_trusted_signature: false,
+            require_trusted_signature: defaults::REQUIRE_TRUSTED_SIGNATURE,
             trusted_keys: Vec::new(),
             max_size: defaults::MAX_UPLOAD_SIZE,
         }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use ncps_core::{
     Cache, CacheConfig, CdcConfig, JobsConfig, LocalLocks, LockService, LruConfig, Schedule,
-    UploadConfig,
+    UploadConfig, defaults,
 };
 use ncps_locks::{PostgresLocks, RedisLocks};
 use ncps_nix::PublicKey;
@@ -15,20 +15,16 @@ use ncps_server::{AccessConfig, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tracing::{info, warn};
 
-use crate::cli::{AccessArgs, LockArgs, LruArgs, ServeArgs, UpstreamArgs};
+use crate::cli::{AccessArgs, LockArgs, LockBackendKind, LruArgs, ServeArgs, UpstreamArgs};
 use crate::{listen, setup, shutdown};
 
 /// The upstream users get when they configure none.
 const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
 /// cache.nixos.org's public key, trusted by default alongside the default upstream.
 const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
-/// Priority we announce: the same as cache.nixos.org, which clients usually list beside us.
-const PRIORITY: u32 = 40;
 /// How long in-flight requests may take to finish after SIGTERM before the process exits anyway
 /// (systemd's default stop timeout is 90 s; finish well before it kills us).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often unreferenced chunks are looked for.
-const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests.
 pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
@@ -46,7 +42,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     let data_dir = parts.data_dir.clone();
     let config = CacheConfig {
         sign_narinfo: args.cache_sign_narinfo,
-        priority: PRIORITY,
+        priority: defaults::PRIORITY,
         cdc,
         uploads: upload_rules(&args.access)?,
         locks: lock_backend(&args.locks, parts.database_url.as_str())?,
@@ -62,7 +58,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
             "Local",
         )?,
         recovery_batch: args.cdc_jobs.cache_cdc_lazy_recovery_batch_size,
-        gc_interval: GC_INTERVAL,
+        gc_interval: defaults::CDC_GC_INTERVAL,
         gc_grace: args.cdc_jobs.cache_cdc_gc_grace,
         lru: lru_config(&args.lru)?,
     });
@@ -116,8 +112,8 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
 
 /// The lock service `--cache-lock-backend` names.
 fn lock_backend(args: &LockArgs, database_url: &str) -> Result<Arc<dyn LockService>> {
-    Ok(match args.cache_lock_backend.as_str() {
-        "redis" => {
+    Ok(match args.cache_lock_backend {
+        LockBackendKind::Redis => {
             let Some(addr) = args.cache_redis_addrs.first() else {
                 bail!("--cache-lock-backend=redis requires --cache-redis-addrs");
             };
@@ -136,7 +132,7 @@ fn lock_backend(args: &LockArgs, database_url: &str) -> Result<Arc<dyn LockServi
             let url = format!("{scheme}://{auth}{addr}/{}", args.cache_redis_db);
             Arc::new(RedisLocks::new(&url, &args.cache_lock_redis_key_prefix)?)
         }
-        "postgres" => {
+        LockBackendKind::Postgres => {
             if !(database_url.starts_with("postgres://")
                 || database_url.starts_with("postgresql://"))
             {
@@ -148,7 +144,7 @@ fn lock_backend(args: &LockArgs, database_url: &str) -> Result<Arc<dyn LockServi
                 &args.cache_lock_postgres_key_prefix,
             )?)
         }
-        _ => Arc::new(LocalLocks::default()),
+        LockBackendKind::Local => Arc::new(LocalLocks::default()),
     })
 }
 
@@ -249,10 +245,7 @@ fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
         response_header_timeout: args.cache_upstream_response_header_timeout,
         stall_timeout: args.cache_upstream_stall_timeout,
         negative_ttl: args.cache_upstream_negative_ttl,
-        lookup: match args.cache_upstream_lookup.as_str() {
-            "sequential" => ncps_upstream::LookupStrategy::Sequential,
-            _ => ncps_upstream::LookupStrategy::Parallel,
-        },
+        lookup: args.cache_upstream_lookup.into(),
         netrc: netrc.map(std::sync::Arc::new),
         ..UpstreamOptions::default()
     };
