@@ -277,17 +277,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn readers_follow_the_writer_and_see_the_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let downloads = Downloads::new(TempFiles::new(dir.path().to_path_buf()));
+    /// Starts a download; returns the client's handle, and the writer's handle with its file.
+    fn start(downloads: &Downloads) -> (Arc<Download>, Arc<Download>, std::fs::File) {
         let mut handle = None;
         let dl = downloads
             .join_or_start((key(), 10), Compression::None, origin(), |dl, file| {
                 handle = Some((dl, file))
             })
             .unwrap();
-        let (writer_dl, mut file) = handle.unwrap();
+        let (writer_dl, file) = handle.unwrap();
+        (dl, writer_dl, file)
+    }
+
+    #[tokio::test]
+    async fn readers_follow_the_writer_and_see_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let downloads = Downloads::new(TempFiles::new(dir.path().to_path_buf()));
+        let (dl, writer_dl, mut file) = start(&downloads);
         let joined = downloads.join(&key()).unwrap();
         assert!(Arc::ptr_eq(&dl, &joined));
         let early = tokio::spawn(joined.clone().reader().try_collect::<Vec<Bytes>>());
@@ -316,13 +322,7 @@ mod tests {
     async fn a_failed_download_never_delivers_the_last_byte() {
         let dir = tempfile::tempdir().unwrap();
         let downloads = Downloads::new(TempFiles::new(dir.path().to_path_buf()));
-        let mut handle = None;
-        let dl = downloads
-            .join_or_start((key(), 10), Compression::None, origin(), |dl, file| {
-                handle = Some((dl, file))
-            })
-            .unwrap();
-        let (writer_dl, mut file) = handle.unwrap();
+        let (dl, writer_dl, mut file) = start(&downloads);
         let reader = tokio::spawn(dl.clone().reader().collect::<Vec<io::Result<Bytes>>>());
         writer_dl.set(Progress::Running {
             written: 0,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use ncps_db::{NarOrigin, WholeFile};
+use ncps_db::WholeFile;
 use ncps_nix::NarKey;
 use ncps_upstream::{NarResponse, UpstreamError};
 use tracing::{debug, error, info, warn};
@@ -52,8 +52,15 @@ impl Ingest {
         self.0.metrics.downloads_in_flight.dec();
     }
 
-    /// Opens the upstream body and checks its announced length against the narinfo.
-    async fn open_upstream(&self, origin: &NarOrigin) -> Result<NarResponse, CacheError> {
+    /// Opens the upstream body, checks its announced length against the narinfo, and tells the
+    /// download's readers it is running: with the size they will receive when `as_is` (the
+    /// file is the upstream's bytes), without when the bytes are produced as they arrive.
+    async fn open_upstream(
+        &self,
+        download: &Download,
+        as_is: bool,
+    ) -> Result<NarResponse, CacheError> {
+        let origin = download.origin();
         let mut response = self
             .0
             .upstreams
@@ -75,6 +82,14 @@ impl Ingest {
                 }
             })
             .boxed();
+        download.set(Progress::Running {
+            written: 0,
+            total: if as_is {
+                origin.file_size.or(response.content_length)
+            } else {
+                None
+            },
+        });
         Ok(response)
     }
 
@@ -84,12 +99,7 @@ impl Ingest {
         file: std::fs::File,
     ) -> Result<(), CacheError> {
         let (nar_hash, nar_size) = download.nar();
-        let origin = download.origin();
-        let response = self.open_upstream(origin).await?;
-        download.set(Progress::Running {
-            written: 0,
-            total: origin.file_size.or(response.content_length),
-        });
+        let response = self.open_upstream(download, true).await?;
         let verified = write_verified(
             file,
             promised(download),
@@ -101,7 +111,7 @@ impl Ingest {
             size: verified.file_size,
         });
         let whole = WholeFile {
-            key: NarKey::new(verified.file_hash, origin.compression),
+            key: NarKey::new(verified.file_hash, download.compression()),
             size: verified.file_size,
         };
         // Every client already has its verified bytes: a failure to store only costs a refetch.
@@ -122,12 +132,7 @@ impl Ingest {
         settings: ChunkSettings,
     ) -> Result<(), CacheError> {
         let (nar_hash, nar_size) = download.nar();
-        let origin = download.origin();
-        let response = self.open_upstream(origin).await?;
-        download.set(Progress::Running {
-            written: 0,
-            total: None,
-        });
+        let response = self.open_upstream(download, false).await?;
         let sink = FrameSink {
             download: download.clone(),
             file: tokio::fs::File::from_std(file),
