@@ -53,9 +53,13 @@ pub use temp::TempFiles;
 use crate::chunk_queue::ChunkQueue;
 
 /// The cache's components, wired to one database, one storage and one set of upstreams;
-/// cheap to clone, shared by every request.
+/// shared by every request. A clone is one reference count: the HTTP layer clones it for
+/// every request (twice, with the logging middleware), and five counts bouncing between cores
+/// cost a tenth of the warm narinfo rate (docs/benchmarks.md).
 #[derive(Clone)]
-pub struct Cache {
+pub struct Cache(Arc<Components>);
+
+struct Components {
     reader: Reader,
     ingest: Ingest,
     maintenance: Maintenance,
@@ -94,37 +98,37 @@ impl Cache {
             queue,
         );
         let documents = Documents::new(db, upstreams, config.uploads.max_size);
-        Self {
+        Self(Arc::new(Components {
             reader,
             ingest,
             maintenance,
             documents,
             metrics,
-        }
+        }))
     }
 
     /// Answers narinfo and NAR requests.
     pub fn reader(&self) -> &Reader {
-        &self.reader
+        &self.0.reader
     }
 
     /// Receives uploads.
     pub fn ingest(&self) -> &Ingest {
-        &self.ingest
+        &self.0.ingest
     }
 
     /// Jobs, pins, deletions, imports, migrations and fsck.
     pub fn maintenance(&self) -> &Maintenance {
-        &self.maintenance
+        &self.0.maintenance
     }
 
     /// Build logs and realisations.
     pub fn documents(&self) -> &Documents {
-        &self.documents
+        &self.0.documents
     }
 
     /// The metrics, for `/metrics` and for the HTTP layer's request counters.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.0.metrics
     }
 }
