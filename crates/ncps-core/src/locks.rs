@@ -6,6 +6,7 @@
 //! the `ncps-locks` crate and are handed in by the binary, so the core links no lock client.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ impl LockError {
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Set by the service when the lock was lost while held (a renewal failed): another holder
+    /// may have it now, so long work under it must stop.
+    lost: Option<Arc<AtomicBool>>,
 }
 
 impl LockGuard {
@@ -42,7 +46,19 @@ impl LockGuard {
     pub fn on_drop(release: impl FnOnce() + Send + Sync + 'static) -> Self {
         Self {
             release: Some(Box::new(release)),
+            lost: None,
         }
+    }
+
+    /// This guard, reporting the lock lost once the service sets `lost`.
+    pub fn losable(mut self, lost: Arc<AtomicBool>) -> Self {
+        self.lost = Some(lost);
+        self
+    }
+
+    /// True once the lock was lost while held: stop the work it guards.
+    pub fn is_lost(&self) -> bool {
+        self.lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst))
     }
 }
 
@@ -118,5 +134,18 @@ mod tests {
         drop(first);
         // Released at once: an eviction right after another must not find it held.
         assert!(locks.try_lock("a", ttl).await.unwrap().is_some());
+    }
+
+    #[test]
+    fn a_guard_reports_its_loss() {
+        let lost = Arc::new(AtomicBool::new(false));
+        let guard = LockGuard::on_drop(|| {}).losable(lost.clone());
+        assert!(!guard.is_lost());
+        lost.store(true, Ordering::SeqCst);
+        assert!(guard.is_lost());
+        assert!(
+            !LockGuard::on_drop(|| {}).is_lost(),
+            "in-process locks are never lost"
+        );
     }
 }

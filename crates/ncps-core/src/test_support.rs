@@ -13,11 +13,20 @@ use crate::{Cache, CacheConfig};
 /// A cache below `dir` (database `db.sqlite`, storage `store/`, temporary files `tmp/`) and
 /// its database, for checking what the components recorded.
 pub(crate) async fn local_cache(dir: &Path) -> (Cache, Database) {
+    local_cache_with(dir, |_| {}).await
+}
+
+/// [`local_cache`] with its configuration changed by `configure` first.
+pub(crate) async fn local_cache_with(
+    dir: &Path,
+    configure: impl FnOnce(&mut CacheConfig),
+) -> (Cache, Database) {
     let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
         .await
         .unwrap();
     let store = BlobStore::local(&dir.join("store")).unwrap();
     let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
-    let config = CacheConfig::new(SecretKey::generate("test").unwrap(), dir.join("tmp"));
+    let mut config = CacheConfig::new(SecretKey::generate("test").unwrap(), dir.join("tmp"));
+    configure(&mut config);
     (Cache::new(config, db.clone(), store, upstreams), db)
 }

@@ -25,10 +25,9 @@ macro_rules! db_test {
         #[tokio::test]
         async fn $variant() {
             use $crate::repo::test_support::{Engine, TestDb};
-            if let Some(db) = TestDb::new(Engine::$engine).await {
-                super::$name(&db).await;
-                db.cleanup().await;
-            }
+            let db = TestDb::new(Engine::$engine).await;
+            super::$name(&db).await;
+            db.cleanup().await;
         }
     };
 }

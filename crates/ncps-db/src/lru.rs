@@ -43,10 +43,13 @@ impl Database {
         self.touch("narinfos", "hash", &keys, at).await
     }
 
-    /// Records that NARs were served at `at`, many per statement.
+    /// Records that NARs were served at `at`, many per statement. Every narinfo of such a NAR
+    /// counts as used too: eviction orders narinfos, and a client that remembered a narinfo
+    /// (Nix keeps them for days) asks for the NAR alone.
     pub async fn touch_nars(&self, hashes: &[Sha256Hash], at: i64) -> Result<(), DbError> {
         let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
-        self.touch("nars", "nar_hash", &keys, at).await
+        self.touch("nars", "nar_hash", &keys, at).await?;
+        self.touch("narinfos", "nar_hash", &keys, at).await
     }
 
     async fn touch(
@@ -262,9 +265,15 @@ mod tests {
                 vec![hashes[1], hashes[2]]
             );
 
-            // Evicting 3 and 0 frees 3's NAR only: 1 still uses the shared one.
+            // Evicting 3 and 0 frees 3's NAR only: 1 still uses the shared one. The caller
+            // deletes the whole file it is told about.
             let removed = db.evict(&[hashes[3], hashes[0]]).await.unwrap();
             assert_eq!(removed.len(), 1);
+            assert_eq!(
+                removed[0].whole.map(|w| w.size),
+                Some(1000),
+                "the evicted NAR's whole file is reported: {removed:?}"
+            );
             assert_eq!(db.stored_bytes().await.unwrap(), 2 * 1000 + 7);
             let removed = db.evict(&[hashes[1]]).await.unwrap();
             assert_eq!(removed.len(), 1);
@@ -279,6 +288,41 @@ mod tests {
                     .await
                     .unwrap()
                     .is_none()
+            );
+        }
+    }
+
+    db_test! {
+        async fn a_nar_served_alone_makes_its_paths_recent(db) {
+            let mut hashes = Vec::new();
+            for i in 10..12u32 {
+                let mut info = sample();
+                info.narinfo.store_path = path(i);
+                info.narinfo.nar_hash = Sha256Hash::digest(&i.to_le_bytes());
+                info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
+                db.insert_narinfo(&info).await.unwrap();
+                db.record_whole_file(
+                    &info.narinfo.nar_hash,
+                    10,
+                    WholeFile {
+                        key: info.url_key,
+                        size: 10,
+                    },
+                    None,
+                )
+                .await
+                .unwrap();
+                hashes.push((*info.narinfo.store_path.hash(), info.narinfo.nar_hash));
+            }
+            let base = 20_000_000_000;
+            db.touch_narinfos(&[hashes[0].0], base).await.unwrap();
+            db.touch_narinfos(&[hashes[1].0], base + 1).await.unwrap();
+            // Path 0 was used first; then only its NAR is asked for.
+            db.touch_nars(&[hashes[0].1], base + 2).await.unwrap();
+            let page = db.lru_page(None, 10).await.unwrap();
+            assert_eq!(
+                page.iter().map(|e| e.hash).collect::<Vec<_>>(),
+                vec![hashes[1].0, hashes[0].0]
             );
         }
     }

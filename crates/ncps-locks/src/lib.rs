@@ -6,6 +6,8 @@
 //! when that connection closes, so they need no extra service when the database is PostgreSQL
 //! already. The binary picks one from `--cache-lock-backend`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -64,6 +66,8 @@ impl RedisLocks {
             return Ok(None);
         }
         let (tx, mut rx) = oneshot::channel::<()>();
+        let lost = Arc::new(AtomicBool::new(false));
+        let report_loss = lost.clone();
         tokio::spawn(async move {
             let renew = redis::Script::new(REDIS_RENEW);
             let release = redis::Script::new(REDIS_RELEASE);
@@ -75,7 +79,8 @@ impl RedisLocks {
                     _ = tick.tick() => {
                         let renewed: Result<i64, _> = renew.key(&key).arg(&token).arg(ttl_ms).invoke_async(&mut conn).await;
                         if !matches!(renewed, Ok(1)) {
-                            warn!(key, "lost a lock before releasing it (renewal failed)");
+                            warn!(key, "lost a lock before releasing it (renewal failed); its holder stops");
+                            report_loss.store(true, Ordering::SeqCst);
                             return;
                         }
                     }
@@ -85,7 +90,7 @@ impl RedisLocks {
                 release.key(&key).arg(&token).invoke_async(&mut conn).await;
             debug!(key, ?released, "released lock");
         });
-        Ok(Some(LockGuard::new(tx)))
+        Ok(Some(LockGuard::new(tx).losable(lost)))
     }
 }
 
@@ -193,20 +198,6 @@ mod tests {
         assert_eq!(random_token().len(), 32);
     }
 
-    /// A service started by scripts/test, or `None` (then the test does nothing, which CI
-    /// forbids).
-    fn service(var: &str) -> Option<String> {
-        let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let found = get(var);
-        let required =
-            get("CI").as_deref() == Some("true") || get("NCPS_TEST_REQUIRE_ALL_ENGINES").is_some();
-        assert!(
-            found.is_some() || !required,
-            "{var} must be set (scripts/test starts the server)"
-        );
-        found
-    }
-
     async fn wait_for_lock(locks: &dyn LockService, key: &str) -> LockGuard {
         for _ in 0..100 {
             if let Some(guard) = locks.try_lock(key, Duration::from_secs(1)).await.unwrap() {
@@ -242,99 +233,152 @@ mod tests {
         format!("{name}-{}", random_token())
     }
 
-    #[tokio::test]
-    async fn redis_locks_are_exclusive_renewed_fenced_and_released() {
-        let Some(addr) = service("NCPS_TEST_REDIS_ADDR") else {
-            return;
-        };
-        let url = format!("redis://{addr}/0");
-        let prefix = unique("test:");
-        let (a, b) = (
-            RedisLocks::new(&url, &prefix).unwrap(),
-            RedisLocks::new(&url, &prefix).unwrap(),
-        );
-        let ttl = Duration::from_secs(1);
-        let held = a.try_lock("k", ttl).await.unwrap().expect("free");
-        assert!(
-            b.try_lock("k", ttl).await.unwrap().is_none(),
-            "not exclusive"
-        );
-        // Renewed while held: still taken well past its TTL.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(b.try_lock("k", ttl).await.unwrap().is_none(), "not renewed");
-        drop(held);
-        let _released = wait_for_lock(&b, "k").await;
+    /// Against the Redis and PostgreSQL servers scripts/test starts.
+    mod services {
+        use sqlx::Connection as _;
 
-        // Fencing: a holder whose key was taken over (it expired, another replica took it)
-        // must not release the new holder's lock.
-        let old = a.try_lock("f", ttl).await.unwrap().expect("free");
-        let key = format!("{prefix}f");
-        set_by_another(&url, &key, "someone-else", 60_000).await;
-        drop(old);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut conn = redis_conn(&url).await;
-        let owner: Option<String> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(
-            owner.as_deref(),
-            Some("someone-else"),
-            "released another's lock"
-        );
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+        use super::*;
 
-    #[tokio::test]
-    async fn a_dead_holders_redis_lock_expires_after_its_ttl() {
-        let Some(addr) = service("NCPS_TEST_REDIS_ADDR") else {
-            return;
-        };
-        let url = format!("redis://{addr}/0");
-        let prefix = unique("test:");
-        let locks = RedisLocks::new(&url, &prefix).unwrap();
-        // A holder that died: its key is there, nobody renews it.
-        set_by_another(&url, &format!("{prefix}d"), "dead", 1000).await;
-        assert!(
-            locks
-                .try_lock("d", Duration::from_secs(1))
+        #[tokio::test]
+        async fn redis_locks_are_exclusive_renewed_fenced_and_released() {
+            let addr = ncps_test_services::redis_addr();
+            let url = format!("redis://{addr}/0");
+            let prefix = unique("test:");
+            let (a, b) = (
+                RedisLocks::new(&url, &prefix).unwrap(),
+                RedisLocks::new(&url, &prefix).unwrap(),
+            );
+            let ttl = Duration::from_secs(1);
+            let held = a.try_lock("k", ttl).await.unwrap().expect("free");
+            assert!(
+                b.try_lock("k", ttl).await.unwrap().is_none(),
+                "not exclusive"
+            );
+            // Renewed while held: still taken well past its TTL.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            assert!(b.try_lock("k", ttl).await.unwrap().is_none(), "not renewed");
+            drop(held);
+            let _released = wait_for_lock(&b, "k").await;
+
+            // Fencing: a holder whose key was taken over (it expired, another replica took it)
+            // must not release the new holder's lock.
+            let old = a.try_lock("f", ttl).await.unwrap().expect("free");
+            let key = format!("{prefix}f");
+            set_by_another(&url, &key, "someone-else", 60_000).await;
+            drop(old);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut conn = redis_conn(&url).await;
+            let owner: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(
+                owner.as_deref(),
+                Some("someone-else"),
+                "released another's lock"
+            );
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+
+        /// A holder whose key was taken over learns it at its next renewal: its guard says the
+        /// lock is lost, so the work under it stops.
+        #[tokio::test]
+        async fn a_lost_redis_lock_is_reported_to_its_holder() {
+            let addr = ncps_test_services::redis_addr();
+            let url = format!("redis://{addr}/0");
+            let prefix = unique("test:");
+            let locks = RedisLocks::new(&url, &prefix).unwrap();
+            let guard = locks
+                .try_lock("l", Duration::from_secs(1))
                 .await
                 .unwrap()
-                .is_none()
-        );
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        assert!(
-            locks
-                .try_lock("d", Duration::from_secs(1))
-                .await
-                .unwrap()
-                .is_some()
-        );
-    }
+                .expect("free");
+            assert!(!guard.is_lost());
+            set_by_another(&url, &format!("{prefix}l"), "usurper", 60_000).await;
+            for _ in 0..50 {
+                if guard.is_lost() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the holder was never told its lock was lost");
+        }
 
-    #[tokio::test]
-    async fn postgres_advisory_locks_are_exclusive_and_released() {
-        let Some(url) = service("NCPS_TEST_POSTGRES_URL") else {
-            return;
-        };
-        let prefix = unique("test:");
-        let (a, b) = (
-            PostgresLocks::new(&url, &prefix).unwrap(),
-            PostgresLocks::new(&url, &prefix).unwrap(),
-        );
-        let ttl = Duration::from_secs(1);
-        let held = a.try_lock("k", ttl).await.unwrap().expect("free");
-        assert!(
-            b.try_lock("k", ttl).await.unwrap().is_none(),
-            "not exclusive"
-        );
-        drop(held);
-        let _released = wait_for_lock(&b, "k").await;
+        #[tokio::test]
+        async fn a_dead_holders_redis_lock_expires_after_its_ttl() {
+            let addr = ncps_test_services::redis_addr();
+            let url = format!("redis://{addr}/0");
+            let prefix = unique("test:");
+            let locks = RedisLocks::new(&url, &prefix).unwrap();
+            // A holder that died: its key is there, nobody renews it.
+            set_by_another(&url, &format!("{prefix}d"), "dead", 1000).await;
+            assert!(
+                locks
+                    .try_lock("d", Duration::from_secs(1))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            assert!(
+                locks
+                    .try_lock("d", Duration::from_secs(1))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+
+        #[tokio::test]
+        async fn postgres_advisory_locks_are_exclusive_and_released() {
+            let url = ncps_test_services::postgres_url();
+            let prefix = unique("test:");
+            let (a, b) = (
+                PostgresLocks::new(&url, &prefix).unwrap(),
+                PostgresLocks::new(&url, &prefix).unwrap(),
+            );
+            let ttl = Duration::from_secs(1);
+            let held = a.try_lock("k", ttl).await.unwrap().expect("free");
+            assert!(
+                b.try_lock("k", ttl).await.unwrap().is_none(),
+                "not exclusive"
+            );
+            drop(held);
+            let _released = wait_for_lock(&b, "k").await;
+        }
+
+        /// A replica that dies loses its advisory locks with its database session.
+        #[tokio::test]
+        async fn a_dead_sessions_advisory_lock_is_released() {
+            let url = ncps_test_services::postgres_url();
+            let prefix = unique("test:");
+            let (a, b) = (
+                PostgresLocks::new(&url, &prefix).unwrap(),
+                PostgresLocks::new(&url, &prefix).unwrap(),
+            );
+            let ttl = Duration::from_secs(1);
+            let held = a.try_lock("k", ttl).await.unwrap().expect("free");
+            assert!(b.try_lock("k", ttl).await.unwrap().is_none());
+            // The holder's session ends without an unlock (the process died).
+            let id = advisory_id(&format!("{prefix}k"));
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let killed: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND ((classid::bigint << 32) | objid::bigint) = $1 AND granted",
+            )
+            .bind(id)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            assert_eq!(killed, vec![true], "exactly the holder's session");
+            let _taken = wait_for_lock(&b, "k").await;
+            drop(held);
+        }
     }
 
     #[tokio::test]

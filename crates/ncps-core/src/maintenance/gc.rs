@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tracing::warn;
+
 use super::Maintenance;
 use crate::CacheError;
 
@@ -24,11 +26,15 @@ impl Maintenance {
     /// at a time; the others return an empty report.
     pub async fn collect_chunks(&self, grace: Duration) -> Result<GcReport, CacheError> {
         let mut report = GcReport::default();
-        let Some(_global) = self.0.locks.try_lock("chunk-gc", GC_LOCK_TTL).await? else {
+        let Some(global) = self.0.locks.try_lock("chunk-gc", GC_LOCK_TTL).await? else {
             return Ok(report);
         };
         let before = ncps_db::now_secs() - grace.as_secs() as i64;
         loop {
+            if global.is_lost() {
+                warn!("lost the chunk collection lock to another replica; stopping this run");
+                return Ok(report);
+            }
             let batch = self.0.db.unreferenced_chunks(before, GC_BATCH).await?;
             if batch.is_empty() {
                 return Ok(report);
@@ -40,5 +46,102 @@ impl Maintenance {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use ncps_nix::{Compression, Sha256Hash};
+    use ncps_store::chunk::ChunkParams;
+
+    use crate::ingest::{ChunkSettings, Expected, chunk_verified};
+    use crate::test_support::local_cache;
+
+    /// A NAR of `len` pseudo-random bytes seeded by `seed`.
+    fn nar(seed: u8, len: usize) -> Vec<u8> {
+        let mut x = u64::from(seed) + 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    const SETTINGS: ChunkSettings = ChunkSettings {
+        params: ChunkParams {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        },
+        zstd_level: 1,
+    };
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn unreferenced_chunks_go_and_chunks_used_again_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let (ingest, m) = (cache.ingest(), cache.maintenance());
+        let store = ncps_store::BlobStore::local(&dir.path().join("store")).unwrap();
+        let chunk = |bytes: Vec<u8>| {
+            let expected = Expected::exactly(
+                Compression::None,
+                None,
+                None,
+                Sha256Hash::digest(&bytes),
+                bytes.len() as u64,
+            );
+            let source = futures::stream::iter([Ok(Bytes::from(bytes))]).boxed();
+            let store = store.clone();
+            async move {
+                chunk_verified(&store, source, &expected, SETTINGS, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = (nar(1, 20_000), nar(2, 20_000));
+        let (a_hash, b_hash) = (Sha256Hash::digest(&a), Sha256Hash::digest(&b));
+        let a_chunks = chunk(a).await;
+        ingest
+            .commit_chunks(&a_hash, 20_000, &a_chunks)
+            .await
+            .unwrap();
+        let b_chunks = chunk(b.clone()).await;
+        ingest
+            .commit_chunks(&b_hash, 20_000, &b_chunks)
+            .await
+            .unwrap();
+
+        // Both lists dropped; B's NAR is then stored again (another chunker, the same chunks)
+        // before the collector runs.
+        db.drop_chunk_list(&a_hash).await.unwrap();
+        db.drop_chunk_list(&b_hash).await.unwrap();
+        let again = chunk(b).await;
+        ingest.commit_chunks(&b_hash, 20_000, &again).await.unwrap();
+
+        let report = m.collect_chunks(Duration::ZERO).await.unwrap();
+        let a_only: Vec<_> = a_chunks
+            .refs
+            .iter()
+            .filter(|c| !again.refs.iter().any(|b| b.hash == c.hash))
+            .collect();
+        assert_eq!(report.chunks_deleted, a_only.len() as u64);
+        for c in &a_only {
+            assert!(!store.has_chunk(&c.hash).await.unwrap(), "A's chunk kept");
+        }
+        for c in &again.refs {
+            assert!(store.has_chunk(&c.hash).await.unwrap(), "B's chunk deleted");
+        }
+        assert!(db.nar(&b_hash).await.unwrap().unwrap().chunked.is_some());
+        // Within the grace period nothing goes.
+        db.drop_chunk_list(&b_hash).await.unwrap();
+        let report = m.collect_chunks(Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(report.chunks_deleted, 0);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Maintenance;
 use crate::CacheError;
@@ -37,7 +37,7 @@ impl Maintenance {
     pub async fn evict_lru(&self, max_size: u64) -> Result<LruReport, CacheError> {
         let _running = self.0.lru_running.lock().await;
         // One replica evicts at a time; the others skip this round.
-        let Some(_global) = self.0.locks.try_lock("lru", LRU_LOCK_TTL).await? else {
+        let Some(global) = self.0.locks.try_lock("lru", LRU_LOCK_TTL).await? else {
             info!("another replica is evicting; skipping this run");
             return Ok(LruReport::default());
         };
@@ -53,6 +53,10 @@ impl Maintenance {
             let pinned = db.pinned_closure().await?;
             let mut cursor = None;
             while stored > max_size {
+                if global.is_lost() {
+                    warn!("lost the eviction lock to another replica; stopping this run");
+                    break;
+                }
                 let page = db.lru_page(cursor.as_ref(), EVICT_BATCH).await?;
                 let Some(last) = page.last().cloned() else {
                     break;
@@ -110,7 +114,7 @@ mod tests {
     use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath};
 
     use crate::Cache;
-    use crate::test_support::local_cache;
+    use crate::test_support::local_cache_with;
 
     const FILE_SIZE: u64 = 1000;
 
@@ -140,7 +144,14 @@ mod tests {
 
     /// Five paths, path 0 used least recently, path 4 most; path 1 pinned.
     async fn cache(dir: &std::path::Path) -> (Cache, Database) {
-        let (cache, db) = local_cache(dir).await;
+        cache_with(dir, |_| {}).await
+    }
+
+    async fn cache_with(
+        dir: &std::path::Path,
+        configure: impl FnOnce(&mut crate::CacheConfig),
+    ) -> (Cache, Database) {
+        let (cache, db) = local_cache_with(dir, configure).await;
         let base = now_secs() + 10;
         for i in 0..5 {
             let p = path(i);
@@ -208,5 +219,32 @@ mod tests {
             .unwrap();
         cache.maintenance().evict_lru(4 * FILE_SIZE).await.unwrap();
         assert_eq!(cached(&db).await, vec![0, 1, 3, 4]);
+    }
+
+    /// A lock service whose locks are lost as soon as they are taken (a Redis renewal failed).
+    struct LosingLocks;
+
+    impl crate::LockService for LosingLocks {
+        fn try_lock<'a>(
+            &'a self,
+            _key: &'a str,
+            _ttl: std::time::Duration,
+        ) -> futures::future::BoxFuture<'a, Result<Option<crate::LockGuard>, crate::LockError>>
+        {
+            let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            Box::pin(async move { Ok(Some(crate::LockGuard::on_drop(|| {}).losable(lost))) })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_eviction_whose_lock_is_lost_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = cache_with(dir.path(), |c| {
+            c.locks = std::sync::Arc::new(LosingLocks);
+        })
+        .await;
+        let report = cache.maintenance().evict_lru(0).await.unwrap();
+        assert_eq!(report.narinfos_evicted, 0);
+        assert_eq!(cached(&db).await, vec![0, 1, 2, 3, 4]);
     }
 }

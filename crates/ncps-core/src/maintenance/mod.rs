@@ -84,6 +84,12 @@ impl Maintenance {
         }))
     }
 
+    /// Writes the accesses the reader noted since its last flush (at shutdown, so eviction
+    /// after a restart still knows them).
+    pub async fn flush_access_times(&self) {
+        self.0.reader.flush_access_times().await;
+    }
+
     /// Measures the storage gauges (called when `/metrics` is scraped).
     pub async fn refresh_gauges(&self) -> Result<(), CacheError> {
         let stored = self.0.db.stored_bytes().await?;

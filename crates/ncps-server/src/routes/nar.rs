@@ -93,7 +93,11 @@ pub async fn head(
 ) -> Result<Response, ApiError> {
     let key = parse_key(&file)?;
     let size = cache.reader().nar_size(&key).await?;
-    let mut response = StatusCode::OK.into_response();
+    // An empty body would make the server announce `Content-Length: 0`; a body of unknown
+    // length leaves the length unsaid, as the GET does when it does not know it.
+    let mut response = Response::new(Body::from_stream(futures::stream::empty::<
+        Result<bytes::Bytes, std::convert::Infallible>,
+    >()));
     let h = response.headers_mut();
     base_headers(h);
     if let Some(size) = size {

@@ -87,6 +87,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
             .clone()
             .filter(|t| !t.is_empty()),
     };
+    let maintenance = cache.maintenance().clone();
     let router = ncps_server::router(cache, ServerOptions { access, prometheus });
     // Nagle's algorithm delays small writes (narinfos, response heads) by up to 40 ms per
     // round trip; a cache answers many small requests, so send at once.
@@ -106,6 +107,8 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
             tokio::time::sleep(DRAIN_TIMEOUT).await;
         } => warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; exiting"),
     }
+    // Accesses since the last periodic flush would otherwise be lost to eviction.
+    maintenance.flush_access_times().await;
     info!("stopped");
     Ok(())
 }
