@@ -3,109 +3,31 @@
 //! upstream gone, and `ncps migrate` finds the schema current.
 //!
 //! `scripts/test` starts throwaway servers and names them in `NCPS_TEST_POSTGRES_URL` and
-//! `NCPS_TEST_MYSQL_URL` (an administrator URL: each test creates its own database). Outside
-//! CI a missing server skips the test with a note; with `CI=true` or
-//! `NCPS_TEST_REQUIRE_ALL_ENGINES=1` it fails it.
+//! `NCPS_TEST_MYSQL_URL` (an administrator URL: each test creates its own database). A missing
+//! server fails the test (`ncps-test-services` decides); `cargo nextest run --profile
+//! no-services` leaves these tests out, reported as skipped.
 
-use std::process::Command;
+use crate::harness::{Compression, Fixture, FixtureOptions, ServerDatabase, eventually};
 
-use crate::harness::{Compression, Fixture, FixtureOptions, random_hex};
-
-/// A database created for one test on a server from the environment, dropped at the end.
-struct ServerDatabase {
-    /// `psql` or `mariadb`, with the flags that reach the server as its administrator.
-    admin: Vec<String>,
-    name: String,
-    /// The URL ncps gets.
-    url: String,
-}
-
-impl ServerDatabase {
-    /// `None` (after a note) when `var` is unset and CI does not require the engine.
-    #[allow(clippy::print_stderr)] // the skip note is for whoever runs the tests
-    fn create(var: &str) -> Option<ServerDatabase> {
-        let Some(server) = std::env::var(var).ok().filter(|v| !v.is_empty()) else {
-            let required = std::env::var("CI").as_deref() == Ok("true")
-                || std::env::var("NCPS_TEST_REQUIRE_ALL_ENGINES").as_deref() == Ok("1");
-            assert!(
-                !required,
-                "{var} is not set, and CI requires the database end-to-end tests: run \
-                 scripts/test (it starts throwaway PostgreSQL and MariaDB servers)"
-            );
-            eprintln!("note: {var} is not set; skipping (scripts/test starts the server)");
-            return None;
-        };
-        let parsed = url::Url::parse(&server).expect("database server URL");
-        let name = format!("ncps_e2e_{}", random_hex(6));
-        let admin = match parsed.scheme() {
-            "postgres" | "postgresql" => vec!["psql".to_owned(), server.clone(), "-q".to_owned()],
-            _ => {
-                let mut admin = vec![
-                    "mariadb".to_owned(),
-                    "--no-defaults".to_owned(),
-                    "--protocol=tcp".to_owned(),
-                    "-h".to_owned(),
-                    parsed.host_str().expect("server host").to_owned(),
-                    "-P".to_owned(),
-                    parsed.port().unwrap_or(3306).to_string(),
-                    "-u".to_owned(),
-                    parsed.username().to_owned(),
-                ];
-                if let Some(password) = parsed.password() {
-                    admin.push(format!("-p{password}"));
-                }
-                admin
-            }
-        };
-        let mut url = parsed.clone();
-        url.set_path(&format!("/{name}"));
-        let db = ServerDatabase {
-            admin,
-            name,
-            url: url.to_string(),
-        };
-        db.admin_sql(&format!("CREATE DATABASE {}", db.name));
-        Some(db)
-    }
-
-    fn admin_sql(&self, sql: &str) {
-        let flag = if self.is_postgres() { "-c" } else { "-e" };
-        let out = Command::new(&self.admin[0])
-            .args(&self.admin[1..])
-            .args([flag, sql])
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", self.admin[0]));
-        assert!(
-            out.status.success(),
-            "{} {sql:?}: {}",
-            self.admin[0],
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn is_postgres(&self) -> bool {
-        self.admin[0] == "psql"
-    }
-}
-
-impl Drop for ServerDatabase {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return; // kept for inspection; the throwaway server goes away anyway
-        }
-        let drop = if self.is_postgres() {
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)
-        } else {
-            format!("DROP DATABASE IF EXISTS {}", self.name)
-        };
-        self.admin_sql(&drop);
-    }
-}
-
-async fn substitutes_and_survives_a_restart(var: &str) {
-    let Some(db) = ServerDatabase::create(var) else {
-        return;
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
     };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+async fn substitutes_and_survives_a_restart(server: String) {
+    let db = ServerDatabase::create(server);
     let mut fx = Fixture::with(
         FixtureOptions::new(Compression::Xz).ncps_args(&["--cache-database-url", &db.url]),
     )
@@ -126,10 +48,65 @@ async fn substitutes_and_survives_a_restart(var: &str) {
         narinfo.all("Sig")
     );
 
-    // The metadata is in the server database: a restarted ncps serves the closure alone.
+    // The metadata is in the server database, read with the server's own client, and no
+    // SQLite database appeared beside the data.
+    let paths = fx.closure.paths.len() as u64;
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM narinfos"),
+        paths,
+        "narinfo rows in the server database"
+    );
+    // A NAR's row is written just after its last byte went out.
+    eventually("a NAR row per path in the server database", || async {
+        match db.count("SELECT COUNT(*) FROM nars") {
+            n if n == paths => Ok(()),
+            n => Err(format!("{n} NAR rows, {paths} paths")),
+        }
+    })
+    .await;
+    assert_eq!(
+        db.count(&format!(
+            "SELECT COUNT(*) FROM narinfos WHERE hash = '{}'",
+            crate::harness::narinfo::store_hash(&top)
+        )),
+        1
+    );
+    let sqlite_files: Vec<_> = walk(&fx.config.data_dir)
+        .into_iter()
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "sqlite")
+                || p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains("sqlite"))
+        })
+        .collect();
+    assert!(
+        sqlite_files.is_empty(),
+        "SQLite files appeared with --cache-database-url: {sqlite_files:?}"
+    );
+    // Every request is logged: a line was lost after each query on a server database once
+    // (sqlx asked the log filter about statements it then did not log).
+    let log = fx.ncps.log();
+    let nar_lines = log.matches(r#""route":"nar""#).count() as u64;
+    assert!(
+        nar_lines >= paths,
+        "{nar_lines} NAR request lines logged for {paths} NARs downloaded:\n{log}"
+    );
+    let migrations = "SELECT version, installed_on FROM _sqlx_migrations ORDER BY version";
+    let applied = db.query(migrations);
+    assert!(
+        !applied.is_empty(),
+        "no migration recorded in the server database"
+    );
+
+    // A restarted ncps serves the closure alone, and applies no migration again.
     let status = fx.ncps.terminate().await;
     assert!(status.success(), "ncps exited with {status} on SIGTERM");
     fx.ncps = fx.env.ncps(&fx.config).await;
+    assert_eq!(
+        db.query(migrations),
+        applied,
+        "the restart applied migrations again"
+    );
     fx.upstream.stop().await;
     fx.env
         .client()
@@ -157,10 +134,10 @@ async fn substitutes_and_survives_a_restart(var: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_backed_cache_substitutes_and_survives_a_restart() {
-    substitutes_and_survives_a_restart("NCPS_TEST_POSTGRES_URL").await;
+    substitutes_and_survives_a_restart(ncps_test_services::postgres_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mariadb_backed_cache_substitutes_and_survives_a_restart() {
-    substitutes_and_survives_a_restart("NCPS_TEST_MYSQL_URL").await;
+    substitutes_and_survives_a_restart(ncps_test_services::mysql_url()).await;
 }

@@ -80,3 +80,35 @@ async fn corrupted_upstream_nar_is_not_cached() {
     })
     .await;
 }
+
+/// A lock service that cannot be reached (Redis on a closed port): a NAR that must be
+/// downloaded is a 503 with `Retry-After` (the client retries; nothing is remembered as a
+/// miss), while narinfos, which need no lock, are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_lock_service_is_a_503_for_downloads_only() {
+    let dead_redis = crate::harness::ncps::free_port().to_string();
+    let fx = Fixture::with(
+        crate::harness::FixtureOptions::new(Compression::Xz).ncps_args(&[
+            "--cache-lock-backend",
+            "redis",
+            "--cache-redis-addrs",
+            &dead_redis,
+        ]),
+    )
+    .await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    let url = fx.nar_url(&narinfo);
+    let resp = http::get(&url)
+        .await
+        .expect_status(503, "NAR with the lock service down");
+    assert!(
+        resp.header("retry-after").is_some(),
+        "a 503 says when to retry: {:?}",
+        resp.headers
+    );
+    assert_eq!(
+        fx.upstream.gets(&fx.upstream.nar_path(&fx.closure.blob)),
+        0,
+        "nothing is downloaded without the lock"
+    );
+}

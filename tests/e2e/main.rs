@@ -4,15 +4,19 @@
 //! One module per concern; the shared set-up lives in `harness`. Requires `nix` on `PATH` and
 //! root (the tests build store paths in `/nix/store`). Run with
 //! `cargo nextest run -p ncps --test e2e`; a failing test prints the ncps log and the
-//! upstream's request log.
+//! upstream's request log. Tests on PostgreSQL, MariaDB, Redis and S3 need the servers
+//! `scripts/test` starts and fail without them (`ncps-test-services` says which);
+//! `--profile no-services` leaves them out, and nextest reports them as skipped.
 
 mod harness;
 
+mod access;
 mod admin;
 mod chunking;
 mod databases;
 mod docs;
 mod failures;
+mod head_and_ranges;
 mod logs;
 mod lru;
 mod metrics;

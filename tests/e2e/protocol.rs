@@ -144,12 +144,23 @@ async fn failing_upstream_is_a_server_error() {
     fx.upstream.fail_all(true);
     let url = fx.narinfo_url(&fx.closure.top);
     let resp = http::get(&url).await;
-    assert!(
-        (500..600).contains(&resp.status),
-        "GET {url} with the upstream answering 500: want a 5xx, got {}: {}",
+    // 502 exactly: a panic or an internal error (500) must not pass for an upstream failure.
+    assert_eq!(
         resp.status,
+        502,
+        "GET {url} with the upstream answering 500: want 502 Bad Gateway, got {}",
         resp.excerpt()
     );
+    assert!(
+        resp.text().contains("500"),
+        "the reason names the upstream's answer: {}",
+        resp.excerpt()
+    );
+    // Not remembered as a miss: once the upstream answers, so does ncps.
+    fx.upstream.fail_all(false);
+    http::get(&url)
+        .await
+        .expect_status(200, "narinfo once the upstream is back");
 }
 
 /// Traversal attempts, non-nixbase32 and wrong-length hashes are 400 or 404 and reveal

@@ -3,8 +3,8 @@
 //!
 //! `scripts/test` starts the servers on 127.0.0.1 and names them in `NCPS_TEST_POSTGRES_URL`,
 //! `NCPS_TEST_REDIS_ADDR`, `NCPS_TEST_S3_ENDPOINT`/`_KEY_ID`/`_SECRET` and
-//! `NCPS_TEST_GARAGE_CONFIG`. Without them (outside CI) these tests say so and pass; with
-//! `CI=true` a missing server fails them.
+//! `NCPS_TEST_GARAGE_CONFIG`. A missing server fails these tests (`ncps-test-services`
+//! decides); `cargo nextest run --profile no-services` leaves them out, reported as skipped.
 
 use std::process::Command;
 use std::time::Duration;
@@ -22,32 +22,16 @@ struct Services {
 }
 
 impl Services {
-    fn from_env() -> Option<Services> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let found = (|| {
-            Some(Services {
-                postgres: var("NCPS_TEST_POSTGRES_URL")?,
-                redis: var("NCPS_TEST_REDIS_ADDR")?,
-                s3_endpoint: var("NCPS_TEST_S3_ENDPOINT")?,
-                s3_key_id: var("NCPS_TEST_S3_KEY_ID")?,
-                s3_secret: var("NCPS_TEST_S3_SECRET")?,
-                garage_config: var("NCPS_TEST_GARAGE_CONFIG")?,
-            })
-        })();
-        if found.is_none() {
-            let required = var("CI").as_deref() == Some("true")
-                || var("NCPS_TEST_REQUIRE_ALL_ENGINES").is_some();
-            assert!(
-                !required,
-                "scale-out tests need PostgreSQL, Redis and Garage: NCPS_TEST_POSTGRES_URL, NCPS_TEST_REDIS_ADDR, \
-                 NCPS_TEST_S3_* and NCPS_TEST_GARAGE_CONFIG must be set (scripts/test starts them)"
-            );
-            #[expect(clippy::print_stderr, reason = "says why the test did nothing")]
-            {
-                eprintln!("note: scale-out tests skipped: start the servers with scripts/test");
-            }
+    fn from_env() -> Services {
+        let s3 = ncps_test_services::s3();
+        Services {
+            postgres: ncps_test_services::postgres_url(),
+            redis: ncps_test_services::redis_addr(),
+            s3_endpoint: s3.endpoint,
+            s3_key_id: s3.key_id,
+            s3_secret: s3.secret,
+            garage_config: s3.garage_config,
         }
-        found
     }
 
     /// A fresh PostgreSQL database for one test.
@@ -150,8 +134,18 @@ struct Fleet {
 
 impl Fleet {
     async fn new(services: &Services, compression: Compression, locks: Vec<String>) -> Fleet {
+        Fleet::with_blob(services, compression, locks, 3_000_000).await
+    }
+
+    /// A fleet whose closure's blob path has `blob_bytes` of random data.
+    async fn with_blob(
+        services: &Services,
+        compression: Compression,
+        locks: Vec<String>,
+        blob_bytes: usize,
+    ) -> Fleet {
         let env = TestEnv::new();
-        let closure = env.closure_with_blob(3_000_000).await;
+        let closure = env.closure_with_blob(blob_bytes).await;
         let upstream_key = env.key("replicas-upstream-1").await;
         upstream_key.sign(env.path(), &closure.top).await;
         let upstream = env.upstream(&closure, compression).await;
@@ -186,9 +180,7 @@ impl Fleet {
 }
 
 async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
-    let Some(services) = Services::from_env() else {
-        return;
-    };
+    let services = Services::from_env();
     let Fleet {
         env,
         closure,
@@ -247,9 +239,8 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
     )))
     .await
     .expect_status(200, "narinfo through replica 1");
-    let nar_url = crate::harness::NarInfo::parse(&narinfo.text())
-        .field("URL")
-        .to_owned();
+    let fresh_narinfo = crate::harness::NarInfo::parse(&narinfo.text());
+    let nar_url = fresh_narinfo.field("URL").to_owned();
     let client = http::client();
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -257,22 +248,17 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let r = client.get(&url).send().await.expect("GET");
-            (
-                r.status().as_u16(),
-                r.bytes().await.map(|b| b.len()).unwrap_or(0),
-            )
+            let status = r.status().as_u16();
+            (status, r.bytes().await.expect("body"))
         }));
     }
-    let mut sizes = Vec::new();
-    for t in tasks {
-        let (status, len) = t.await.expect("task");
-        assert_eq!(status, 200);
-        sizes.push(len);
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, body) = t.await.expect("task");
+        assert_eq!(status, 200, "request {i}");
+        fresh_narinfo
+            .verify_nar(&body)
+            .unwrap_or_else(|e| panic!("request {i} got bytes that do not match the narinfo: {e}"));
     }
-    assert!(
-        sizes.iter().all(|s| *s == sizes[0] && *s > 0),
-        "every client gets the whole NAR: {sizes:?}"
-    );
     assert_eq!(
         fresh_upstream.gets(&fresh_upstream.nar_path(&fresh.blob)),
         1,
@@ -281,11 +267,12 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
 
     drop(fresh_replicas);
 
-    // 4. kill -9 a replica in the middle of a download; another replica finishes the request.
+    // 4. kill -9 a replica while it downloads a NAR (it holds the NAR's lock; the upstream
+    // holds the body, so the download is certainly in flight): its client sees a failed
+    // transfer, and another replica then fetches and serves the right bytes.
     let third = env.closure_with_blob(4_000_000).await;
     upstream_key.sign(env.path(), &third.top).await;
     let slow = env.upstream(&third, Compression::Xz).await;
-    slow.throttle_nars(Duration::from_millis(50));
     let mut pair: Vec<Ncps> = Vec::new();
     for _ in 0..2 {
         let config = env
@@ -301,15 +288,29 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
         .await
         .expect_status(200, "narinfo")
         .text();
-    let nar_url = crate::harness::NarInfo::parse(&text)
-        .field("URL")
-        .to_owned();
-    let doomed = pair[0].url_for(&nar_url);
-    let started =
-        tokio::spawn(async move { http::client().get(&doomed).send().await.map(|r| r.status()) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third_narinfo = crate::harness::NarInfo::parse(&text);
+    let nar_url = third_narinfo.field("URL").to_owned();
+    let upstream_nar = slow.nar_path(&third.blob);
+    slow.hold_nars();
+    let doomed = http::client()
+        .get(pair[0].url_for(&nar_url))
+        .send()
+        .await
+        .expect("the doomed request's response headers");
+    assert_eq!(
+        doomed.status().as_u16(),
+        200,
+        "replica 1 answers while downloading"
+    );
+    assert_eq!(slow.gets(&upstream_nar), 1, "replica 1 is downloading");
     pair[0].kill();
-    let _ = started.await;
+    let doomed_body = doomed.bytes().await;
+    assert!(
+        doomed_body.is_err(),
+        "the killed replica's client must see a failed transfer, not {} bytes",
+        doomed_body.map_or(0, |b| b.len())
+    );
+    slow.release_nars();
     let survivor = pair[1].url_for(&nar_url);
     let body = eventually_within(
         "the surviving replica completes the download",
@@ -323,6 +324,7 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
                     .await
                     .map_err(|e| e.to_string())?;
                 if r.status().as_u16() != 200 {
+                    // 504 while the dead replica's lock has not expired yet.
                     return Err(format!("status {}", r.status()));
                 }
                 r.bytes().await.map_err(|e| e.to_string())
@@ -330,7 +332,14 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
         },
     )
     .await;
-    assert!(!body.is_empty());
+    third_narinfo
+        .verify_nar(&body)
+        .unwrap_or_else(|e| panic!("the survivor's bytes do not match the narinfo: {e}"));
+    assert_eq!(
+        slow.gets(&upstream_nar),
+        2,
+        "one upstream GET by the killed replica, one by the survivor"
+    );
 }
 
 fn redis_locks(s: &Services) -> Vec<String> {
@@ -363,9 +372,7 @@ async fn replicas_on_postgres_and_s3_with_advisory_locks() {
 /// upstream is gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_replicas_on_s3() {
-    let Some(services) = Services::from_env() else {
-        return;
-    };
+    let services = Services::from_env();
     let mut fleet = Fleet::new(&services, Compression::Zstd, postgres_locks(&services)).await;
     fleet.shared.push("--cache-cdc-enabled".into());
     let shared: Vec<&str> = fleet.shared.iter().map(String::as_str).collect();
@@ -392,5 +399,81 @@ async fn chunked_replicas_on_s3() {
     let second = env.ncps(&second_config).await;
     env.client()
         .substitute_ok(&second.url(), &key, closure)
+        .await;
+}
+
+/// A NAR larger than one S3 part (8 MiB) is written with a multipart upload and read back whole
+/// and in ranges (ranged S3 reads) by another replica, with the upstream gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_nars_go_to_s3_in_parts_and_come_back_in_ranges() {
+    let services = Services::from_env();
+    // Uncompressed random data: the stored file is as large as the NAR.
+    let mut fleet = Fleet::with_blob(
+        &services,
+        Compression::None,
+        postgres_locks(&services),
+        12 * 1024 * 1024,
+    )
+    .await;
+    let shared: Vec<&str> = fleet.shared.iter().map(String::as_str).collect();
+    let (env, closure) = (&fleet.env, &fleet.closure);
+    let config = env
+        .ncps_config(&[&fleet.upstream], &[&fleet.upstream_key.public])
+        .with_args(&shared);
+    let writer = env.ncps(&config).await;
+    let key = writer.pubkey().await;
+    env.client()
+        .substitute_ok(&writer.url(), &key, closure)
+        .await;
+    let narinfo = crate::harness::NarInfo::parse(
+        &http::get(&writer.url_for(&format!(
+            "{}.narinfo",
+            crate::harness::narinfo::store_hash(&closure.blob)
+        )))
+        .await
+        .expect_status(200, "narinfo")
+        .text(),
+    );
+    let size: u64 = narinfo.field("FileSize").parse().expect("FileSize");
+    assert!(
+        size > 8 * 1024 * 1024,
+        "the blob's NAR ({size} bytes) must exceed one 8 MiB part"
+    );
+    drop(writer);
+    fleet.upstream.stop().await;
+
+    let reader_config = env
+        .ncps_config(&[&fleet.upstream], &[&fleet.upstream_key.public])
+        .with_args(&shared);
+    let reader = env.ncps(&reader_config).await;
+    let url = reader.url_for(narinfo.field("URL"));
+    let whole = http::get(&url)
+        .await
+        .expect_ok_with_length("the large NAR from S3");
+    let head = http::head(&url)
+        .await
+        .expect_status(200, "HEAD of the large NAR on S3");
+    assert_eq!(
+        head.content_length(),
+        whole.content_length(),
+        "HEAD = GET on S3"
+    );
+    narinfo
+        .verify_nar(&whole.body)
+        .unwrap_or_else(|e| panic!("the large NAR read back from S3: {e}"));
+    let client = http::client();
+    let (start, end) = (8 * 1024 * 1024 - 10, 8 * 1024 * 1024 + 10);
+    let part = http::fetch(
+        &client,
+        reqwest::Method::GET,
+        &url,
+        &[("Range", &format!("bytes={start}-{}", end - 1))],
+    )
+    .await
+    .expect("ranged GET")
+    .expect_status(206, "a range across the first part boundary");
+    assert_eq!(part.body, whole.body.slice(start..end));
+    env.client()
+        .substitute_ok(&reader.url(), &key, closure)
         .await;
 }

@@ -1,7 +1,7 @@
 //! A Nix client that trusts only ncps's key substitutes a whole closure through ncps, and then
 //! from ncps alone once the upstream is gone.
 
-use crate::harness::{Compression, Fixture};
+use crate::harness::{Compression, Fixture, TestEnv, http};
 
 async fn substitutes_then_serves_from_cache_alone(compression: Compression) {
     let mut fx = Fixture::new(compression).await;
@@ -69,4 +69,53 @@ async fn cache_and_key_survive_a_restart() {
         .client()
         .substitute_ok(&fx.ncps.url(), &ncps_key, &fx.closure)
         .await;
+}
+
+/// Everything configured through environment variables alone (`serve` with no flag): where the
+/// data lives, the address, the upstream and its key, chunking and uploads. The closure
+/// substitutes, NARs are stored as chunks, and the key is named after `CACHE_HOSTNAME`.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_configured_by_environment_variables_alone() {
+    let env = TestEnv::new();
+    let closure = env.closure().await;
+    let key = env.key("env-upstream-1").await;
+    key.sign(env.path(), &closure.top).await;
+    let upstream = env.upstream(&closure, Compression::Xz).await;
+    let mut config = env.ncps_config(&[&upstream], &[&key.public]);
+    config.hostname = "from-the-environment".into();
+    config.via_environment = true;
+    config.extra_env = vec![
+        ("CACHE_CDC_ENABLED".into(), "true".into()),
+        ("CACHE_ALLOW_PUT_VERB".into(), "true".into()),
+    ];
+    let ncps = env.ncps(&config).await;
+    let ncps_key = ncps.pubkey().await;
+    assert!(
+        ncps_key.starts_with("from-the-environment:"),
+        "the key is not named after CACHE_HOSTNAME: {ncps_key}"
+    );
+    env.client()
+        .substitute_ok(&ncps.url(), &ncps_key, &closure)
+        .await;
+    assert!(
+        config.whole_nar_files().is_empty() && !config.chunk_files().is_empty(),
+        "CACHE_CDC_ENABLED=true was not honoured: whole files {:?}",
+        config.whole_nar_files()
+    );
+    // Uploads are on: a PUT reaches its handler (400 for an empty narinfo, not 405).
+    let resp = http::fetch(
+        &http::client(),
+        reqwest::Method::PUT,
+        &ncps.url_for(&format!(
+            "{}.narinfo",
+            crate::harness::narinfo::random_store_hash()
+        )),
+        &[],
+    )
+    .await
+    .expect("PUT");
+    assert_eq!(
+        resp.status, 400,
+        "CACHE_ALLOW_PUT_VERB=true was not honoured"
+    );
 }

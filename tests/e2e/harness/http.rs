@@ -134,3 +134,59 @@ pub async fn raw_get(authority: &str, raw_path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// `n` concurrent GETs of `url`, every one of which provably overlaps the one upstream download:
+/// the upstream holds NAR bodies until each request has its response headers (so each joined
+/// the download in flight; none can have been served from storage), then lets them go.
+/// Returns the complete responses, in request order.
+pub async fn overlapping_gets(
+    upstream: &super::upstream::Upstream,
+    url: &str,
+    n: usize,
+) -> Vec<Resp> {
+    upstream.hold_nars();
+    let client = client();
+    let (headers_in, mut headers_seen) = tokio::sync::mpsc::channel::<()>(n);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, url, headers_in) = (client.clone(), url.to_owned(), headers_in.clone());
+            tokio::spawn(async move {
+                let what = format!("request {i} for {url}");
+                let response = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let _ = headers_in.send(()).await;
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body = response
+                    .bytes()
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: body: {e}"));
+                Resp {
+                    status,
+                    headers,
+                    body,
+                }
+            })
+        })
+        .collect();
+    drop(headers_in);
+    let all_in_flight = async {
+        for _ in 0..n {
+            headers_seen
+                .recv()
+                .await
+                .expect("a request ended before its response headers");
+        }
+    };
+    let joined = tokio::time::timeout(Duration::from_secs(30), all_in_flight).await;
+    upstream.release_nars();
+    joined.expect("not every request joined the download in flight within 30 s");
+    let mut responses = Vec::with_capacity(n);
+    for task in tasks {
+        responses.push(task.await.expect("request task"));
+    }
+    responses
+}

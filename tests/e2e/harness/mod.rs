@@ -8,6 +8,7 @@ pub mod http;
 pub mod narinfo;
 pub mod ncps;
 pub mod nix;
+pub mod server_db;
 pub mod upload;
 pub mod upstream;
 
@@ -21,6 +22,7 @@ use tempfile::TempDir;
 pub use self::narinfo::NarInfo;
 pub use self::ncps::{Ncps, NcpsConfig, NcpsRun};
 pub use self::nix::{Closure, Compression, NixClient, SigningKey};
+pub use self::server_db::ServerDatabase;
 pub use self::upstream::Upstream;
 
 /// The name ncps signs with (it is also its `--cache-hostname`).
@@ -94,6 +96,7 @@ impl TestEnv {
         TestEnv {
             dir: tempfile::Builder::new()
                 .prefix("ncps-e2e-")
+                .disable_cleanup(std::env::var_os("NCPS_KEEP").is_some())
                 .tempdir()
                 .expect("temp dir"),
         }
@@ -139,6 +142,8 @@ impl TestEnv {
             upstreams: upstreams.iter().map(|u| u.url()).collect(),
             public_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             extra_args: Vec::new(),
+            via_environment: false,
+            extra_env: Vec::new(),
         }
     }
 

@@ -27,6 +27,11 @@ pub struct NcpsConfig {
     pub public_keys: Vec<String>,
     /// More `serve` flags, appended after the ones above (e.g. `--cache-cdc-enabled`).
     pub extra_args: Vec<String>,
+    /// Give everything above as environment variables (`CACHE_HOSTNAME`, …) instead of flags;
+    /// `extra_env` then carries what `extra_args` would.
+    pub via_environment: bool,
+    /// More environment variables for `serve`.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl NcpsConfig {
@@ -51,8 +56,30 @@ impl NcpsConfig {
         ]
     }
 
+    /// The environment variables that configure `serve` like [`NcpsConfig::serve_args`]
+    /// does with flags, listening on `addr`.
+    pub fn serve_env(&self, addr: SocketAddr) -> Vec<(String, String)> {
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let mut env = vec![
+            ("CACHE_HOSTNAME".to_owned(), self.hostname.clone()),
+            ("CACHE_STORAGE_LOCAL".to_owned(), path(&self.data_dir)),
+            ("CACHE_TEMP_PATH".to_owned(), path(&self.temp_dir)),
+            ("SERVER_ADDR".to_owned(), addr.to_string()),
+            ("CACHE_UPSTREAM_URLS".to_owned(), self.upstreams.join(",")),
+            (
+                "CACHE_UPSTREAM_PUBLIC_KEYS".to_owned(),
+                self.public_keys.join(","),
+            ),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
     /// `serve` with every flag of this configuration, listening on `addr`.
     pub fn serve_args(&self, addr: SocketAddr) -> Vec<OsString> {
+        if self.via_environment {
+            return vec!["serve".into()];
+        }
         let mut args: Vec<OsString> = vec!["serve".into()];
         args.extend(self.storage_args());
         args.extend(["--server-addr".into(), addr.to_string().into()]);
@@ -211,7 +238,11 @@ impl Ncps {
         let addr = free_port();
         let log_file = unique_dir(work, "ncps-log").join("ncps.log");
         let log = File::create(&log_file).expect("create ncps log");
-        let child = ncps_command(work)
+        let mut command = ncps_command(work);
+        if config.via_environment {
+            command.envs(config.serve_env(addr));
+        }
+        let child = command
             .args(config.serve_args(addr))
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

@@ -231,6 +231,8 @@ impl SigningKey {
 pub enum Compression {
     Xz,
     Zstd,
+    Bzip2,
+    Brotli,
     None,
 }
 
@@ -240,6 +242,8 @@ impl Compression {
         match self {
             Compression::Xz => "xz",
             Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
+            Compression::Brotli => "br",
             Compression::None => "none",
         }
     }

@@ -271,14 +271,14 @@ impl UploadServer {
     }
 
     /// The single number `sql` selects from ncps's SQLite database, read with the `sqlite3`
-    /// CLI; `None` when that is not installed.
-    pub fn db_count(&self, sql: &str) -> Option<u64> {
+    /// CLI (a missing CLI fails the test).
+    pub fn db_count(&self, sql: &str) -> u64 {
         let db = self.config.data_dir.join("db").join("db.sqlite");
-        let output = match Command::new("sqlite3").arg(&db).arg(sql).output() {
-            Ok(output) => output,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => panic!("run sqlite3: {e}"),
-        };
+        let output = Command::new(ncps_test_services::tool("sqlite3"))
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .unwrap_or_else(|e| panic!("run sqlite3: {e}"));
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -286,11 +286,9 @@ impl UploadServer {
             db.display(),
             String::from_utf8_lossy(&output.stderr)
         );
-        Some(
-            stdout
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("sqlite3 {sql:?} printed {stdout:?}")),
-        )
+        stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("sqlite3 {sql:?} printed {stdout:?}"))
     }
 }

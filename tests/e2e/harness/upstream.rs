@@ -38,6 +38,8 @@ struct Knobs {
     delay_ms: AtomicU64,
     /// Answer 401 unless the request's `Authorization` header is exactly this.
     required_authorization: Mutex<Option<String>>,
+    /// While true, NAR bodies (headers sent) wait before their first byte.
+    hold_nars: tokio::sync::watch::Sender<bool>,
 }
 
 struct Shared {
@@ -139,6 +141,17 @@ impl Upstream {
 
     pub fn truncate_nars(&self, on: bool) {
         self.shared.knobs.truncate_nars.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on, NAR responses send their headers and then wait, before the first byte of
+    /// the body, until [`Upstream::release_nars`]: a download that is certainly in flight.
+    pub fn hold_nars(&self) {
+        self.shared.knobs.hold_nars.send_replace(true);
+    }
+
+    /// Lets held NAR bodies (and later ones) go.
+    pub fn release_nars(&self) {
+        self.shared.knobs.hold_nars.send_replace(false);
     }
 
     /// Closes the listener and every connection: afterwards connections are refused.
@@ -314,6 +327,14 @@ fn status(code: StatusCode) -> Response {
 fn nar_body(content: Bytes, knobs: &Knobs) -> Body {
     let pause = Duration::from_millis(knobs.throttle_ms.load(Ordering::SeqCst));
     let truncate = knobs.truncate_nars.load(Ordering::SeqCst);
+    let mut hold = knobs.hold_nars.subscribe();
+    if *hold.borrow() {
+        let held = futures::stream::once(async move {
+            let _ = hold.wait_for(|held| !held).await;
+            Ok::<_, io::Error>(content)
+        });
+        return Body::from_stream(held);
+    }
     if pause.is_zero() && !truncate {
         return Body::from(content);
     }
