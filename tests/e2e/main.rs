@@ -7,6 +7,7 @@
 //! upstream's request log. Tests on PostgreSQL, MariaDB, Redis and S3 need the servers
 //! `scripts/test` starts and fail without them (`ncps-test-services` says which);
 //! `--profile no-services` leaves them out, and nextest reports them as skipped.
+//! `NCPS_KEEP=1` keeps each test's directory (ncps's data, logs, the upstream) for inspection.
 
 mod harness;
 

@@ -113,6 +113,25 @@ mod tests {
         file.set_modified(SystemTime::now() - by).unwrap();
     }
 
+    /// Every kind, written out: the sweep's list must name each of them.
+    const EVERY_KIND: [TempKind; 4] = [
+        TempKind::Download,
+        TempKind::Upload,
+        TempKind::Import,
+        TempKind::Unchunk,
+    ];
+
+    #[test]
+    fn the_sweep_knows_every_kind() {
+        for kind in EVERY_KIND {
+            // A new kind must be added here (this match) and to `ALL`.
+            match kind {
+                TempKind::Download | TempKind::Upload | TempKind::Import | TempKind::Unchunk => {}
+            }
+            assert!(TempKind::ALL.contains(&kind), "{kind:?} is never swept");
+        }
+    }
+
     #[test]
     fn prefixes_are_distinct() {
         for a in TempKind::ALL {
@@ -129,7 +148,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let temp = TempFiles::new(dir.path().join("tmp"));
         let mut left = Vec::new();
-        for kind in TempKind::ALL {
+        for kind in EVERY_KIND {
             let (_, path) = temp.create(kind).unwrap();
             // As if the process died: the file outlives its handle.
             left.push(path.keep().unwrap());
@@ -141,7 +160,7 @@ mod tests {
         for path in left.iter().chain([&foreign]) {
             age(path, 2 * hour);
         }
-        assert_eq!(temp.sweep(hour), TempKind::ALL.len());
+        assert_eq!(temp.sweep(hour), EVERY_KIND.len());
         for path in &left {
             assert!(!path.exists(), "{} left behind", path.display());
         }

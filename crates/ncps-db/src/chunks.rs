@@ -292,6 +292,28 @@ mod tests {
     }
 
     db_test! {
+        async fn a_chunk_referenced_again_is_not_forgotten(db) {
+            // The collector found `c` unreferenced; before it deleted the row, another NAR
+            // committed a list naming `c` again. The delete re-checks and keeps it.
+            let c = chunk(7);
+            let (a, b) = (Sha256Hash::digest(b"nar a"), Sha256Hash::digest(b"nar b"));
+            db.commit_chunks(&a, 100, &[c], Sha256Hash::digest(b"s"))
+                .await
+                .unwrap();
+            db.drop_chunk_list(&a).await.unwrap();
+            assert_eq!(db.unreferenced_chunks(i64::MAX, 10).await.unwrap(), vec![c.hash]);
+            db.commit_chunks(&b, 100, &[c], Sha256Hash::digest(b"s"))
+                .await
+                .unwrap();
+            assert!(!db.forget_unreferenced_chunk(&c.hash).await.unwrap());
+            assert_eq!(db.known_chunks(&[c.hash]).await.unwrap(), vec![c.hash]);
+            db.drop_chunk_list(&b).await.unwrap();
+            assert!(db.forget_unreferenced_chunk(&c.hash).await.unwrap());
+            assert!(db.known_chunks(&[c.hash]).await.unwrap().is_empty());
+        }
+    }
+
+    db_test! {
         async fn chunk_lists_share_chunks_and_release_them(db) {
             let a = Sha256Hash::digest(b"a");
             let b = Sha256Hash::digest(b"b");
