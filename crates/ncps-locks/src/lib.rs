@@ -239,15 +239,27 @@ mod tests {
 
         use super::*;
 
+        /// Two replicas' Redis lock clients sharing a fresh key prefix, with the URL and prefix.
+        fn redis_pair() -> (String, String, RedisLocks, RedisLocks) {
+            let url = format!("redis://{}/0", ncps_test_services::redis_addr());
+            let prefix = unique("test:");
+            let a = RedisLocks::new(&url, &prefix).unwrap();
+            let b = RedisLocks::new(&url, &prefix).unwrap();
+            (url, prefix, a, b)
+        }
+
+        /// Two replicas' advisory lock clients sharing a fresh prefix, with the URL and prefix.
+        fn postgres_pair() -> (String, String, PostgresLocks, PostgresLocks) {
+            let url = ncps_test_services::postgres_url();
+            let prefix = unique("test:");
+            let a = PostgresLocks::new(&url, &prefix).unwrap();
+            let b = PostgresLocks::new(&url, &prefix).unwrap();
+            (url, prefix, a, b)
+        }
+
         #[tokio::test]
         async fn redis_locks_are_exclusive_renewed_fenced_and_released() {
-            let addr = ncps_test_services::redis_addr();
-            let url = format!("redis://{addr}/0");
-            let prefix = unique("test:");
-            let (a, b) = (
-                RedisLocks::new(&url, &prefix).unwrap(),
-                RedisLocks::new(&url, &prefix).unwrap(),
-            );
+            let (url, prefix, a, b) = redis_pair();
             let ttl = Duration::from_secs(1);
             let held = a.try_lock("k", ttl).await.unwrap().expect("free");
             assert!(
@@ -336,12 +348,7 @@ mod tests {
 
         #[tokio::test]
         async fn postgres_advisory_locks_are_exclusive_and_released() {
-            let url = ncps_test_services::postgres_url();
-            let prefix = unique("test:");
-            let (a, b) = (
-                PostgresLocks::new(&url, &prefix).unwrap(),
-                PostgresLocks::new(&url, &prefix).unwrap(),
-            );
+            let (_, _, a, b) = postgres_pair();
             let ttl = Duration::from_secs(1);
             let held = a.try_lock("k", ttl).await.unwrap().expect("free");
             assert!(
@@ -355,12 +362,7 @@ mod tests {
         /// A replica that dies loses its advisory locks with its database session.
         #[tokio::test]
         async fn a_dead_sessions_advisory_lock_is_released() {
-            let url = ncps_test_services::postgres_url();
-            let prefix = unique("test:");
-            let (a, b) = (
-                PostgresLocks::new(&url, &prefix).unwrap(),
-                PostgresLocks::new(&url, &prefix).unwrap(),
-            );
+            let (url, prefix, a, b) = postgres_pair();
             let ttl = Duration::from_secs(1);
             let held = a.try_lock("k", ttl).await.unwrap().expect("free");
             assert!(b.try_lock("k", ttl).await.unwrap().is_none());

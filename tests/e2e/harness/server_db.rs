@@ -52,9 +52,14 @@ impl ServerDatabase {
 
     fn admin_sql(&self, sql: &str) {
         let flag = if self.is_postgres() { "-c" } else { "-e" };
-        let out = Command::new(&self.admin[0])
-            .args(&self.admin[1..])
-            .args([flag, sql])
+        let mut cmd = Command::new(&self.admin[0]);
+        cmd.args(&self.admin[1..]).args([flag, sql]);
+        self.run(cmd, sql);
+    }
+
+    /// Runs the client; its output, or a panic with its errors.
+    fn run(&self, mut cmd: Command, sql: &str) -> String {
+        let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", self.admin[0]));
         assert!(
@@ -63,6 +68,7 @@ impl ServerDatabase {
             self.admin[0],
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn is_postgres(&self) -> bool {
@@ -79,16 +85,7 @@ impl ServerDatabase {
             cmd.args(&self.admin[1..])
                 .args(["-D", &self.name, "-N", "-B", "-e", sql]);
         }
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", self.admin[0]));
-        assert!(
-            out.status.success(),
-            "{} {sql:?}: {}",
-            self.admin[0],
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        self.run(cmd, sql)
     }
 
     /// The single number `sql` selects.
