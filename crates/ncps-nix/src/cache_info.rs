@@ -173,4 +173,13 @@ mod tests {
             E::TooLarge { .. }
         ));
     }
+
+    #[test]
+    fn a_text_of_exactly_the_limit_is_accepted() {
+        let head = "StoreDir: /nix/store\nPriority: ";
+        let zeros = "0".repeat(MAX_TEXT_LEN - head.len() - "40\n".len());
+        let text = format!("{head}{zeros}40\n");
+        assert_eq!(text.len(), MAX_TEXT_LEN);
+        assert_eq!(CacheInfo::parse(&text).unwrap().priority, Some(40));
+    }
 }

@@ -100,4 +100,10 @@ mod tests {
             assert!(bad.parse::<ChunkHash>().is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn debug_names_the_hash() {
+        let h = ChunkHash::digest(b"chunk");
+        assert_eq!(format!("{h:?}"), format!("ChunkHash({h})"));
+    }
 }

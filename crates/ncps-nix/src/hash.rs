@@ -211,4 +211,12 @@ mod tests {
         let multibyte = format!("sha256:{}", "é".repeat(32));
         assert_eq!(Sha256Hash::parse(&multibyte), Err(HashError::Hex));
     }
+
+    #[test]
+    fn as_bytes_is_the_digest() {
+        use sha2::{Digest, Sha256};
+        let h = Sha256Hash::digest(b"bytes");
+        assert_eq!(h.as_bytes()[..], Sha256::digest(b"bytes")[..]);
+        assert_eq!(Sha256Hash::from_bytes(*h.as_bytes()), h);
+    }
 }

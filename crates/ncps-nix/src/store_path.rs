@@ -315,4 +315,10 @@ mod tests {
         sorted.sort();
         assert_eq!(printed, sorted);
     }
+
+    #[test]
+    fn debug_names_the_path() {
+        let p = StorePath::parse_base_name("7rjj86a15146cq1d0ybgnwyqdwgv9lfh-hello").unwrap();
+        assert_eq!(format!("{p:?}"), format!("StorePath({p})"));
+    }
 }

@@ -462,4 +462,14 @@ NarSize: 288";
             assert!(NarInfo::parse(text).is_err(), "{text:?}");
         }
     }
+
+    #[test]
+    fn a_text_of_exactly_the_limit_is_accepted() {
+        // Real narinfos with thousands of references approach the cap: it must be the cap.
+        let head = format!("{MINIMAL}\nFutureKey: ");
+        let text = format!("{head}{}\n", "x".repeat(MAX_TEXT_LEN - head.len() - 1));
+        assert_eq!(text.len(), MAX_TEXT_LEN);
+        assert_eq!(NarInfo::parse(&text).unwrap().nar_size, 288);
+        assert_eq!(MAX_TEXT_LEN, 1 << 20);
+    }
 }
