@@ -702,6 +702,45 @@ mod tests {
         concurrent_opens_and_reopening(Engine::Mysql).await;
     }
 
+    /// Two processes writing one SQLite file at once (a server and an admin command): each
+    /// write transaction takes the write lock when it starts (`BEGIN IMMEDIATE`), so they wait
+    /// for each other instead of one failing with "database is locked" when its read turns into
+    /// a write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_write_one_sqlite_file_without_failing() {
+        use ncps_nix::{ChunkHash, Sha256Hash};
+
+        use crate::ChunkRef;
+
+        let fresh = FreshUrl::new(Engine::Sqlite).await;
+        let (a, b) = (
+            Database::open(&fresh.url).await.unwrap(),
+            Database::open(&fresh.url).await.unwrap(),
+        );
+        let writes = |db: Database, side: u32| {
+            tokio::spawn(async move {
+                for i in 0..40u32 {
+                    // A read, then writes, in one transaction.
+                    let n = side * 1000 + i;
+                    let chunk = ChunkRef {
+                        hash: ChunkHash::digest(&n.to_le_bytes()),
+                        plain_size: 10,
+                        stored_size: 5,
+                    };
+                    let nar = Sha256Hash::digest(&n.to_le_bytes());
+                    db.commit_chunks(&nar, 10, &[chunk], Sha256Hash::digest(b"s"))
+                        .await
+                        .unwrap_or_else(|e| panic!("write {n}: {e}"));
+                }
+            })
+        };
+        let (x, y) = (writes(a.clone(), 1), writes(b.clone(), 2));
+        x.await.unwrap();
+        y.await.unwrap();
+        a.pool.close().await;
+        b.pool.close().await;
+    }
+
     #[tokio::test]
     async fn unreachable_servers_fail_clearly() {
         for url in [
