@@ -9,6 +9,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use reqwest::Method;
+
+use crate::harness::narinfo::store_hash;
 use crate::harness::{Compression, Ncps, NcpsConfig, TestEnv, eventually_within, http, random_hex};
 
 /// The shared services, from the environment.
@@ -399,6 +402,66 @@ async fn chunked_replicas_on_s3() {
     let second = env.ncps(&second_config).await;
     env.client()
         .substitute_ok(&second.url(), &key, closure)
+        .await;
+}
+
+/// Behind a load balancer, `nix copy --to` may send a NAR to one replica and its narinfo to
+/// another: the upload waits in the shared database and storage, not in one process. Every NAR
+/// of a closure goes to replica 1; replica 2 knows each one is there (HEAD, as `nix copy` asks
+/// before sending), accepts the narinfos, and a client substitutes the closure through replica 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_may_reach_two_replicas() {
+    let services = Services::from_env();
+    let fleet = Fleet::new(&services, Compression::Xz, postgres_locks(&services)).await;
+    let env = &fleet.env;
+    let closure = env.closure_with_blob(1_000_000).await;
+    let uploader = env.key("replicas-uploader-1").await;
+    uploader.sign(env.path(), &closure.top).await;
+    let files = env.file_cache(&closure.top, Compression::Xz).await;
+    let empty = env.empty_upstream().await;
+    let mut args: Vec<&str> = fleet.shared.iter().map(String::as_str).collect();
+    args.extend([
+        "--cache-allow-put-verb",
+        "--cache-require-trusted-signature",
+        "--cache-trusted-upload-key",
+        &uploader.public,
+    ]);
+    let trusted = [fleet.upstream_key.public.as_str()];
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let config = env.ncps_config(&[&empty], &trusted).with_args(&args);
+        replicas.push(env.ncps(&config).await);
+    }
+    let client = http::client();
+    let put = |url: String, body: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let resp = crate::harness::upload::send(&client, Method::PUT, &url, &[], body)
+                .await
+                .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+            assert!(
+                (200..300).contains(&resp.status),
+                "PUT {url}: {} {}",
+                resp.status,
+                resp.excerpt()
+            );
+        }
+    };
+    for path in &closure.paths {
+        put(replicas[0].url_for(&files.nar_url(path)), files.nar(path)).await;
+    }
+    for path in &closure.paths {
+        let nar_url = replicas[1].url_for(&files.nar_url(path));
+        http::head(&nar_url)
+            .await
+            .expect_status(200, &format!("HEAD {nar_url}"));
+        let narinfo_rel = format!("{}.narinfo", store_hash(path));
+        let text = files.narinfo_text(path).into_bytes();
+        put(replicas[1].url_for(&narinfo_rel), text).await;
+    }
+    let key = replicas[0].pubkey().await;
+    env.client()
+        .substitute_ok(&replicas[0].url(), &key, &closure)
         .await;
 }
 

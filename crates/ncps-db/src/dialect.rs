@@ -194,6 +194,17 @@ pub(crate) fn text(row: &AnyRow, column: &str) -> Result<String, DbError> {
     })
 }
 
+/// Binds each of `items`, in order (the SQL has a `?` for each, from [`placeholders`]).
+pub(crate) fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    items: &'q [String],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for item in items {
+        q = q.bind(item);
+    }
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

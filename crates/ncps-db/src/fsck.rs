@@ -8,7 +8,7 @@ use ncps_nix::{ChunkHash, NarKey, Sha256Hash, StorePathHash};
 use sqlx::Row;
 
 use crate::dialect::text;
-use crate::nars::nar_from_row;
+use crate::nars::{NAR_UNUSED, nar_from_row};
 use crate::repo::{corrupt, now_secs};
 use crate::{Database, DbError, NarRecord};
 
@@ -277,14 +277,10 @@ impl Database {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Stored NARs no narinfo describes, oldest first.
+    /// Stored NARs no narinfo describes and no upload waits for, oldest first.
     pub async fn unreferenced_nars(&self) -> Result<Vec<UnreferencedNar>, DbError> {
-        let rows = sqlx::query(
-            "SELECT * FROM nars WHERE NOT EXISTS \
-             (SELECT 1 FROM narinfos n WHERE n.nar_hash = nars.nar_hash) ORDER BY created_at",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!("SELECT * FROM nars WHERE {NAR_UNUSED} ORDER BY created_at");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(UnreferencedNar {
@@ -293,17 +289,6 @@ impl Database {
                 })
             })
             .collect()
-    }
-
-    /// Whether any narinfo describes this NAR (re-checked right before an unreferenced NAR is
-    /// deleted).
-    pub async fn nar_is_referenced(&self, nar_hash: &Sha256Hash) -> Result<bool, DbError> {
-        let found: Option<i64> =
-            sqlx::query_scalar(&self.sql("SELECT 1 FROM narinfos WHERE nar_hash = ? LIMIT 1"))
-                .bind(nar_hash.to_string())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
     }
 
     /// Chunks whose recorded reference count differs from the number of chunk-list entries
@@ -490,8 +475,6 @@ mod tests {
             assert_eq!(unref.len(), 1);
             assert_eq!(unref[0].record.nar_hash, loose);
             assert!(unref[0].created_at > 0);
-            assert!(!db.nar_is_referenced(&loose).await.unwrap());
-            assert!(db.nar_is_referenced(&info.narinfo.nar_hash).await.unwrap());
             assert!(db.whole_file_recorded(&whole(b"a").key).await.unwrap());
             assert!(!db.whole_file_recorded(&whole(b"zz").key).await.unwrap());
         }

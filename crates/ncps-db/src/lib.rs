@@ -46,6 +46,7 @@ mod realisations;
 mod records;
 mod repo;
 mod settings;
+mod uploads;
 
 pub use connect::{DatabaseUrl, parse_database_url};
 pub use error::DbError;
@@ -57,3 +58,4 @@ pub use lru::LruEntry;
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
 pub use repo::{Database, PoolOptions, now_secs};
+pub use uploads::UploadedNar;

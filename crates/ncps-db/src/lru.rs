@@ -6,11 +6,8 @@ use std::str::FromStr;
 
 use ncps_nix::{Sha256Hash, StorePathHash};
 use sqlx::Row;
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
 
-use crate::dialect::{placeholders, text};
-use crate::nars::nar_from_row;
+use crate::dialect::{bind_all, placeholders, text};
 use crate::repo::{ROWS_PER_STATEMENT, corrupt, to_u64};
 use crate::{Database, DbError, NarRecord};
 
@@ -23,17 +20,6 @@ pub struct LruEntry {
     pub last_accessed_at: i64,
     /// Bytes its NAR takes in storage (0 when not stored), to evict no more than needed.
     pub stored_size: u64,
-}
-
-/// Binds each of `items`, in order (the SQL has a `?` for each, from [`placeholders`]).
-fn bind_all<'q>(
-    mut q: Query<'q, sqlx::Any, AnyArguments<'q>>,
-    items: &'q [String],
-) -> Query<'q, sqlx::Any, AnyArguments<'q>> {
-    for item in items {
-        q = q.bind(item);
-    }
-    q
 }
 
 impl Database {
@@ -149,50 +135,7 @@ impl Database {
             let sql = format!("DELETE FROM narinfos WHERE hash IN {list}");
             let sql = self.sql(&sql);
             bind_all(sqlx::query(&sql), batch).execute(&mut *tx).await?;
-            if nar_hashes.is_empty() {
-                tx.commit().await?;
-                continue;
-            }
-            let sql = format!(
-                "SELECT * FROM nars WHERE NOT EXISTS \
-                 (SELECT 1 FROM narinfos i WHERE i.nar_hash = nars.nar_hash) \
-                 AND nar_hash IN {}",
-                placeholders(nar_hashes.len())
-            );
-            let sql = self.sql(&sql);
-            let orphans = bind_all(sqlx::query(&sql), &nar_hashes)
-                .fetch_all(&mut *tx)
-                .await?;
-            let orphans: Vec<NarRecord> =
-                orphans.iter().map(nar_from_row).collect::<Result<_, _>>()?;
-            let gone: Vec<String> = orphans.iter().map(|r| r.nar_hash.to_string()).collect();
-            if !gone.is_empty() {
-                let gone_list = placeholders(gone.len());
-                let in_gone =
-                    format!("(SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN {gone_list})");
-                let sql = format!(
-                    "UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM nar_chunks n \
-                     WHERE n.chunk_hash = chunks.hash AND n.nar_hash IN {gone_list}) \
-                     WHERE hash IN {in_gone}"
-                );
-                let sql = self.sql(&sql);
-                bind_all(bind_all(sqlx::query(&sql), &gone), &gone)
-                    .execute(&mut *tx)
-                    .await?;
-                let sql = format!(
-                    "UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 \
-                     AND unreferenced_since IS NULL AND hash IN {in_gone}"
-                );
-                let sql = self.sql(&sql);
-                bind_all(sqlx::query(&sql).bind(crate::now_secs()), &gone)
-                    .execute(&mut *tx)
-                    .await?;
-                for table in ["nar_chunks", "nar_urls", "nars"] {
-                    let sql = format!("DELETE FROM {table} WHERE nar_hash IN {gone_list}");
-                    let sql = self.sql(&sql);
-                    bind_all(sqlx::query(&sql), &gone).execute(&mut *tx).await?;
-                }
-            }
+            let orphans = self.remove_unused_nars(&mut tx, &nar_hashes).await?;
             tx.commit().await?;
             removed.extend(orphans);
         }

@@ -4,11 +4,17 @@ use ncps_nix::{NarKey, Sha256Hash};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::dialect::opt_text;
-use crate::repo::{corrupt, now_secs, to_i64, to_u64};
+use crate::dialect::{bind_all, opt_text, placeholders};
+use crate::repo::{WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
 
 const T: &str = "nars";
+
+/// The one rule for "nobody needs this NAR" (a condition on a row of `nars`): no narinfo
+/// describes it and no upload waits for its narinfo. Eviction, upload expiry and fsck use it.
+pub(crate) const NAR_UNUSED: &str = "NOT EXISTS \
+    (SELECT 1 FROM narinfos i WHERE i.nar_hash = nars.nar_hash) AND NOT EXISTS \
+    (SELECT 1 FROM uploaded_nars u WHERE u.nar_hash = nars.nar_hash)";
 
 impl Database {
     /// A stored NAR, in whichever forms it is stored.
@@ -43,6 +49,59 @@ impl Database {
             None => None,
         };
         Ok(Some((nar_hash, record)))
+    }
+
+    /// Removes, inside `tx`, each of `nar_hashes` that is [unused](NAR_UNUSED): its row, its URLs
+    /// and its chunk list (its chunks lose a reference each and become collectable at zero).
+    /// Returns the NARs removed, so the caller deletes their whole files once `tx` commits.
+    pub(crate) async fn remove_unused_nars(
+        &self,
+        tx: &mut WriteTx,
+        nar_hashes: &[String],
+    ) -> Result<Vec<NarRecord>, DbError> {
+        if nar_hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT * FROM nars WHERE {NAR_UNUSED} AND nar_hash IN {}",
+            placeholders(nar_hashes.len())
+        );
+        let sql = self.sql(&sql);
+        let rows = bind_all(sqlx::query(&sql), nar_hashes)
+            .fetch_all(&mut **tx)
+            .await?;
+        let unused: Vec<NarRecord> = rows.iter().map(nar_from_row).collect::<Result<_, _>>()?;
+        let gone: Vec<String> = unused.iter().map(|r| r.nar_hash.to_string()).collect();
+        if gone.is_empty() {
+            return Ok(unused);
+        }
+        let gone_list = placeholders(gone.len());
+        let in_gone = format!("(SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN {gone_list})");
+        let sql = format!(
+            "UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM nar_chunks n \
+             WHERE n.chunk_hash = chunks.hash AND n.nar_hash IN {gone_list}) \
+             WHERE hash IN {in_gone}"
+        );
+        let sql = self.sql(&sql);
+        bind_all(bind_all(sqlx::query(&sql), &gone), &gone)
+            .execute(&mut **tx)
+            .await?;
+        let sql = format!(
+            "UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 \
+             AND unreferenced_since IS NULL AND hash IN {in_gone}"
+        );
+        let sql = self.sql(&sql);
+        bind_all(sqlx::query(&sql).bind(now_secs()), &gone)
+            .execute(&mut **tx)
+            .await?;
+        for table in ["nar_chunks", "nar_urls", "nars"] {
+            let sql = format!("DELETE FROM {table} WHERE nar_hash IN {gone_list}");
+            let sql = self.sql(&sql);
+            bind_all(sqlx::query(&sql), &gone)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(unused)
     }
 
     /// Records a verified whole file of a NAR. A whole file already recorded is kept.

@@ -35,7 +35,7 @@ pub use chunking::ChunkSettings;
 pub(crate) use chunking::{Chunked, chunk_verified};
 pub(crate) use download::Download;
 use download::Downloads;
-use upload::PendingUploads;
+pub(crate) use upload::UPLOAD_WAITS_FOR_NARINFO;
 pub(crate) use upload::file_source;
 pub use upload::{MAX_NARINFO_UPLOAD, UploadConfig};
 pub(crate) use verify::{Expected, write_verified};
@@ -59,7 +59,6 @@ struct State {
     metrics: Arc<Metrics>,
     temp: TempFiles,
     downloads: Downloads,
-    pending: PendingUploads,
     /// The lock service shared by replicas.
     locks: Arc<dyn LockService>,
     /// In-process locks in front of `locks`, so one task per process polls the lock service.
@@ -89,7 +88,6 @@ impl Ingest {
             metrics,
             downloads: Downloads::new(temp.clone()),
             temp,
-            pending: PendingUploads::default(),
             locks: config.locks.clone(),
             local_locks: LocalLocks::default(),
             download_lock_ttl: config.download_lock_ttl,

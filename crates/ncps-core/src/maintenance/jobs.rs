@@ -9,11 +9,13 @@ use ncps_nix::Sha256Hash;
 use tracing::{error, info, warn};
 
 use super::Maintenance;
-use crate::ingest::ChunkSettings;
+use crate::ingest::{ChunkSettings, UPLOAD_WAITS_FOR_NARINFO};
 use crate::schedule::{Schedule, spawn_scheduled};
 
 /// How often accesses noted by the reader are written.
 const ACCESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How often uploads whose narinfo never came are looked for.
+const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(300);
 
 /// How the background jobs run.
 #[derive(Clone, Debug)]
@@ -51,6 +53,7 @@ impl Maintenance {
             self.spawn_lru(lru);
         }
         self.spawn_gc(&jobs);
+        self.spawn_upload_expiry();
         let Some(cdc) = self.0.cdc else {
             return;
         };
@@ -102,6 +105,34 @@ impl Maintenance {
                         info!(?report, "LRU eviction finished");
                     }
                     Err(e) => error!(error = %e, "LRU eviction failed"),
+                }
+            }
+        });
+    }
+
+    fn spawn_upload_expiry(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPLOAD_EXPIRY_EVERY);
+            loop {
+                tick.tick().await;
+                let started = std::time::Instant::now();
+                match this.expire_uploads(UPLOAD_WAITS_FOR_NARINFO).await {
+                    Ok(ended) => {
+                        this.0.metrics.job_finished(
+                            "upload_expiry",
+                            started.elapsed(),
+                            None,
+                            ended,
+                        );
+                        if ended > 0 {
+                            info!(
+                                uploads = ended,
+                                "dropped uploaded NARs whose narinfo never came"
+                            );
+                        }
+                    }
+                    Err(e) => error!(error = %e, "expiring uploads failed"),
                 }
             }
         });

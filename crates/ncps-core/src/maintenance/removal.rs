@@ -1,9 +1,14 @@
-//! `DELETE` of narinfos and NARs.
+//! `DELETE` of narinfos and NARs, and the end of uploads whose narinfo never came.
+
+use std::time::Duration;
 
 use ncps_nix::{NarKey, StorePathHash};
 
 use super::Maintenance;
 use crate::CacheError;
+
+/// Uploads ended per round of [`Maintenance::expire_uploads`].
+const EXPIRED_UPLOADS_PER_ROUND: u32 = 500;
 
 impl Maintenance {
     /// Forgets a narinfo (DELETE); its NAR stays until deleted or evicted.
@@ -35,5 +40,27 @@ impl Maintenance {
             self.0.store.delete_nar(&whole.key).await?;
         }
         Ok(())
+    }
+
+    /// Ends the wait of every upload whose narinfo has not come within `wait`, deleting each
+    /// such NAR that nothing else uses; returns how many uploads ended.
+    pub async fn expire_uploads(&self, wait: Duration) -> Result<u64, CacheError> {
+        let before = ncps_db::now_secs() - i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
+        let mut ended = 0;
+        loop {
+            let keys = self
+                .0
+                .db
+                .uploads_older_than(before, EXPIRED_UPLOADS_PER_ROUND)
+                .await?;
+            if keys.is_empty() {
+                return Ok(ended);
+            }
+            self.0.ingest.end_uploads(&keys).await;
+            ended += keys.len() as u64;
+            if keys.len() < EXPIRED_UPLOADS_PER_ROUND as usize {
+                return Ok(ended);
+            }
+        }
     }
 }

@@ -185,13 +185,17 @@ impl Reader {
         Ok(text)
     }
 
-    /// The NAR a URL names: one we handed out, or `nar/<NarHash>.nar[.ext]` of any NAR we know,
-    /// so a client may ask for the plain NAR (or another compression) by its hash.
+    /// The NAR a URL names: one we handed out, one an upload waiting for its narinfo was
+    /// verified against, or `nar/<NarHash>.nar[.ext]` of any NAR we know, so a client may ask
+    /// for the plain NAR (or another compression) by its hash.
     #[tracing::instrument(name = "db.resolve_nar", skip_all, fields(nar = %key))]
     async fn resolve(&self, key: &NarKey) -> Result<Sha256Hash, CacheError> {
         let db = &self.0.db;
         if let Some(nar_hash) = db.nar_hash_for_url(key).await? {
             return Ok(nar_hash);
+        }
+        if let Some(upload) = db.uploaded_nar(key).await? {
+            return Ok(upload.nar_hash);
         }
         if db.nar(&key.hash).await?.is_some() || db.narinfo_with_origin(&key.hash).await?.is_some()
         {
@@ -204,9 +208,6 @@ impl Reader {
     /// without downloading anything. `None`: the NAR exists but its size is not known up front.
     #[tracing::instrument(name = "cache.nar_size", skip_all, fields(nar = %key))]
     pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, CacheError> {
-        if self.0.ingest.upload_pending(key) {
-            return Ok(None);
-        }
         let nar_hash = self.resolve(key).await?;
         if let Some(record) = self.0.db.nar(&nar_hash).await? {
             return Ok(self.stored_plan(key, &record).size);
