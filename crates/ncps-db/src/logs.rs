@@ -27,15 +27,6 @@ impl Database {
                 .await?,
         )
     }
-
-    /// Forgets a narinfo; `false` when there was none.
-    pub async fn delete_narinfo(&self, hash: &ncps_nix::StorePathHash) -> Result<bool, DbError> {
-        let done = sqlx::query(&self.sql("DELETE FROM narinfos WHERE hash = ?"))
-            .bind(hash.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,15 @@ impl Database {
         Ok(inserted)
     }
 
+    /// Forgets a narinfo; `false` when there was none.
+    pub async fn delete_narinfo(&self, hash: &StorePathHash) -> Result<bool, DbError> {
+        let done = sqlx::query(&self.sql("DELETE FROM narinfos WHERE hash = ?"))
+            .bind(hash.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// The NAR a URL we handed out names.
     pub async fn nar_hash_for_url(&self, key: &NarKey) -> Result<Option<Sha256Hash>, DbError> {
         let hash: Option<String> =
@@ -255,6 +264,23 @@ pub(crate) mod tests {
             db.insert_narinfo(&bare).await.unwrap();
             let hash = *bare.narinfo.store_path.hash();
             assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), bare);
+        }
+    }
+
+    db_test! {
+        async fn a_deleted_narinfo_is_gone_and_says_so_once(db) {
+            let info = sample();
+            let hash = *info.narinfo.store_path.hash();
+            db.insert_narinfo(&info).await.unwrap();
+            let mut other = sample();
+            other.narinfo.store_path =
+                StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-other").unwrap();
+            db.insert_narinfo(&other).await.unwrap();
+            assert!(db.delete_narinfo(&hash).await.unwrap());
+            assert!(db.narinfo(&hash).await.unwrap().is_none());
+            assert!(!db.delete_narinfo(&hash).await.unwrap());
+            let kept = other.narinfo.store_path.hash();
+            assert!(db.narinfo(kept).await.unwrap().is_some());
         }
     }
 }

@@ -314,4 +314,40 @@ mod tests {
             assert!(db.nars_without_whole_file(10).await.unwrap().is_empty());
         }
     }
+
+    db_test! {
+        async fn a_whole_file_expires_only_once_its_chunks_are_complete_and_its_time_came(db) {
+            let whole = |b: &[u8]| WholeFile {
+                key: NarKey::new(Sha256Hash::digest(b), Compression::Xz),
+                size: 10,
+            };
+            let chunk = crate::ChunkRef {
+                hash: ncps_nix::ChunkHash::digest(b"x"),
+                plain_size: 3,
+                stored_size: 2,
+            };
+            let (due, later, unchunked) = (
+                Sha256Hash::digest(b"due"),
+                Sha256Hash::digest(b"later"),
+                Sha256Hash::digest(b"unchunked"),
+            );
+            for (nar, at) in [(&due, 100), (&later, 300), (&unchunked, 100)] {
+                db.record_whole_file(nar, 3, whole(nar.as_bytes()), None)
+                    .await
+                    .unwrap();
+                db.set_whole_delete_after(nar, Some(at)).await.unwrap();
+                assert_eq!(db.nar(nar).await.unwrap().unwrap().whole_delete_after, Some(at));
+            }
+            for nar in [&due, &later] {
+                db.commit_chunks(nar, 3, &[chunk], Sha256Hash::digest(b"s"))
+                    .await
+                    .unwrap();
+            }
+            let expired = db.nars_with_expired_whole_file(200, 10).await.unwrap();
+            assert_eq!(expired.iter().map(|r| r.nar_hash).collect::<Vec<_>>(), vec![due]);
+            db.set_whole_delete_after(&due, None).await.unwrap();
+            assert!(db.nars_with_expired_whole_file(200, 10).await.unwrap().is_empty());
+            assert_eq!(db.nars_with_expired_whole_file(300, 10).await.unwrap().len(), 1);
+        }
+    }
 }
