@@ -18,6 +18,7 @@ mod databases;
 mod docs;
 mod failures;
 mod head_and_ranges;
+mod hostile;
 mod logs;
 mod lru;
 mod metrics;

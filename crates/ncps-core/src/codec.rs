@@ -1,11 +1,11 @@
-//! Compression conversions on blocking threads, bridged to async streams.
+//! The compression table, and a bridge from async byte streams to blocking readers.
 //!
-//! The cache serves a NAR in the compression its URL names, whatever form the NAR is stored in:
-//! a whole file in another compression, or chunks. [`transcode`] turns one byte stream into the
-//! other with bounded memory, and [`StreamReader`] lets synchronous decoders and the chunker pull
-//! from an async source.
+//! [`Codec`] says, for every compression, how ncps decodes and encodes it;
+//! [`crate::conversions`] uses it to serve a NAR in another compression than it is stored in,
+//! verification and chunking to read NARs. [`StreamReader`] lets synchronous decoders and the
+//! chunker pull from an async source.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -13,9 +13,7 @@ use ncps_nix::Compression;
 use tokio::sync::mpsc;
 
 /// Pieces queued between an async producer and a blocking consumer (and back).
-const QUEUE: usize = 16;
-/// Size of the pieces a blocking encoder hands back to the async side.
-const OUT_PIECE: usize = 128 * 1024;
+pub(crate) const QUEUE: usize = 16;
 /// zstd level for NARs recompressed on the fly: fast enough to keep up with a network link.
 const ZSTD_TRANSCODE_LEVEL: i32 = 3;
 /// xz level for the rare URL that names xz but whose NAR is only stored in another form.
@@ -87,7 +85,7 @@ impl Codec {
     }
 
     /// A compressor writing into `out`, at the levels used for conversions on the fly.
-    fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
+    pub(crate) fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
         Ok(match self {
             Self::None => Encoder::None(out),
             Self::Xz => Encoder::Xz(xz2::write::XzEncoder::new(out, XZ_TRANSCODE_LEVEL)),
@@ -157,7 +155,7 @@ impl<W: Write> WriteDecoder<W> {
 }
 
 /// A compressor writing into `out`; `finish` must be called to flush the trailer.
-enum Encoder<W: Write> {
+pub(crate) enum Encoder<W: Write> {
     None(W),
     Xz(xz2::write::XzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
@@ -166,7 +164,8 @@ enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    fn writer(&mut self) -> &mut dyn Write {
+    /// Where the plain bytes go.
+    pub(crate) fn writer(&mut self) -> &mut dyn Write {
         match self {
             Self::None(w) => w,
             Self::Xz(w) => w,
@@ -176,7 +175,8 @@ impl<W: Write> Encoder<W> {
         }
     }
 
-    fn finish(self) -> io::Result<()> {
+    /// Writes the trailer and flushes.
+    pub(crate) fn finish(self) -> io::Result<()> {
         let mut out = match self {
             Self::None(w) => w,
             Self::Xz(w) => w.finish()?,
@@ -192,11 +192,31 @@ impl<W: Write> Encoder<W> {
 pub(crate) struct StreamReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
+    watch: Option<Watch>,
+}
+
+/// What a reader waiting for input also watches, so that it never waits in vain: whoever its
+/// output goes to leaving, and input that stops coming.
+pub(crate) struct Watch {
+    /// The runtime the waits run on.
+    pub runtime: tokio::runtime::Handle,
+    /// Closed when the consumer of the reader's output went away.
+    pub consumer: mpsc::Sender<io::Result<Bytes>>,
+    /// The longest wait for the next piece of input.
+    pub stall: std::time::Duration,
 }
 
 impl StreamReader {
     /// Spawns a task that feeds `input` into the returned reader. Read it on a blocking thread.
-    pub fn spawn(mut input: BoxStream<'static, io::Result<Bytes>>) -> Self {
+    pub fn spawn(input: BoxStream<'static, io::Result<Bytes>>) -> Self {
+        Self::spawn_watched(input, None)
+    }
+
+    /// [`StreamReader::spawn`], whose reads give up (`BrokenPipe`, `TimedOut`) as `watch` says.
+    pub fn spawn_watched(
+        mut input: BoxStream<'static, io::Result<Bytes>>,
+        watch: Option<Watch>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(async move {
             while let Some(item) = input.next().await {
@@ -209,14 +229,35 @@ impl StreamReader {
         Self {
             rx,
             current: Bytes::new(),
+            watch,
         }
+    }
+
+    fn next_piece(&mut self) -> io::Result<Option<io::Result<Bytes>>> {
+        let Some(watch) = &self.watch else {
+            return Ok(self.rx.blocking_recv());
+        };
+        let rx = &mut self.rx;
+        watch.runtime.block_on(async {
+            tokio::select! {
+                piece = rx.recv() => Ok(piece),
+                () = watch.consumer.closed() => Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the client went away",
+                )),
+                () = tokio::time::sleep(watch.stall) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no input for {:?}", watch.stall),
+                )),
+            }
+        })
     }
 }
 
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.blocking_recv() {
+            match self.next_piece()? {
                 Some(Ok(bytes)) => self.current = bytes,
                 Some(Err(e)) => return Err(e),
                 None => return Ok(0),
@@ -225,131 +266,5 @@ impl Read for StreamReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
-    }
-}
-
-/// A blocking `Write` that hands what is written to an async stream.
-struct ChannelWriter {
-    tx: mpsc::Sender<io::Result<Bytes>>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Re-encodes a stream from one compression to another (identity when they are equal). Errors
-/// in the input or in decoding end the output stream with an error, so a client never gets a
-/// body that looks complete.
-pub(crate) fn transcode(
-    input: BoxStream<'static, io::Result<Bytes>>,
-    from: Compression,
-    to: Compression,
-) -> BoxStream<'static, io::Result<Bytes>> {
-    if from == to {
-        return input;
-    }
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let reader = StreamReader::spawn(input);
-    tokio::task::spawn_blocking(move || {
-        let err_tx = tx.clone();
-        let result = (|| -> io::Result<()> {
-            let mut plain = Codec::require(from)?.decoder(reader)?;
-            let out = BufWriter::with_capacity(OUT_PIECE, ChannelWriter { tx });
-            let mut encoder = Codec::require(to)?.encoder(out)?;
-            io::copy(&mut plain, encoder.writer())?;
-            encoder.finish()
-        })();
-        if let Err(e) = result
-            && e.kind() != io::ErrorKind::BrokenPipe
-        {
-            let _ = err_tx.blocking_send(Err(e));
-        }
-    });
-    tokio_stream_from(rx)
-}
-
-/// The receiving end of a channel as a stream.
-pub(crate) fn tokio_stream_from(
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-) -> BoxStream<'static, io::Result<Bytes>> {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::TryStreamExt;
-
-    fn sample() -> Vec<u8> {
-        (0..300_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect()
-    }
-
-    async fn run(input: Vec<u8>, from: Compression, to: Compression) -> io::Result<Vec<u8>> {
-        let pieces: Vec<io::Result<Bytes>> = input
-            .chunks(10_000)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        let out: Vec<Bytes> = transcode(futures::stream::iter(pieces).boxed(), from, to)
-            .try_collect()
-            .await?;
-        Ok(out.concat())
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn converts_between_every_supported_pair() {
-        let plain = sample();
-        let all: Vec<Compression> = Compression::ALL
-            .into_iter()
-            .filter(|c| can_decode(*c))
-            .collect();
-        assert_eq!(all.len(), 5);
-        for &from in &all {
-            let encoded = run(plain.clone(), Compression::None, from).await.unwrap();
-            for &to in &all {
-                let converted = run(encoded.clone(), from, to).await.unwrap();
-                let back = run(converted, to, Compression::None).await.unwrap();
-                assert!(back == plain, "{from} -> {to}");
-            }
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn concatenated_zstd_frames_decode_as_one_stream() {
-        let plain = sample();
-        let mut spliced = Vec::new();
-        for piece in plain.chunks(70_000) {
-            spliced.extend(zstd::bulk::compress(piece, 1).unwrap());
-        }
-        assert_eq!(
-            run(spliced, Compression::Zstd, Compression::None)
-                .await
-                .unwrap(),
-            plain
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn corrupt_input_ends_in_an_error() {
-        let mut encoded = zstd::encode_all(&sample()[..], 3).unwrap();
-        encoded.truncate(encoded.len() / 2);
-        assert!(
-            run(encoded, Compression::Zstd, Compression::Xz)
-                .await
-                .is_err()
-        );
     }
 }

@@ -48,6 +48,8 @@ pub struct CacheConfig {
     pub download_lock_ttl: Duration,
     /// Start downloading a NAR as soon as its narinfo is fetched from upstream.
     pub prefetch: bool,
+    /// Conversions between compressions that may run at once (each takes a core while it runs).
+    pub max_conversions: usize,
 }
 
 impl CacheConfig {
@@ -64,6 +66,7 @@ impl CacheConfig {
             locks: Arc::new(LocalLocks::default()),
             download_lock_ttl: defaults::DOWNLOAD_LOCK_TTL,
             prefetch: defaults::UPSTREAM_PREFETCH,
+            max_conversions: defaults::max_conversions(),
         }
     }
 

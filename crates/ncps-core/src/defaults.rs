@@ -39,6 +39,12 @@ pub const SIGN_NARINFO: bool = true;
 /// Whether a NAR download starts as soon as its narinfo is fetched: off, since a narinfo that
 /// is never followed by its NAR would cost a whole download.
 pub const UPSTREAM_PREFETCH: bool = false;
+/// Conversions between compressions that may run at once: one per core (at least two). A NAR
+/// is served as stored whenever its URL allows; conversions serve old URLs of NARs stored in
+/// another form since, and clients asking for another compression.
+pub fn max_conversions() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
 /// Whether uploads must be signed by a trusted key: off, so a plain `nix copy --to` works once
 /// uploads are allowed.
 pub const REQUIRE_TRUSTED_SIGNATURE: bool = false;

@@ -47,6 +47,9 @@ pub enum CacheError {
     /// without storing it.
     #[error("another replica's download of this NAR did not finish in time")]
     WaitedTooLong,
+    /// The server runs as much of this kind of work as it may; the request may succeed shortly.
+    #[error("{0}")]
+    Busy(String),
     /// A failure shared by every client of one download.
     #[error("{0}")]
     Shared(std::sync::Arc<CacheError>),

@@ -16,6 +16,7 @@
 mod chunk_queue;
 mod codec;
 mod config;
+mod conversions;
 pub mod defaults;
 mod documents;
 mod error;

@@ -3,7 +3,8 @@ use axum::response::{IntoResponse, Response};
 use ncps_core::CacheError;
 use tracing::error;
 
-/// When a client should retry after a 503 (the lock service was unavailable).
+/// When a client should retry after a 503 (the lock service was unavailable, or the server was
+/// busy).
 const RETRY_AFTER_SECS: &str = "5";
 
 /// A failed request. Clients get a status and a one-line reason; details go to the log only.
@@ -31,7 +32,7 @@ fn status_of(e: &CacheError) -> StatusCode {
         CacheError::BadRequest(_) => StatusCode::BAD_REQUEST,
         CacheError::Forbidden(_) => StatusCode::FORBIDDEN,
         CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        CacheError::Lock(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CacheError::Lock(_) | CacheError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         CacheError::WaitedTooLong => StatusCode::GATEWAY_TIMEOUT,
         CacheError::Shared(inner) => status_of(inner),
         CacheError::Database(_) | CacheError::Storage(_) | CacheError::Io(_) => {
@@ -48,7 +49,7 @@ fn public_message(e: &CacheError) -> String {
         CacheError::Upstream(u) => u.to_string(),
         CacheError::Integrity(m) => format!("upstream NAR failed verification: {m}"),
         CacheError::RangeNotSatisfiable { size } => format!("range outside the {size} bytes"),
-        CacheError::BadRequest(m) | CacheError::Forbidden(m) => m.clone(),
+        CacheError::BadRequest(m) | CacheError::Forbidden(m) | CacheError::Busy(m) => m.clone(),
         CacheError::TooLarge { limit } => format!("upload larger than the limit of {limit} bytes"),
         CacheError::Lock(_) => "the lock service is unavailable; try again shortly".into(),
         CacheError::WaitedTooLong => {
@@ -132,6 +133,10 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (CacheError::WaitedTooLong, StatusCode::GATEWAY_TIMEOUT),
+            (
+                CacheError::Busy("too many conversions".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
             (CacheError::Io(io()), StatusCode::INTERNAL_SERVER_ERROR),
             (
                 CacheError::Shared(Arc::new(CacheError::WaitedTooLong)),

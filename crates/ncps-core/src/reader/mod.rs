@@ -24,8 +24,8 @@ use ncps_nix::{
 use ncps_store::{BlobStore, ByteRange, ChunkHash};
 use tracing::{Instrument, debug, error, warn};
 
-use crate::codec::transcode;
 use crate::config::CacheConfig;
+use crate::conversions::{CONVERSION_STALL, Conversions};
 use crate::ingest::{Download, Fetch, Ingest};
 use crate::metrics::{Metrics, Outcome};
 use crate::plan::{ServePlan, Source, plan};
@@ -64,6 +64,7 @@ struct State {
     memo: NarInfoMemo,
     chunk_lists: ChunkListMemo,
     access: AccessLog,
+    conversions: Conversions,
 }
 
 impl Reader {
@@ -87,6 +88,7 @@ impl Reader {
             memo: NarInfoMemo::default(),
             chunk_lists: ChunkListMemo::default(),
             access: AccessLog::default(),
+            conversions: Conversions::new(config.max_conversions, CONVERSION_STALL),
         }))
     }
 
@@ -334,7 +336,10 @@ impl Reader {
             _ => NarBody {
                 total_size: plan.size,
                 range: None,
-                stream: transcode(download.reader(), from, key.compression),
+                stream: self
+                    .0
+                    .conversions
+                    .convert(download.reader(), from, key.compression)?,
             },
         })
     }
@@ -360,7 +365,8 @@ impl Reader {
                 Source::WholeConverted(whole) => self
                     .read_whole(whole, None)
                     .await?
-                    .map(|body| converted(body.stream, whole.key.compression, key, plan)),
+                    .map(|body| self.converted(body.stream, whole.key.compression, key, plan))
+                    .transpose()?,
                 Source::Spliced(form) => {
                     let range = resolve_range(range, form.spliced_size)?;
                     self.servable_chunks(&record, form.chunk_count)
@@ -372,8 +378,9 @@ impl Reader {
                     .await?
                     .map(|chunks| {
                         let spliced = splice(&self.0.store, chunks, None, form.spliced_size);
-                        converted(spliced.stream, Compression::Zstd, key, plan)
-                    }),
+                        self.converted(spliced.stream, Compression::Zstd, key, plan)
+                    })
+                    .transpose()?,
             };
             if let Some(body) = opened {
                 return Ok(Some(body));
@@ -454,6 +461,21 @@ impl Reader {
         Ok(present.then_some(chunks))
     }
 
+    /// A stored body converted to the URL's compression; its size is what the plan knows.
+    fn converted(
+        &self,
+        input: BoxStream<'static, io::Result<Bytes>>,
+        from: Compression,
+        key: &NarKey,
+        plan: ServePlan,
+    ) -> Result<NarBody, CacheError> {
+        Ok(NarBody {
+            total_size: plan.size,
+            range: None,
+            stream: self.0.conversions.convert(input, from, key.compression)?,
+        })
+    }
+
     /// Forgets a narinfo's rendering (it was deleted or changed here).
     pub(crate) fn forget_narinfo(&self, hash: &StorePathHash) {
         self.0.memo.forget(hash);
@@ -472,20 +494,6 @@ impl Reader {
     /// Writes the accesses noted so far (batched; eviction flushes first).
     pub(crate) async fn flush_access_times(&self) {
         self.0.access.flush(&self.0.db).await;
-    }
-}
-
-/// A stored body converted to the URL's compression; its size is what the plan knows.
-fn converted(
-    input: BoxStream<'static, io::Result<Bytes>>,
-    from: Compression,
-    key: &NarKey,
-    plan: ServePlan,
-) -> NarBody {
-    NarBody {
-        total_size: plan.size,
-        range: None,
-        stream: transcode(input, from, key.compression),
     }
 }
 

@@ -1,0 +1,122 @@
+//! Hostile clients: floods of requests that cost the server more than they cost the client.
+//! Whatever they do, everyone else is still served.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::narinfo::store_hash;
+use crate::harness::{Compression, NarInfo, TestEnv, eventually, http};
+
+/// Requests that are left unread at once.
+const UNREAD_CONVERSIONS: usize = 600;
+/// How long a request that must be served may take while the flood holds (a stalled server
+/// waits forever; a healthy one answers in milliseconds).
+const SERVED_WITHIN: Duration = Duration::from_secs(10);
+
+/// Sends `GET rel` on a new connection and leaves the answer unread.
+async fn unread_get(authority: &str, rel: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(authority).await.expect("connect");
+    let request = format!("GET /{rel} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    stream
+}
+
+/// The status line and headers of an answer, if they come within a second.
+async fn head_of_answer(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Any stored NAR can be asked for in another compression (its NarHash is in every narinfo),
+/// and each such request makes the server convert. Hundreds of them, never read, must neither
+/// stall the server (conversions waiting on clients and on their input used to take every
+/// blocking thread, after which nothing was served until restart) nor keep running once their
+/// clients are gone: beyond a bound they get a 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_conversions_never_stop_serving() {
+    let env = TestEnv::new();
+    // Incompressible: the plain NAR is far larger than what buffers hold.
+    let closure = env.closure_with_blob(16_000_000).await;
+    let key = env.key("upstream-1").await;
+    key.sign(env.path(), &closure.top).await;
+    let upstream = env.upstream(&closure, Compression::Xz).await;
+    let config = env.ncps_config(&[&upstream], &[&key.public]);
+    let ncps = env.ncps(&config).await;
+    let ncps_key = ncps.pubkey().await;
+    env.client()
+        .substitute_ok(&ncps.url(), &ncps_key, &closure)
+        .await;
+    let narinfo_url = ncps.url_for(&format!("{}.narinfo", store_hash(&closure.blob)));
+    let narinfo = NarInfo::parse(
+        &http::get(&narinfo_url)
+            .await
+            .expect_status(200, "narinfo")
+            .text(),
+    );
+    let stored_url = ncps.url_for(narinfo.field("URL"));
+    let plain = format!("nar/{}.nar", narinfo.nar_hash_nixbase32());
+
+    let mut flood = Vec::new();
+    for _ in 0..UNREAD_CONVERSIONS {
+        flood.push(unread_get(&ncps.authority(), &plain).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Everyone else is served meanwhile: a narinfo, and the stored NAR as it is.
+    let served = tokio::time::timeout(SERVED_WITHIN, async {
+        http::get(&narinfo_url)
+            .await
+            .expect_status(200, "narinfo during the flood");
+        http::get(&stored_url)
+            .await
+            .expect_status(200, "stored NAR during the flood")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("nothing served within {SERVED_WITHIN:?} during the flood"));
+    narinfo
+        .verify_nar(&served.body)
+        .unwrap_or_else(|e| panic!("stored NAR during the flood: {e}"));
+
+    // Most of the flood was turned away with a clear answer.
+    let mut busy = 0;
+    for stream in &mut flood {
+        if let Some(head) = head_of_answer(stream).await
+            && head.starts_with("HTTP/1.1 503")
+        {
+            assert!(
+                head.to_ascii_lowercase().contains("retry-after:"),
+                "a 503 must say when to retry: {head}"
+            );
+            busy += 1;
+        }
+    }
+    assert!(
+        busy >= UNREAD_CONVERSIONS - 64,
+        "only {busy} of {UNREAD_CONVERSIONS} unread conversions were refused"
+    );
+
+    // Gone clients release what they held: a conversion read to the end works again.
+    drop(flood);
+    let url = ncps.url_for(&plain);
+    let body = eventually("a conversion after the flood", || {
+        let url = url.clone();
+        async move {
+            let resp = http::get(&url).await;
+            if resp.status == 200 {
+                Ok(resp.body)
+            } else {
+                Err(format!("status {}", resp.status))
+            }
+        }
+    })
+    .await;
+    narinfo
+        .verify_nar_content("none", &body)
+        .unwrap_or_else(|e| panic!("plain NAR after the flood: {e}"));
+}
