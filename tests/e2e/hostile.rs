@@ -120,3 +120,47 @@ async fn unread_conversions_never_stop_serving() {
         .verify_nar_content("none", &body)
         .unwrap_or_else(|e| panic!("plain NAR after the flood: {e}"));
 }
+
+/// Connections that send nothing, or half a request, and stay.
+const IDLE_CONNECTIONS: usize = 5_000;
+
+/// A server started under a soft limit of 1,024 open files (many distributions' default)
+/// meets 5,000 connections that send nothing or half a request: a real client is still served
+/// at once. (Before, the limit ran out at about a thousand connections and every new client
+/// waited, unaccepted, for as long as the idle ones stayed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_half_sent_connections_do_not_lock_clients_out() {
+    let env = TestEnv::new();
+    let closure = env.closure().await;
+    let key = env.key("upstream-1").await;
+    key.sign(env.path(), &closure.top).await;
+    let upstream = env.upstream(&closure, Compression::Xz).await;
+    let mut config = env.ncps_config(&[&upstream], &[&key.public]);
+    config.soft_fd_limit = Some(1024);
+    let ncps = env.ncps(&config).await;
+
+    let mut flood = Vec::new();
+    for i in 0..IDLE_CONNECTIONS {
+        let mut stream = TcpStream::connect(ncps.authority()).await.expect("connect");
+        if i % 2 == 1 {
+            let half = format!(
+                "GET /nix-cache-info HTTP/1.1\r\nHost: {}\r\n",
+                ncps.authority()
+            );
+            stream
+                .write_all(half.as_bytes())
+                .await
+                .expect("send half a request");
+        }
+        flood.push(stream);
+    }
+
+    let narinfo_url = ncps.url_for(&format!("{}.narinfo", store_hash(&closure.top)));
+    let served = tokio::time::timeout(SERVED_WITHIN, http::get(&narinfo_url))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("a client was not served within {SERVED_WITHIN:?} beside {IDLE_CONNECTIONS} idle connections")
+        });
+    served.expect_status(200, "narinfo beside the idle connections");
+    drop(flood);
+}

@@ -5,6 +5,7 @@
 //! lives here.
 
 mod auth;
+mod connections;
 mod error;
 mod headers;
 mod logging;
@@ -18,6 +19,7 @@ use axum::routing::{get, post, put};
 use ncps_core::{Cache, MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD};
 
 pub use auth::AccessConfig;
+pub use connections::{ConnectionLimits, serve};
 pub use error::ApiError;
 
 /// Largest build log accepted.

@@ -6,6 +6,7 @@ mod config_file;
 mod duration;
 mod keys;
 mod listen;
+mod open_files;
 mod otel;
 mod otel_metrics;
 mod setup;

@@ -144,6 +144,7 @@ impl TestEnv {
             extra_args: Vec::new(),
             via_environment: false,
             extra_env: Vec::new(),
+            soft_fd_limit: None,
         }
     }
 

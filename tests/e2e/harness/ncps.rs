@@ -32,6 +32,9 @@ pub struct NcpsConfig {
     pub via_environment: bool,
     /// More environment variables for `serve`.
     pub extra_env: Vec<(String, String)>,
+    /// Start `serve` with this soft limit of open files (the hard limit unchanged), as a
+    /// distribution's default of 1,024 would.
+    pub soft_fd_limit: Option<u64>,
 }
 
 impl NcpsConfig {
@@ -131,7 +134,21 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
 /// A command running the ncps binary in a clean environment: no CACHE_*/SERVER_* settings,
 /// proxies or config files leak in.
 fn ncps_command(work: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ncps"));
+    ncps_command_limited(work, None)
+}
+
+/// [`ncps_command`], started under a soft limit of open files when one is given.
+fn ncps_command_limited(work: &Path, soft_fd_limit: Option<u64>) -> Command {
+    let ncps = env!("CARGO_BIN_EXE_ncps");
+    let mut cmd = match soft_fd_limit {
+        // prlimit sets the limit and then executes ncps in its own process.
+        Some(limit) => {
+            let mut cmd = Command::new("prlimit");
+            cmd.arg(format!("--nofile={limit}:")).arg("--").arg(ncps);
+            cmd
+        }
+        None => Command::new(ncps),
+    };
     cmd.env_clear();
     for keep in ["PATH", "HOME", "TMPDIR", "RUST_LOG"] {
         if let Some(value) = std::env::var_os(keep) {
@@ -238,7 +255,7 @@ impl Ncps {
         let addr = free_port();
         let log_file = unique_dir(work, "ncps-log").join("ncps.log");
         let log = File::create(&log_file).expect("create ncps log");
-        let mut command = ncps_command(work);
+        let mut command = ncps_command_limited(work, config.soft_fd_limit);
         if config.via_environment {
             command.envs(config.serve_env(addr));
         }

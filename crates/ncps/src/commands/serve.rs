@@ -4,19 +4,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use axum::serve::ListenerExt;
 use ncps_core::{
     Cache, CacheConfig, CdcConfig, JobsConfig, LocalLocks, LockService, LruConfig, Schedule,
     UploadConfig, defaults,
 };
 use ncps_locks::{PostgresLocks, RedisLocks};
 use ncps_nix::PublicKey;
-use ncps_server::{AccessConfig, ServerOptions};
+use ncps_server::{AccessConfig, ConnectionLimits, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tracing::{info, warn};
 
 use crate::cli::{AccessArgs, LockArgs, LockBackendKind, LruArgs, ServeArgs, UpstreamArgs};
-use crate::{listen, setup, shutdown};
+use crate::{listen, open_files, setup, shutdown};
 
 /// The upstream users get when they configure none.
 const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
@@ -28,6 +27,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests.
 pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
+    let open_files_limit = open_files::raise_limit();
     let parts = setup::open(&args.storage).await?;
     let cdc = if args.cdc.cache_cdc_enabled {
         Some(CdcConfig {
@@ -71,8 +71,6 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
         lazy = cdc.is_some_and(|c| c.lazy),
         "ncps is serving"
     );
-    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
-    let notify = stopping.clone();
     let access = AccessConfig {
         allow_put: args.access.cache_allow_put_verb,
         allow_delete: args.access.cache_allow_delete_verb,
@@ -89,24 +87,16 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     };
     let maintenance = cache.maintenance().clone();
     let router = ncps_server::router(cache, ServerOptions { access, prometheus });
-    // Nagle's algorithm delays small writes (narinfos, response heads) by up to 40 ms per
-    // round trip; a cache answers many small requests, so send at once.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown::signal_received().await;
-        notify.notify_one();
-    });
-    tokio::select! {
-        result = server => result.context("server failed")?,
-        () = async {
-            stopping.notified().await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } => warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight after the drain timeout; exiting"),
-    }
+    let limits = ConnectionLimits {
+        drain: DRAIN_TIMEOUT,
+        ..ConnectionLimits::new(open_files::max_connections(open_files_limit))
+    };
+    info!(
+        open_files = open_files_limit,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
+    ncps_server::serve(listener, router, limits, shutdown::signal_received()).await;
     // Accesses since the last periodic flush would otherwise be lost to eviction.
     maintenance.flush_access_times().await;
     info!("stopped");

@@ -1,0 +1,331 @@
+//! Accepting connections, within limits a hostile or broken client cannot get around.
+//!
+//! - A connection must send a whole request head within [`ConnectionLimits::header_read`] of
+//!   opening, and of finishing its previous request: idle keep-alive connections and half-sent
+//!   requests are closed then (hyper's header-read timeout covers both).
+//! - A response the client takes no byte of for [`ConnectionLimits::write_stall`] is abandoned.
+//! - At most [`ConnectionLimits::max_connections`] are open at once (the binary derives it from
+//!   the open-file limit, keeping room for storage, database and upstream sockets); beyond it new
+//!   connections wait in the listen backlog instead of failing to be accepted.
+//! - A failed accept (out of file descriptors, a connection reset before it was accepted) is
+//!   retried shortly, never fatal.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
+use tracing::{debug, warn};
+
+/// What one client may hold of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Longest wait for a request head, from a connection's start or its previous request's end.
+    pub header_read: Duration,
+    /// Longest a response waits for the client to take any byte.
+    pub write_stall: Duration,
+    /// Longest the server waits for requests in flight once asked to stop.
+    pub drain: Duration,
+}
+
+impl ConnectionLimits {
+    /// The defaults for `max_connections` connections.
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            max_connections,
+            header_read: Duration::from_secs(30),
+            write_stall: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `stop` completes, then lets requests in flight finish
+/// for up to `limits.drain`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut stop => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, or a connection gone before it was accepted: the
+                    // listener still works, so wait a moment rather than spin.
+                    warn!(error = %e, "cannot accept a connection; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // Nagle's algorithm delays small writes (narinfos, response heads) by up to 40 ms per
+        // round trip; a cache answers many small requests, so send at once.
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let builder = builder.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // Telling HTTP/1 from HTTP/2 reads the first bytes before any protocol timeout
+            // runs: a connection that sends none in time is closed here.
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(limits.header_read, tcp.peek(&mut first))
+                .await
+                .is_err()
+            {
+                drop(slot);
+                return;
+            }
+            let io = TokioIo::new(WriteStallLimit::new(tcp, limits.write_stall));
+            let service = TowerToHyperService::new(router);
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            if let Err(e) = watcher.watch(connection).await {
+                debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?limits.drain, "requests still in flight after the drain timeout; exiting");
+    }
+}
+
+/// A TCP stream whose writes fail with `TimedOut` once the peer has taken nothing for `stall`.
+struct WriteStallLimit {
+    tcp: TcpStream,
+    stall: Duration,
+    /// Armed while a write waits for the peer.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteStallLimit {
+    fn new(tcp: TcpStream, stall: Duration) -> Self {
+        Self {
+            tcp,
+            stall,
+            deadline: None,
+        }
+    }
+
+    /// Turns a pending write into a timeout once the stall limit passed; progress disarms it.
+    fn limit<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.deadline = None;
+            return result;
+        }
+        let stall = self.stall;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        ready!(deadline.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took nothing for {stall:?}"),
+        )))
+    }
+}
+
+impl AsyncRead for WriteStallLimit {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteStallLimit {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.limit(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.limit(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.tcp).poll_flush(cx);
+        self.limit(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server with `limits` whose `/big` answers 64 MiB; its address and its stop switch.
+    async fn server(
+        limits: ConnectionLimits,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/big", get(|| async { vec![7u8; 64 << 20] }));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, router, limits, async {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
+    fn quick(max_connections: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections,
+            header_read: Duration::from_millis(300),
+            write_stall: Duration::from_millis(300),
+            drain: Duration::from_secs(1),
+        }
+    }
+
+    /// Reads until the server closes the connection; `None` if it stays open for 3 s.
+    async fn closed_within_3s(stream: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut got)).await;
+        match read {
+            Ok(_) => Some(got),
+            Err(_) => None,
+        }
+    }
+
+    async fn get_root(addr: std::net::SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut got))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn silent_half_sent_and_idle_connections_are_closed() {
+        let (addr, _stop) = server(quick(100)).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(
+            closed_within_3s(&mut silent).await.is_some(),
+            "a silent connection stays"
+        );
+        assert!(
+            closed_within_3s(&mut half).await.is_some(),
+            "a half-sent request stays"
+        );
+        let answered = closed_within_3s(&mut idle)
+            .await
+            .expect("an idle keep-alive stays");
+        assert!(String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn a_response_nobody_reads_is_abandoned() {
+        let (addr, _stop) = server(quick(1)).await;
+        let mut unread = TcpStream::connect(addr).await.unwrap();
+        unread
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // With one connection allowed, the next client is served only once the unread
+        // response was given up and its connection closed.
+        assert!(get_root(addr).await.starts_with("HTTP/1.1 200"));
+        drop(unread);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_limit_connections_wait_instead_of_failing() {
+        let (addr, _stop) = server(ConnectionLimits {
+            header_read: Duration::from_secs(30),
+            ..quick(2)
+        })
+        .await;
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let second = TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::spawn(get_root(addr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a third connection was served beyond the limit"
+        );
+        drop(second);
+        let answer = tokio::time::timeout(Duration::from_secs(3), waiting)
+            .await
+            .expect("served once a connection closed")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"));
+    }
+}
