@@ -164,3 +164,53 @@ async fn idle_and_half_sent_connections_do_not_lock_clients_out() {
     served.expect_status(200, "narinfo beside the idle connections");
     drop(flood);
 }
+
+/// A narinfo's `URL`, `FileHash` and `FileSize` are not signed: an upstream (or anyone between
+/// it and ncps on `http://`) can set them to anything. Here path A's narinfo claims path V's
+/// FileHash. Fetching A first must not make V's NAR URL name A's bytes: V is still
+/// substituted intact, and A's own NAR (whose file cannot match the claimed hash) is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_narinfo_cannot_take_over_another_paths_nar_url() {
+    let env = TestEnv::new();
+    let attacker = env.built_path(50_000).await.path;
+    let victim = env.built_path(50_000).await.path;
+    let key = env.key("upstream-1").await;
+    key.sign(env.path(), &attacker).await;
+    key.sign(env.path(), &victim).await;
+    let upstream = env
+        .upstream_of(&[&attacker, &victim], Compression::Xz)
+        .await;
+    let victim_file_hash = upstream.narinfo(&victim).field("FileHash").to_owned();
+    let file = upstream.narinfo_file(&attacker);
+    let original = std::fs::read_to_string(&file).expect("read narinfo");
+    let tampered: String = original
+        .lines()
+        .map(|line| {
+            if line.starts_with("FileHash: ") {
+                format!("FileHash: {victim_file_hash}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert_ne!(tampered, original);
+    std::fs::write(&file, tampered).expect("write narinfo");
+
+    let config = env.ncps_config(&[&upstream], &[&key.public]);
+    let ncps = env.ncps(&config).await;
+    let ncps_key = ncps.pubkey().await;
+    let attacker_narinfo = ncps.url_for(&format!("{}.narinfo", store_hash(&attacker)));
+    http::get(&attacker_narinfo)
+        .await
+        .expect_status(200, "the attacker's narinfo (its signature is valid)");
+
+    let client = env.client();
+    client
+        .copy_from(&ncps.url(), &ncps_key, &victim)
+        .await
+        .expect_success();
+    client.verify(&victim, &ncps_key).await.expect_success();
+    env.client()
+        .substitute_fails(&ncps.url(), &ncps_key, &attacker)
+        .await;
+}

@@ -93,7 +93,8 @@ pub(crate) fn plan(
             origin.compression
         };
         let as_is = delivered == key.compression;
-        if as_is && !eager_chunking && origin.file_hash == Some(key.hash) {
+        if as_is && !eager_chunking && origin.file_hash.is_some() {
+            // The upstream's own file, whatever the URL's name: its FileHash and FileSize.
             return ServePlan {
                 source: Source::Fetch { as_is },
                 size: origin.file_size,
@@ -110,7 +111,11 @@ pub(crate) fn plan(
             converted(Source::Fetch { as_is })
         };
     };
-    if let Some(whole) = record.whole.filter(|w| w.key == *key) {
+    // The URL resolved to this NAR: a whole file in its compression is exactly what it names.
+    if let Some(whole) = record
+        .whole
+        .filter(|w| w.key.compression == key.compression)
+    {
         return ServePlan {
             source: Source::Whole(whole),
             size: Some(whole.size),
@@ -274,6 +279,16 @@ mod tests {
                 },
             ),
             (
+                "the NarHash URL of a NAR stored whole in the URL's compression",
+                NarKey::new(nar_hash(), Compression::Xz),
+                record(Some(whole(Compression::Xz)), None),
+                ServePlan {
+                    source: Source::Whole(whole(Compression::Xz)),
+                    size: Some(400),
+                    file_hash: Some(h(1)),
+                },
+            ),
+            (
                 "an old xz URL of a NAR now stored as zstd whole file",
                 NarKey::new(h(9), Compression::Xz),
                 record(Some(whole(Compression::Zstd)), None),
@@ -319,11 +334,11 @@ mod tests {
                 (Source::Fetch { as_is: true }, None, None),
             ),
             (
-                "lazy chunking: a zstd upstream file under the NarHash URL",
+                "the NarHash URL names the upstream's own file when compressions agree",
                 NarKey::new(nar_hash(), Compression::Zstd),
                 origin(Compression::Zstd, Some(h(5))),
                 false,
-                (Source::Fetch { as_is: true }, None, None),
+                (Source::Fetch { as_is: true }, Some(300), Some(h(5))),
             ),
             (
                 "plain NAR while the xz download runs",

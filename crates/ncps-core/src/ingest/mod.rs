@@ -178,18 +178,19 @@ impl Ingest {
         }
     }
 
-    /// The NAR URL we hand out for a narinfo. With chunking it names the NAR by its NarHash in
-    /// zstd, which we can always produce (spliced chunks, or recompressed); without, it keeps
-    /// the file's name, served byte for byte.
+    /// The NAR URL we hand out for a narinfo: the NAR's own NarHash, the one hash every byte
+    /// served under it is verified against, so no narinfo can make a URL name other bytes. (An
+    /// upstream's or uploader's FileHash is not signed: naming URLs after it let a narinfo claim
+    /// the URL of a NAR it does not describe.) With chunking, in zstd, which we can always
+    /// produce (spliced chunks, or recompressed); without, in the file's compression, served
+    /// byte for byte.
     fn url_for(&self, narinfo: &NarInfo) -> NarKey {
-        if self.0.cdc.is_some() {
-            NarKey::new(narinfo.nar_hash, Compression::Zstd)
+        let compression = if self.0.cdc.is_some() {
+            Compression::Zstd
         } else {
-            NarKey::new(
-                narinfo.file_hash.unwrap_or(narinfo.nar_hash),
-                narinfo.compression,
-            )
-        }
+            narinfo.compression
+        };
+        NarKey::new(narinfo.nar_hash, compression)
     }
 
     /// Joins or starts the download of a NAR. Across replicas only the holder of the NAR's

@@ -384,7 +384,10 @@ mod tests {
         assert_eq!((temp(), stored()), (0, 1));
         assert_eq!(db.uploaded_nar(&key).await.unwrap(), None);
         let cached = db.narinfo(&hash).await.unwrap().expect("published");
-        assert_eq!(cached.url_key, key);
+        assert_eq!(
+            cached.url_key,
+            NarKey::new(narinfo.nar_hash, Compression::Zstd)
+        );
         let record = db.nar(&narinfo.nar_hash).await.unwrap().expect("stored");
         assert_eq!(record.whole.map(|w| w.key), Some(key));
     }
@@ -404,7 +407,10 @@ mod tests {
             .await
             .unwrap();
         let cached = db.narinfo(&hash).await.unwrap().expect("published");
-        assert_eq!(cached.url_key, key);
+        assert_eq!(
+            cached.url_key,
+            NarKey::new(narinfo.nar_hash, Compression::Zstd)
+        );
         assert_eq!(db.uploaded_nar(&key).await.unwrap(), None);
     }
 
@@ -435,9 +441,10 @@ mod tests {
         assert!(err.to_string().contains("was not uploaded"), "{err}");
         assert_eq!(db.nar_hash_for_url(&squatted).await.unwrap(), None);
 
-        // Under the URL the NAR was uploaded with, another path may use it.
-        other.url = key.url();
-        other.file_hash = Some(key.hash);
+        // Under the URL the cache serves the NAR at, another path may use it.
+        let served = NarKey::new(narinfo.nar_hash, Compression::Zstd);
+        other.url = served.url();
+        other.file_hash = None;
         ingest
             .upload_narinfo(other.store_path.hash(), &other.render())
             .await
