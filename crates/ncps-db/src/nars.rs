@@ -104,6 +104,22 @@ impl Database {
         Ok(unused)
     }
 
+    /// Removes up to `limit` [unused](NAR_UNUSED) NARs (a narinfo deleted, or a NAR stored
+    /// after its narinfo was evicted) the way eviction does; returns them, so the caller
+    /// deletes their whole files.
+    pub async fn reclaim_unused_nars(&self, limit: u32) -> Result<Vec<NarRecord>, DbError> {
+        let sql = format!("SELECT nar_hash FROM nars WHERE {NAR_UNUSED} LIMIT ?");
+        let unused: Vec<String> = sqlx::query_scalar(&self.sql(&sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tx = self.begin().await?;
+        // Checked again inside the transaction: a narinfo may have come meanwhile.
+        let removed = self.remove_unused_nars(&mut tx, &unused).await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     /// Records a verified whole file of a NAR. A whole file already recorded is kept.
     ///
     /// A conditional upsert (`DO UPDATE … WHERE whole_key IS NULL`) has no MySQL spelling, so

@@ -547,7 +547,7 @@ impl Fsck<'_> {
             self.summary.notes += 1;
             let age = self.age_of_secs(nar.created_at);
             self.out.finding(&format!(
-                "note: NAR {} is stored ({} old) but no narinfo describes it; eviction reclaims it",
+                "note: NAR {} is stored ({} old) but no narinfo describes it; the reclaim job removes it within 5 minutes",
                 nar.record.nar_hash,
                 format_age(age)
             ));

@@ -14,8 +14,8 @@ use crate::schedule::{Schedule, spawn_scheduled};
 
 /// How often accesses noted by the reader are written.
 const ACCESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
-/// How often uploads whose narinfo never came are looked for.
-const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(300);
+/// How often uploads whose narinfo never came, and NARs nothing uses, are looked for.
+const RECLAIM_EVERY: Duration = Duration::from_secs(300);
 
 /// How the background jobs run.
 #[derive(Clone, Debug)]
@@ -53,7 +53,7 @@ impl Maintenance {
             self.spawn_lru(lru);
         }
         self.spawn_gc(&jobs);
-        self.spawn_upload_expiry();
+        self.spawn_reclaim();
         let Some(cdc) = self.0.cdc else {
             return;
         };
@@ -110,29 +110,36 @@ impl Maintenance {
         });
     }
 
-    fn spawn_upload_expiry(&self) {
+    /// Drops uploads whose narinfo never came, then removes the NARs nothing uses (a deleted
+    /// narinfo's, an expired upload's), with or without a size limit.
+    fn spawn_reclaim(&self) {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(UPLOAD_EXPIRY_EVERY);
+            let mut tick = tokio::time::interval(RECLAIM_EVERY);
             loop {
                 tick.tick().await;
                 let started = std::time::Instant::now();
-                match this.expire_uploads(UPLOAD_WAITS_FOR_NARINFO).await {
-                    Ok(ended) => {
-                        this.0.metrics.job_finished(
-                            "upload_expiry",
-                            started.elapsed(),
-                            None,
-                            ended,
-                        );
-                        if ended > 0 {
+                let result = async {
+                    let ended = this.expire_uploads(UPLOAD_WAITS_FOR_NARINFO).await?;
+                    let unused = this.reclaim_unused_nars().await?;
+                    Ok::<_, crate::CacheError>((ended, unused))
+                }
+                .await;
+                match result {
+                    Ok((ended, unused)) => {
+                        let done = ended + unused;
+                        this.0
+                            .metrics
+                            .job_finished("reclaim", started.elapsed(), None, done);
+                        if done > 0 {
                             info!(
                                 uploads = ended,
-                                "dropped uploaded NARs whose narinfo never came"
+                                nars = unused,
+                                "dropped expired uploads and NARs nothing uses"
                             );
                         }
                     }
-                    Err(e) => error!(error = %e, "expiring uploads failed"),
+                    Err(e) => error!(error = %e, "reclaiming unused NARs failed"),
                 }
             }
         });

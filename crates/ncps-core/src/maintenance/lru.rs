@@ -44,11 +44,19 @@ impl Maintenance {
         let started = Instant::now();
         self.0.reader.flush_access_times().await;
         let db = &self.0.db;
+        let bytes_before = db.stored_bytes().await?;
+        // NARs nothing uses go before any path does.
+        let unused = self.reclaim_unused_nars().await?;
         let mut report = LruReport {
-            bytes_before: db.stored_bytes().await?,
+            bytes_before,
+            nars_removed: unused,
             ..LruReport::default()
         };
-        let mut stored = report.bytes_before;
+        let mut stored = if unused > 0 {
+            db.stored_bytes().await?
+        } else {
+            bytes_before
+        };
         if stored > max_size {
             let pinned = db.pinned_closure().await?;
             let mut cursor = None;
@@ -219,6 +227,25 @@ mod tests {
             .unwrap();
         cache.maintenance().evict_lru(4 * FILE_SIZE).await.unwrap();
         assert_eq!(cached(&db).await, vec![0, 1, 3, 4]);
+    }
+
+    /// A NAR whose narinfo was deleted counts against the limit; eviction reclaims it before
+    /// it evicts any path.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn nars_no_narinfo_uses_are_reclaimed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = cache(dir.path()).await;
+        let m = cache.maintenance();
+        m.delete_narinfo(path(3).narinfo.store_path.hash())
+            .await
+            .unwrap();
+        assert_eq!(db.stored_bytes().await.unwrap(), 5 * FILE_SIZE);
+        let report = m.evict_lru(4 * FILE_SIZE).await.unwrap();
+        assert_eq!(report.narinfos_evicted, 0);
+        assert_eq!(report.nars_removed, 1);
+        assert_eq!(report.bytes_after, 4 * FILE_SIZE);
+        assert_eq!(cached(&db).await, vec![0, 1, 2, 4]);
+        assert!(db.nar(&path(3).narinfo.nar_hash).await.unwrap().is_none());
     }
 
     /// A lock service whose locks are lost as soon as they are taken (a Redis renewal failed).

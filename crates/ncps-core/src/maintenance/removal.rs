@@ -7,8 +7,8 @@ use ncps_nix::{NarKey, StorePathHash};
 use super::Maintenance;
 use crate::CacheError;
 
-/// Uploads ended per round of [`Maintenance::expire_uploads`].
-const EXPIRED_UPLOADS_PER_ROUND: u32 = 500;
+/// Uploads ended, or unused NARs removed, per round.
+const PER_ROUND: u32 = 500;
 
 impl Maintenance {
     /// Forgets a narinfo (DELETE); its NAR stays until deleted or evicted.
@@ -42,23 +42,39 @@ impl Maintenance {
         Ok(())
     }
 
+    /// Removes every NAR nothing uses (no narinfo describes it, no upload waits for it) and
+    /// deletes its whole file; returns how many went. Eviction calls it first, so NARs left by
+    /// a deleted narinfo never count against the size limit for long.
+    pub async fn reclaim_unused_nars(&self) -> Result<u64, CacheError> {
+        let mut reclaimed = 0;
+        loop {
+            let removed = self.0.db.reclaim_unused_nars(PER_ROUND).await?;
+            for record in &removed {
+                self.0.reader.forget_chunk_list(&record.nar_hash);
+                if let Some(whole) = record.whole {
+                    self.0.store.delete_nar(&whole.key).await?;
+                }
+            }
+            reclaimed += removed.len() as u64;
+            if removed.len() < PER_ROUND as usize {
+                return Ok(reclaimed);
+            }
+        }
+    }
+
     /// Ends the wait of every upload whose narinfo has not come within `wait`, deleting each
     /// such NAR that nothing else uses; returns how many uploads ended.
     pub async fn expire_uploads(&self, wait: Duration) -> Result<u64, CacheError> {
         let before = ncps_db::now_secs() - i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
         let mut ended = 0;
         loop {
-            let keys = self
-                .0
-                .db
-                .uploads_older_than(before, EXPIRED_UPLOADS_PER_ROUND)
-                .await?;
+            let keys = self.0.db.uploads_older_than(before, PER_ROUND).await?;
             if keys.is_empty() {
                 return Ok(ended);
             }
             self.0.ingest.end_uploads(&keys).await;
             ended += keys.len() as u64;
-            if keys.len() < EXPIRED_UPLOADS_PER_ROUND as usize {
+            if keys.len() < PER_ROUND as usize {
                 return Ok(ended);
             }
         }
