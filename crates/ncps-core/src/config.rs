@@ -70,6 +70,16 @@ impl CacheConfig {
         }
     }
 
+    /// Whether and when NARs are chunked, as the serve plan needs it.
+    pub(crate) fn chunking(&self) -> crate::plan::Chunking {
+        use crate::plan::Chunking;
+        match self.cdc {
+            None => Chunking::Off,
+            Some(cdc) if cdc.eager().is_some() => Chunking::Eager,
+            Some(_) => Chunking::Lazy,
+        }
+    }
+
     /// The chunking applied while a NAR arrives, when chunking is on and eager.
     pub(crate) fn eager_chunking(&self) -> Option<ChunkSettings> {
         self.cdc.and_then(|c| c.eager())

@@ -28,6 +28,18 @@ pub(crate) enum Source {
     },
 }
 
+/// Whether and when NARs are chunked: it decides what a download delivers, and whether a
+/// whole file is the NAR's lasting form or a passing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chunking {
+    /// NARs stay whole files.
+    Off,
+    /// Whole files are stored first, chunked in the background, then deleted.
+    Lazy,
+    /// Downloads are chunked as they arrive (their bytes are zstd frames).
+    Eager,
+}
+
 /// How a NAR URL is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ServePlan {
@@ -52,7 +64,7 @@ impl ServePlan {
 
 /// The plan for `key`, a URL of the NAR `nar` (its NarHash and NarSize), given its stored
 /// forms (`None`: not stored) and, for a NAR not stored yet, where it would be fetched from.
-/// `eager_chunking` says a download is chunked as it arrives (its bytes are then zstd frames).
+/// `chunking` says what a download delivers and whether whole files last.
 ///
 /// A plain `.nar` is always NarSize bytes hashing to the NarHash, whatever produced it: the
 /// conversion is verified against exactly those.
@@ -61,8 +73,9 @@ pub(crate) fn plan(
     nar: (Sha256Hash, u64),
     stored: Option<&NarRecord>,
     origin: Option<&NarOrigin>,
-    eager_chunking: bool,
+    chunking: Chunking,
 ) -> ServePlan {
+    let eager_chunking = chunking == Chunking::Eager;
     let (nar_hash, nar_size) = nar;
     let plain = |source| ServePlan {
         source,
@@ -93,8 +106,11 @@ pub(crate) fn plan(
             origin.compression
         };
         let as_is = delivered == key.compression;
-        if as_is && !eager_chunking && origin.file_hash.is_some() {
-            // The upstream's own file, whatever the URL's name: its FileHash and FileSize.
+        // The upstream's own file, with its FileHash and FileSize: under its own name, or under
+        // any name when whole files last (with chunking, what the URL serves later is the
+        // chunks' splice, which a narinfo must not have described otherwise).
+        let lasting = chunking == Chunking::Off || origin.file_hash == Some(key.hash);
+        if as_is && !eager_chunking && origin.file_hash.is_some() && lasting {
             return ServePlan {
                 source: Source::Fetch { as_is },
                 size: origin.file_size,
@@ -111,11 +127,12 @@ pub(crate) fn plan(
             converted(Source::Fetch { as_is })
         };
     };
-    // The URL resolved to this NAR: a whole file in its compression is exactly what it names.
-    if let Some(whole) = record
-        .whole
-        .filter(|w| w.key.compression == key.compression)
-    {
+    // The URL resolved to this NAR: a lasting whole file in its compression is exactly what it
+    // names; a passing one (lazy chunking) only under its own name.
+    let serves = |w: &WholeFile| {
+        w.key == *key || (chunking == Chunking::Off && w.key.compression == key.compression)
+    };
+    if let Some(whole) = record.whole.filter(serves) {
         return ServePlan {
             source: Source::Whole(whole),
             size: Some(whole.size),
@@ -301,7 +318,7 @@ mod tests {
         ];
         for (name, key, record, expected) in rows {
             assert_eq!(
-                plan(&key, nar(), Some(&record), None, false),
+                plan(&key, nar(), Some(&record), None, Chunking::Off),
                 expected,
                 "{name}"
             );
@@ -316,35 +333,42 @@ mod tests {
                 "upstream file named by its FileHash",
                 NarKey::new(h(5), Compression::Xz),
                 origin(Compression::Xz, Some(h(5))),
-                false,
+                Chunking::Off,
                 (Source::Fetch { as_is: true }, Some(300), Some(h(5))),
             ),
             (
                 "upstream gave no FileHash: the size is not vouched for",
                 NarKey::new(nar_hash(), Compression::Xz),
                 origin(Compression::Xz, None),
-                false,
+                Chunking::Off,
                 (Source::Fetch { as_is: true }, None, None),
             ),
             (
                 "eager chunking delivers frames of unknown size",
                 NarKey::new(nar_hash(), Compression::Zstd),
                 origin(Compression::Zstd, Some(nar_hash())),
-                true,
+                Chunking::Eager,
                 (Source::Fetch { as_is: true }, None, None),
             ),
             (
                 "the NarHash URL names the upstream's own file when compressions agree",
                 NarKey::new(nar_hash(), Compression::Zstd),
                 origin(Compression::Zstd, Some(h(5))),
-                false,
+                Chunking::Off,
                 (Source::Fetch { as_is: true }, Some(300), Some(h(5))),
+            ),
+            (
+                "lazy chunking: the NarHash URL will serve the splice, not the upstream file",
+                NarKey::new(nar_hash(), Compression::Zstd),
+                origin(Compression::Zstd, Some(h(5))),
+                Chunking::Lazy,
+                (Source::Fetch { as_is: true }, None, None),
             ),
             (
                 "plain NAR while the xz download runs",
                 NarKey::new(nar_hash(), Compression::None),
                 origin(Compression::Xz, Some(h(5))),
-                false,
+                Chunking::Off,
                 (
                     Source::Fetch { as_is: false },
                     Some(NAR_SIZE),
@@ -355,24 +379,30 @@ mod tests {
                 "another compression than the download's",
                 NarKey::new(nar_hash(), Compression::Bzip2),
                 origin(Compression::Xz, Some(h(5))),
-                false,
+                Chunking::Off,
                 (Source::Fetch { as_is: false }, None, None),
             ),
         ];
-        for (name, key, origin, eager, (source, size, file_hash)) in rows {
+        for (name, key, origin, chunking, (source, size, file_hash)) in rows {
             let expected = ServePlan {
                 source,
                 size,
                 file_hash,
             };
             assert_eq!(
-                plan(&key, nar(), None, Some(&origin), eager),
+                plan(&key, nar(), None, Some(&origin), chunking),
                 expected,
                 "{name}"
             );
             // A record with no form left is the same as no record.
             assert_eq!(
-                plan(&key, nar(), Some(&record(None, None)), Some(&origin), eager),
+                plan(
+                    &key,
+                    nar(),
+                    Some(&record(None, None)),
+                    Some(&origin),
+                    chunking
+                ),
                 expected,
                 "{name} (empty record)"
             );
@@ -388,17 +418,23 @@ mod tests {
         let key = NarKey::new(nar_hash(), Compression::None);
         let both = record(Some(xz), Some(ch));
         assert_eq!(
-            plan(&key, nar(), Some(&both), None, false).source,
+            plan(&key, nar(), Some(&both), None, Chunking::Off).source,
             Source::ChunksConverted(ch)
         );
         let chunks_lost = record(Some(xz), None);
         assert_eq!(
-            plan(&key, nar(), Some(&chunks_lost), None, false).source,
+            plan(&key, nar(), Some(&chunks_lost), None, Chunking::Off).source,
             Source::WholeConverted(xz)
         );
         let o = origin(Compression::Xz, Some(h(1)));
         let everything_lost = record(None, None);
-        let last = plan(&xz.key, nar(), Some(&everything_lost), Some(&o), false);
+        let last = plan(
+            &xz.key,
+            nar(),
+            Some(&everything_lost),
+            Some(&o),
+            Chunking::Off,
+        );
         assert_eq!(last.source, Source::Fetch { as_is: true });
         assert_eq!(last.size, Some(300));
     }
@@ -410,7 +446,7 @@ mod tests {
             nar(),
             Some(&record(None, Some(chunks(None)))),
             None,
-            false,
+            Chunking::Off,
         );
         assert_eq!(spliced.size, Some(450));
         assert_eq!(spliced.file_info(), (None, None));
@@ -419,8 +455,24 @@ mod tests {
             nar(),
             Some(&record(None, Some(chunks(None)))),
             None,
-            false,
+            Chunking::Off,
         );
         assert_eq!(plain.file_info(), (Some(nar_hash()), Some(NAR_SIZE)));
+    }
+
+    /// Under lazy chunking a whole file is a passing form: the NarHash URL is not answered
+    /// with it as such (its FileHash would change once the chunks replace it).
+    #[test]
+    fn a_passing_whole_file_is_not_claimed_by_the_narhash_url() {
+        let key = NarKey::new(nar_hash(), Compression::Zstd);
+        let stored = record(Some(whole(Compression::Zstd)), None);
+        let lazy = plan(&key, nar(), Some(&stored), None, Chunking::Lazy);
+        assert_eq!(
+            lazy.source,
+            Source::WholeConverted(whole(Compression::Zstd))
+        );
+        assert_eq!(lazy.file_info(), (None, None));
+        let off = plan(&key, nar(), Some(&stored), None, Chunking::Off);
+        assert_eq!(off.source, Source::Whole(whole(Compression::Zstd)));
     }
 }

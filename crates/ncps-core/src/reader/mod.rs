@@ -28,7 +28,7 @@ use crate::config::CacheConfig;
 use crate::conversions::{CONVERSION_STALL, Conversions};
 use crate::ingest::{Download, Fetch, Ingest};
 use crate::metrics::{Metrics, Outcome};
-use crate::plan::{ServePlan, Source, plan};
+use crate::plan::{Chunking, ServePlan, Source, plan};
 use crate::{CacheError, RangeRequest};
 
 use access::AccessLog;
@@ -60,7 +60,7 @@ struct State {
     public_key: PublicKey,
     sign_narinfo: bool,
     priority: u32,
-    eager_chunking: bool,
+    chunking: Chunking,
     memo: NarInfoMemo,
     chunk_lists: ChunkListMemo,
     access: AccessLog,
@@ -84,7 +84,7 @@ impl Reader {
             public_key: config.secret_key.public_key(),
             sign_narinfo: config.sign_narinfo,
             priority: config.priority,
-            eager_chunking: config.eager_chunking().is_some(),
+            chunking: config.chunking(),
             memo: NarInfoMemo::default(),
             chunk_lists: ChunkListMemo::default(),
             access: AccessLog::default(),
@@ -172,7 +172,7 @@ impl Reader {
             (narinfo.nar_hash, narinfo.nar_size),
             stored.as_ref(),
             cached.origin.as_ref(),
-            self.0.eager_chunking,
+            self.0.chunking,
         );
         (narinfo.file_hash, narinfo.file_size) = plan.file_info();
         if self.0.sign_narinfo {
@@ -227,7 +227,7 @@ impl Reader {
             (n.nar_hash, n.nar_size),
             None,
             Some(origin),
-            self.0.eager_chunking,
+            self.0.chunking,
         )
         .size)
     }
@@ -306,7 +306,7 @@ impl Reader {
             (record.nar_hash, record.nar_size),
             Some(record),
             None,
-            self.0.eager_chunking,
+            self.0.chunking,
         )
     }
 
@@ -323,7 +323,7 @@ impl Reader {
             download.nar(),
             None,
             Some(download.origin()),
-            self.0.eager_chunking,
+            self.0.chunking,
         );
         let from = download.compression();
         Ok(match plan.source {
