@@ -79,9 +79,4 @@ impl CacheConfig {
             Some(_) => Chunking::Lazy,
         }
     }
-
-    /// The chunking applied while a NAR arrives, when chunking is on and eager.
-    pub(crate) fn eager_chunking(&self) -> Option<ChunkSettings> {
-        self.cdc.and_then(|c| c.eager())
-    }
 }
