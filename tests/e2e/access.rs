@@ -159,5 +159,11 @@ async fn every_route_and_method_needs_the_right_token() {
     )
     .await
     .expect("GET narinfo");
-    resp.expect_status(200, "a narinfo with the read token");
+    let resp = resp.expect_status(200, "a narinfo with the read token");
+    // Only the token holder may keep it: no shared cache (proxy, CDN) may.
+    let cache_control = resp.header("cache-control").unwrap_or_default();
+    assert!(
+        cache_control.starts_with("private"),
+        "a narinfo behind a token says Cache-Control: {cache_control}"
+    );
 }

@@ -16,6 +16,10 @@ use tokio::sync::mpsc;
 pub(crate) const QUEUE: usize = 16;
 /// zstd level for NARs recompressed on the fly: fast enough to keep up with a network link.
 const ZSTD_TRANSCODE_LEVEL: i32 = 3;
+/// Most memory an xz decoder may take. The largest standard preset (`xz -9`) needs 65 MiB; a
+/// stream that asks for more (a tiny upload declaring a dictionary of gigabytes would otherwise
+/// commit them) is refused as corrupt.
+const XZ_MEMORY_LIMIT: u64 = 128 << 20;
 /// xz level for the rare URL that names xz but whose NAR is only stored in another form.
 const XZ_TRANSCODE_LEVEL: u32 = 1;
 
@@ -63,7 +67,14 @@ impl Codec {
     ) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Self::None => Box::new(input),
-            Self::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
+            Self::Xz => {
+                let stream = xz2::stream::Stream::new_auto_decoder(
+                    XZ_MEMORY_LIMIT,
+                    xz2::stream::CONCATENATED,
+                )
+                .map_err(io::Error::other)?;
+                Box::new(xz2::read::XzDecoder::new_stream(input, stream))
+            }
             Self::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
             Self::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
             Self::Brotli => Box::new(brotli::Decompressor::new(input, 64 * 1024)),
@@ -75,7 +86,14 @@ impl Codec {
     pub fn write_decoder<W: Write>(self, sink: W) -> io::Result<WriteDecoder<W>> {
         Ok(match self {
             Self::None => WriteDecoder::Plain(sink),
-            Self::Xz => WriteDecoder::Xz(Box::new(xz2::write::XzDecoder::new_multi_decoder(sink))),
+            Self::Xz => {
+                let stream = xz2::stream::Stream::new_stream_decoder(
+                    XZ_MEMORY_LIMIT,
+                    xz2::stream::CONCATENATED,
+                )
+                .map_err(io::Error::other)?;
+                WriteDecoder::Xz(Box::new(xz2::write::XzDecoder::new_stream(sink, stream)))
+            }
             Self::Zstd => WriteDecoder::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?)),
             Self::Bzip2 => WriteDecoder::Bzip2(Box::new(bzip2::write::BzDecoder::new(sink))),
             Self::Brotli => {
@@ -266,5 +284,72 @@ impl Read for StreamReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CRC-32 (IEEE), as xz block headers carry it.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// A small xz stream whose block header declares a 4 GiB dictionary.
+    fn huge_dictionary_xz() -> Vec<u8> {
+        let mut xz = Vec::new();
+        let mut encoder = xz2::write::XzEncoder::new(&mut xz, 0);
+        encoder.write_all(&[0u8; 10_000]).unwrap();
+        encoder.finish().unwrap();
+        // Stream header (12 bytes), then the block header: its size, flags, the LZMA2 filter
+        // (id 0x21, one property byte: the dictionary size code), padding, CRC-32.
+        let header_len = (usize::from(xz[12]) + 1) * 4;
+        let header = &mut xz[12..12 + header_len];
+        let filter = header.windows(2).position(|w| w == [0x21, 0x01]).unwrap();
+        header[filter + 2] = 40; // 4 GiB - 1
+        let crc = crc32(&header[..header_len - 4]);
+        header[header_len - 4..].copy_from_slice(&crc.to_le_bytes());
+        xz
+    }
+
+    #[test]
+    fn an_xz_stream_asking_for_gigabytes_is_refused() {
+        let bomb = huge_dictionary_xz();
+        let mut decoder = Codec::Xz.write_decoder(Vec::new()).unwrap();
+        let written = decoder
+            .write_all(&bomb)
+            .and_then(|()| decoder.finish().map(drop));
+        assert!(written.is_err(), "a 4 GiB dictionary was accepted");
+        let mut plain = Vec::new();
+        let read = Codec::Xz
+            .decoder(&bomb[..])
+            .unwrap()
+            .read_to_end(&mut plain);
+        assert!(read.is_err(), "a 4 GiB dictionary was accepted");
+
+        // An ordinary stream still decodes.
+        let mut xz = Vec::new();
+        let mut encoder = xz2::write::XzEncoder::new(&mut xz, 9);
+        encoder.write_all(b"nix-archive-1").unwrap();
+        encoder.finish().unwrap();
+        let mut plain = Vec::new();
+        Codec::Xz
+            .decoder(&xz[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"nix-archive-1");
     }
 }

@@ -682,10 +682,7 @@ mod tests {
         // Every migration this binary knows, each once.
         let known: Vec<i64> = SQLITE_MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(known.len() >= 3, "{known:?}");
-        assert_eq!(
-            applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-            known
-        );
+        assert_eq!(applied.iter().map(|m| m.version).collect::<Vec<_>>(), known);
         db.pool.close().await;
         fresh.cleanup().await;
     }

@@ -110,14 +110,34 @@ pub async fn enforce(
     } else {
         access.get_token.iter().chain(&access.put_token).collect()
     };
-    if !accepted.is_empty() {
-        let given = presented_secret(request.headers());
-        let ok = given.is_some_and(|g| accepted.iter().any(|t| same_secret(&g, t)));
-        if !ok {
-            return plain(StatusCode::UNAUTHORIZED, "missing or wrong token");
-        }
+    if accepted.is_empty() {
+        return next.run(request).await;
     }
-    next.run(request).await
+    let given = presented_secret(request.headers());
+    let ok = given.is_some_and(|g| accepted.iter().any(|t| same_secret(&g, t)));
+    if !ok {
+        return plain(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    let mut response = next.run(request).await;
+    keep_out_of_shared_caches(&mut response);
+    response
+}
+
+/// A response that needed a token must not be kept by a shared cache (a proxy or CDN would
+/// hand it to anyone): `public` becomes `private`, which still lets the client keep it.
+fn keep_out_of_shared_caches(response: &mut Response) {
+    let headers = response.headers_mut();
+    let Some(value) = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    if let Some(rest) = value.strip_prefix("public")
+        && let Ok(private) = format!("private{rest}").parse()
+    {
+        headers.insert(header::CACHE_CONTROL, private);
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +158,19 @@ mod tests {
         assert_eq!(presented_secret(&h).as_deref(), Some("s3cret"));
         assert!(same_secret("s3cret", "s3cret"));
         assert!(!same_secret("s3cret", "s3cret2"));
+    }
+
+    #[test]
+    fn answers_behind_a_token_are_private() {
+        let mut response = ([(header::CACHE_CONTROL, "public, max-age=3600")], "x").into_response();
+        keep_out_of_shared_caches(&mut response);
+        assert_eq!(
+            response.headers()[header::CACHE_CONTROL],
+            "private, max-age=3600"
+        );
+        let mut response = ([(header::CACHE_CONTROL, "no-store")], "x").into_response();
+        keep_out_of_shared_caches(&mut response);
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
         assert!(!same_secret("", "x"));
     }
 }

@@ -64,7 +64,7 @@ pub struct Cli {
 
     /// OpenTelemetry collector (OTLP/gRPC): http://HOST:PORT for plain gRPC, https://HOST:PORT
     /// or HOST:PORT for TLS. Default $OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317.
-    #[arg(long, env = "OTEL_GRPC_URL", global = true)]
+    #[arg(long, env = "OTEL_GRPC_URL", global = true, hide_env_values = true)]
     pub otel_grpc_url: Option<String>,
 
     /// What to do.
@@ -173,7 +173,7 @@ pub struct StorageArgs {
     /// Database URL: sqlite:PATH (default sqlite:<data dir>/db/db.sqlite),
     /// postgres://USER:PASSWORD@HOST:PORT/DB (or postgresql://) or
     /// mysql://USER:PASSWORD@HOST:PORT/DB (MySQL 8 and MariaDB). See docs/databases.md.
-    #[arg(long, env = "CACHE_DATABASE_URL")]
+    #[arg(long, env = "CACHE_DATABASE_URL", hide_env_values = true)]
     pub cache_database_url: Option<String>,
 
     /// Most database connections a replica opens (default: SQLite 8, PostgreSQL/MySQL 32).
@@ -342,6 +342,7 @@ pub struct UpstreamArgs {
     #[arg(
         long = "cache-upstream-url",
         env = "CACHE_UPSTREAM_URLS",
+        hide_env_values = true,
         value_delimiter = ',',
         alias = "upstream-cache"
     )]
@@ -624,11 +625,11 @@ pub struct AccessArgs {
 
     /// Token required to read (Authorization: Bearer, or the password of Basic auth as Nix sends
     /// from a netrc file). /healthz and /metrics stay open.
-    #[arg(long, env = "CACHE_GET_TOKEN")]
+    #[arg(long, env = "CACHE_GET_TOKEN", hide_env_values = true)]
     pub cache_get_token: Option<String>,
 
     /// Token required to upload or delete (defaults to the read token when only that is set).
-    #[arg(long, env = "CACHE_PUT_TOKEN")]
+    #[arg(long, env = "CACHE_PUT_TOKEN", hide_env_values = true)]
     pub cache_put_token: Option<String>,
 }
 
@@ -949,6 +950,33 @@ mod tests {
             );
         }
         Cli::command().debug_assert();
+    }
+
+    /// `--help` shows each variable's value from the environment: never for a secret (tokens,
+    /// passwords, keys) or a URL, which may carry credentials.
+    #[test]
+    fn help_never_prints_a_secret_from_the_environment() {
+        let sensitive = ["TOKEN", "PASSWORD", "SECRET", "URL"];
+        let command = Cli::command();
+        let mut checked = 0;
+        for sub in std::iter::once(&command).chain(command.get_subcommands()) {
+            for arg in sub.get_arguments() {
+                let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                    continue;
+                };
+                // A path to a secret is not one.
+                let path = env.ends_with("_PATH") || env.ends_with("_FILE");
+                if sensitive.iter().any(|s| env.contains(s)) && !path {
+                    checked += 1;
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "`{}` prints ${env} in --help",
+                        arg.get_id()
+                    );
+                }
+            }
+        }
+        assert!(checked >= 6, "only {checked} sensitive variables found");
     }
 
     #[test]
