@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use ncps_db::Database;
+use ncps_nix::SignedJson;
 use ncps_upstream::Upstreams;
 
 use crate::CacheError;
+use crate::ingest::UploadConfig;
 
 /// Largest build log fetched from an upstream.
 const MAX_UPSTREAM_LOG: usize = 64 * 1024 * 1024;
@@ -22,22 +24,30 @@ pub struct Documents(Arc<State>);
 struct State {
     db: Database,
     upstreams: Upstreams,
-    /// Largest build log accepted by upload.
-    max_upload: u64,
+    /// The rules uploads follow (size, signatures).
+    uploads: UploadConfig,
 }
 
 impl Documents {
-    pub(crate) fn new(db: Database, upstreams: Upstreams, max_upload: u64) -> Self {
+    pub(crate) fn new(db: Database, upstreams: Upstreams, uploads: UploadConfig) -> Self {
         Self(Arc::new(State {
             db,
             upstreams,
-            max_upload,
+            uploads,
         }))
     }
 
-    /// Stores a build log (`PUT /log/<drv>`).
+    /// Stores a build log (`PUT /log/<drv>`). A log carries no signature, so a cache that
+    /// takes only signed uploads takes none.
     pub async fn put_build_log(&self, drv: &str, content: &[u8]) -> Result<(), CacheError> {
-        let limit = self.0.max_upload;
+        if self.0.uploads.require_trusted_signature {
+            return Err(CacheError::Forbidden(
+                "build logs carry no signature, and this cache accepts only uploads signed by \
+                 a trusted key (--cache-require-trusted-signature)"
+                    .into(),
+            ));
+        }
+        let limit = self.0.uploads.max_size;
         if content.len() as u64 > limit {
             return Err(CacheError::TooLarge { limit });
         }
@@ -61,9 +71,16 @@ impl Documents {
         Ok(log.into_bytes())
     }
 
-    /// Stores a realisation or build-trace document under its (already validated) id.
+    /// Stores a realisation or build-trace document under its (already validated) id; when
+    /// uploads must be signed, it must carry a signature by a trusted upload key.
     pub async fn put_realisation(&self, id: &str, content: &str) -> Result<(), CacheError> {
-        check_json_object(content)?;
+        let document = signed_json(content)?;
+        let rules = &self.0.uploads;
+        if rules.require_trusted_signature && !document.verify(&rules.trusted_keys) {
+            return Err(CacheError::Forbidden(
+                "the document carries no valid signature from a trusted upload key".into(),
+            ));
+        }
         Ok(self.0.db.put_realisation(id, content).await?)
     }
 
@@ -79,33 +96,61 @@ impl Documents {
             .find_document(id, MAX_REALISATION_UPLOAD)
             .await?
             .ok_or(CacheError::NotFound)?;
-        check_json_object(&document)?;
+        signed_json(&document)?;
         self.0.db.put_realisation(id, &document).await?;
         Ok(document)
     }
 }
 
 /// Realisations are JSON objects; refuse anything else rather than serve garbage to clients.
-fn check_json_object(content: &str) -> Result<(), CacheError> {
-    let trimmed = content.trim_start();
-    if trimmed.starts_with('{') && content.trim_end().ends_with('}') {
-        Ok(())
-    } else {
-        Err(CacheError::BadRequest(
-            "a realisation must be a JSON object".into(),
-        ))
-    }
+fn signed_json(content: &str) -> Result<SignedJson, CacheError> {
+    SignedJson::parse(content)
+        .map_err(|e| CacheError::BadRequest(format!("a realisation must be a JSON object: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
+    use ncps_nix::SecretKey;
+
     use super::*;
+    use crate::test_support::local_cache_with;
 
     #[test]
     fn realisations_must_be_json_objects() {
-        assert!(check_json_object(r#" {"id": "x"} "#).is_ok());
-        assert!(check_json_object("[1]").is_err());
-        assert!(check_json_object("{ unterminated").is_err());
-        assert!(check_json_object("").is_err());
+        assert!(signed_json(r#" {"id": "x"} "#).is_ok());
+        assert!(signed_json("[1]").is_err());
+        assert!(signed_json("{ unterminated").is_err());
+        assert!(signed_json("").is_err());
+    }
+
+    /// With `--cache-require-trusted-signature`, documents follow the rule narinfos follow.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn signed_uploads_only_means_signed_documents_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = SecretKey::generate("builder-1").unwrap();
+        let (cache, db) = local_cache_with(dir.path(), |c| {
+            c.uploads.require_trusted_signature = true;
+            c.uploads.trusted_keys = vec![trusted.public_key()];
+        })
+        .await;
+        let documents = cache.documents();
+        let unsigned = r#"{"dependentRealisations":{},"id":"sha256:ab!out","outPath":"x-y"}"#;
+        let id = "realisations/sha256:ab!out.doi";
+        let err = documents.put_realisation(id, unsigned).await.unwrap_err();
+        assert!(matches!(err, CacheError::Forbidden(_)), "{err}");
+        let sig = trusted.sign(&SignedJson::parse(unsigned).unwrap().fingerprint);
+        let signed = format!(
+            r#"{{"dependentRealisations":{{}},"id":"sha256:ab!out","outPath":"x-y","signatures":["{sig}"]}}"#
+        );
+        documents.put_realisation(id, &signed).await.unwrap();
+        assert_eq!(
+            db.realisation(id).await.unwrap().as_deref(),
+            Some(signed.as_str())
+        );
+        let err = documents
+            .put_build_log("00000000000000000000000000000000-x.drv", b"log")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CacheError::Forbidden(_)), "{err}");
     }
 }

@@ -98,7 +98,7 @@ impl Cache {
             metrics.clone(),
             queue,
         );
-        let documents = Documents::new(db, upstreams, config.uploads.max_size);
+        let documents = Documents::new(db, upstreams, config.uploads.clone());
         Self(Arc::new(Components {
             reader,
             ingest,

@@ -13,6 +13,7 @@ mod kv;
 pub mod nar_url;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod realisation;
 pub mod signing;
 pub mod store_path;
 
@@ -23,6 +24,7 @@ pub use hash::{HashError, Sha256Hash};
 pub use nar_url::{NarKey, NarKeyError};
 pub use narinfo::{NarInfo, NarInfoError};
 pub use nixbase32::Nixbase32Error;
+pub use realisation::{SignedJson, SignedJsonError};
 pub use signing::{PublicKey, SecretKey, SigningError};
 pub use store_path::{STORE_DIR, StorePath, StorePathError, StorePathHash};
 

@@ -593,8 +593,9 @@ pub struct AccessArgs {
     )]
     pub cache_allow_delete_verb: bool,
 
-    /// Require uploaded narinfos to carry a signature from a --cache-trusted-upload-key
-    /// (refused with 403 otherwise; with no key configured every upload is refused).
+    /// Require uploaded narinfos, realisations and build-trace entries to carry a signature
+    /// from a --cache-trusted-upload-key (refused with 403 otherwise; with no key configured
+    /// every upload is refused). Build logs cannot be signed and are refused.
     #[arg(
         long,
         env = "CACHE_REQUIRE_TRUSTED_SIGNATURE",
