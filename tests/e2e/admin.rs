@@ -19,21 +19,8 @@ async fn fsck(fx: &Fixture, args: &[&str]) -> NcpsRun {
     fx.env.ncps_admin("fsck", &fx.config, args).await
 }
 
-/// The stored whole file of `store_path`'s NAR: named by the FileHash ncps's narinfo gives,
-/// in the compression of its URL.
 async fn stored_nar(fx: &Fixture, store_path: &str) -> PathBuf {
-    let narinfo = fx.ncps_narinfo(store_path).await;
-    let file_hash = narinfo
-        .field("FileHash")
-        .strip_prefix("sha256:")
-        .expect("a sha256 FileHash");
-    let url = narinfo.field("URL");
-    let extension = &url[url.find(".nar").expect("a NAR URL")..];
-    let file = fx
-        .config
-        .data_dir
-        .join("store/nar")
-        .join(format!("{file_hash}{extension}"));
+    let file = fx.stored_nar_file(store_path).await;
     assert!(file.is_file(), "{} is not stored", file.display());
     file
 }

@@ -81,6 +81,35 @@ async fn corrupted_upstream_nar_is_not_cached() {
     .await;
 }
 
+/// A stored whole file damaged on disk (cut short) is noticed when it is opened, by its size,
+/// and healed like a missing one: the client gets the whole NAR, fetched again, and the file
+/// on disk is whole again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_stored_file_is_fetched_again_not_served() {
+    let fx = Fixture::new(Compression::Xz).await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    download_is_good(&fx, &narinfo)
+        .await
+        .expect("first download");
+    let file = fx.stored_nar_file(&fx.closure.blob).await;
+    let whole = eventually("the NAR is stored", || async {
+        std::fs::read(&file).map_err(|e| e.to_string())
+    })
+    .await;
+    std::fs::write(&file, &whole[..whole.len() / 2]).expect("truncate the stored file");
+    download_is_good(&fx, &narinfo)
+        .await
+        .expect("a damaged stored file must be healed, not served");
+    eventually("the stored file is whole again", || async {
+        match std::fs::read(&file) {
+            Ok(bytes) if bytes == whole => Ok(()),
+            Ok(bytes) => Err(format!("{} bytes of {}", bytes.len(), whole.len())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+}
+
 /// A lock service that cannot be reached (Redis on a closed port): a NAR that must be
 /// downloaded is a 503 with `Retry-After` (the client retries; nothing is remembered as a
 /// miss), while narinfos, which need no lock, are served.

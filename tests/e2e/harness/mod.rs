@@ -247,6 +247,23 @@ impl Fixture {
         NarInfo::parse(&resp.text())
     }
 
+    /// Where ncps keeps `store_path`'s NAR as a whole file: named by the FileHash its narinfo
+    /// gives, in the compression of its URL (it need not exist).
+    pub async fn stored_nar_file(&self, store_path: &str) -> std::path::PathBuf {
+        let narinfo = self.ncps_narinfo(store_path).await;
+        let file_hash = narinfo
+            .field("FileHash")
+            .strip_prefix("sha256:")
+            .expect("a sha256 FileHash")
+            .to_owned();
+        let url = narinfo.field("URL");
+        let extension = &url[url.find(".nar").expect("a NAR URL")..];
+        self.config
+            .data_dir
+            .join("store/nar")
+            .join(format!("{file_hash}{extension}"))
+    }
+
     pub fn narinfo_url(&self, store_path: &str) -> String {
         self.ncps
             .url_for(&format!("{}.narinfo", narinfo::store_hash(store_path)))

@@ -422,6 +422,19 @@ impl Reader {
         let Some(read) = self.0.store.read_nar(&whole.key, range).await? else {
             return Ok(None);
         };
+        // The size is what can be checked on every open: a file cut short or grown on disk is
+        // damaged, and goes the way of a missing one (another form, or fetched again).
+        if read.total_size != whole.size {
+            error!(
+                nar = %whole.key,
+                recorded = whole.size,
+                found = read.total_size,
+                "stored NAR file is damaged (wrong size); deleting it"
+            );
+            drop(read);
+            self.0.store.delete_nar(&whole.key).await?;
+            return Ok(None);
+        }
         Ok(Some(NarBody {
             total_size: Some(read.total_size),
             range,
