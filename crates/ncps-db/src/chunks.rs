@@ -291,6 +291,29 @@ mod tests {
         }
     }
 
+    /// A failure while the list is written is an error, not taken for a concurrent commit
+    /// of the same NAR (which is the one failure answered with `false`): otherwise the caller
+    /// would believe the list stored. The failure is injected with a trigger.
+    #[tokio::test]
+    async fn a_failed_list_insert_is_an_error_not_a_lost_race() {
+        use crate::repo::test_support::{Engine, TestDb};
+        let db = TestDb::new(Engine::Sqlite).await;
+        sqlx::query(
+            "CREATE TRIGGER injected BEFORE INSERT ON nar_chunks \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let nar = Sha256Hash::digest(b"nar");
+        let result = db
+            .commit_chunks(&nar, 100, &[chunk(1)], Sha256Hash::digest(b"s"))
+            .await;
+        assert!(result.is_err(), "{result:?}");
+        assert!(db.nar(&nar).await.unwrap().is_none());
+        db.cleanup().await;
+    }
+
     db_test! {
         async fn a_chunk_referenced_again_is_not_forgotten(db) {
             // The collector found `c` unreferenced; before it deleted the row, another NAR
