@@ -38,7 +38,8 @@ pub struct UpstreamOptions {
     /// Limit for receiving the response headers after sending a request.
     pub response_header_timeout: Duration,
     /// Limit for a body read that makes no progress; a stalled upstream must not hold a client
-    /// forever.
+    /// forever. Over every two of these, a NAR body must also bring at least 64 KiB, so an
+    /// upstream that drips a byte just before each read times out is cut off as well.
     pub stall_timeout: Duration,
     /// Extra attempts of a narinfo GET after a timeout, connection failure, 5xx or 429 (never
     /// after a 404), with jittered exponential backoff from `retry_backoff`.
@@ -86,6 +87,7 @@ pub struct Upstream {
     base: Url,
     client: reqwest::Client,
     header_timeout: Duration,
+    stall_timeout: Duration,
     auth: Option<&'static str>,
 }
 
@@ -155,6 +157,7 @@ impl Upstream {
             base,
             client,
             header_timeout: options.response_header_timeout,
+            stall_timeout: options.stall_timeout,
             auth: credentials.as_ref().map(Credentials::scheme),
         })
     }
@@ -281,10 +284,19 @@ impl Upstream {
             });
         }
         let content_length = response.content_length();
+        let url_text = url.to_string();
         let body = response
             .bytes_stream()
             .map(move |r| r.map_err(|e| body_error(&url, e)))
             .boxed();
+        // A per-read timeout is not enough: over each window of two stall timeouts the body
+        // must bring a minimum of bytes.
+        let body = crate::pace::paced(
+            body,
+            url_text,
+            self.stall_timeout * 2,
+            crate::pace::MIN_BYTES_PER_WINDOW,
+        );
         Ok(NarResponse {
             content_length,
             body,

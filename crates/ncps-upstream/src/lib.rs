@@ -13,6 +13,7 @@ mod error;
 mod health;
 mod negative;
 mod netrc;
+mod pace;
 mod upstreams;
 
 pub use client::{LookupStrategy, NarResponse, Upstream, UpstreamOptions};

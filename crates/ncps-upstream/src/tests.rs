@@ -436,3 +436,47 @@ async fn netrc_credentials_are_sent_to_their_host_only() {
     assert!(sent.iter().all(|a| a == "Bearer tok3n"));
     assert!(public.state.authorization.lock().unwrap().is_empty());
 }
+
+/// An upstream that sends one byte of a NAR just before each read would time out never trips
+/// the per-read timeout; the pace check cuts it off within a window of two stall timeouts.
+#[tokio::test]
+async fn a_dripping_nar_body_is_cut_off() {
+    use futures::StreamExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let drip = || async {
+        let bytes = futures::stream::iter(0..1000).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))
+        });
+        axum::body::Body::from_stream(bytes)
+    };
+    let app = Router::new().route("/nar/drip.nar", axum::routing::get(drip));
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let options = UpstreamOptions {
+        stall_timeout: Duration::from_millis(300),
+        ..options(LookupStrategy::Parallel)
+    };
+    let upstreams = Upstreams::new(std::slice::from_ref(&url), vec![], &options).unwrap();
+    let started = Instant::now();
+    let mut body = upstreams
+        .fetch_nar(&format!("{url}/"), "nar/drip.nar")
+        .await
+        .unwrap()
+        .body;
+    let mut error = None;
+    while let Some(item) = body.next().await {
+        if let Err(e) = item {
+            error = Some(e);
+            break;
+        }
+    }
+    let error = error.expect("the dripping body must fail");
+    assert!(error.is_timeout(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    task.abort();
+}
