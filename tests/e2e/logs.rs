@@ -47,3 +47,69 @@ async fn logs_and_realisations_are_proxied_from_upstream_then_kept() {
         .await
         .expect_status(404, "log nobody has");
 }
+
+/// Many clients asking at once for a log: one upstream request. Asking again for a log nobody
+/// has: no upstream request (the negative cache). A name that would smuggle a query into the
+/// upstream request is refused, or sent encoded, and nothing is stored for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_fetches_are_single_flight_remembered_missing_and_never_carry_a_query() {
+    let fx = Fixture::new(Compression::Zstd).await;
+    let dir = fx
+        .upstream
+        .narinfo_file(&fx.closure.top)
+        .parent()
+        .expect("upstream dir")
+        .to_path_buf();
+    let hash = crate::harness::narinfo::random_store_hash();
+    let drv = format!("{hash}-many.drv");
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    std::fs::write(dir.join("log").join(&drv), "log of many\n").unwrap();
+    fx.upstream
+        .delay_responses(std::time::Duration::from_millis(300));
+    let url = fx.ncps.url_for(&format!("log/{drv}"));
+    let asks = (0..20).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { http::get(&url).await.expect_status(200, "log").text() })
+    });
+    for ask in asks {
+        assert_eq!(ask.await.unwrap(), "log of many\n");
+    }
+    assert_eq!(
+        fx.upstream.gets(&format!("/log/{drv}")),
+        1,
+        "one fetch for 20 clients"
+    );
+    fx.upstream.delay_responses(std::time::Duration::ZERO);
+
+    let missing = format!("log/{hash}-missing.drv");
+    for _ in 0..3 {
+        http::get(&fx.ncps.url_for(&missing))
+            .await
+            .expect_status(404, "a log nobody has");
+    }
+    assert_eq!(
+        fx.upstream.gets(&format!("/{missing}")),
+        1,
+        "misses are remembered"
+    );
+
+    // Not a derivation: refused before any upstream is asked.
+    http::get(&fx.ncps.url_for(&format!("log/{hash}-x.drv%3Fa=1")))
+        .await
+        .expect_status(400, "a log name with a query appended");
+    // A derivation name with `?` in it (store names allow it): asked for encoded.
+    http::get(&fx.ncps.url_for(&format!("log/{hash}-x%3Fa=1.drv")))
+        .await
+        .expect_status(404, "a log name holding a question mark");
+    let requests = fx.upstream.requests();
+    assert!(
+        requests.iter().all(|r| !r.contains("-x.drv")),
+        "a refused name reached the upstream: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains(&format!("/log/{hash}-x%3Fa=1.drv"))),
+        "the name with a question mark was not sent encoded: {requests:?}"
+    );
+}

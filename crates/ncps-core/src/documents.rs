@@ -2,7 +2,8 @@
 //! `/build-trace-v2/…`). Stored in the database when uploaded, or fetched from an upstream that
 //! has them (and then kept). The HTTP layer calls this; nothing else does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use ncps_db::Database;
 use ncps_nix::SignedJson;
@@ -26,6 +27,26 @@ struct State {
     upstreams: Upstreams,
     /// The rules uploads follow (size, signatures).
     uploads: UploadConfig,
+    /// Documents being fetched from upstream, so each is fetched once however many ask.
+    fetching: Fetching,
+}
+
+/// One lock per document being fetched: the first request fetches, the others wait for it and
+/// then find the document stored (or remembered missing by the upstreams' negative cache).
+#[derive(Default)]
+struct Fetching(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl Fetching {
+    fn lock_for(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        if let Some(lock) = locks.get(path).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(path.to_owned(), Arc::downgrade(&lock));
+        lock
+    }
 }
 
 impl Documents {
@@ -34,6 +55,7 @@ impl Documents {
             db,
             upstreams,
             uploads,
+            fetching: Fetching::default(),
         }))
     }
 
@@ -61,6 +83,11 @@ impl Documents {
             return Ok(log);
         }
         let path = format!("log/{drv}");
+        let lock = self.0.fetching.lock_for(&path);
+        let _fetching = lock.lock().await;
+        if let Some(log) = self.0.db.build_log(drv).await? {
+            return Ok(log); // fetched by the request this one waited for
+        }
         let log = self
             .0
             .upstreams
@@ -89,6 +116,11 @@ impl Documents {
     pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {
         if let Some(document) = self.0.db.realisation(id).await? {
             return Ok(document);
+        }
+        let lock = self.0.fetching.lock_for(id);
+        let _fetching = lock.lock().await;
+        if let Some(document) = self.0.db.realisation(id).await? {
+            return Ok(document); // fetched by the request this one waited for
         }
         let document = self
             .0

@@ -259,7 +259,13 @@ impl Upstream {
         relative: &str,
         max_bytes: usize,
     ) -> Result<Option<String>, UpstreamError> {
-        let url = self.join_nar_url(relative)?;
+        // A document's name may hold `?`, `#` or `%` (store path names allow `?`): encoded, so
+        // the name can never turn into a query or fragment of the upstream request.
+        let encoded = relative
+            .replace('%', "%25")
+            .replace('?', "%3F")
+            .replace('#', "%23");
+        let url = self.join_nar_url(&encoded)?;
         let Some(response) = self.get_if_present(&url).await? else {
             return Ok(None);
         };

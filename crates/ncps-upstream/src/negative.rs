@@ -1,4 +1,4 @@
-//! The negative cache: store paths that every upstream definitively said it does not have,
+//! The negative cache: store paths (or documents) that every upstream definitively said it does not have,
 //! remembered briefly so that a client asking for thousands of missing paths (every `nix build`
 //! of something not cached does) does not cost thousands of upstream round trips each time.
 //!
@@ -7,28 +7,36 @@
 //! order and one queue serves both eviction and expiry.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ncps_nix::StorePathHash;
-
-/// Missing store paths with the time each entry expires.
+/// Missing keys (store path hashes, document paths) with the time each entry expires.
 #[derive(Debug)]
-pub(crate) struct NegativeCache {
+pub(crate) struct NegativeCache<K> {
     ttl: Duration,
     capacity: usize,
-    inner: Mutex<Entries>,
+    inner: Mutex<Entries<K>>,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    expires: HashMap<StorePathHash, Instant>,
+#[derive(Debug)]
+struct Entries<K> {
+    expires: HashMap<K, Instant>,
     /// Insertion (= expiry) order; an entry re-inserted later leaves a stale element here,
     /// recognised by its expiry differing from the map's.
-    order: VecDeque<(StorePathHash, Instant)>,
+    order: VecDeque<(K, Instant)>,
 }
 
-impl NegativeCache {
+impl<K> Default for Entries<K> {
+    fn default() -> Self {
+        Self {
+            expires: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> NegativeCache<K> {
     /// A TTL or capacity of zero disables the cache.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
@@ -43,7 +51,7 @@ impl NegativeCache {
     }
 
     /// True when `hash` was recorded missing less than the TTL ago.
-    pub fn contains(&self, hash: &StorePathHash, now: Instant) -> bool {
+    pub fn contains(&self, hash: &K, now: Instant) -> bool {
         if !self.enabled() {
             return false;
         }
@@ -52,20 +60,22 @@ impl NegativeCache {
     }
 
     /// Records that no upstream has `hash`.
-    pub fn insert(&self, hash: StorePathHash, now: Instant) {
+    pub fn insert(&self, hash: K, now: Instant) {
         if !self.enabled() {
             return;
         }
         let expires_at = now + self.ttl;
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.expires.insert(hash, expires_at);
+        inner.expires.insert(hash.clone(), expires_at);
         inner.order.push_back((hash, expires_at));
         // Drop what expired, then the oldest beyond the capacity.
-        while let Some(&(old, at)) = inner.order.front() {
-            if at > now && inner.order.len() <= self.capacity {
+        while let Some((_, at)) = inner.order.front() {
+            if *at > now && inner.order.len() <= self.capacity {
                 break;
             }
-            inner.order.pop_front();
+            let Some((old, at)) = inner.order.pop_front() else {
+                break;
+            };
             if inner.expires.get(&old) == Some(&at) {
                 inner.expires.remove(&old);
             }
@@ -81,6 +91,8 @@ impl NegativeCache {
 
 #[cfg(test)]
 mod tests {
+    use ncps_nix::StorePathHash;
+
     use super::*;
 
     fn hash(n: u32) -> StorePathHash {

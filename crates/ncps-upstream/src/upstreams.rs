@@ -32,7 +32,9 @@ struct Inner {
     entries: Vec<Arc<Entry>>,
     trusted_keys: Vec<PublicKey>,
     options: UpstreamOptions,
-    negative: NegativeCache,
+    negative: NegativeCache<StorePathHash>,
+    /// Documents (build logs, realisations) no upstream has, by path.
+    negative_documents: NegativeCache<String>,
     /// False while the first round of probes runs: lookups wait for it (bounded), so the very
     /// first requests already go to the upstreams in priority order.
     ready: watch::Sender<bool>,
@@ -181,6 +183,10 @@ impl Upstreams {
                 trusted_keys,
                 options: options.clone(),
                 negative: NegativeCache::new(options.negative_ttl, options.negative_capacity),
+                negative_documents: NegativeCache::new(
+                    options.negative_ttl,
+                    options.negative_capacity,
+                ),
                 ready: watch::Sender::new(true),
                 started: Default::default(),
             }),
@@ -241,11 +247,16 @@ impl Upstreams {
 
     /// A small document (build log, realisation) from the first healthy upstream, by priority,
     /// that has it. `Ok(None)` when none has it; an error when none had it and one failed.
+    /// A document every upstream said it lacks is remembered like a missing narinfo.
     pub async fn find_document(
         &self,
         relative: &str,
         max_bytes: usize,
     ) -> Result<Option<String>, UpstreamError> {
+        let missing = &self.inner.negative_documents;
+        if missing.contains(&relative.to_owned(), Instant::now()) {
+            return Ok(None);
+        }
         let (healthy, _) = self.ordered();
         let mut failure = None;
         for entry in healthy {
@@ -255,7 +266,13 @@ impl Upstreams {
                 Err(error) => failure = Some(error),
             }
         }
-        failure.map_or(Ok(None), Err)
+        match failure {
+            Some(error) => Err(error),
+            None => {
+                missing.insert(relative.to_owned(), Instant::now());
+                Ok(None)
+            }
+        }
     }
 
     /// Healthy and unhealthy upstreams, each by priority then configuration order.
