@@ -59,7 +59,13 @@ struct State {
     lru_running: tokio::sync::Mutex<()>,
     /// NARs the lazy-chunking workers take.
     chunk_queue: ChunkQueue,
+    /// When the storage gauges were last measured: scrapes in between reuse the figures.
+    gauges_measured: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// The longest the storage gauges go unmeasured while `/metrics` is scraped. Measuring sums
+/// whole tables; a scraper (or anyone: `/metrics` is open) asking faster gets the last figures.
+const GAUGES_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Maintenance {
     pub(crate) fn new(
@@ -81,6 +87,7 @@ impl Maintenance {
             cdc: config.cdc,
             lru_running: tokio::sync::Mutex::new(()),
             chunk_queue,
+            gauges_measured: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -90,13 +97,54 @@ impl Maintenance {
         self.0.reader.flush_access_times().await;
     }
 
-    /// Measures the storage gauges (called when `/metrics` is scraped).
+    /// Measures the storage gauges (called when `/metrics` is scraped), at most once per
+    /// [`GAUGES_FRESH_FOR`]; concurrent scrapes wait for one measurement.
     pub async fn refresh_gauges(&self) -> Result<(), CacheError> {
+        let mut measured = self.0.gauges_measured.lock().await;
+        if measured.is_some_and(|at| at.elapsed() < GAUGES_FRESH_FOR) {
+            return Ok(());
+        }
         let stored = self.0.db.stored_bytes().await?;
+        *measured = Some(tokio::time::Instant::now());
         self.0
             .metrics
             .stored_bytes
             .set(i64::try_from(stored).unwrap_or(i64::MAX));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ncps_db::WholeFile;
+    use ncps_nix::{Compression, NarKey, Sha256Hash};
+
+    use crate::test_support::local_cache;
+
+    /// Scrapes in quick succession cost one measurement; a later one measures again.
+    #[tokio::test]
+    async fn gauges_are_measured_at_most_once_per_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let m = cache.maintenance();
+        let gauge = || m.0.metrics.stored_bytes.get();
+        m.refresh_gauges().await.unwrap();
+        assert_eq!(gauge(), 0);
+        let whole = WholeFile {
+            key: NarKey::new(Sha256Hash::digest(b"f"), Compression::Xz),
+            size: 1234,
+        };
+        db.record_whole_file(&Sha256Hash::digest(b"n"), 5000, whole, None)
+            .await
+            .unwrap();
+        m.refresh_gauges().await.unwrap();
+        assert_eq!(gauge(), 0, "measured again within the period");
+        // The period has passed (the last measurement is made older).
+        let long_ago = tokio::time::Instant::now()
+            .checked_sub(super::GAUGES_FRESH_FOR)
+            .unwrap();
+        *m.0.gauges_measured.lock().await = Some(long_ago);
+        m.refresh_gauges().await.unwrap();
+        assert_eq!(gauge(), 1234);
     }
 }
