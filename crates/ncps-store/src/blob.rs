@@ -242,12 +242,32 @@ impl BlobStore {
                 break;
             }
             if let Err(e) = writer.wait_for_capacity(4).await {
+                writer.abort().await.ok();
                 return Err(e.into());
             }
             writer.write(&buf[..n]);
         }
+        // `finish` aborts when completing fails, not when a last part does: wait for the parts
+        // here, so a failed upload never leaves its parts behind (S3 keeps and bills them).
+        if let Err(e) = writer.wait_for_capacity(0).await {
+            writer.abort().await.ok();
+            return Err(e.into());
+        }
         writer.finish().await?;
         Ok(())
+    }
+
+    /// Deletes staging files of writes killed half-way, older than `older_than` (local storage
+    /// only; object storage keeps nothing of an unfinished single write, and aborts multipart
+    /// ones). Returns how many were deleted.
+    pub async fn sweep_staging_files(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        match &self.local {
+            Some(local) => local.sweep_staging_files(older_than).await,
+            None => Ok(0),
+        }
     }
 
     /// Removes a NAR; removing one that is not there is not an error.
@@ -456,6 +476,157 @@ mod tests {
 
     fn key_for(data: &[u8]) -> NarKey {
         NarKey::new(Sha256Hash::digest(data), Compression::Xz)
+    }
+
+    /// Object storage whose multipart parts fail, recording whether uploads were aborted.
+    #[derive(Debug, Default)]
+    struct FailingParts {
+        inner: object_store::memory::InMemory,
+        aborted: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl std::fmt::Display for FailingParts {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "FailingParts")
+        }
+    }
+
+    #[derive(Debug)]
+    struct FailingUpload(Arc<std::sync::atomic::AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl object_store::MultipartUpload for FailingUpload {
+        fn put_part(&mut self, _data: PutPayload) -> object_store::UploadPart {
+            Box::pin(async {
+                Err(object_store::Error::Generic {
+                    store: "FailingParts",
+                    source: "the part was refused".into(),
+                })
+            })
+        }
+
+        async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+            unreachable!("a failed upload is never completed")
+        }
+
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for FailingParts {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            _location: &ObjectPath,
+            _opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            Ok(Box::new(FailingUpload(self.aborted.clone())))
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+
+        async fn copy_if_not_exists(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+        ) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    /// Staging files of killed writes go once old; fresh ones (writes in progress) and stored
+    /// objects stay.
+    #[tokio::test]
+    async fn staging_files_of_killed_writes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let hash = ChunkHash::digest(b"chunk");
+        store
+            .put_chunk(&hash, Bytes::from_static(b"frame"))
+            .await
+            .unwrap();
+        let stored = dir.path().join(chunk_storage_key(&hash));
+        let old = stored.with_file_name(format!(
+            "{}#3",
+            stored.file_name().unwrap().to_str().unwrap()
+        ));
+        let fresh = stored.with_file_name(format!(
+            "{}#4",
+            stored.file_name().unwrap().to_str().unwrap()
+        ));
+        for file in [&old, &fresh] {
+            std::fs::write(file, b"half a frame").unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let swept = store
+            .sweep_staging_files(std::time::Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(swept, 1);
+        assert!(!old.exists());
+        assert!(fresh.exists());
+        assert!(stored.exists());
+    }
+
+    /// A multipart upload whose parts fail is aborted, so object storage keeps no parts.
+    #[tokio::test]
+    async fn a_failed_multipart_upload_is_aborted() {
+        let failing = Arc::new(FailingParts::default());
+        let aborted = failing.aborted.clone();
+        let store = BlobStore::from_object_store(failing);
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; SINGLE_PUT_LIMIT as usize * 2 + 1];
+        let file = dir.path().join("nar");
+        std::fs::write(&file, &data).unwrap();
+        let key = key_for(&data);
+        assert!(store.put_nar_from_file(&key, &file).await.is_err());
+        assert_eq!(aborted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(store.nar_size(&key).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -207,6 +207,55 @@ impl LocalDir {
             .collect())
     }
 
+    /// Deletes the staging files object_store leaves when a write is killed half-way
+    /// (`<name>#<n>`, renamed into place only once complete): listings skip them, so nothing
+    /// else would ever find them. Only files older than `older_than` go, so writes in progress
+    /// (of this or another process) are left alone. Returns how many were deleted.
+    pub async fn sweep_staging_files(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let root = self.root.clone();
+        blocking(&self.root, move || {
+            let mut deleted = 0;
+            let mut dirs = vec![root];
+            while let Some(dir) = dirs.pop() {
+                let Some(entries) = unless_missing(std::fs::read_dir(&dir))? else {
+                    continue;
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let kind = entry.file_type()?;
+                    if kind.is_dir() {
+                        dirs.push(entry.path());
+                        continue;
+                    }
+                    let name = entry.file_name();
+                    let staging =
+                        name.to_str()
+                            .and_then(|n| n.rsplit_once('#'))
+                            .is_some_and(|(_, n)| {
+                                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                            });
+                    let old = entry
+                        .metadata()?
+                        .modified()?
+                        .elapsed()
+                        .is_ok_and(|age| age >= older_than);
+                    if kind.is_file()
+                        && staging
+                        && old
+                        && unless_missing(std::fs::remove_file(entry.path()))?.is_some()
+                    {
+                        deleted += 1;
+                    }
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
     /// Whether every one of `hashes` is stored; one blocking call for the whole list.
     pub async fn all_chunks_present(&self, hashes: &[ChunkHash]) -> Result<bool, StoreError> {
         let files: Vec<PathBuf> = hashes.iter().map(|h| self.chunk_file(h)).collect();

@@ -14,8 +14,11 @@ use crate::schedule::{Schedule, spawn_scheduled};
 
 /// How often accesses noted by the reader are written.
 const ACCESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
-/// How often uploads whose narinfo never came, and NARs nothing uses, are looked for.
+/// How often uploads whose narinfo never came, NARs nothing uses and staging files of killed
+/// writes are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(300);
+/// How old a storage staging file must be to be taken for a killed write's.
+const STAGING_FILES_AGE: Duration = Duration::from_secs(3600);
 
 /// How the background jobs run.
 #[derive(Clone, Debug)]
@@ -111,7 +114,8 @@ impl Maintenance {
     }
 
     /// Drops uploads whose narinfo never came, then removes the NARs nothing uses (a deleted
-    /// narinfo's, an expired upload's), with or without a size limit.
+    /// narinfo's, an expired upload's), with or without a size limit, and the staging files
+    /// killed writes left in local storage.
     fn spawn_reclaim(&self) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -122,12 +126,13 @@ impl Maintenance {
                 let result = async {
                     let ended = this.expire_uploads(UPLOAD_WAITS_FOR_NARINFO).await?;
                     let unused = this.reclaim_unused_nars().await?;
-                    Ok::<_, crate::CacheError>((ended, unused))
+                    let staging = this.0.store.sweep_staging_files(STAGING_FILES_AGE).await?;
+                    Ok::<_, crate::CacheError>((ended, unused, staging))
                 }
                 .await;
                 match result {
-                    Ok((ended, unused)) => {
-                        let done = ended + unused;
+                    Ok((ended, unused, staging)) => {
+                        let done = ended + unused + staging;
                         this.0
                             .metrics
                             .job_finished("reclaim", started.elapsed(), None, done);
@@ -135,7 +140,8 @@ impl Maintenance {
                             info!(
                                 uploads = ended,
                                 nars = unused,
-                                "dropped expired uploads and NARs nothing uses"
+                                staging_files = staging,
+                                "dropped expired uploads, NARs nothing uses and staging files of killed writes"
                             );
                         }
                     }
