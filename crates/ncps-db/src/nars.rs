@@ -366,4 +366,36 @@ mod tests {
             assert_eq!(db.nars_with_expired_whole_file(300, 10).await.unwrap().len(), 1);
         }
     }
+
+    db_test! {
+        async fn only_nars_nothing_uses_are_reclaimed(db) {
+            let whole = |b: &[u8]| WholeFile {
+                key: NarKey::new(Sha256Hash::digest(b), Compression::Xz),
+                size: 10,
+            };
+            let mut described = crate::narinfos::tests::sample();
+            let (loose, uploaded) = (Sha256Hash::digest(b"loose"), Sha256Hash::digest(b"up"));
+            let used = described.narinfo.nar_hash;
+            for nar in [&loose, &uploaded, &used] {
+                db.record_whole_file(nar, 3, whole(nar.as_bytes()), None)
+                    .await
+                    .unwrap();
+            }
+            described.narinfo.nar_hash = used;
+            db.insert_narinfo(&described).await.unwrap();
+            let upload = crate::UploadedNar {
+                key: whole(b"up-file").key,
+                nar_hash: uploaded,
+                nar_size: 3,
+                file_size: 10,
+            };
+            db.record_upload(&upload).await.unwrap();
+            let removed = db.reclaim_unused_nars(10).await.unwrap();
+            assert_eq!(removed.iter().map(|r| r.nar_hash).collect::<Vec<_>>(), vec![loose]);
+            assert!(db.nar(&loose).await.unwrap().is_none());
+            assert!(db.nar(&uploaded).await.unwrap().is_some());
+            assert!(db.nar(&used).await.unwrap().is_some());
+            assert!(db.reclaim_unused_nars(10).await.unwrap().is_empty());
+        }
+    }
 }
