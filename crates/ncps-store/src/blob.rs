@@ -573,6 +573,28 @@ mod tests {
         }
     }
 
+    /// A file already under the key (the same size, damaged) is replaced by the verified one.
+    #[tokio::test]
+    async fn a_damaged_file_under_the_key_is_replaced_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        let data = b"the verified bytes of a NAR".to_vec();
+        let key = key_for(&data);
+        let damaged = dir.path().join("damaged");
+        std::fs::write(&damaged, vec![0u8; data.len()]).unwrap();
+        store.put_nar_from_file(&key, &damaged).await.unwrap();
+        let verified = dir.path().join("verified");
+        std::fs::write(&verified, &data).unwrap();
+        store.put_nar_from_file(&key, &verified).await.unwrap();
+        let read = store.read_nar(&key, None).await.unwrap().unwrap();
+        assert_eq!(collect(read).await, data);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("store/nar"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
     /// Staging files of killed writes go once old; fresh ones (writes in progress) and stored
     /// objects stay.
     #[tokio::test]

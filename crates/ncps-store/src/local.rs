@@ -139,23 +139,36 @@ impl LocalDir {
 
     /// Stores a verified file as a NAR by hard-linking it into place: no byte is copied, and the
     /// name appears atomically with the whole file behind it. `false` when linking is not
-    /// possible (another file system, a file system without links); the caller then copies. A
-    /// NAR already stored under the key with the same size is kept (keys are content hashes).
+    /// possible (another file system, a file system without links); the caller then copies.
+    ///
+    /// Durable before it returns: the file's bytes and the directory entry are synced, so the
+    /// database row written next never names a file that power loss could leave empty. A file
+    /// already stored under the key is replaced (atomically, by rename), never trusted: it may
+    /// be the damaged remains of an earlier write, and ours was verified just now.
     pub async fn link_nar(&self, key: &NarKey, file: &Path) -> Result<bool, StoreError> {
         let dest = self.nar_file(key);
         let source = file.to_path_buf();
         blocking(file, move || {
             let dir = dest.parent().expect("NAR files live in a directory");
             std::fs::create_dir_all(dir)?;
+            std::fs::File::open(&source)?.sync_all()?;
             match std::fs::hard_link(&source, &dest) {
-                Ok(()) => Ok(true),
+                Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    let same_size =
-                        std::fs::metadata(&dest)?.len() == std::fs::metadata(&source)?.len();
-                    Ok(same_size)
+                    // Named like object_store's staging files, so listings skip it and the
+                    // staging sweep removes it should we be killed before the rename.
+                    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("nar");
+                    let staged = dir.join(format!("{name}#{}", std::process::id()));
+                    let _ = std::fs::remove_file(&staged);
+                    if std::fs::hard_link(&source, &staged).is_err() {
+                        return Ok(false);
+                    }
+                    std::fs::rename(&staged, &dest)?;
                 }
-                Err(_) => Ok(false),
+                Err(_) => return Ok(false),
             }
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(true)
         })
         .await
     }
