@@ -37,6 +37,40 @@ impl Database {
         chunks: &[ChunkRef],
         spliced_hash: Sha256Hash,
     ) -> Result<bool, DbError> {
+        self.commit_chunk_list(nar_hash, nar_size, chunks, spliced_hash, None)
+            .await
+    }
+
+    /// [`Database::commit_chunks`] for a NAR stored whole that was chunked afterwards (lazy
+    /// chunking, the migration to chunks): in the same transaction its whole file is marked
+    /// for deletion at `delete_whole_after` (seconds since the epoch), so no crash can leave
+    /// both forms with the whole file kept forever.
+    pub async fn commit_chunks_replacing_whole(
+        &self,
+        nar_hash: &Sha256Hash,
+        nar_size: u64,
+        chunks: &[ChunkRef],
+        spliced_hash: Sha256Hash,
+        delete_whole_after: i64,
+    ) -> Result<bool, DbError> {
+        self.commit_chunk_list(
+            nar_hash,
+            nar_size,
+            chunks,
+            spliced_hash,
+            Some(delete_whole_after),
+        )
+        .await
+    }
+
+    async fn commit_chunk_list(
+        &self,
+        nar_hash: &Sha256Hash,
+        nar_size: u64,
+        chunks: &[ChunkRef],
+        spliced_hash: Sha256Hash,
+        delete_whole_after: Option<i64>,
+    ) -> Result<bool, DbError> {
         let nar = nar_hash.to_string();
         let mut tx = self.begin().await?;
         let existing: Option<Option<i64>> =
@@ -97,6 +131,16 @@ impl Database {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        if let Some(at) = delete_whole_after {
+            sqlx::query(&self.sql(
+                "UPDATE nars SET whole_delete_after = ? \
+                 WHERE nar_hash = ? AND whole_key IS NOT NULL",
+            ))
+            .bind(at)
+            .bind(&nar)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

@@ -230,20 +230,6 @@ impl Database {
             .await?;
         rows.iter().map(nar_from_row).collect()
     }
-
-    /// Sets or clears when the whole file may be deleted.
-    pub async fn set_whole_delete_after(
-        &self,
-        nar_hash: &Sha256Hash,
-        at: Option<i64>,
-    ) -> Result<(), DbError> {
-        sqlx::query(&self.sql("UPDATE nars SET whole_delete_after = ? WHERE nar_hash = ?"))
-            .bind(at)
-            .bind(nar_hash.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
 }
 
 pub(crate) fn nar_from_row(row: &AnyRow) -> Result<NarRecord, DbError> {
@@ -342,28 +328,36 @@ mod tests {
                 plain_size: 3,
                 stored_size: 2,
             };
-            let (due, later, unchunked) = (
+            let (due, later, unchunked, kept) = (
                 Sha256Hash::digest(b"due"),
                 Sha256Hash::digest(b"later"),
                 Sha256Hash::digest(b"unchunked"),
+                Sha256Hash::digest(b"kept"),
             );
-            for (nar, at) in [(&due, 100), (&later, 300), (&unchunked, 100)] {
+            for nar in [&due, &later, &kept] {
                 db.record_whole_file(nar, 3, whole(nar.as_bytes()), None)
                     .await
                     .unwrap();
-                db.set_whole_delete_after(nar, Some(at)).await.unwrap();
-                assert_eq!(db.nar(nar).await.unwrap().unwrap().whole_delete_after, Some(at));
             }
-            for nar in [&due, &later] {
-                db.commit_chunks(nar, 3, &[chunk], Sha256Hash::digest(b"s"))
+            // Not chunked: never expires, whatever its mark says.
+            db.record_whole_file(&unchunked, 3, whole(b"unchunked"), Some(100))
+                .await
+                .unwrap();
+            // Chunked after being stored whole: the whole file is marked in the same commit.
+            for (nar, at) in [(&due, 100), (&later, 300)] {
+                db.commit_chunks_replacing_whole(nar, 3, &[chunk], Sha256Hash::digest(b"s"), at)
                     .await
                     .unwrap();
+                assert_eq!(db.nar(nar).await.unwrap().unwrap().whole_delete_after, Some(at));
             }
+            // Chunked by a plain commit (eager chunking, which kept its whole file): no mark.
+            db.commit_chunks(&kept, 3, &[chunk], Sha256Hash::digest(b"s"))
+                .await
+                .unwrap();
+            assert_eq!(db.nar(&kept).await.unwrap().unwrap().whole_delete_after, None);
             let expired = db.nars_with_expired_whole_file(200, 10).await.unwrap();
             assert_eq!(expired.iter().map(|r| r.nar_hash).collect::<Vec<_>>(), vec![due]);
-            db.set_whole_delete_after(&due, None).await.unwrap();
-            assert!(db.nars_with_expired_whole_file(200, 10).await.unwrap().is_empty());
-            assert_eq!(db.nars_with_expired_whole_file(300, 10).await.unwrap().len(), 1);
+            assert_eq!(db.nars_with_expired_whole_file(300, 10).await.unwrap().len(), 2);
         }
     }
 

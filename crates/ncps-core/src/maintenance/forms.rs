@@ -65,15 +65,17 @@ impl Maintenance {
             record.nar_size,
         );
         let chunked = chunk_verified(&self.0.store, source, &expected, settings, None).await?;
-        let committed = self
-            .0
-            .ingest
-            .commit_chunks(nar_hash, record.nar_size, &chunked)
-            .await?;
         let delay = self.0.cdc.map_or(Duration::ZERO, |c| c.delete_delay);
-        db.set_whole_delete_after(nar_hash, Some(ncps_db::now_secs() + delay.as_secs() as i64))
-            .await?;
-        Ok(committed)
+        let delete_whole_after = ncps_db::now_secs() + delay.as_secs() as i64;
+        Ok(db
+            .commit_chunks_replacing_whole(
+                nar_hash,
+                record.nar_size,
+                &chunked.refs,
+                chunked.summary.file_hash,
+                delete_whole_after,
+            )
+            .await?)
     }
 
     /// Deletes whole files whose chunks are complete and whose delay has passed.
