@@ -37,8 +37,10 @@ impl Database {
         chunks: &[ChunkRef],
         spliced_hash: Sha256Hash,
     ) -> Result<bool, DbError> {
-        self.commit_chunk_list(nar_hash, nar_size, chunks, spliced_hash, None)
-            .await
+        crate::repo::retry_deadlocks(|| {
+            self.commit_chunk_list(nar_hash, nar_size, chunks, spliced_hash, None)
+        })
+        .await
     }
 
     /// [`Database::commit_chunks`] for a NAR stored whole that was chunked afterwards (lazy
@@ -53,13 +55,15 @@ impl Database {
         spliced_hash: Sha256Hash,
         delete_whole_after: i64,
     ) -> Result<bool, DbError> {
-        self.commit_chunk_list(
-            nar_hash,
-            nar_size,
-            chunks,
-            spliced_hash,
-            Some(delete_whole_after),
-        )
+        crate::repo::retry_deadlocks(|| {
+            self.commit_chunk_list(
+                nar_hash,
+                nar_size,
+                chunks,
+                spliced_hash,
+                Some(delete_whole_after),
+            )
+        })
         .await
     }
 

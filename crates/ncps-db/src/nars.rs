@@ -123,9 +123,24 @@ impl Database {
     /// Records a verified whole file of a NAR. A whole file already recorded is kept.
     ///
     /// A conditional upsert (`DO UPDATE … WHERE whole_key IS NULL`) has no MySQL spelling, so
-    /// this is an UPDATE of a row without a whole file followed by an insert-if-absent, in one
-    /// transaction: whichever statement finds its case does the work, the other nothing.
+    /// this is an insert-if-absent followed by an UPDATE of a row without a whole file, in one
+    /// transaction: whichever statement finds its case does the work, the other nothing. The
+    /// insert comes first: an UPDATE of a row that does not exist yet takes a gap lock in
+    /// InnoDB, and two such transactions then deadlock on their inserts.
     pub async fn record_whole_file(
+        &self,
+        nar_hash: &Sha256Hash,
+        nar_size: u64,
+        whole: WholeFile,
+        delete_after: Option<i64>,
+    ) -> Result<(), DbError> {
+        crate::repo::retry_deadlocks(|| {
+            self.record_whole_file_once(nar_hash, nar_size, whole, delete_after)
+        })
+        .await
+    }
+
+    async fn record_whole_file_once(
         &self,
         nar_hash: &Sha256Hash,
         nar_size: u64,
@@ -140,16 +155,6 @@ impl Database {
             "nar_hash",
         );
         let mut tx = self.begin().await?;
-        sqlx::query(&self.sql(
-            "UPDATE nars SET whole_key = ?, whole_size = ?, whole_delete_after = ? \
-             WHERE nar_hash = ? AND whole_key IS NULL",
-        ))
-        .bind(whole.key.file_name())
-        .bind(to_i64(whole.size))
-        .bind(delete_after)
-        .bind(&nar)
-        .execute(&mut *tx)
-        .await?;
         sqlx::query(&self.sql(&insert))
             .bind(&nar)
             .bind(to_i64(nar_size))
@@ -160,6 +165,16 @@ impl Database {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(&self.sql(
+            "UPDATE nars SET whole_key = ?, whole_size = ?, whole_delete_after = ? \
+             WHERE nar_hash = ? AND whole_key IS NULL",
+        ))
+        .bind(whole.key.file_name())
+        .bind(to_i64(whole.size))
+        .bind(delete_after)
+        .bind(&nar)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -390,6 +405,30 @@ mod tests {
             assert!(db.nar(&uploaded).await.unwrap().is_some());
             assert!(db.nar(&used).await.unwrap().is_some());
             assert!(db.reclaim_unused_nars(10).await.unwrap().is_empty());
+        }
+    }
+
+    db_test! {
+        /// Downloads finishing at once record their whole files at once: none may fail (on
+        /// InnoDB, an UPDATE of a missing row before the insert deadlocked such transactions).
+        async fn concurrent_whole_files_are_all_recorded(db) {
+            let nars: Vec<Sha256Hash> =
+                (0..40u8).map(|i| Sha256Hash::digest(&[i, 1])).collect();
+            let mut records = tokio::task::JoinSet::new();
+            for nar in nars.clone() {
+                let db = db.clone();
+                let whole = WholeFile {
+                    key: NarKey::new(Sha256Hash::digest(nar.as_bytes()), Compression::Xz),
+                    size: 10,
+                };
+                records.spawn(async move { db.record_whole_file(&nar, 3, whole, None).await });
+            }
+            for result in records.join_all().await {
+                result.unwrap();
+            }
+            for nar in &nars {
+                assert!(db.nar(nar).await.unwrap().is_some_and(|r| r.whole.is_some()));
+            }
         }
     }
 }

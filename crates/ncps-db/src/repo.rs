@@ -127,6 +127,34 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// Attempts of a write transaction the engine aborted to break a deadlock.
+const DEADLOCK_ATTEMPTS: u32 = 5;
+
+/// Runs a write transaction again when the engine aborted it to break a deadlock or a
+/// serialization conflict (SQLSTATE 40001, which MySQL/MariaDB give for error 1213, or
+/// PostgreSQL's 40P01): the other transaction went ahead, and this one, run again, goes through.
+/// InnoDB picks such victims among concurrent inserts into neighbouring keys.
+pub(crate) async fn retry_deadlocks<T, F, Fut>(mut attempt: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(DbError::Sqlx(sqlx::Error::Database(e)))
+                if tries < DEADLOCK_ATTEMPTS
+                    && matches!(e.code().as_deref(), Some("40001" | "40P01")) =>
+            {
+                tracing::debug!(error = %e, tries, "transaction aborted by a deadlock; running it again");
+                tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(tries))).await;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub(crate) fn corrupt(table: &'static str, reason: impl ToString) -> DbError {
     DbError::CorruptRow {
         table,
