@@ -11,7 +11,7 @@ use crate::harness::narinfo::{random_store_hash, sha256_nixbase32, store_hash};
 use crate::harness::ncps::free_port;
 use crate::harness::{
     Closure, Compression, Fixture, FixtureOptions, NcpsConfig, NcpsRun, SigningKey, TestEnv,
-    eventually, http, nix, random_bytes, random_hex, unique_dir,
+    eventually, eventually_within, http, nix, random_bytes, random_hex, unique_dir,
 };
 
 /// `ncps fsck` on the fixture's cache with `args`, while its server keeps running.
@@ -566,5 +566,71 @@ async fn pin_routes_need_the_write_token() {
     assert_eq!(
         status(client.delete(&url).bearer_auth("w").send().await.unwrap()),
         404
+    );
+}
+
+/// An uploaded path (no upstream can supply it again) whose stored file is damaged: `fsck
+/// --repair` deletes the file and drops the narinfo in the same run, however recent the
+/// upload (the narinfo is unservable because of this run's repair, not a write in progress),
+/// says so, and a second run finds nothing left.
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_repair_of_a_damaged_upload_drops_its_narinfo_at_once() {
+    let env = TestEnv::new();
+    let path = env.built_path(50_000).await.path;
+    let server = env.upload_server(&["--cache-allow-put-verb"]).await;
+    server
+        .nix_copy_to(&path, Compression::Xz, &[])
+        .await
+        .expect_success();
+    let narinfo_url = server.narinfo_url(&path);
+    http::get(&narinfo_url)
+        .await
+        .expect_status(200, "the uploaded narinfo");
+    let stored = server.stored_files();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let bytes = std::fs::read(&stored[0]).expect("read the stored file");
+    std::fs::write(&stored[0], &bytes[..bytes.len() / 2]).expect("damage it");
+
+    let repair = env
+        .ncps_admin("fsck", &server.config, &["--repair"])
+        .await
+        .expect_success();
+    assert!(repair.output.contains("corrupt: NAR"), "{}", repair.output);
+    assert!(
+        repair.output.contains("unservable narinfo"),
+        "the narinfo must be dropped in the same run: {}",
+        repair.output
+    );
+    assert!(!repair.output.contains("left alone"), "{}", repair.output);
+    assert!(
+        repair
+            .output
+            .contains("3 problems found, 3 repaired, 0 remaining"),
+        "{}",
+        repair.output
+    );
+    // The server's memo of rendered narinfos lasts seconds; then the drop shows.
+    eventually_within(
+        "the narinfo of a lost upload is gone",
+        Duration::from_secs(20),
+        || {
+            let url = narinfo_url.clone();
+            async move {
+                match http::get(&url).await.status {
+                    404 => Ok(()),
+                    status => Err(format!("status {status}")),
+                }
+            }
+        },
+    )
+    .await;
+    let again = env
+        .ncps_admin("fsck", &server.config, &[])
+        .await
+        .expect_success();
+    assert!(
+        again.output.contains("0 problems found"),
+        "{}",
+        again.output
     );
 }

@@ -93,6 +93,7 @@ impl Maintenance {
             options,
             now: SystemTime::now(),
             summary: FsckSummary::default(),
+            repaired_away: HashSet::new(),
         };
         fsck.run().await?;
         Ok(fsck.summary)
@@ -140,6 +141,9 @@ struct Fsck<'a> {
     options: FsckOptions,
     now: SystemTime,
     summary: FsckSummary,
+    /// NARs whose last stored form this run's repairs removed: their narinfos are unservable
+    /// because of this run, not a write in progress, so no age spares them.
+    repaired_away: HashSet<String>,
 }
 
 /// How a NAR's loss is healed, for the repair line.
@@ -166,6 +170,19 @@ impl Fsck<'_> {
     /// valid meanwhile (a running server wrote it) and was kept.
     fn removed_or_kept(&mut self, removed: bool, done: &str, kept: &str) {
         self.repaired(if removed { done } else { kept });
+    }
+
+    /// Records that a repair removed one form of `record` (`whole`: its whole file, else its
+    /// chunk list); when no form is left, the NAR is gone because of this run.
+    fn note_repaired_away(&mut self, record: &NarRecord, whole: bool) {
+        let other_form_left = if whole {
+            record.chunked.is_some()
+        } else {
+            record.whole.is_some()
+        };
+        if !other_form_left {
+            self.repaired_away.insert(record.nar_hash.to_string());
+        }
     }
 
     fn age_of(&self, at: SystemTime) -> Duration {
@@ -284,6 +301,7 @@ impl Fsck<'_> {
                 ));
                 if self.options.repair {
                     self.db.forget_whole_file(&nar).await?;
+                    self.note_repaired_away(record, true);
                     self.repaired(&format!("forgot the whole file; {after}"));
                 }
             }
@@ -295,6 +313,7 @@ impl Fsck<'_> {
                 if self.options.repair {
                     self.db.forget_whole_file(&nar).await?;
                     self.store.delete_nar(&whole.key).await?;
+                    self.note_repaired_away(record, true);
                     self.repaired(&format!("forgot and deleted the whole file; {after}"));
                 }
             }
@@ -361,6 +380,7 @@ impl Fsck<'_> {
                 consequence(has_origin)
             };
             self.db.drop_chunk_list(&nar).await?;
+            self.note_repaired_away(record, false);
             self.repaired(&format!("dropped the chunk list; {after}"));
         }
         Ok(())
@@ -395,6 +415,9 @@ impl Fsck<'_> {
             for nar in self.db.nars_using_chunk(&row.hash).await? {
                 let has_origin = self.db.narinfo_with_origin(&nar).await?.is_some();
                 self.db.drop_chunk_list(&nar).await?;
+                if self.db.nar(&nar).await?.is_none() {
+                    self.repaired_away.insert(nar.to_string());
+                }
                 self.out.finding(&format!(
                     "  dropped the chunk list of NAR {nar}; {}",
                     consequence(has_origin)
@@ -507,9 +530,15 @@ impl Fsck<'_> {
                  recorded to fetch it from",
                 orphan.store_path, orphan.nar_hash
             );
-            let age = self.age_of_secs(orphan.created_at);
-            let Some(line) = self.old_enough(line, age) else {
-                continue;
+            // Unservable because this run removed its NAR: no write in progress explains it.
+            let line = if self.repaired_away.contains(&orphan.nar_hash) {
+                line
+            } else {
+                let age = self.age_of_secs(orphan.created_at);
+                let Some(line) = self.old_enough(line, age) else {
+                    continue;
+                };
+                line
             };
             self.problem(line);
             if self.options.repair {
