@@ -324,6 +324,42 @@ mod tests {
         xz
     }
 
+    /// After an input error the feeding task stops pulling input: the reader gives up at the
+    /// error, so anything read past it would be wasted work (or a stalled source held open).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn input_is_not_read_past_an_error() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let input = futures::stream::iter(0..)
+            .map(move |i| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if i == 1 {
+                    Err(io::Error::other("broken input"))
+                } else {
+                    Ok(Bytes::from_static(b"x"))
+                }
+            })
+            .boxed();
+        let mut reader = StreamReader::spawn(input);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            let result = reader.read_to_end(&mut all);
+            (result, reader)
+        })
+        .await
+        .unwrap();
+        assert!(read.0.is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            pulled.load(Ordering::SeqCst),
+            2,
+            "input was read past its error"
+        );
+        drop(read);
+    }
+
     #[test]
     fn an_xz_stream_asking_for_gigabytes_is_refused() {
         let bomb = huge_dictionary_xz();
