@@ -220,6 +220,17 @@ impl LocalDir {
             .collect())
     }
 
+    /// Makes everything written below the root durable: one `syncfs` for the whole file
+    /// system, rather than an fsync per chunk file (a NAR has thousands of chunks).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        blocking(&self.root, move || {
+            let dir = std::fs::File::open(&root)?;
+            rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+        })
+        .await
+    }
+
     /// Deletes the staging files object_store leaves when a write is killed half-way
     /// (`<name>#<n>`, renamed into place only once complete): listings skip them, so nothing
     /// else would ever find them. Only files older than `older_than` go, so writes in progress

@@ -276,13 +276,15 @@ impl Ingest {
         Ok(())
     }
 
-    /// Records a chunking result as the NAR's chunk list; `false` when it already had one.
+    /// Records a chunking result as the NAR's chunk list, once its chunks are durable;
+    /// `false` when it already had one.
     pub(crate) async fn commit_chunks(
         &self,
         nar_hash: &Sha256Hash,
         nar_size: u64,
         chunked: &Chunked,
     ) -> Result<bool, CacheError> {
+        self.0.store.sync_written().await?;
         Ok(self
             .0
             .db
