@@ -119,27 +119,8 @@ impl Database {
     /// Returns the NARs removed, so the caller deletes their whole files.
     pub async fn evict(&self, hashes: &[StorePathHash]) -> Result<Vec<NarRecord>, DbError> {
         let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
-        let mut removed = Vec::new();
-        for batch in keys.chunks(ROWS_PER_STATEMENT) {
-            let list = placeholders(batch.len());
-            let mut tx = self.begin().await?;
-            let sql = format!("SELECT DISTINCT nar_hash FROM narinfos WHERE hash IN {list}");
-            let sql = self.sql(&sql);
-            let nar_hashes: Vec<String> = {
-                let mut q = sqlx::query_scalar(&sql);
-                for key in batch {
-                    q = q.bind(key);
-                }
-                q.fetch_all(&mut *tx).await?
-            };
-            let sql = format!("DELETE FROM narinfos WHERE hash IN {list}");
-            let sql = self.sql(&sql);
-            bind_all(sqlx::query(&sql), batch).execute(&mut *tx).await?;
-            let orphans = self.remove_unused_nars(&mut tx, &nar_hashes).await?;
-            tx.commit().await?;
-            removed.extend(orphans);
-        }
-        Ok(removed)
+        self.delete_rows_and_unused_nars("narinfos", "hash", &keys)
+            .await
     }
 }
 

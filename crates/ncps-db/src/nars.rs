@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::dialect::{bind_all, opt_text, placeholders};
-use crate::repo::{WriteTx, corrupt, now_secs, to_i64, to_u64};
+use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
 
 const T: &str = "nars";
@@ -49,6 +49,38 @@ impl Database {
             None => None,
         };
         Ok(Some((nar_hash, record)))
+    }
+
+    /// Deletes the rows of `table` whose `key_column` is one of `keys` (narinfos, waiting
+    /// uploads) and, in the same transaction per batch, each NAR they named that is now
+    /// [unused](NAR_UNUSED). Returns the NARs removed, so the caller deletes their whole files.
+    pub(crate) async fn delete_rows_and_unused_nars(
+        &self,
+        table: &str,
+        key_column: &str,
+        keys: &[String],
+    ) -> Result<Vec<NarRecord>, DbError> {
+        let mut removed = Vec::new();
+        for batch in keys.chunks(ROWS_PER_STATEMENT) {
+            let list = placeholders(batch.len());
+            let mut tx = self.begin().await?;
+            let sql = format!("SELECT DISTINCT nar_hash FROM {table} WHERE {key_column} IN {list}");
+            let sql = self.sql(&sql);
+            let nar_hashes: Vec<String> = {
+                let mut q = sqlx::query_scalar(&sql);
+                for key in batch {
+                    q = q.bind(key);
+                }
+                q.fetch_all(&mut *tx).await?
+            };
+            let sql = format!("DELETE FROM {table} WHERE {key_column} IN {list}");
+            let sql = self.sql(&sql);
+            bind_all(sqlx::query(&sql), batch).execute(&mut *tx).await?;
+            let unused = self.remove_unused_nars(&mut tx, &nar_hashes).await?;
+            tx.commit().await?;
+            removed.extend(unused);
+        }
+        Ok(removed)
     }
 
     /// Removes, inside `tx`, each of `nar_hashes` that is [unused](NAR_UNUSED): its row, its URLs

@@ -8,8 +8,8 @@ use ncps_nix::{NarKey, Sha256Hash};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::dialect::{bind_all, placeholders, text};
-use crate::repo::{ROWS_PER_STATEMENT, corrupt, now_secs, to_i64, to_u64};
+use crate::dialect::text;
+use crate::repo::{corrupt, now_secs, to_i64, to_u64};
 use crate::{Database, DbError, NarRecord};
 
 const T: &str = "uploaded_nars";
@@ -81,28 +81,8 @@ impl Database {
     /// the NARs removed, so the caller deletes their whole files.
     pub async fn drop_uploads(&self, keys: &[NarKey]) -> Result<Vec<NarRecord>, DbError> {
         let keys: Vec<String> = keys.iter().map(NarKey::file_name).collect();
-        let mut removed = Vec::new();
-        for batch in keys.chunks(ROWS_PER_STATEMENT) {
-            let list = placeholders(batch.len());
-            let mut tx = self.begin().await?;
-            let sql =
-                format!("SELECT DISTINCT nar_hash FROM uploaded_nars WHERE url_key IN {list}");
-            let sql = self.sql(&sql);
-            let nar_hashes: Vec<String> = {
-                let mut q = sqlx::query_scalar(&sql);
-                for key in batch {
-                    q = q.bind(key);
-                }
-                q.fetch_all(&mut *tx).await?
-            };
-            let sql = format!("DELETE FROM uploaded_nars WHERE url_key IN {list}");
-            let sql = self.sql(&sql);
-            bind_all(sqlx::query(&sql), batch).execute(&mut *tx).await?;
-            let gone = self.remove_unused_nars(&mut tx, &nar_hashes).await?;
-            tx.commit().await?;
-            removed.extend(gone);
-        }
-        Ok(removed)
+        self.delete_rows_and_unused_nars("uploaded_nars", "url_key", &keys)
+            .await
     }
 }
 
