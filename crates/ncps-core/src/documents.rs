@@ -31,6 +31,12 @@ struct State {
     fetching: Fetching,
 }
 
+/// Where a document came from: storage, or an upstream (not checked or kept yet).
+enum Found<T> {
+    Stored(T),
+    Fetched(String),
+}
+
 /// One lock per document being fetched: the first request fetches, the others wait for it and
 /// then find the document stored (or remembered missing by the upstreams' negative cache).
 #[derive(Default)]
@@ -79,23 +85,17 @@ impl Documents {
     /// A build log (`GET /log/<drv>`): stored, or fetched from an upstream that has it (and
     /// then kept).
     pub async fn build_log(&self, drv: &str) -> Result<Vec<u8>, CacheError> {
-        if let Some(log) = self.0.db.build_log(drv).await? {
-            return Ok(log);
-        }
-        let path = format!("log/{drv}");
-        let lock = self.0.fetching.lock_for(&path);
-        let _fetching = lock.lock().await;
-        if let Some(log) = self.0.db.build_log(drv).await? {
-            return Ok(log); // fetched by the request this one waited for
-        }
-        let log = self
-            .0
-            .upstreams
-            .find_document(&path, MAX_UPSTREAM_LOG)
+        let load = || self.0.db.build_log(drv);
+        match self
+            .stored_or_fetched(&format!("log/{drv}"), MAX_UPSTREAM_LOG, load)
             .await?
-            .ok_or(CacheError::NotFound)?;
-        self.0.db.put_build_log(drv, log.as_bytes()).await?;
-        Ok(log.into_bytes())
+        {
+            Found::Stored(log) => Ok(log),
+            Found::Fetched(log) => {
+                self.0.db.put_build_log(drv, log.as_bytes()).await?;
+                Ok(log.into_bytes())
+            }
+        }
     }
 
     /// Stores a realisation or build-trace document under its (already validated) id; when
@@ -114,23 +114,49 @@ impl Documents {
     /// A realisation or build-trace document: stored, or fetched from an upstream that has it
     /// (the id is its path on the upstream) and then kept.
     pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {
-        if let Some(document) = self.0.db.realisation(id).await? {
-            return Ok(document);
+        let load = || self.0.db.realisation(id);
+        match self
+            .stored_or_fetched(id, MAX_REALISATION_UPLOAD, load)
+            .await?
+        {
+            Found::Stored(document) => Ok(document),
+            Found::Fetched(document) => {
+                signed_json(&document)?;
+                self.0.db.put_realisation(id, &document).await?;
+                Ok(document)
+            }
         }
-        let lock = self.0.fetching.lock_for(id);
+    }
+
+    /// A document as `load` finds it stored, or else the upstreams' copy of `path` (at most
+    /// `max_bytes`) for the caller to check and keep. One request per document fetches; the
+    /// others wait for it and then find the document stored (or remembered missing by the
+    /// upstreams' negative cache).
+    async fn stored_or_fetched<T, F, Fut>(
+        &self,
+        path: &str,
+        max_bytes: usize,
+        load: F,
+    ) -> Result<Found<T>, CacheError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, ncps_db::DbError>>,
+    {
+        if let Some(stored) = load().await? {
+            return Ok(Found::Stored(stored));
+        }
+        let lock = self.0.fetching.lock_for(path);
         let _fetching = lock.lock().await;
-        if let Some(document) = self.0.db.realisation(id).await? {
-            return Ok(document); // fetched by the request this one waited for
+        if let Some(stored) = load().await? {
+            return Ok(Found::Stored(stored)); // fetched by the request this one waited for
         }
-        let document = self
+        let fetched = self
             .0
             .upstreams
-            .find_document(id, MAX_REALISATION_UPLOAD)
+            .find_document(path, max_bytes)
             .await?
             .ok_or(CacheError::NotFound)?;
-        signed_json(&document)?;
-        self.0.db.put_realisation(id, &document).await?;
-        Ok(document)
+        Ok(Found::Fetched(fetched))
     }
 }
 
