@@ -284,12 +284,41 @@ impl Ingest {
         nar_size: u64,
         chunked: &Chunked,
     ) -> Result<bool, CacheError> {
+        self.commit_chunks_then(nar_hash, nar_size, chunked, None)
+            .await
+    }
+
+    /// [`Ingest::commit_chunks`] for a NAR stored whole and chunked afterwards: the same
+    /// commit marks its whole file for deletion at `delete_whole_after` (seconds since epoch).
+    pub(crate) async fn commit_chunks_replacing_whole(
+        &self,
+        nar_hash: &Sha256Hash,
+        nar_size: u64,
+        chunked: &Chunked,
+        delete_whole_after: i64,
+    ) -> Result<bool, CacheError> {
+        self.commit_chunks_then(nar_hash, nar_size, chunked, Some(delete_whole_after))
+            .await
+    }
+
+    async fn commit_chunks_then(
+        &self,
+        nar_hash: &Sha256Hash,
+        nar_size: u64,
+        chunked: &Chunked,
+        delete_whole_after: Option<i64>,
+    ) -> Result<bool, CacheError> {
+        // The chunks are durable before the row names them (and the whole file may go).
         self.0.store.sync_written().await?;
-        Ok(self
-            .0
-            .db
-            .commit_chunks(nar_hash, nar_size, &chunked.refs, chunked.summary.file_hash)
-            .await?)
+        let (refs, spliced) = (&chunked.refs, chunked.summary.file_hash);
+        let db = &self.0.db;
+        Ok(match delete_whole_after {
+            None => db.commit_chunks(nar_hash, nar_size, refs, spliced).await?,
+            Some(at) => {
+                db.commit_chunks_replacing_whole(nar_hash, nar_size, refs, spliced, at)
+                    .await?
+            }
+        })
     }
 }
 

@@ -67,17 +67,10 @@ impl Maintenance {
         let chunked = chunk_verified(&self.0.store, source, &expected, settings, None).await?;
         let delay = self.0.cdc.map_or(Duration::ZERO, |c| c.delete_delay);
         let delete_whole_after = ncps_db::now_secs() + delay.as_secs() as i64;
-        // The chunks are durable before the row names them (and the whole file may go).
-        self.0.store.sync_written().await?;
-        Ok(db
-            .commit_chunks_replacing_whole(
-                nar_hash,
-                record.nar_size,
-                &chunked.refs,
-                chunked.summary.file_hash,
-                delete_whole_after,
-            )
-            .await?)
+        self.0
+            .ingest
+            .commit_chunks_replacing_whole(nar_hash, record.nar_size, &chunked, delete_whole_after)
+            .await
     }
 
     /// Deletes whole files whose chunks are complete and whose delay has passed.
