@@ -1,17 +1,23 @@
 //! Build logs and realisations the cache does not have are fetched from an upstream that has
 //! them, then kept.
 
+use std::path::PathBuf;
+
 use crate::harness::{Compression, Fixture, http, random_hex};
+
+/// The directory the fixture's upstream serves, where documents are put for it to serve.
+fn upstream_dir(fx: &Fixture) -> PathBuf {
+    fx.upstream
+        .narinfo_file(&fx.closure.top)
+        .parent()
+        .expect("upstream dir")
+        .to_path_buf()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_and_realisations_are_proxied_from_upstream_then_kept() {
     let fx = Fixture::new(Compression::Zstd).await;
-    let dir = fx
-        .upstream
-        .narinfo_file(&fx.closure.top)
-        .parent()
-        .expect("upstream dir")
-        .to_path_buf();
+    let dir = upstream_dir(&fx);
     let drv = format!(
         "{}-proxied.drv",
         &crate::harness::narinfo::random_store_hash()
@@ -54,12 +60,7 @@ async fn logs_and_realisations_are_proxied_from_upstream_then_kept() {
 #[tokio::test(flavor = "multi_thread")]
 async fn log_fetches_are_single_flight_remembered_missing_and_never_carry_a_query() {
     let fx = Fixture::new(Compression::Zstd).await;
-    let dir = fx
-        .upstream
-        .narinfo_file(&fx.closure.top)
-        .parent()
-        .expect("upstream dir")
-        .to_path_buf();
+    let dir = upstream_dir(&fx);
     let hash = crate::harness::narinfo::random_store_hash();
     let drv = format!("{hash}-many.drv");
     std::fs::create_dir_all(dir.join("log")).unwrap();

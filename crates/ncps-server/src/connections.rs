@@ -100,6 +100,8 @@ pub async fn serve(
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // The connection's slot is held for as long as this task runs.
+            let _slot = slot;
             // Telling HTTP/1 from HTTP/2 reads the first bytes before any protocol timeout
             // runs: a connection that sends none in time is closed here.
             let mut first = [0u8; 1];
@@ -107,7 +109,6 @@ pub async fn serve(
                 .await
                 .is_err()
             {
-                drop(slot);
                 return;
             }
             let io = TokioIo::new(WriteStallLimit::new(tcp, limits.write_stall));
@@ -116,7 +117,6 @@ pub async fn serve(
             if let Err(e) = watcher.watch(connection).await {
                 debug!(error = %e, "connection ended with an error");
             }
-            drop(slot);
         });
     }
     drop(listener);
