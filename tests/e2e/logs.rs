@@ -68,10 +68,13 @@ async fn log_fetches_are_single_flight_remembered_missing_and_never_carry_a_quer
     fx.upstream
         .delay_responses(std::time::Duration::from_millis(300));
     let url = fx.ncps.url_for(&format!("log/{drv}"));
-    let asks = (0..20).map(|_| {
-        let url = url.clone();
-        tokio::spawn(async move { http::get(&url).await.expect_status(200, "log").text() })
-    });
+    // All 20 requests are sent before any answer is awaited (collected, not a lazy iterator).
+    let asks: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { http::get(&url).await.expect_status(200, "log").text() })
+        })
+        .collect();
     for ask in asks {
         assert_eq!(ask.await.unwrap(), "log of many\n");
     }
