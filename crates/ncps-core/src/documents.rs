@@ -31,12 +31,6 @@ struct State {
     fetching: Fetching,
 }
 
-/// Where a document came from: storage, or an upstream (not checked or kept yet).
-enum Found<T> {
-    Stored(T),
-    Fetched(String),
-}
-
 /// One lock per document being fetched: the first request fetches, the others wait for it and
 /// then find the document stored (or remembered missing by the upstreams' negative cache).
 #[derive(Default)]
@@ -86,16 +80,12 @@ impl Documents {
     /// then kept).
     pub async fn build_log(&self, drv: &str) -> Result<Vec<u8>, CacheError> {
         let load = || self.0.db.build_log(drv);
-        match self
-            .stored_or_fetched(&format!("log/{drv}"), MAX_UPSTREAM_LOG, load)
-            .await?
-        {
-            Found::Stored(log) => Ok(log),
-            Found::Fetched(log) => {
-                self.0.db.put_build_log(drv, log.as_bytes()).await?;
-                Ok(log.into_bytes())
-            }
-        }
+        let keep = |log: String| async move {
+            self.0.db.put_build_log(drv, log.as_bytes()).await?;
+            Ok(log.into_bytes())
+        };
+        self.stored_or_fetched(&format!("log/{drv}"), MAX_UPSTREAM_LOG, load, keep)
+            .await
     }
 
     /// Stores a realisation or build-trace document under its (already validated) id; when
@@ -115,40 +105,39 @@ impl Documents {
     /// (the id is its path on the upstream) and then kept.
     pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {
         let load = || self.0.db.realisation(id);
-        match self
-            .stored_or_fetched(id, MAX_REALISATION_UPLOAD, load)
-            .await?
-        {
-            Found::Stored(document) => Ok(document),
-            Found::Fetched(document) => {
-                signed_json(&document)?;
-                self.0.db.put_realisation(id, &document).await?;
-                Ok(document)
-            }
-        }
+        let keep = |document: String| async move {
+            signed_json(&document)?;
+            self.0.db.put_realisation(id, &document).await?;
+            Ok(document)
+        };
+        self.stored_or_fetched(id, MAX_REALISATION_UPLOAD, load, keep)
+            .await
     }
 
     /// A document as `load` finds it stored, or else the upstreams' copy of `path` (at most
-    /// `max_bytes`) for the caller to check and keep. One request per document fetches; the
-    /// others wait for it and then find the document stored (or remembered missing by the
-    /// upstreams' negative cache).
-    async fn stored_or_fetched<T, F, Fut>(
+    /// `max_bytes`) as `keep` checks and stores it. One request per document fetches and keeps
+    /// it while holding the document's lock; the others wait for it and then find the document
+    /// stored (or remembered missing by the upstreams' negative cache).
+    async fn stored_or_fetched<T, F, Fut, K, KeepFut>(
         &self,
         path: &str,
         max_bytes: usize,
         load: F,
-    ) -> Result<Found<T>, CacheError>
+        keep: K,
+    ) -> Result<T, CacheError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, ncps_db::DbError>>,
+        K: FnOnce(String) -> KeepFut,
+        KeepFut: std::future::Future<Output = Result<T, CacheError>>,
     {
         if let Some(stored) = load().await? {
-            return Ok(Found::Stored(stored));
+            return Ok(stored);
         }
         let lock = self.0.fetching.lock_for(path);
         let _fetching = lock.lock().await;
         if let Some(stored) = load().await? {
-            return Ok(Found::Stored(stored)); // fetched by the request this one waited for
+            return Ok(stored); // fetched by the request this one waited for
         }
         let fetched = self
             .0
@@ -156,7 +145,8 @@ impl Documents {
             .find_document(path, max_bytes)
             .await?
             .ok_or(CacheError::NotFound)?;
-        Ok(Found::Fetched(fetched))
+        // Kept before the lock is released, so the requests waiting for it find it stored.
+        keep(fetched).await
     }
 }
 
