@@ -85,6 +85,7 @@ impl Database {
         if matches!(existing, Some(Some(_))) {
             return Ok(false);
         }
+        require_held(self.dialect, &mut tx, chunks).await?;
         upsert_chunks(self.dialect, &mut tx, chunks).await?;
         for (batch_no, batch) in chunks.chunks(ROWS_PER_STATEMENT).enumerate() {
             let first_seq = batch_no * ROWS_PER_STATEMENT;
@@ -205,15 +206,76 @@ impl Database {
         Ok(Some(record))
     }
 
-    /// Chunks without references since before `before` (seconds since epoch): safe to delete.
+    /// Holds `chunks` for an ingest that is about to write them or rely on stored copies:
+    /// each gets a row (with no reference when new) whose grace period starts now, so the
+    /// collector cannot claim it before the ingest commits its list (within the grace period).
+    /// Returns the chunks it could not hold because the collector has claimed them and is
+    /// deleting them: the caller waits for that to finish and holds them again.
+    pub async fn hold_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<ChunkHash>, DbError> {
+        let distinct = distinct_sorted(chunks);
+        crate::repo::retry_deadlocks(|| self.hold_sorted(&distinct)).await
+    }
+
+    async fn hold_sorted(&self, chunks: &[ChunkRef]) -> Result<Vec<ChunkHash>, DbError> {
+        let now = now_secs();
+        let mut claimed = Vec::new();
+        let mut tx = self.begin().await?;
+        for batch in chunks.chunks(ROWS_PER_STATEMENT) {
+            let list = placeholders(batch.len());
+            let sql = format!(
+                "UPDATE chunks SET unreferenced_since = ? \
+                 WHERE ref_count <= 0 AND collecting = 0 AND hash IN {list}"
+            );
+            let sql = self.sql(&sql);
+            let mut refresh = sqlx::query(&sql).bind(now);
+            for c in batch {
+                refresh = refresh.bind(c.hash.to_string());
+            }
+            refresh.execute(&mut *tx).await?;
+            let insert = self.dialect.insert_or_ignore(
+                &format!(
+                    "INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since) \
+                     VALUES {}",
+                    values_rows(batch.len(), 5)
+                ),
+                "hash",
+            );
+            let insert = self.sql(&insert);
+            let mut add = sqlx::query(&insert);
+            for c in batch {
+                add = add
+                    .bind(c.hash.to_string())
+                    .bind(to_i64(c.plain_size))
+                    .bind(to_i64(c.stored_size))
+                    .bind(0_i64)
+                    .bind(now);
+            }
+            add.execute(&mut *tx).await?;
+            let sql = format!("SELECT hash FROM chunks WHERE collecting <> 0 AND hash IN {list}");
+            let sql = self.sql(&sql);
+            let mut find = sqlx::query_scalar(&sql);
+            for c in batch {
+                find = find.bind(c.hash.to_string());
+            }
+            let hashes: Vec<String> = find.fetch_all(&mut *tx).await?;
+            for h in hashes {
+                claimed.push(chunk_hash(&h)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Chunks without references since before `before` (seconds since epoch) and not claimed
+    /// yet: candidates for [`Database::claim_unreferenced_chunk`].
     pub async fn unreferenced_chunks(
         &self,
         before: i64,
         limit: u32,
     ) -> Result<Vec<ChunkHash>, DbError> {
         let hashes: Vec<String> = sqlx::query_scalar(&self.sql(
-            "SELECT hash FROM chunks WHERE ref_count <= 0 AND unreferenced_since IS NOT NULL \
-             AND unreferenced_since <= ? LIMIT ?",
+            "SELECT hash FROM chunks WHERE ref_count <= 0 AND collecting = 0 \
+             AND unreferenced_since IS NOT NULL AND unreferenced_since <= ? LIMIT ?",
         ))
         .bind(before)
         .bind(i64::from(limit))
@@ -222,14 +284,60 @@ impl Database {
         hashes.iter().map(|h| chunk_hash(h)).collect()
     }
 
-    /// Removes a chunk's row if it still has no reference; `true` when the caller may now
-    /// delete its bytes (a NAR that picked the chunk up meanwhile keeps it alive).
-    pub async fn forget_unreferenced_chunk(&self, hash: &ChunkHash) -> Result<bool, DbError> {
-        let done = sqlx::query(&self.sql("DELETE FROM chunks WHERE hash = ? AND ref_count <= 0"))
+    /// Claims a chunk for deletion if it still has no reference since before `before` and no
+    /// ingest has held it since; `true` when the caller must now delete its object and then
+    /// [`Database::forget_collected_chunk`]. While claimed, ingests wait instead of writing it.
+    pub async fn claim_unreferenced_chunk(
+        &self,
+        hash: &ChunkHash,
+        before: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(&self.sql(
+            "UPDATE chunks SET collecting = 1 WHERE hash = ? AND ref_count <= 0 \
+             AND collecting = 0 AND unreferenced_since IS NOT NULL AND unreferenced_since <= ?",
+        ))
+        .bind(hash.to_string())
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Claims a chunk object that has no row (a stray) for deletion, with a row that says so;
+    /// `false` when a row appeared meanwhile (an ingest holds the chunk: keep it). The caller
+    /// deletes the object, then [`Database::forget_collected_chunk`].
+    pub async fn claim_stray_chunk(&self, hash: &ChunkHash) -> Result<bool, DbError> {
+        let insert = self.dialect.insert_or_ignore(
+            "INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since, \
+             collecting) VALUES (?, 0, 0, 0, ?, 1)",
+            "hash",
+        );
+        let done = sqlx::query(&self.sql(&insert))
             .bind(hash.to_string())
+            .bind(now_secs())
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes the row of a claimed chunk whose object is deleted, ending the claim.
+    pub async fn forget_collected_chunk(&self, hash: &ChunkHash) -> Result<(), DbError> {
+        sqlx::query(&self.sql("DELETE FROM chunks WHERE hash = ? AND collecting <> 0"))
+            .bind(hash.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Chunks claimed by a collection that never finished (its process died between the
+    /// claim and the row's deletion): the next collection finishes them first.
+    pub async fn claimed_chunks(&self, limit: u32) -> Result<Vec<ChunkHash>, DbError> {
+        let hashes: Vec<String> =
+            sqlx::query_scalar(&self.sql("SELECT hash FROM chunks WHERE collecting <> 0 LIMIT ?"))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        hashes.iter().map(|h| chunk_hash(h)).collect()
     }
 
     /// Which of `hashes` have a row: chunks in storage without one are leftovers of an ingest
@@ -252,6 +360,45 @@ impl Database {
             }
         }
         Ok(known)
+    }
+}
+
+/// Each chunk once, in hash order: the order every statement that locks several chunk rows
+/// takes them in (PostgreSQL and InnoDB lock rows one by one, and opposite orders deadlock).
+fn distinct_sorted(chunks: &[ChunkRef]) -> Vec<ChunkRef> {
+    let mut distinct: Vec<ChunkRef> = chunks.to_vec();
+    distinct.sort_by_cached_key(|c| c.hash.to_string());
+    distinct.dedup_by_key(|c| c.hash);
+    distinct
+}
+
+/// Fails unless every chunk of a list about to be committed is held: it has a row that the
+/// collector has not claimed. The rows are locked until the commit (the server engines; SQLite
+/// writes one transaction at a time), after which their references protect them. A chunk not
+/// held was collected while its ingest ran past the grace period: its object may be gone.
+async fn require_held(
+    dialect: Dialect,
+    tx: &mut WriteTx,
+    chunks: &[ChunkRef],
+) -> Result<(), DbError> {
+    let distinct = distinct_sorted(chunks);
+    let mut held = 0;
+    for batch in distinct.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT hash FROM chunks WHERE collecting = 0 AND hash IN {} ORDER BY hash{}",
+            placeholders(batch.len()),
+            dialect.lock_selected_rows()
+        );
+        let sql = dialect.sql(&sql);
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for c in batch {
+            q = q.bind(c.hash.to_string());
+        }
+        held += q.fetch_all(&mut **tx).await?.len();
+    }
+    match distinct.len() - held {
+        0 => Ok(()),
+        missing => Err(DbError::ChunksNotHeld(missing)),
     }
 }
 
@@ -328,6 +475,26 @@ async fn release_chunks(
 }
 
 #[cfg(test)]
+impl Database {
+    /// Holds a list's chunks, then commits it: what every ingest does.
+    pub(crate) async fn commit_held(
+        &self,
+        nar_hash: &Sha256Hash,
+        nar_size: u64,
+        chunks: &[ChunkRef],
+        spliced_hash: Sha256Hash,
+    ) -> Result<bool, DbError> {
+        let claimed = self.hold_chunks(chunks).await?;
+        assert!(
+            claimed.is_empty(),
+            "chunks claimed by the collector: {claimed:?}"
+        );
+        self.commit_chunks(nar_hash, nar_size, chunks, spliced_hash)
+            .await
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -355,7 +522,7 @@ mod tests {
         .unwrap();
         let nar = Sha256Hash::digest(b"nar");
         let result = db
-            .commit_chunks(&nar, 100, &[chunk(1)], Sha256Hash::digest(b"s"))
+            .commit_held(&nar, 100, &[chunk(1)], Sha256Hash::digest(b"s"))
             .await;
         assert!(result.is_err(), "{result:?}");
         assert!(db.nar(&nar).await.unwrap().is_none());
@@ -363,24 +530,92 @@ mod tests {
     }
 
     db_test! {
-        async fn a_chunk_referenced_again_is_not_forgotten(db) {
-            // The collector found `c` unreferenced; before it deleted the row, another NAR
-            // committed a list naming `c` again. The delete re-checks and keeps it.
+        async fn a_chunk_referenced_again_is_not_claimed(db) {
+            // The collector found `c` unreferenced; before it claimed the chunk, another NAR
+            // committed a list naming `c` again. The claim re-checks and leaves it.
             let c = chunk(7);
             let (a, b) = (Sha256Hash::digest(b"nar a"), Sha256Hash::digest(b"nar b"));
-            db.commit_chunks(&a, 100, &[c], Sha256Hash::digest(b"s"))
+            db.commit_held(&a, 100, &[c], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
             db.drop_chunk_list(&a).await.unwrap();
             assert_eq!(db.unreferenced_chunks(i64::MAX, 10).await.unwrap(), vec![c.hash]);
-            db.commit_chunks(&b, 100, &[c], Sha256Hash::digest(b"s"))
+            db.commit_held(&b, 100, &[c], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
-            assert!(!db.forget_unreferenced_chunk(&c.hash).await.unwrap());
+            assert!(!db.claim_unreferenced_chunk(&c.hash, i64::MAX).await.unwrap());
             assert_eq!(db.known_chunks(&[c.hash]).await.unwrap(), vec![c.hash]);
             db.drop_chunk_list(&b).await.unwrap();
-            assert!(db.forget_unreferenced_chunk(&c.hash).await.unwrap());
+            assert!(db.claim_unreferenced_chunk(&c.hash, i64::MAX).await.unwrap());
+            assert_eq!(db.claimed_chunks(10).await.unwrap(), vec![c.hash]);
+            db.forget_collected_chunk(&c.hash).await.unwrap();
             assert!(db.known_chunks(&[c.hash]).await.unwrap().is_empty());
+            assert!(db.claimed_chunks(10).await.unwrap().is_empty());
+        }
+    }
+
+    db_test! {
+        async fn a_held_chunk_is_not_claimed_and_a_claimed_one_is_not_held(db) {
+            // The race of issue 15 (defect 12): an ingest finds chunk `c` stored while the
+            // collector is about to delete it. Whichever acts first, the other sees it.
+            let (c, d) = (chunk(8), chunk(9));
+            let (a, b) = (Sha256Hash::digest(b"nar a"), Sha256Hash::digest(b"nar b"));
+            db.commit_held(&a, 100, &[c, d], Sha256Hash::digest(b"s"))
+                .await
+                .unwrap();
+            db.drop_chunk_list(&a).await.unwrap();
+            let long_ago = now_secs() - 3600;
+            sqlx::query(&db.sql("UPDATE chunks SET unreferenced_since = ?"))
+                .bind(long_ago)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            let before = now_secs() - 60;
+            assert_eq!(db.unreferenced_chunks(before, 10).await.unwrap().len(), 2);
+
+            // The ingest holds c first: its grace period starts again, the claim fails.
+            assert!(db.hold_chunks(&[c]).await.unwrap().is_empty());
+            assert!(!db.claim_unreferenced_chunk(&c.hash, before).await.unwrap());
+            assert_eq!(db.unreferenced_chunks(before, 10).await.unwrap(), vec![d.hash]);
+
+            // The collector claims d first: the ingest is told to wait, and its list naming d
+            // cannot be committed while d is being deleted.
+            assert!(db.claim_unreferenced_chunk(&d.hash, before).await.unwrap());
+            assert_eq!(db.hold_chunks(&[c, d]).await.unwrap(), vec![d.hash]);
+            let refused = db.commit_chunks(&b, 100, &[c, d], Sha256Hash::digest(b"s")).await;
+            assert!(matches!(refused, Err(DbError::ChunksNotHeld(1))), "{refused:?}");
+            assert!(db.nar(&b).await.unwrap().is_none());
+
+            // Once the collector deleted d, holding it again makes a fresh row: the ingest
+            // writes d's object itself and commits.
+            db.forget_collected_chunk(&d.hash).await.unwrap();
+            assert!(db.hold_chunks(&[c, d]).await.unwrap().is_empty());
+            assert!(db.commit_chunks(&b, 100, &[c, d], Sha256Hash::digest(b"s")).await.unwrap());
+            assert_eq!(db.nar_chunks(&b).await.unwrap(), vec![c, d]);
+        }
+    }
+
+    db_test! {
+        async fn a_stray_is_claimed_only_while_no_ingest_holds_it(db) {
+            let (c, d) = (chunk(10), chunk(11));
+            assert!(db.hold_chunks(&[c]).await.unwrap().is_empty());
+            assert!(!db.claim_stray_chunk(&c.hash).await.unwrap(), "a held chunk is no stray");
+            assert!(db.claim_stray_chunk(&d.hash).await.unwrap());
+            assert_eq!(db.hold_chunks(&[d]).await.unwrap(), vec![d.hash]);
+            db.forget_collected_chunk(&d.hash).await.unwrap();
+            assert!(db.known_chunks(&[d.hash]).await.unwrap().is_empty());
+        }
+    }
+
+    db_test! {
+        async fn a_list_of_chunks_never_held_is_refused(db) {
+            let a = Sha256Hash::digest(b"nar a");
+            let refused = db
+                .commit_chunks(&a, 100, &[chunk(1), chunk(2), chunk(1)], Sha256Hash::digest(b"s"))
+                .await;
+            assert!(matches!(refused, Err(DbError::ChunksNotHeld(2))), "{refused:?}");
+            assert!(db.nar(&a).await.unwrap().is_none());
+            assert!(db.known_chunks(&[chunk(1).hash]).await.unwrap().is_empty());
         }
     }
 
@@ -393,9 +628,9 @@ mod tests {
             list_a.push(chunk(0));
             let list_b: Vec<ChunkRef> = (1000..1300).map(chunk).collect();
             let spliced = Sha256Hash::digest(b"s");
-            assert!(db.commit_chunks(&a, 1, &list_a, spliced).await.unwrap());
-            assert!(!db.commit_chunks(&a, 1, &list_a, spliced).await.unwrap());
-            assert!(db.commit_chunks(&b, 2, &list_b, spliced).await.unwrap());
+            assert!(db.commit_held(&a, 1, &list_a, spliced).await.unwrap());
+            assert!(!db.commit_held(&a, 1, &list_a, spliced).await.unwrap());
+            assert!(db.commit_held(&b, 2, &list_b, spliced).await.unwrap());
             assert_eq!(db.nar_chunks(&a).await.unwrap(), list_a);
             let rec = db.nar(&a).await.unwrap().unwrap();
             let form = rec.chunked.unwrap();
@@ -427,9 +662,9 @@ mod tests {
 
             // A chunk picked up again by a new NAR is no longer collectable.
             let c = Sha256Hash::digest(b"c");
-            db.commit_chunks(&c, 3, &[chunk(5)], spliced).await.unwrap();
-            assert!(!db.forget_unreferenced_chunk(&chunk(5).hash).await.unwrap());
-            assert!(db.forget_unreferenced_chunk(&chunk(6).hash).await.unwrap());
+            db.commit_held(&c, 3, &[chunk(5)], spliced).await.unwrap();
+            assert!(!db.claim_unreferenced_chunk(&chunk(5).hash, i64::MAX).await.unwrap());
+            assert!(db.claim_unreferenced_chunk(&chunk(6).hash, i64::MAX).await.unwrap());
 
             // A stored frame of another size than ours: FileHash is withheld, never wrong.
             let d = Sha256Hash::digest(b"d");
@@ -437,7 +672,7 @@ mod tests {
                 stored_size: 1,
                 ..chunk(1100)
             };
-            db.commit_chunks(&d, 4, &[resized], spliced).await.unwrap();
+            db.commit_held(&d, 4, &[resized], spliced).await.unwrap();
             let form = db.nar(&d).await.unwrap().unwrap().chunked.unwrap();
             assert_eq!(form.spliced_hash, None);
             assert_eq!(form.spliced_size, chunk(1100).stored_size);
@@ -458,16 +693,16 @@ mod tests {
             let (one, two) = (db.clone(), db.clone());
             let a = Sha256Hash::digest(b"a");
             let (r1, r2) = tokio::join!(
-                one.commit_chunks(&a, 1, &list, spliced),
-                two.commit_chunks(&a, 1, &list, spliced)
+                one.commit_held(&a, 1, &list, spliced),
+                two.commit_held(&a, 1, &list, spliced)
             );
             let won = [r1.unwrap(), r2.unwrap()];
             assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
 
             let (b, c) = (Sha256Hash::digest(b"b"), Sha256Hash::digest(b"c"));
             let (r1, r2) = tokio::join!(
-                one.commit_chunks(&b, 1, &list, spliced),
-                two.commit_chunks(&c, 1, &reversed, spliced)
+                one.commit_held(&b, 1, &list, spliced),
+                two.commit_held(&c, 1, &reversed, spliced)
             );
             assert!(r1.unwrap() && r2.unwrap());
             assert!(db.chunk_ref_mismatches().await.unwrap().is_empty());

@@ -130,6 +130,15 @@ impl Dialect {
         self.bigint(expr)
     }
 
+    /// The clause that ends a `SELECT` whose rows must stay as read until the transaction
+    /// ends. SQLite has none and needs none: one write transaction runs at a time.
+    pub(crate) fn lock_selected_rows(&self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres | Dialect::Mysql => " FOR UPDATE",
+        }
+    }
+
     /// The statement that starts a read-write transaction. SQLite's default `BEGIN` takes the
     /// write lock only at the first write, and a transaction that read first then fails with
     /// "database is locked" without waiting when another connection wrote meanwhile;

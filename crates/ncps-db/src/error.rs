@@ -21,6 +21,11 @@ pub enum DbError {
     /// Another process kept the migration lock too long (MySQL/MariaDB).
     #[error("cannot take the database migration lock: {0}")]
     MigrationLock(String),
+    /// A chunk list named chunks that were not held when it was committed: never held, or
+    /// collected while an ingest outlived the collection grace period. Nothing was recorded;
+    /// the NAR must be chunked again.
+    #[error("{0} chunk(s) of the list were not held (collected meanwhile?); nothing was recorded")]
+    ChunksNotHeld(usize),
     /// A row holds a value that does not parse; the database was edited or corrupted.
     #[error("corrupt row in {table}: {reason}")]
     CorruptRow {

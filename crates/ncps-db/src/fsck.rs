@@ -489,7 +489,7 @@ mod tests {
                     .await
                     .unwrap();
                 expected.push(nar.to_string());
-                db.commit_chunks(&Sha256Hash::digest(&[i, i]), 1, &[chunk(i)], nar)
+                db.commit_held(&Sha256Hash::digest(&[i, i]), 1, &[chunk(i)], nar)
                     .await
                     .unwrap();
             }
@@ -522,10 +522,10 @@ mod tests {
             let a = Sha256Hash::digest(b"a");
             let b = Sha256Hash::digest(b"b");
             let spliced = Sha256Hash::digest(b"s");
-            db.commit_chunks(&a, 1, &[chunk(1), chunk(2), chunk(1)], spliced)
+            db.commit_held(&a, 1, &[chunk(1), chunk(2), chunk(1)], spliced)
                 .await
                 .unwrap();
-            db.commit_chunks(&b, 1, &[chunk(2), chunk(3)], spliced)
+            db.commit_held(&b, 1, &[chunk(2), chunk(3)], spliced)
                 .await
                 .unwrap();
             let entries = db.chunk_list_entries(&a).await.unwrap();

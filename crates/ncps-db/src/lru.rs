@@ -167,7 +167,7 @@ mod tests {
                 plain_size: 10,
                 stored_size: 7,
             };
-            db.commit_chunks(&shared, 5000, &[chunk], Sha256Hash::digest(b"s"))
+            db.commit_held(&shared, 5000, &[chunk], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
             assert_eq!(db.stored_bytes().await.unwrap(), 3 * 1000 + 7);

@@ -352,7 +352,7 @@ mod tests {
                 plain_size: 3,
                 stored_size: 2,
             };
-            db.commit_chunks(&chunked, 3, &[chunk], Sha256Hash::digest(b"s"))
+            db.commit_held(&chunked, 3, &[chunk], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
             assert_eq!(db.nars_without_whole_file(10).await.unwrap().len(), 1);
@@ -391,6 +391,7 @@ mod tests {
                 .await
                 .unwrap();
             // Chunked after being stored whole: the whole file is marked in the same commit.
+            assert!(db.hold_chunks(&[chunk]).await.unwrap().is_empty());
             for (nar, at) in [(&due, 100), (&later, 300)] {
                 db.commit_chunks_replacing_whole(nar, 3, &[chunk], Sha256Hash::digest(b"s"), at)
                     .await
@@ -398,7 +399,7 @@ mod tests {
                 assert_eq!(db.nar(nar).await.unwrap().unwrap().whole_delete_after, Some(at));
             }
             // Chunked by a plain commit (eager chunking, which kept its whole file): no mark.
-            db.commit_chunks(&kept, 3, &[chunk], Sha256Hash::digest(b"s"))
+            db.commit_held(&kept, 3, &[chunk], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
             assert_eq!(db.nar(&kept).await.unwrap().unwrap().whole_delete_after, None);

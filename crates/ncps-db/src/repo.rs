@@ -560,7 +560,8 @@ mod tests {
     }
 
     /// The schema of one migration file, types left out: per table its columns with their
-    /// `NOT NULL` / `PRIMARY KEY` attributes and its composite key, plus every index.
+    /// `NOT NULL` / `PRIMARY KEY` attributes and its composite key, every column added later
+    /// with its default, plus every index.
     fn schema_shape(sql: &str) -> Vec<String> {
         let sql: String = sql
             .lines()
@@ -605,6 +606,14 @@ mod tests {
                     }
                 }
                 ["CREATE", "INDEX", ..] => shape.push(words.join(" ")),
+                ["ALTER", "TABLE", table, "ADD", "COLUMN", column, rest @ ..] => {
+                    let rest = rest.join(" ");
+                    shape.push(format!(
+                        "{table}.{column} not_null={} default={}",
+                        rest.contains("NOT NULL"),
+                        rest.split("DEFAULT").nth(1).unwrap_or_default().trim()
+                    ));
+                }
                 _ => panic!("unexpected statement in a migration: {statement}"),
             }
         }
@@ -756,7 +765,7 @@ mod tests {
                         stored_size: 5,
                     };
                     let nar = Sha256Hash::digest(&n.to_le_bytes());
-                    db.commit_chunks(&nar, 10, &[chunk], Sha256Hash::digest(b"s"))
+                    db.commit_held(&nar, 10, &[chunk], Sha256Hash::digest(b"s"))
                         .await
                         .unwrap_or_else(|e| panic!("write {n}: {e}"));
                 }

@@ -126,7 +126,7 @@ mod tests {
             plain_size: u.nar_size,
             stored_size: 2,
         };
-        db.commit_chunks(&u.nar_hash, u.nar_size, &[chunk], u.nar_hash)
+        db.commit_held(&u.nar_hash, u.nar_size, &[chunk], u.nar_hash)
             .await
             .unwrap();
     }

@@ -2,16 +2,21 @@
 //! stored chunks, in one streaming pass with bounded memory.
 //!
 //! A blocking thread decompresses and cuts the NAR with FastCDC, compressing each chunk as its
-//! own zstd frame; the async side uploads the chunks that storage does not have yet (a few at a
-//! time, in order) and, when a client is waiting, appends each frame to the download's file so
-//! the client receives the NAR as the chunks are produced.
+//! own zstd frame; the async side holds the chunks against the collector, uploads those that
+//! storage does not have yet (a few at a time, in order) and, when a client is waiting, appends
+//! each frame to the download's file so the client receives the NAR as the chunks are produced.
+//!
+//! Holding comes first ([`ncps_db::Database::hold_chunks`]): a chunk found in storage may be
+//! one the collector is about to delete, and a chunk written may be one whose old copy it is
+//! deleting. Once held, the collector leaves a chunk alone until the list naming it commits.
 
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
-use ncps_db::ChunkRef;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use ncps_db::{ChunkRef, Database};
 use ncps_nix::{Compression, Sha256Hash};
 use ncps_store::chunk::{Chunk, ChunkError, ChunkParams, Chunker, ChunkingSummary};
 use ncps_store::{BlobStore, StoreError};
@@ -28,6 +33,10 @@ use crate::codec::{Codec, StreamReader};
 const UPLOAD_CONCURRENCY: usize = 8;
 /// Chunks queued between the chunker thread and the uploader.
 const CHUNK_QUEUE: usize = 8;
+/// Most chunks held in one database round trip (fewer when the chunker is slower than storage).
+const HOLD_BATCH: usize = 32;
+/// How long an ingest waits for the collector to finish deleting a chunk it needs again.
+const CLAIMED_CHUNK_WAIT: Duration = Duration::from_secs(30);
 
 /// How chunks are cut and compressed.
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +111,7 @@ fn chunk_error(e: ChunkError) -> CacheError {
 /// reading it all. The caller checks the summary against the narinfo before committing.
 async fn chunk_nar(
     store: &BlobStore,
+    db: &Database,
     source: BoxStream<'static, io::Result<Bytes>>,
     compression: Compression,
     nar_size: u64,
@@ -129,32 +139,28 @@ async fn chunk_nar(
         chunker.finish().map_err(chunk_error)
     });
 
-    let store = store.clone();
+    let (store, db) = (store.clone(), db.clone());
     let mut uploads = futures::stream::unfold(chunk_rx, |mut rx| async move {
         rx.recv().await.map(|c| (c, rx))
     })
-    .map(move |chunk| {
-        let store = store.clone();
+    .ready_chunks(HOLD_BATCH)
+    .map(move |batch| {
+        let (store, db) = (store.clone(), db.clone());
         async move {
-            if !store.has_chunk(&chunk.hash).await? {
-                store.put_chunk(&chunk.hash, chunk.frame.clone()).await?;
-            }
-            Ok::<_, CacheError>(chunk)
+            hold_and_store(&store, &db, &batch).await?;
+            Ok::<_, CacheError>(batch)
         }
     })
-    .buffered(UPLOAD_CONCURRENCY)
+    .buffered(2)
     .boxed();
     let mut refs = Vec::new();
-    while let Some(chunk) = uploads.next().await {
-        let chunk = chunk?;
-        if let Some(sink) = sink.as_mut() {
-            sink.append(&chunk.frame).await?;
+    while let Some(batch) = uploads.next().await {
+        for chunk in batch? {
+            if let Some(sink) = sink.as_mut() {
+                sink.append(&chunk.frame).await?;
+            }
+            refs.push(chunk_ref(&chunk));
         }
-        refs.push(ChunkRef {
-            hash: chunk.hash,
-            plain_size: u64::from(chunk.plain_len),
-            stored_size: chunk.frame.len() as u64,
-        });
     }
     drop(uploads);
     let summary = producer.await.map_err(io::Error::other)??;
@@ -167,12 +173,63 @@ async fn chunk_nar(
     })
 }
 
+/// A chunk as its list records it.
+fn chunk_ref(chunk: &Chunk) -> ChunkRef {
+    ChunkRef {
+        hash: chunk.hash,
+        plain_size: u64::from(chunk.plain_len),
+        stored_size: chunk.frame.len() as u64,
+    }
+}
+
+/// Holds `batch` against the collector, waiting while it finishes deleting chunks it had
+/// claimed, then writes the chunks storage does not have.
+async fn hold_and_store(
+    store: &BlobStore,
+    db: &Database,
+    batch: &[Chunk],
+) -> Result<(), CacheError> {
+    let mut pending: Vec<ChunkRef> = batch.iter().map(chunk_ref).collect();
+    let give_up = Instant::now() + CLAIMED_CHUNK_WAIT;
+    loop {
+        let claimed = db.hold_chunks(&pending).await?;
+        if claimed.is_empty() {
+            break;
+        }
+        if Instant::now() >= give_up {
+            return Err(CacheError::Busy(format!(
+                "{} chunks of this NAR are being deleted by the chunk collector",
+                claimed.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pending.retain(|c| claimed.contains(&c.hash));
+    }
+    let writes: Vec<_> = batch
+        .iter()
+        .map(|chunk| {
+            let (store, hash, frame) = (store.clone(), chunk.hash, chunk.frame.clone());
+            async move {
+                if !store.has_chunk(&hash).await? {
+                    store.put_chunk(&hash, frame).await?;
+                }
+                Ok::<_, CacheError>(())
+            }
+        })
+        .collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .try_collect::<()>()
+        .await
+}
+
 /// Chunks the NAR in `source` (compressed with `expected.compression`), stores every chunk,
 /// and checks the result against every promise in `expected` (the source file's hash and size
 /// when known, the NAR's hash and size). Nothing is recorded: the caller commits the chunk list
 /// once this returned `Ok`.
 pub(crate) async fn chunk_verified(
     store: &BlobStore,
+    db: &Database,
     source: BoxStream<'static, io::Result<Bytes>>,
     expected: &Expected,
     settings: ChunkSettings,
@@ -181,6 +238,7 @@ pub(crate) async fn chunk_verified(
     let nar_size = expected.nar_size.unwrap_or(expected.max_size);
     let chunked = chunk_nar(
         store,
+        db,
         source,
         expected.compression,
         nar_size,

@@ -140,6 +140,7 @@ impl Ingest {
         };
         let chunked = chunk_verified(
             &self.0.store,
+            &self.0.db,
             io_stream(response.body),
             &promised(download),
             settings,

@@ -133,9 +133,15 @@ impl Ingest {
                     upload.nar_hash,
                     upload.nar_size,
                 );
-                let chunked =
-                    chunk_verified(&self.0.store, file_source(file)?, &expected, settings, None)
-                        .await?;
+                let chunked = chunk_verified(
+                    &self.0.store,
+                    &self.0.db,
+                    file_source(file)?,
+                    &expected,
+                    settings,
+                    None,
+                )
+                .await?;
                 self.commit_chunks(&upload.nar_hash, upload.nar_size, &chunked)
                     .await?;
             }

@@ -64,7 +64,8 @@ impl Maintenance {
             *nar_hash,
             record.nar_size,
         );
-        let chunked = chunk_verified(&self.0.store, source, &expected, settings, None).await?;
+        let chunked =
+            chunk_verified(&self.0.store, &self.0.db, source, &expected, settings, None).await?;
         let delay = self.0.cdc.map_or(Duration::ZERO, |c| c.delete_delay);
         let delete_whole_after = ncps_db::now_secs() + delay.as_secs() as i64;
         self.0

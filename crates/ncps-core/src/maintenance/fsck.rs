@@ -10,8 +10,8 @@
 //! written and recorded meanwhile is never a stray; anything found missing is looked up again
 //! before it is reported; objects and narinfos younger than `--min-age` are reported but left
 //! alone (they may be a write in progress); and every removal re-checks its condition in the
-//! same statement. A stray chunk an ingest is reusing at that very moment could still be lost —
-//! the same window chunk garbage collection has — and the next fsck finds and repairs the NAR.
+//! same statement. A stray chunk is deleted under a claim, as the collector deletes chunks, so
+//! an ingest reusing it at that moment waits and writes it again.
 //!
 //! `--repair` only removes what is broken: a NAR whose bytes are gone or bad is forgotten, so
 //! the next request fetches it again from its upstream; narinfos left with nothing to serve
@@ -94,6 +94,7 @@ impl Maintenance {
             now: SystemTime::now(),
             summary: FsckSummary::default(),
             repaired_away: HashSet::new(),
+            lost_chunks: HashSet::new(),
         };
         fsck.run().await?;
         Ok(fsck.summary)
@@ -144,6 +145,9 @@ struct Fsck<'a> {
     /// NARs whose last stored form this run's repairs removed: their narinfos are unservable
     /// because of this run, not a write in progress, so no age spares them.
     repaired_away: HashSet<String>,
+    /// Chunks a chunk list names that are not in storage: their rows are reported even once
+    /// this run's repairs left them without a reference.
+    lost_chunks: HashSet<ChunkHash>,
 }
 
 /// How a NAR's loss is healed, for the repair line.
@@ -361,6 +365,7 @@ impl Fsck<'_> {
                 chunk_storage_key(first)
             ));
         }
+        self.lost_chunks.extend(missing.iter().copied());
         if faults.is_empty() {
             return Ok(());
         }
@@ -404,6 +409,12 @@ impl Fsck<'_> {
             }
         }
         for row in lost {
+            let users = self.db.nars_using_chunk(&row.hash).await?;
+            if users.is_empty() && row.ref_count <= 0 && !self.lost_chunks.contains(&row.hash) {
+                // Held by an ingest that has not written it yet, or being collected: nothing
+                // needs it, and the collector removes the row once its grace period ends.
+                continue;
+            }
             let key = chunk_storage_key(&row.hash);
             self.problem(format!(
                 "missing: chunk {key} is recorded ({} references) but not in storage",
@@ -412,7 +423,7 @@ impl Fsck<'_> {
             if !self.options.repair {
                 continue;
             }
-            for nar in self.db.nars_using_chunk(&row.hash).await? {
+            for nar in users {
                 let has_origin = self.db.narinfo_with_origin(&nar).await?.is_some();
                 self.db.drop_chunk_list(&nar).await?;
                 if self.db.nar(&nar).await?.is_none() {
@@ -511,9 +522,12 @@ impl Fsck<'_> {
                 };
                 self.problem(format!("{line} ({} old)", format_age(age)));
                 if self.options.repair {
-                    let removed = self.db.known_chunks(&[object.key]).await?.is_empty();
+                    // Claimed like the collector claims, so an ingest that wants this chunk
+                    // meanwhile waits for the deletion instead of relying on the object.
+                    let removed = self.db.claim_stray_chunk(&object.key).await?;
                     if removed {
                         self.store.delete_chunk(&object.key).await?;
+                        self.db.forget_collected_chunk(&object.key).await?;
                     }
                     self.removed_or_kept(removed, "deleted", "recorded meanwhile; kept");
                 }

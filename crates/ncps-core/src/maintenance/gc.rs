@@ -1,9 +1,11 @@
 //! Chunk garbage collection: a chunk whose last reference went more than the grace period ago
-//! is deleted, row first, then object, so a reader that resolved a chunk list before the drop
-//! never loses a chunk under it.
+//! (so no reader still streams a list that named it) is claimed, its object deleted, then its
+//! row. An ingest that needs the chunk again holds it first: a held chunk cannot be claimed,
+//! and a claimed one makes the ingest wait until the row is gone (see `ingest::chunking`).
 
 use std::time::Duration;
 
+use ncps_nix::ChunkHash;
 use tracing::warn;
 
 use super::Maintenance;
@@ -30,6 +32,17 @@ impl Maintenance {
             return Ok(report);
         };
         let before = ncps_db::now_secs() - grace.as_secs() as i64;
+        // Claims a collection that died half-way left behind: their objects may be gone.
+        loop {
+            let leftovers = self.0.db.claimed_chunks(GC_BATCH).await?;
+            if leftovers.is_empty() {
+                break;
+            }
+            for hash in leftovers {
+                self.delete_claimed(&hash).await?;
+                report.chunks_deleted += 1;
+            }
+        }
         loop {
             if global.is_lost() {
                 warn!("lost the chunk collection lock to another replica; stopping this run");
@@ -40,12 +53,20 @@ impl Maintenance {
                 return Ok(report);
             }
             for hash in batch {
-                if self.0.db.forget_unreferenced_chunk(&hash).await? {
-                    self.0.store.delete_chunk(&hash).await?;
+                if self.0.db.claim_unreferenced_chunk(&hash, before).await? {
+                    self.delete_claimed(&hash).await?;
                     report.chunks_deleted += 1;
                 }
             }
         }
+    }
+
+    /// Deletes a claimed chunk: object first, then the row, whose disappearance tells waiting
+    /// ingests that they may write the chunk again.
+    async fn delete_claimed(&self, hash: &ChunkHash) -> Result<(), CacheError> {
+        self.0.store.delete_chunk(hash).await?;
+        self.0.db.forget_collected_chunk(hash).await?;
+        Ok(())
     }
 }
 
@@ -58,7 +79,11 @@ mod tests {
     use ncps_nix::{Compression, Sha256Hash};
     use ncps_store::chunk::ChunkParams;
 
-    use crate::ingest::{ChunkSettings, Expected, chunk_verified};
+    use ncps_db::Database;
+    use ncps_nix::ChunkHash;
+    use ncps_store::BlobStore;
+
+    use crate::ingest::{ChunkSettings, Chunked, Expected, chunk_verified};
     use crate::test_support::local_cache;
 
     /// A NAR of `len` pseudo-random bytes seeded by `seed`.
@@ -83,28 +108,110 @@ mod tests {
         zstd_level: 1,
     };
 
+    /// Chunks a plain NAR into `store`, as an ingest does (holding its chunks first).
+    async fn chunk_bytes(store: BlobStore, db: Database, bytes: Vec<u8>) -> Chunked {
+        let expected = Expected::exactly(
+            Compression::None,
+            None,
+            None,
+            Sha256Hash::digest(&bytes),
+            bytes.len() as u64,
+        );
+        let source = futures::stream::iter([Ok(Bytes::from(bytes))]).boxed();
+        chunk_verified(&store, &db, source, &expected, SETTINGS, None)
+            .await
+            .unwrap()
+    }
+
+    /// Defect 12 of issue 15: an ingest finds its chunks stored while the collector is about
+    /// to delete them (claimed, objects still there). The ingest waits for the deletion to
+    /// finish, then writes the chunks itself: every chunk its list names is in storage.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_ingest_never_relies_on_a_chunk_being_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let (ingest, m) = (cache.ingest(), cache.maintenance());
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        let a = nar(3, 20_000);
+        let a_hash = Sha256Hash::digest(&a);
+        let first = chunk_bytes(store.clone(), db.clone(), a.clone()).await;
+        assert!(ingest.commit_chunks(&a_hash, 20_000, &first).await.unwrap());
+        db.drop_chunk_list(&a_hash).await.unwrap();
+        let now = ncps_db::now_secs();
+        for c in &first.refs {
+            db.claim_unreferenced_chunk(&c.hash, now).await.unwrap();
+        }
+        assert!(
+            store
+                .all_chunks_present(&first.refs.iter().map(|c| c.hash).collect::<Vec<_>>())
+                .await
+                .unwrap()
+        );
+
+        let again = tokio::spawn(chunk_bytes(store.clone(), db.clone(), a));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !again.is_finished(),
+            "the ingest did not wait for the collector"
+        );
+        // The collector finishes the deletions it claimed (here: the next run does).
+        let report = m.collect_chunks(Duration::from_secs(3600)).await.unwrap();
+        assert!(report.chunks_deleted > 0);
+        let again = again.await.unwrap();
+        assert!(ingest.commit_chunks(&a_hash, 20_000, &again).await.unwrap());
+        for c in &again.refs {
+            assert!(
+                store.has_chunk(&c.hash).await.unwrap(),
+                "a listed chunk is gone"
+            );
+        }
+    }
+
+    /// Lines fsck prints, kept for the assertions.
+    #[derive(Default)]
+    struct Lines(Vec<String>);
+
+    impl crate::maintenance::FsckOutput for Lines {
+        fn finding(&mut self, line: &str) {
+            self.0.push(line.to_owned());
+        }
+        fn progress(&mut self, _: &str) {}
+    }
+
+    /// An ingest holds its chunks before writing them: a held chunk with no object yet is a
+    /// write in progress, not a fault, and `fsck --repair` leaves its row (the ingest's commit
+    /// would otherwise fail).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fsck_leaves_chunks_an_ingest_holds_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let held = ncps_db::ChunkRef {
+            hash: ChunkHash::digest(b"not written yet"),
+            plain_size: 10,
+            stored_size: 5,
+        };
+        assert!(db.hold_chunks(&[held]).await.unwrap().is_empty());
+        let mut lines = Lines::default();
+        let options = crate::maintenance::FsckOptions {
+            repair: true,
+            verify_hashes: false,
+            min_age: Duration::ZERO,
+        };
+        let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
+        assert_eq!(summary.problems, 0, "{:?}", lines.0);
+        assert_eq!(
+            db.known_chunks(&[held.hash]).await.unwrap(),
+            vec![held.hash]
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn unreferenced_chunks_go_and_chunks_used_again_stay() {
         let dir = tempfile::tempdir().unwrap();
         let (cache, db) = local_cache(dir.path()).await;
         let (ingest, m) = (cache.ingest(), cache.maintenance());
-        let store = ncps_store::BlobStore::local(&dir.path().join("store")).unwrap();
-        let chunk = |bytes: Vec<u8>| {
-            let expected = Expected::exactly(
-                Compression::None,
-                None,
-                None,
-                Sha256Hash::digest(&bytes),
-                bytes.len() as u64,
-            );
-            let source = futures::stream::iter([Ok(Bytes::from(bytes))]).boxed();
-            let store = store.clone();
-            async move {
-                chunk_verified(&store, source, &expected, SETTINGS, None)
-                    .await
-                    .unwrap()
-            }
-        };
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        let chunk = |bytes: Vec<u8>| chunk_bytes(store.clone(), db.clone(), bytes);
         let (a, b) = (nar(1, 20_000), nar(2, 20_000));
         let (a_hash, b_hash) = (Sha256Hash::digest(&a), Sha256Hash::digest(&b));
         let a_chunks = chunk(a).await;
