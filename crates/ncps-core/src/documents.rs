@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use ncps_db::Database;
+use ncps_db::{Database, DocumentKey};
 use ncps_nix::SignedJson;
 use ncps_upstream::Upstreams;
 
@@ -79,12 +79,13 @@ impl Documents {
     /// A build log (`GET /log/<drv>`): stored, or fetched from an upstream that has it (and
     /// then kept).
     pub async fn build_log(&self, drv: &str) -> Result<Vec<u8>, CacheError> {
+        let key = DocumentKey::BuildLog(drv.to_owned());
         let load = || self.0.db.build_log(drv);
         let keep = |log: String| async move {
             self.0.db.put_build_log(drv, log.as_bytes()).await?;
             Ok(log.into_bytes())
         };
-        self.stored_or_fetched(&format!("log/{drv}"), MAX_UPSTREAM_LOG, load, keep)
+        self.stored_or_fetched(&key, &format!("log/{drv}"), MAX_UPSTREAM_LOG, load, keep)
             .await
     }
 
@@ -104,22 +105,24 @@ impl Documents {
     /// A realisation or build-trace document: stored, or fetched from an upstream that has it
     /// (the id is its path on the upstream) and then kept.
     pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {
+        let key = DocumentKey::Realisation(id.to_owned());
         let load = || self.0.db.realisation(id);
         let keep = |document: String| async move {
             signed_json(&document)?;
             self.0.db.put_realisation(id, &document).await?;
             Ok(document)
         };
-        self.stored_or_fetched(id, MAX_REALISATION_UPLOAD, load, keep)
+        self.stored_or_fetched(&key, id, MAX_REALISATION_UPLOAD, load, keep)
             .await
     }
 
-    /// A document as `load` finds it stored, or else the upstreams' copy of `path` (at most
-    /// `max_bytes`) as `keep` checks and stores it. One request per document fetches and keeps
+    /// A document as `load` finds it stored (then its use is recorded for eviction), or else
+    /// the upstreams' copy of `path` (at most `max_bytes`) as `keep` checks and stores it. One request per document fetches and keeps
     /// it while holding the document's lock; the others wait for it and then find the document
     /// stored (or remembered missing by the upstreams' negative cache).
     async fn stored_or_fetched<T, F, Fut, K, KeepFut>(
         &self,
+        key: &DocumentKey,
         path: &str,
         max_bytes: usize,
         load: F,
@@ -132,6 +135,7 @@ impl Documents {
         KeepFut: std::future::Future<Output = Result<T, CacheError>>,
     {
         if let Some(stored) = load().await? {
+            self.0.db.touch_document(key, ncps_db::now_secs()).await?;
             return Ok(stored);
         }
         let lock = self.0.fetching.lock_for(path);

@@ -5,14 +5,18 @@ impl Database {
     /// Stores (or replaces) the build log of a derivation.
     pub async fn put_build_log(&self, drv: &str, content: &[u8]) -> Result<(), DbError> {
         let upsert = self.dialect.upsert(
-            "INTO build_logs (drv, content, created_at) VALUES (?, ?, ?)",
+            "INTO build_logs (drv, content, created_at, stored_size, last_accessed_at) \
+             VALUES (?, ?, ?, ?, ?)",
             "drv",
-            &["content", "created_at"],
+            &["content", "created_at", "stored_size", "last_accessed_at"],
         );
+        let now = now_secs();
         sqlx::query(&self.sql(&upsert))
             .bind(drv)
             .bind(content)
-            .bind(now_secs())
+            .bind(now)
+            .bind(content.len() as i64)
+            .bind(now)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -1,6 +1,6 @@
 //! What least-recently-used eviction needs: batched access-time updates, the bytes really on
 //! storage, and evicting a batch of narinfos (with the NARs no other narinfo uses) in one
-//! transaction.
+//! transaction, or a batch of documents (build logs, realisations).
 
 use std::str::FromStr;
 
@@ -22,7 +22,91 @@ pub struct LruEntry {
     pub stored_size: u64,
 }
 
+/// A document eviction can remove: it has no NAR, only its own bytes in the database.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DocumentKey {
+    /// A build log, by derivation name.
+    BuildLog(String),
+    /// A realisation or build-trace document, by id.
+    Realisation(String),
+}
+
+impl DocumentKey {
+    /// The table, key column and kind label of this document.
+    fn place(&self) -> (&'static str, &'static str, &str) {
+        match self {
+            DocumentKey::BuildLog(drv) => ("build_logs", "drv", drv),
+            DocumentKey::Realisation(id) => ("realisations", "id", id),
+        }
+    }
+}
+
+/// A document in least-recently-used order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentEntry {
+    /// Which document.
+    pub key: DocumentKey,
+    /// When it was last served or stored, in seconds since the epoch.
+    pub last_accessed_at: i64,
+    /// Its size in bytes.
+    pub stored_size: u64,
+}
+
 impl Database {
+    /// Records that a document was served at `at`.
+    pub async fn touch_document(&self, key: &DocumentKey, at: i64) -> Result<(), DbError> {
+        let (table, column, key) = key.place();
+        self.touch(table, column, &[key.to_owned()], at).await
+    }
+
+    /// Documents last used at or before `at`, oldest first, at most `limit`.
+    pub async fn documents_used_before(
+        &self,
+        at: i64,
+        limit: u32,
+    ) -> Result<Vec<DocumentEntry>, DbError> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT kind, k, last_accessed_at, stored_size FROM ( \
+             SELECT 'log' AS kind, drv AS k, last_accessed_at, stored_size FROM build_logs \
+             WHERE last_accessed_at <= ? \
+             UNION ALL \
+             SELECT 'realisation' AS kind, id AS k, last_accessed_at, stored_size \
+             FROM realisations WHERE last_accessed_at <= ?) d \
+             ORDER BY last_accessed_at, kind, k LIMIT ?",
+        ))
+        .bind(at)
+        .bind(at)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let k = text(r, "k")?;
+                let key = match text(r, "kind")?.as_str() {
+                    "log" => DocumentKey::BuildLog(k),
+                    _ => DocumentKey::Realisation(k),
+                };
+                Ok(DocumentEntry {
+                    key,
+                    last_accessed_at: r.try_get("last_accessed_at")?,
+                    stored_size: to_u64("documents", r.try_get("stored_size")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes documents (eviction).
+    pub async fn evict_documents(&self, keys: &[DocumentKey]) -> Result<(), DbError> {
+        for key in keys {
+            let (table, column, key) = key.place();
+            sqlx::query(&self.sql(&format!("DELETE FROM {table} WHERE {column} = ?")))
+                .bind(key)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Records that narinfos were served at `at`, many per statement.
     pub async fn touch_narinfos(&self, hashes: &[StorePathHash], at: i64) -> Result<(), DbError> {
         let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
@@ -58,8 +142,8 @@ impl Database {
         Ok(())
     }
 
-    /// Bytes the cache really keeps: whole files, plus each chunk still referenced once (chunks
-    /// waiting for garbage collection are already on their way out).
+    /// Bytes the cache really keeps: whole files, each chunk still referenced once (chunks
+    /// waiting for garbage collection are already on their way out), and documents.
     pub async fn stored_bytes(&self) -> Result<u64, DbError> {
         let d = self.dialect;
         let whole: i64 = sqlx::query_scalar(&format!(
@@ -74,7 +158,14 @@ impl Database {
         ))
         .fetch_one(&self.pool)
         .await?;
-        Ok(to_u64("nars", whole)? + to_u64("chunks", chunks)?)
+        let documents: i64 = sqlx::query_scalar(&format!(
+            "SELECT {} + {}",
+            d.bigint("(SELECT COALESCE(SUM(stored_size), 0) FROM build_logs)"),
+            d.bigint("(SELECT COALESCE(SUM(stored_size), 0) FROM realisations)")
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u64("nars", whole)? + to_u64("chunks", chunks)? + to_u64("documents", documents)?)
     }
 
     /// Narinfos from least to most recently used, `limit` at a time, starting after `after`.
@@ -248,6 +339,34 @@ mod tests {
                 page.iter().map(|e| e.hash).collect::<Vec<_>>(),
                 vec![hashes[1].0, hashes[0].0]
             );
+        }
+    }
+
+    db_test! {
+        async fn documents_are_counted_ordered_by_use_and_evicted(db) {
+            let before = db.stored_bytes().await.unwrap();
+            db.put_build_log("a.drv", &[0u8; 300]).await.unwrap();
+            db.put_realisation("realisations/b!out.doi", &"é".repeat(100)).await.unwrap();
+            assert_eq!(db.stored_bytes().await.unwrap(), before + 300 + 200, "bytes, not chars");
+            let (log, realisation) = (
+                DocumentKey::BuildLog("a.drv".into()),
+                DocumentKey::Realisation("realisations/b!out.doi".into()),
+            );
+            let now = crate::now_secs();
+            db.touch_document(&log, now + 50).await.unwrap();
+            db.touch_document(&realisation, now + 20).await.unwrap();
+            let order: Vec<_> = db
+                .documents_used_before(i64::MAX, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.key, d.stored_size))
+                .collect();
+            assert_eq!(order, vec![(realisation.clone(), 200), (log.clone(), 300)]);
+            assert_eq!(db.documents_used_before(now + 49, 10).await.unwrap().len(), 1);
+            db.evict_documents(&[realisation]).await.unwrap();
+            assert_eq!(db.realisation("realisations/b!out.doi").await.unwrap(), None);
+            assert_eq!(db.stored_bytes().await.unwrap(), before + 300);
         }
     }
 }

@@ -6,14 +6,18 @@ impl Database {
     /// Stores (or replaces) a realisation or build-trace document.
     pub async fn put_realisation(&self, id: &str, content: &str) -> Result<(), DbError> {
         let upsert = self.dialect.upsert(
-            "INTO realisations (id, content, created_at) VALUES (?, ?, ?)",
+            "INTO realisations (id, content, created_at, stored_size, last_accessed_at) \
+             VALUES (?, ?, ?, ?, ?)",
             "id",
-            &["content", "created_at"],
+            &["content", "created_at", "stored_size", "last_accessed_at"],
         );
+        let now = now_secs();
         sqlx::query(&self.sql(&upsert))
             .bind(id)
             .bind(content)
-            .bind(now_secs())
+            .bind(now)
+            .bind(content.len() as i64)
+            .bind(now)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -606,6 +606,8 @@ mod tests {
                     }
                 }
                 ["CREATE", "INDEX", ..] => shape.push(words.join(" ")),
+                // Data written once by a migration: its expressions are the engine's own.
+                ["UPDATE", table, ..] => shape.push(format!("update {table}")),
                 ["ALTER", "TABLE", table, "ADD", "COLUMN", column, rest @ ..] => {
                     let rest = rest.join(" ");
                     shape.push(format!(

@@ -25,6 +25,8 @@ pub struct LruReport {
     pub narinfos_evicted: u64,
     /// NARs removed with them.
     pub nars_removed: u64,
+    /// Build logs and realisations evicted.
+    pub documents_evicted: u64,
     /// Narinfos kept because a pin protects them.
     pub pinned_skipped: u64,
     /// How long the run took.
@@ -67,7 +69,15 @@ impl Maintenance {
                 }
                 let page = db.lru_page(cursor.as_ref(), EVICT_BATCH).await?;
                 let Some(last) = page.last().cloned() else {
-                    break;
+                    // No narinfo left to evict: documents alone, oldest first.
+                    if !self
+                        .evict_documents(i64::MAX, stored - max_size, &mut report)
+                        .await?
+                    {
+                        break;
+                    }
+                    stored = db.stored_bytes().await?;
+                    continue;
                 };
                 cursor = Some(last);
                 let (keep, evict): (Vec<_>, Vec<_>) =
@@ -77,10 +87,28 @@ impl Maintenance {
                 // their NARs add up to the excess, evict them, measure again.
                 let mut rest = evict.as_slice();
                 while !rest.is_empty() && stored > max_size {
+                    // Documents used no later than the oldest candidate go first; narinfos
+                    // go only while they are older than every document.
+                    let oldest = rest[0].last_accessed_at;
+                    if self
+                        .evict_documents(oldest, stored - max_size, &mut report)
+                        .await?
+                    {
+                        stored = db.stored_bytes().await?;
+                        continue;
+                    }
+                    let documents_from = db
+                        .documents_used_before(i64::MAX, 1)
+                        .await?
+                        .first()
+                        .map_or(i64::MAX, |d| d.last_accessed_at);
                     let excess = stored - max_size;
                     let mut take = 0;
                     let mut sum = 0u64;
-                    while take < rest.len() && (take == 0 || sum < excess) {
+                    while take < rest.len()
+                        && (take == 0 || sum < excess)
+                        && rest[take].last_accessed_at < documents_from
+                    {
                         sum += rest[take].stored_size;
                         take += 1;
                     }
@@ -103,16 +131,44 @@ impl Maintenance {
         }
         report.bytes_after = stored;
         report.duration = started.elapsed();
-        if report.narinfos_evicted > 0 {
+        if report.narinfos_evicted > 0 || report.documents_evicted > 0 {
             info!(
                 evicted = report.narinfos_evicted,
                 nars = report.nars_removed,
+                documents = report.documents_evicted,
                 freed = report.bytes_before - report.bytes_after,
                 pinned_skipped = report.pinned_skipped,
                 "evicted least recently used paths"
             );
         }
         Ok(report)
+    }
+
+    /// Evicts documents (build logs, realisations) last used at or before `at`, oldest first,
+    /// until they add up to `excess` bytes; `false` when there were none.
+    async fn evict_documents(
+        &self,
+        at: i64,
+        excess: u64,
+        report: &mut LruReport,
+    ) -> Result<bool, CacheError> {
+        let page = self.0.db.documents_used_before(at, EVICT_BATCH).await?;
+        if page.is_empty() {
+            return Ok(false);
+        }
+        let mut sum = 0u64;
+        let keys: Vec<_> = page
+            .into_iter()
+            .take_while(|d| {
+                let more = sum < excess;
+                sum += d.stored_size;
+                more
+            })
+            .map(|d| d.key)
+            .collect();
+        self.0.db.evict_documents(&keys).await?;
+        report.documents_evicted += keys.len() as u64;
+        Ok(true)
     }
 }
 
@@ -246,6 +302,45 @@ mod tests {
         assert_eq!(report.bytes_after, 4 * FILE_SIZE);
         assert_eq!(cached(&db).await, vec![0, 1, 2, 4]);
         assert!(db.nar(&path(3).narinfo.nar_hash).await.unwrap().is_none());
+    }
+
+    /// Build logs and realisations count against the limit and take their turn in
+    /// least-recently-used order with the narinfos (issue 15, defect 4).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn documents_count_and_are_evicted_in_their_turn() {
+        use ncps_db::DocumentKey;
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = cache(dir.path()).await;
+        let base = now_secs() + 10;
+        let drv = "00000000000000000000000000000000-x.drv";
+        let id = "realisations/sha256:ab!out.doi";
+        db.put_build_log(drv, &[b'l'; FILE_SIZE as usize])
+            .await
+            .unwrap();
+        db.put_realisation(id, &"r".repeat(FILE_SIZE as usize))
+            .await
+            .unwrap();
+        let (log, realisation) = (
+            DocumentKey::BuildLog(drv.into()),
+            DocumentKey::Realisation(id.into()),
+        );
+        // The log was last used with path 2, the realisation after every path.
+        db.touch_document(&log, base + 2).await.unwrap();
+        db.touch_document(&realisation, base + 100).await.unwrap();
+        assert_eq!(db.stored_bytes().await.unwrap(), 7 * FILE_SIZE);
+
+        let m = cache.maintenance();
+        let report = m.evict_lru(5 * FILE_SIZE).await.unwrap();
+        assert_eq!(cached(&db).await, vec![1, 2, 3, 4], "path 0 first");
+        assert_eq!(db.build_log(drv).await.unwrap(), None, "then the log");
+        assert!(db.realisation(id).await.unwrap().is_some());
+        assert_eq!((report.narinfos_evicted, report.documents_evicted), (1, 1));
+        assert_eq!(report.bytes_after, 5 * FILE_SIZE);
+
+        let report = m.evict_lru(0).await.unwrap();
+        assert_eq!(cached(&db).await, vec![1]);
+        assert_eq!(db.realisation(id).await.unwrap(), None);
+        assert_eq!(report.bytes_after, FILE_SIZE);
     }
 
     /// A lock service whose locks are lost as soon as they are taken (a Redis renewal failed).
