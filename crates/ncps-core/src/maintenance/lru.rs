@@ -106,8 +106,8 @@ impl Maintenance {
                     let mut take = 0;
                     let mut sum = 0u64;
                     while take < rest.len()
-                        && (take == 0 || sum < excess)
-                        && rest[take].last_accessed_at < documents_from
+                        && (take == 0
+                            || (sum < excess && rest[take].last_accessed_at < documents_from))
                     {
                         sum += rest[take].stored_size;
                         take += 1;
