@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
+use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -25,8 +26,28 @@ use super::narinfo::{NarInfo, store_hash};
 /// NAR bodies are sent in pieces of this size when throttled or truncated.
 const PIECE: usize = 64 * 1024;
 
+/// Ways the upstream can break, one at a time (see [`Upstream::misbehave`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// A NAR's first 64 KiB are sent, then nothing more; the connection stays open.
+    StallNars,
+    /// A NAR is sent one byte at a time, with this pause between bytes.
+    DripNars(Duration),
+    /// A NAR's headers are sent, then the connection breaks before any body byte.
+    BreakNars,
+    /// A NAR's Content-Length is 100 bytes short and that many bytes are sent: a body that
+    /// looks complete and is not.
+    ShortLengthNars,
+    /// Every NAR request is redirected to itself.
+    RedirectLoopNars,
+    /// Narinfos are padded with comment-like lines to several MB.
+    HugeNarinfos,
+}
+
 #[derive(Default)]
 struct Knobs {
+    /// The misbehaviour in force, if any.
+    misbehaviour: Mutex<Option<Misbehaviour>>,
     /// Pause after each 64 KiB piece of a NAR body, in milliseconds (0: send at once).
     throttle_ms: AtomicU64,
     /// Answer 500 to everything.
@@ -133,6 +154,11 @@ impl Upstream {
     pub fn throttle_nars(&self, pause_per_piece: Duration) {
         let ms = u64::try_from(pause_per_piece.as_millis()).expect("small pause");
         self.shared.knobs.throttle_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Breaks the upstream in one way (`None`: behaves again).
+    pub fn misbehave(&self, how: Option<Misbehaviour>) {
+        *self.shared.knobs.misbehaviour.lock().expect("lock") = how;
     }
 
     pub fn fail_all(&self, on: bool) {
@@ -291,9 +317,24 @@ async fn handle(
     if !safe {
         return status(StatusCode::NOT_FOUND);
     }
-    let Ok(content) = tokio::fs::read(shared.dir.join(rel)).await else {
+    let misbehaviour = *shared.knobs.misbehaviour.lock().expect("lock");
+    let is_nar = rel.starts_with("nar/") && method == Method::GET;
+    if is_nar && misbehaviour == Some(Misbehaviour::RedirectLoopNars) {
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, &path)
+            .body(Body::empty())
+            .expect("response");
+    }
+    let Ok(mut content) = tokio::fs::read(shared.dir.join(rel)).await else {
         return status(StatusCode::NOT_FOUND);
     };
+    if rel.ends_with(".narinfo") && misbehaviour == Some(Misbehaviour::HugeNarinfos) {
+        // Lines no narinfo parser knows, 5 MB of them.
+        for i in 0..100_000 {
+            content.extend_from_slice(format!("X-Padding-{i}: {}\n", "x".repeat(40)).as_bytes());
+        }
+    }
     let content_type = if rel == "nix-cache-info" {
         "text/x-nix-cache-info"
     } else if rel.ends_with(".narinfo") {
@@ -303,11 +344,16 @@ async fn handle(
     } else {
         "application/octet-stream"
     };
-    let length = content.len();
-    let body = if rel.starts_with("nar/") && method == Method::GET {
-        nar_body(Bytes::from(content), &shared.knobs)
-    } else {
-        Body::from(content)
+    let mut length = content.len();
+    let body = match misbehaviour.filter(|_| is_nar) {
+        Some(Misbehaviour::ShortLengthNars) => {
+            length = length.saturating_sub(100);
+            content.truncate(length);
+            Body::from(content)
+        }
+        Some(how) => misbehaving_nar_body(Bytes::from(content), how),
+        None if is_nar => nar_body(Bytes::from(content), &shared.knobs),
+        None => Body::from(content),
     };
     Response::builder()
         .header(header::CONTENT_TYPE, content_type)
@@ -321,6 +367,43 @@ fn status(code: StatusCode) -> Response {
         .status(code)
         .body(Body::from(code.to_string()))
         .expect("response")
+}
+
+/// A NAR body broken as `how` says.
+fn misbehaving_nar_body(content: Bytes, how: Misbehaviour) -> Body {
+    match how {
+        Misbehaviour::StallNars => {
+            let first = content.slice(..PIECE.min(content.len()));
+            let stalled = futures::stream::iter([Ok::<_, io::Error>(first)])
+                .chain(futures::stream::pending());
+            Body::from_stream(stalled)
+        }
+        Misbehaviour::DripNars(pause) => {
+            let drip = futures::stream::unfold(0, move |offset| {
+                let content = content.clone();
+                async move {
+                    if offset >= content.len() {
+                        return None;
+                    }
+                    if offset > 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    Some((
+                        Ok::<_, io::Error>(content.slice(offset..offset + 1)),
+                        offset + 1,
+                    ))
+                }
+            });
+            Body::from_stream(drip)
+        }
+        Misbehaviour::BreakNars => Body::from_stream(futures::stream::once(async {
+            Err::<Bytes, _>(io::Error::other("upstream breaks this NAR on purpose"))
+        })),
+        // Answered before the body is chosen.
+        Misbehaviour::ShortLengthNars
+        | Misbehaviour::RedirectLoopNars
+        | Misbehaviour::HugeNarinfos => Body::from(content),
+    }
 }
 
 /// The NAR body, paced and/or cut short as the knobs say.
