@@ -71,10 +71,28 @@ impl TempFiles {
     /// Removes temporary files of every kind last modified more than `older_than` ago (left by
     /// a process that died); returns how many were removed. Other files are never touched.
     pub fn sweep(&self, older_than: Duration) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.dir.as_path()) else {
-            return 0;
-        };
         let mut removed = 0;
+        for file in self.leftovers(older_than) {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {
+                    removed += 1;
+                    info!(file = %file.display(), "removed a temporary file left by a crashed run");
+                }
+                Err(e) => {
+                    warn!(file = %file.display(), error = %e, "cannot remove a stale temporary file")
+                }
+            }
+        }
+        removed
+    }
+
+    /// Temporary files of every kind last modified more than `older_than` ago: what a process
+    /// that died left (fsck reports them).
+    pub fn leftovers(&self, older_than: Duration) -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.dir.as_path()) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -86,21 +104,13 @@ impl TempFiles {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age > older_than);
-            if !old {
-                continue;
-            }
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    removed += 1;
-                    info!(file = %entry.path().display(), "removed a temporary file left by a crashed run");
-                }
-                Err(e) => {
-                    warn!(file = %entry.path().display(), error = %e, "cannot remove a stale temporary file")
-                }
+                .is_some_and(|age| age >= older_than);
+            if old {
+                found.push(entry.path());
             }
         }
-        removed
+        found.sort();
+        found
     }
 }
 

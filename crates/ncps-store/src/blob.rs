@@ -280,6 +280,17 @@ impl BlobStore {
         }
     }
 
+    /// Staging files of killed writes older than `older_than` (local storage only), for fsck.
+    pub async fn staging_files(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<std::path::PathBuf>, StoreError> {
+        match &self.local {
+            Some(local) => local.staging_files(older_than).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Removes a NAR; removing one that is not there is not an error.
     pub async fn delete_nar(&self, key: &NarKey) -> Result<(), StoreError> {
         match self.inner.delete(&nar_path(key)).await {

@@ -239,9 +239,28 @@ impl LocalDir {
         &self,
         older_than: std::time::Duration,
     ) -> Result<u64, StoreError> {
-        let root = self.root.clone();
+        let files = self.staging_files(older_than).await?;
         blocking(&self.root, move || {
             let mut deleted = 0;
+            for file in files {
+                if unless_missing(std::fs::remove_file(file))?.is_some() {
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Staging files of killed writes older than `older_than` (see
+    /// [`LocalStore::sweep_staging_files`]), in path order.
+    pub async fn staging_files(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let root = self.root.clone();
+        blocking(&self.root, move || {
+            let mut found = Vec::new();
             let mut dirs = vec![root];
             while let Some(dir) = dirs.pop() {
                 let Some(entries) = unless_missing(std::fs::read_dir(&dir))? else {
@@ -261,21 +280,23 @@ impl LocalDir {
                             .is_some_and(|(_, n)| {
                                 !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
                             });
-                    let old = entry
-                        .metadata()?
+                    if !kind.is_file() || !staging {
+                        continue;
+                    }
+                    let Some(meta) = unless_missing(entry.metadata())? else {
+                        continue;
+                    };
+                    if meta
                         .modified()?
                         .elapsed()
-                        .is_ok_and(|age| age >= older_than);
-                    if kind.is_file()
-                        && staging
-                        && old
-                        && unless_missing(std::fs::remove_file(entry.path()))?.is_some()
+                        .is_ok_and(|age| age >= older_than)
                     {
-                        deleted += 1;
+                        found.push(entry.path());
                     }
                 }
             }
-            Ok(deleted)
+            found.sort();
+            Ok(found)
         })
         .await
     }

@@ -4,7 +4,8 @@
 //! `--verify-hashes`, hashes to its name and decompresses to its NarHash); every chunk list is
 //! complete and its chunks stored; every chunk row has its object and the right reference
 //! count; every stored object is recorded (strays); every narinfo can be served (its NAR is
-//! stored or an upstream is recorded for it); every NAR URL names something.
+//! stored or an upstream is recorded for it); every NAR URL names something; no file of a
+//! write killed half-way is left (staging files in storage, temporary files).
 //!
 //! Safe beside a running server: storage is listed before the database is read, so an object
 //! written and recorded meanwhile is never a stray; anything found missing is looked up again
@@ -130,6 +131,7 @@ impl Fsck<'_> {
         self.check_stray_chunks(&chunks).await?;
         self.check_narinfos().await?;
         self.check_nar_urls().await?;
+        self.check_leftover_files().await?;
         self.note_unreferenced_nars().await
     }
 }
@@ -536,6 +538,31 @@ impl Fsck<'_> {
         Ok(())
     }
 
+    /// Files writes killed half-way left behind: object_store's staging files in storage and
+    /// ncps's temporary files. Younger than `--min-age`, they may be writes in progress and are
+    /// not listed. The server removes them itself an hour later; `--repair` at once.
+    async fn check_leftover_files(&mut self) -> Result<()> {
+        let min_age = self.options.min_age;
+        let mut files = self.store.staging_files(min_age).await?;
+        files.extend(self.maintenance.0.ingest.temp().leftovers(min_age));
+        for file in files {
+            self.problem(format!(
+                "leftover: {} was left by a write that never finished",
+                file.display()
+            ));
+            if self.options.repair {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => self.repaired("deleted"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        self.repaired("gone meanwhile")
+                    }
+                    Err(e) => self.out.finding(&format!("  NOT repaired: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Narinfos whose NAR is neither stored nor fetchable.
     async fn check_narinfos(&mut self) -> Result<()> {
         for orphan in self.db.orphan_narinfos().await? {
@@ -596,5 +623,96 @@ impl Fsck<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ncps_nix::ChunkHash;
+
+    use super::{FsckOptions, FsckOutput};
+    use crate::test_support::local_cache;
+
+    /// Lines fsck prints, kept for the assertions.
+    #[derive(Default)]
+    struct Lines(Vec<String>);
+
+    impl FsckOutput for Lines {
+        fn finding(&mut self, line: &str) {
+            self.0.push(line.to_owned());
+        }
+        fn progress(&mut self, _: &str) {}
+    }
+
+    /// An ingest holds its chunks before writing them: a held chunk with no object yet is a
+    /// write in progress, not a fault, and `fsck --repair` leaves its row (the ingest's commit
+    /// would otherwise fail).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fsck_leaves_chunks_an_ingest_holds_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let held = ncps_db::ChunkRef {
+            hash: ChunkHash::digest(b"not written yet"),
+            plain_size: 10,
+            stored_size: 5,
+        };
+        assert!(db.hold_chunks(&[held]).await.unwrap().is_empty());
+        let mut lines = Lines::default();
+        let options = FsckOptions {
+            repair: true,
+            verify_hashes: false,
+            min_age: Duration::ZERO,
+        };
+        let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
+        assert_eq!(summary.problems, 0, "{:?}", lines.0);
+        assert_eq!(
+            db.known_chunks(&[held.hash]).await.unwrap(),
+            vec![held.hash]
+        );
+    }
+
+    /// Files killed writes left (a staging file in storage, a temporary file) are problems
+    /// that `--repair` deletes; files of other names are not touched.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn leftover_files_are_found_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, _db) = local_cache(dir.path()).await;
+        let staging = dir.path().join("store/nar/x.nar.xz#123");
+        std::fs::create_dir_all(staging.parent().unwrap()).unwrap();
+        std::fs::write(&staging, b"half").unwrap();
+        let temp_dir = cache.maintenance().0.ingest.temp().dir().to_path_buf();
+        std::fs::create_dir_all(&temp_dir).unwrap();
+        let (_, temp) = cache
+            .maintenance()
+            .0
+            .ingest
+            .temp()
+            .create(crate::temp::TempKind::Upload)
+            .unwrap();
+        let temp = temp.keep().unwrap();
+        let other = temp_dir.join("not-ours");
+        std::fs::write(&other, b"x").unwrap();
+        let run = |repair| {
+            let cache = cache.clone();
+            async move {
+                let mut lines = Lines::default();
+                let options = FsckOptions {
+                    repair,
+                    verify_hashes: false,
+                    min_age: Duration::ZERO,
+                };
+                let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
+                (summary, lines.0)
+            }
+        };
+        let (found, lines) = run(false).await;
+        assert_eq!(found.problems, 2, "{lines:?}");
+        assert!(staging.exists() && temp.exists());
+        let (repaired, lines) = run(true).await;
+        assert_eq!((repaired.problems, repaired.repaired), (2, 2), "{lines:?}");
+        assert!(!staging.exists() && !temp.exists() && other.exists());
+        assert_eq!(run(false).await.0.problems, 0);
     }
 }

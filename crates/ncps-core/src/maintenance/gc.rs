@@ -80,7 +80,6 @@ mod tests {
     use ncps_store::chunk::ChunkParams;
 
     use ncps_db::Database;
-    use ncps_nix::ChunkHash;
     use ncps_store::BlobStore;
 
     use crate::ingest::{ChunkSettings, Chunked, Expected, chunk_verified};
@@ -165,44 +164,6 @@ mod tests {
                 "a listed chunk is gone"
             );
         }
-    }
-
-    /// Lines fsck prints, kept for the assertions.
-    #[derive(Default)]
-    struct Lines(Vec<String>);
-
-    impl crate::maintenance::FsckOutput for Lines {
-        fn finding(&mut self, line: &str) {
-            self.0.push(line.to_owned());
-        }
-        fn progress(&mut self, _: &str) {}
-    }
-
-    /// An ingest holds its chunks before writing them: a held chunk with no object yet is a
-    /// write in progress, not a fault, and `fsck --repair` leaves its row (the ingest's commit
-    /// would otherwise fail).
-    #[tokio::test(flavor = "multi_thread")]
-    async fn fsck_leaves_chunks_an_ingest_holds_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cache, db) = local_cache(dir.path()).await;
-        let held = ncps_db::ChunkRef {
-            hash: ChunkHash::digest(b"not written yet"),
-            plain_size: 10,
-            stored_size: 5,
-        };
-        assert!(db.hold_chunks(&[held]).await.unwrap().is_empty());
-        let mut lines = Lines::default();
-        let options = crate::maintenance::FsckOptions {
-            repair: true,
-            verify_hashes: false,
-            min_age: Duration::ZERO,
-        };
-        let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
-        assert_eq!(summary.problems, 0, "{:?}", lines.0);
-        assert_eq!(
-            db.known_chunks(&[held.hash]).await.unwrap(),
-            vec![held.hash]
-        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
