@@ -14,6 +14,7 @@ mod harness;
 mod access;
 mod admin;
 mod chunking;
+mod crashes;
 mod databases;
 mod docs;
 mod failures;

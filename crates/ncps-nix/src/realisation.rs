@@ -140,6 +140,16 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (the input is the fuzzer's): without exact float parsing, a number's
+    /// digits changed between a document's fingerprint and that fingerprint's own, so one
+    /// document could be judged by two different fingerprints.
+    #[test]
+    fn the_fingerprint_of_a_fingerprint_is_itself() {
+        let input = include_str!("../../ncps-fuzz/seeds/realisation/float-roundtrip");
+        let doc = SignedJson::parse(input).unwrap();
+        assert_eq!(SignedJson::parse(&doc.fingerprint).unwrap().fingerprint, doc.fingerprint);
+    }
+
     #[test]
     fn malformed_documents_are_refused() {
         assert!(SignedJson::parse("[1]").is_err());
