@@ -18,6 +18,7 @@ mod crashes;
 mod databases;
 mod docs;
 mod failures;
+mod full_disk;
 mod head_and_ranges;
 mod hostile;
 mod logs;

@@ -58,6 +58,12 @@ pub enum CacheError {
     Io(#[from] std::io::Error),
 }
 
+/// ENOSPC or EDQUOT.
+fn is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded)
+}
+
 impl CacheError {
     /// Classifies a failure to read or decode NAR bytes: bad bytes (truncated, corrupt, wrong
     /// size or hash) are the source's fault, anything else is ours.
@@ -71,6 +77,30 @@ impl CacheError {
         }
     }
 
+    /// True when our own storage (a file system, the database's disk, a quota) is full: the
+    /// request may succeed once space is freed (507 rather than 500). The cause may be nested
+    /// anywhere in the error's chain of sources.
+    pub fn is_storage_full(&self) -> bool {
+        if let Self::Shared(inner) = self {
+            return inner.is_storage_full();
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && is_full(io)
+            {
+                return true;
+            }
+            if e.downcast_ref::<DbError>()
+                .is_some_and(DbError::is_disk_full)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     /// True when an upstream timed out (504 rather than 502).
     pub fn is_upstream_timeout(&self) -> bool {
         match self {
@@ -78,5 +108,34 @@ impl CacheError {
             Self::Shared(e) => e.is_upstream_timeout(),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// A full disk is recognised wherever it sits in the chain: our temporary files, a store
+    /// write, a shared download's failure; other errors are not taken for it.
+    #[test]
+    fn a_full_disk_is_recognised_through_the_error_chain() {
+        let full = || io::Error::from(io::ErrorKind::StorageFull);
+        assert!(CacheError::Io(full()).is_storage_full());
+        let read = StoreError::ReadFile {
+            path: "x".into(),
+            source: full(),
+        };
+        assert!(CacheError::Storage(read).is_storage_full());
+        let backend = StoreError::Backend(object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(io::Error::from_raw_os_error(28)),
+        });
+        assert!(CacheError::Storage(backend).is_storage_full());
+        let shared = CacheError::Shared(std::sync::Arc::new(CacheError::Io(full())));
+        assert!(shared.is_storage_full());
+        assert!(!CacheError::Io(io::Error::from(io::ErrorKind::NotFound)).is_storage_full());
+        assert!(!CacheError::NotFound.is_storage_full());
     }
 }

@@ -35,3 +35,14 @@ pub enum DbError {
         reason: String,
     },
 }
+
+impl DbError {
+    /// True when the engine failed because its disk is full (SQLite's `SQLITE_FULL`; the
+    /// server engines report their own disks as ordinary errors).
+    pub fn is_disk_full(&self) -> bool {
+        /// SQLite's primary result code for a full disk.
+        const SQLITE_FULL: &str = "13";
+        matches!(self, DbError::Sqlx(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some(SQLITE_FULL))
+    }
+}

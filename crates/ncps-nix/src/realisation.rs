@@ -147,7 +147,10 @@ mod tests {
     fn the_fingerprint_of_a_fingerprint_is_itself() {
         let input = include_str!("../../ncps-fuzz/seeds/realisation/float-roundtrip");
         let doc = SignedJson::parse(input).unwrap();
-        assert_eq!(SignedJson::parse(&doc.fingerprint).unwrap().fingerprint, doc.fingerprint);
+        assert_eq!(
+            SignedJson::parse(&doc.fingerprint).unwrap().fingerprint,
+            doc.fingerprint
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ impl From<CacheError> for ApiError {
 
 /// The status for each cache error, in one place: adding a variant forces a decision here.
 fn status_of(e: &CacheError) -> StatusCode {
+    if e.is_storage_full() {
+        return StatusCode::INSUFFICIENT_STORAGE;
+    }
     match e {
         CacheError::NotFound => StatusCode::NOT_FOUND,
         CacheError::Upstream(u) if u.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
@@ -44,6 +47,9 @@ fn status_of(e: &CacheError) -> StatusCode {
 /// What a client is told: upstream problems are named (they help an operator find the broken
 /// upstream), our own internals are not.
 fn public_message(e: &CacheError) -> String {
+    if e.is_storage_full() {
+        return "the cache's storage is full; try again once space is freed".into();
+    }
     match e {
         CacheError::NotFound => "not found".into(),
         CacheError::Upstream(u) => u.to_string(),

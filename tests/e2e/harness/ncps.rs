@@ -38,6 +38,28 @@ pub struct NcpsConfig {
 }
 
 impl NcpsConfig {
+    /// The single number `sql` selects from ncps's SQLite database, read with the `sqlite3`
+    /// CLI (a missing CLI fails the test).
+    pub fn sqlite_count(&self, sql: &str) -> u64 {
+        let db = self.data_dir.join("db").join("db.sqlite");
+        let output = Command::new(ncps_test_services::tool("sqlite3"))
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .unwrap_or_else(|e| panic!("run sqlite3: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "sqlite3 {} {sql:?} failed: {}",
+            db.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("sqlite3 {sql:?} printed {stdout:?}"))
+    }
+
     /// This configuration with `args` appended to its `serve` flags.
     pub fn with_args(&self, args: &[&str]) -> NcpsConfig {
         let mut config = self.clone();

@@ -3,7 +3,7 @@
 //! refused upload must not leave behind.
 
 use std::path::PathBuf;
-use std::process::Command;
+
 
 use reqwest::Method;
 
@@ -270,25 +270,8 @@ impl UploadServer {
         .await;
     }
 
-    /// The single number `sql` selects from ncps's SQLite database, read with the `sqlite3`
-    /// CLI (a missing CLI fails the test).
+    /// The single number `sql` selects from ncps's SQLite database.
     pub fn db_count(&self, sql: &str) -> u64 {
-        let db = self.config.data_dir.join("db").join("db.sqlite");
-        let output = Command::new(ncps_test_services::tool("sqlite3"))
-            .arg(&db)
-            .arg(sql)
-            .output()
-            .unwrap_or_else(|e| panic!("run sqlite3: {e}"));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "sqlite3 {} {sql:?} failed: {}",
-            db.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("sqlite3 {sql:?} printed {stdout:?}"))
+        self.config.sqlite_count(sql)
     }
 }
