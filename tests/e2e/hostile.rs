@@ -261,3 +261,115 @@ async fn a_narinfo_cannot_take_over_another_paths_nar_url() {
         .substitute_fails(&ncps.url(), &ncps_key, &attacker)
         .await;
 }
+
+/// Path tricks on every route and with every method a route takes, on a server that accepts
+/// uploads, deletions and pins: traversal (plain, percent-encoded, double-encoded, overlong
+/// UTF-8, backslashes), NUL and CR/LF, absolute paths, queries after names, names far too
+/// long. (A `?` inside a name is legal in store names and is covered by the logs tests.) Each gets a 4xx that reveals no file, and nothing is stored or deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_refuses_path_tricks_and_stores_nothing() {
+    let env = TestEnv::new();
+    let server = env
+        .upload_server(&["--cache-allow-put-verb", "--cache-allow-delete-verb"])
+        .await;
+    let planted = crate::harness::random_hex(16);
+    std::fs::write(env.path().join("planted.narinfo"), &planted).expect("plant a file");
+    let secret = std::fs::read_to_string(server.config.data_dir.join("secret.key"))
+        .expect("read the secret key");
+    let secret = secret
+        .split_once(':')
+        .expect("name:key")
+        .1
+        .trim()
+        .to_owned();
+
+    let long = "a".repeat(4096);
+    let tails: Vec<String> = [
+        "../secret.key",
+        "..%2fsecret.key",
+        "%2e%2e%2fsecret.key",
+        "%2e%2e/%2e%2e/planted.narinfo",
+        "%252e%252e%252fsecret.key",
+        "%c0%ae%c0%ae/secret.key",
+        "..\\..\\planted.narinfo",
+        "....//....//planted.narinfo",
+        "/etc/passwd",
+        "secret.key%00.narinfo",
+        "x%0d%0aSet-Cookie:%20a=b.narinfo",
+        "%2e%2e?x=../../planted.narinfo",
+        &long,
+    ]
+    .iter()
+    .map(|t| (*t).to_owned())
+    .collect();
+    let routes: [(&str, &[&str]); 9] = [
+        ("/", &["GET", "HEAD", "PUT", "DELETE"]),
+        ("/nar/", &["GET", "HEAD", "PUT", "DELETE"]),
+        ("/upload/", &["PUT"]),
+        ("/upload/nar/", &["PUT"]),
+        ("/log/", &["GET", "PUT"]),
+        ("/pin/", &["POST", "DELETE"]),
+        ("/realisations/", &["GET", "PUT"]),
+        ("/build-trace-v2/", &["GET", "PUT"]),
+        ("/build-trace-v2/x/", &["GET", "PUT"]),
+    ];
+    let mut asked = 0;
+    for (prefix, methods) in routes {
+        for method in methods {
+            for tail in &tails {
+                let path = format!("{prefix}{tail}");
+                let (status, body) =
+                    http::raw_request(&server.ncps.authority(), method, &path, b"{}").await;
+                asked += 1;
+                assert!(
+                    (400..500).contains(&status),
+                    "{method} {path:.120}: want a 4xx, got {status}: {body:.200}"
+                );
+                for hidden in [&planted, &secret] {
+                    assert!(
+                        !body.contains(hidden.as_str()),
+                        "{method} {path:.120} leaked a file"
+                    );
+                }
+            }
+        }
+    }
+    // Oversized documents: a narinfo, a realisation and a build trace just over 1 MiB (the
+    // narinfo limit; realisations allow 64 KiB).
+    let huge = vec![b'a'; (1 << 20) + 4096];
+    let hash = crate::harness::narinfo::random_store_hash();
+    for path in [
+        format!("/{hash}.narinfo"),
+        format!("/realisations/sha256:{hash}!out.doi"),
+        format!("/build-trace-v2/{hash}-x.drv/out"),
+    ] {
+        let (status, body) =
+            http::raw_request(&server.ncps.authority(), "PUT", &path, &huge).await;
+        assert_eq!(status, 413, "PUT {path} of over 1 MiB: {body:.200}");
+        asked += 1;
+    }
+    for table in [
+        "narinfos",
+        "nars",
+        "uploaded_nars",
+        "build_logs",
+        "realisations",
+        "pins",
+    ] {
+        assert_eq!(
+            server.db_count(&format!("SELECT COUNT(*) FROM {table}")),
+            0,
+            "{table} after {asked} hostile requests"
+        );
+    }
+    server
+        .assert_nothing_kept(&[], &format!("after {asked} hostile requests"))
+        .await;
+    assert!(
+        env.path().join("planted.narinfo").exists(),
+        "a DELETE reached a file outside the cache"
+    );
+    http::get(&server.url_for("healthz"))
+        .await
+        .expect_status(200, "healthz after the hostile requests");
+}

@@ -351,6 +351,72 @@ async fn nar_over_the_upload_limit_is_refused() {
     up.server.put_path(&up.cache, &up.path, "", &[]).await;
 }
 
+/// A NAR of one regular file of `len` zero bytes: a few KiB compressed, `len` bytes plain.
+fn zero_file_nar(len: u64) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s);
+        out.resize(out.len().next_multiple_of(8), 0);
+    }
+    let mut nar = Vec::new();
+    for s in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
+        string(&mut nar, s);
+    }
+    nar.extend_from_slice(&len.to_le_bytes());
+    nar.resize(nar.len() + len as usize, 0);
+    string(&mut nar, b")");
+    nar
+}
+
+/// Decompression bombs in every compression ncps decodes: a NAR that unpacks to 64 MiB from
+/// a few KiB, uploaded with a 4 MiB limit. Each is refused with 413 and nothing is kept: no
+/// NAR file, no row, no temporary file.
+#[tokio::test(flavor = "multi_thread")]
+async fn decompression_bombs_are_refused_and_leave_nothing() {
+    use std::io::Write;
+    let up = RawUpload::new(&[ALLOW_PUT, "--cache-max-upload-size", "4M"]).await;
+    let nar = zero_file_nar(64 << 20);
+    let bombs: Vec<(&str, Vec<u8>)> = vec![
+        ("xz", {
+            let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+            e.write_all(&nar).unwrap();
+            e.finish().unwrap()
+        }),
+        ("zst", zstd::encode_all(&nar[..], 1).unwrap()),
+        ("bz2", {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            e.write_all(&nar).unwrap();
+            e.finish().unwrap()
+        }),
+        ("br", {
+            let mut out = Vec::new();
+            let mut e = brotli::CompressorWriter::new(&mut out, 4096, 1, 22);
+            e.write_all(&nar).unwrap();
+            drop(e);
+            out
+        }),
+    ];
+    for (ext, bomb) in bombs {
+        assert!(
+            bomb.len() < 1 << 20,
+            "{ext}: the bomb is {} bytes",
+            bomb.len()
+        );
+        let rel = format!("nar/{}.nar.{ext}", sha256_nixbase32(&bomb));
+        let what = format!("PUT /{rel} ({} bytes unpacking to 64 MiB)", bomb.len());
+        let resp = up.put(&rel, bomb).await;
+        up.assert_refused(resp, 413, &what).await;
+    }
+    assert_eq!(up.server.db_count("SELECT COUNT(*) FROM nars"), 0);
+    assert_eq!(up.server.db_count("SELECT COUNT(*) FROM uploaded_nars"), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_narinfo_is_refused() {
     let up = RawUpload::new(&[ALLOW_PUT]).await;

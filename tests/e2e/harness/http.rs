@@ -109,25 +109,41 @@ pub async fn head(url: &str) -> Resp {
 /// `GET raw_path` over a bare TCP connection, so that the path reaches the server exactly as
 /// written (an HTTP library would resolve `..` and `%2e%2e` first). Returns status and body.
 pub async fn raw_get(authority: &str, raw_path: &str) -> (u16, String) {
+    raw_request(authority, "GET", raw_path, b"").await
+}
+
+/// `method raw_path` sent as written (no client normalises it) with `body`; the status and
+/// the body of the answer.
+pub async fn raw_request(
+    authority: &str,
+    method: &str,
+    raw_path: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let what = format!("{method} {raw_path}");
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let request =
-            format!("GET {raw_path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {raw_path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
         stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
     let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET {raw_path}: no complete response"))
-        .unwrap_or_else(|e| panic!("GET {raw_path}: {e}"));
+        .unwrap_or_else(|_| panic!("{what}: no complete response"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("GET {raw_path}: not an HTTP/1.1 response: {response:?}"));
+        .unwrap_or_else(|| panic!("{what}: not an HTTP/1.1 response: {response:?}"));
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())

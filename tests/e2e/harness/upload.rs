@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-
 use reqwest::Method;
 
 use super::narinfo::{NarInfo, store_hash};
