@@ -271,6 +271,7 @@ fn problem_kinds(output: &str) -> Vec<String> {
     output
         .lines()
         .filter(|l| !l.starts_with(' ') && !l.starts_with("fsck") && !l.starts_with("recent"))
+        .filter(|l| !l.starts_with("Error"))
         .filter_map(|l| l.split_once(": ").map(|(kind, _)| kind.to_owned()))
         .filter(|kind| {
             !kind.contains(' ') || kind.starts_with("broken") || kind.starts_with("wrong")

@@ -343,8 +343,7 @@ async fn every_route_refuses_path_tricks_and_stores_nothing() {
         format!("/realisations/sha256:{hash}!out.doi"),
         format!("/build-trace-v2/{hash}-x.drv/out"),
     ] {
-        let (status, body) =
-            http::raw_request(&server.ncps.authority(), "PUT", &path, &huge).await;
+        let (status, body) = http::raw_request(&server.ncps.authority(), "PUT", &path, &huge).await;
         assert_eq!(status, 413, "PUT {path} of over 1 MiB: {body:.200}");
         asked += 1;
     }

@@ -114,8 +114,9 @@ impl Maintenance {
     }
 
     /// Drops uploads whose narinfo never came, then removes the NARs nothing uses (a deleted
-    /// narinfo's, an expired upload's), with or without a size limit, and the staging files
-    /// killed writes left in local storage.
+    /// narinfo's, an expired upload's), with or without a size limit, and the files killed
+    /// writes left: staging files in local storage, temporary files (a server that runs for
+    /// months must not wait for its next start to sweep them).
     fn spawn_reclaim(&self) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -127,7 +128,11 @@ impl Maintenance {
                     let ended = this.expire_uploads(UPLOAD_WAITS_FOR_NARINFO).await?;
                     let unused = this.reclaim_unused_nars().await?;
                     let staging = this.0.store.sweep_staging_files(STAGING_FILES_AGE).await?;
-                    Ok::<_, crate::CacheError>((ended, unused, staging))
+                    let temp = this.0.ingest.temp().clone();
+                    let temps = tokio::task::spawn_blocking(move || temp.sweep(STAGING_FILES_AGE))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    Ok::<_, crate::CacheError>((ended, unused, staging + temps as u64))
                 }
                 .await;
                 match result {
@@ -140,8 +145,8 @@ impl Maintenance {
                             info!(
                                 uploads = ended,
                                 nars = unused,
-                                staging_files = staging,
-                                "dropped expired uploads, NARs nothing uses and staging files of killed writes"
+                                leftover_files = staging,
+                                "dropped expired uploads, NARs nothing uses and files of killed writes"
                             );
                         }
                     }
