@@ -506,6 +506,71 @@ async fn upload_prefixed_routes_publish_a_path() {
     client.verify(&up.path, &ncps_key).await.expect_success();
 }
 
+/// `nix copy --to http://host/upload`, as the Go ncps's docs describe it: the real client reads
+/// `/upload/nix-cache-info`, asks `/upload/<hash>.narinfo` (answered from what is stored only,
+/// so a path an upstream has is still uploaded) and PUTs under `/upload`; the path is then
+/// substituted from the root. `GET /` and `GET /upload/` name the cache and its key in JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_copy_to_the_upload_prefix_uploads_even_what_an_upstream_has() {
+    let env = TestEnv::new();
+    let built = env.built_path(50_000).await.path;
+    let upstream_key = env.key("upstream-1").await;
+    upstream_key.sign(env.path(), &built).await;
+    let upstream = env.upstream_of(&[&built], Compression::Xz).await;
+    let config = env
+        .ncps_config(&[&upstream], &[&upstream_key.public])
+        .with_args(&[ALLOW_PUT]);
+    let ncps = env.ncps(&config).await;
+    let narinfo_path = format!("/{}.narinfo", store_hash(&built));
+
+    let to = format!("{}/upload?compression=zstd", ncps.url());
+    nix::run(env.path(), "nix", &["copy", "--to", &to, &built])
+        .await
+        .expect_success();
+    assert_eq!(
+        upstream.gets(&narinfo_path),
+        0,
+        "an upload-only read asked the upstream"
+    );
+    let stored = http::get(&ncps.url_for(&narinfo_path))
+        .await
+        .expect_status(200, "the uploaded narinfo at the root");
+    assert!(
+        stored.text().contains("Compression: zstd"),
+        "{}",
+        stored.text()
+    );
+    assert_eq!(
+        upstream.gets(&narinfo_path),
+        0,
+        "the root read it from the upload"
+    );
+
+    let ncps_key = ncps.pubkey().await;
+    for index in ["", "upload/"] {
+        let resp = http::get(&ncps.url_for(index))
+            .await
+            .expect_status(200, &format!("GET /{index}"));
+        assert_eq!(resp.header("content-type"), Some("application/json"));
+        let body = resp.text();
+        for want in [
+            format!("\"hostname\":\"{}\"", config.hostname),
+            format!("\"publicKey\":\"{ncps_key}\""),
+        ] {
+            assert!(
+                body.contains(&want),
+                "GET /{index}: {want} missing from {body}"
+            );
+        }
+    }
+    let client = env.client();
+    client
+        .copy_from(&ncps.url(), &ncps_key, &built)
+        .await
+        .expect_success();
+    client.verify(&built, &ncps_key).await.expect_success();
+}
+
 // ----- tokens ----------------------------------------------------------------------------
 
 /// `--cache-get-token` guards reads (Bearer, or Basic with the token as password, as Nix sends

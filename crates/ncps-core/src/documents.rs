@@ -102,6 +102,11 @@ impl Documents {
         Ok(self.0.db.put_realisation(id, content).await?)
     }
 
+    /// A stored realisation or build-trace document; no upstream is asked (`/upload` reads).
+    pub async fn stored_realisation(&self, id: &str) -> Result<String, CacheError> {
+        self.0.db.realisation(id).await?.ok_or(CacheError::NotFound)
+    }
+
     /// A realisation or build-trace document: stored, or fetched from an upstream that has it
     /// (the id is its path on the upstream) and then kept.
     pub async fn realisation(&self, id: &str) -> Result<String, CacheError> {

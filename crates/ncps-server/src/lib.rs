@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use ncps_core::{Cache, MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD};
 
 pub use auth::AccessConfig;
@@ -32,6 +32,8 @@ pub struct ServerOptions {
     pub access: AccessConfig,
     /// Serve Prometheus metrics at `/metrics`.
     pub prometheus: bool,
+    /// The cache's name, as `GET /` reports it (the Go ncps's index).
+    pub hostname: String,
 }
 
 /// Builds the router serving `cache` with `options`.
@@ -60,8 +62,26 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
                 get(routes::not_found)
             },
         )
+        .route("/", get(routes::index::get))
         .route("/nar/{file}", nar)
-        .route("/upload/nar/{file}", put(routes::nar::put))
+        // `/upload` is the same cache seen by `nix copy --to http://host/upload`: reads there
+        // answer from what is stored only (an upstream's copy must not stop an upload), writes
+        // are the root's.
+        .route("/upload/", get(routes::index::get))
+        .route("/upload/nix-cache-info", get(routes::cache_info::get))
+        .route("/upload/pubkey", get(routes::pubkey::get))
+        .route(
+            "/upload/nar/{file}",
+            get(routes::nar::get_stored)
+                .head(routes::nar::head_stored)
+                .put(routes::nar::put),
+        )
+        .route(
+            "/upload/build-trace-v2/{drv}/{output}",
+            get(routes::realisation::get_stored_trace)
+                .put(routes::realisation::put_trace)
+                .layer(DefaultBodyLimit::max(MAX_REALISATION_UPLOAD)),
+        )
         .route("/log/{drv}", log)
         .route(
             "/pin/{file}",
@@ -82,10 +102,15 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
         )
         .route(
             "/upload/{file}",
-            put(routes::narinfo::put).layer(DefaultBodyLimit::max(MAX_NARINFO_UPLOAD)),
+            get(routes::narinfo::get_stored)
+                .put(routes::narinfo::put)
+                .layer(DefaultBodyLimit::max(MAX_NARINFO_UPLOAD)),
         )
         .route("/{file}", narinfo)
         .fallback(routes::not_found)
+        .layer(axum::Extension(routes::index::Hostname(Arc::from(
+            options.hostname.as_str(),
+        ))))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),
             auth::enforce,

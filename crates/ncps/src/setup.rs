@@ -21,6 +21,8 @@ const CDC_PARAMS_SETTING: &str = "cdc.params";
 
 /// The opened parts of a cache.
 pub struct Parts {
+    /// The cache's name (`--cache-hostname`, else the machine's), as `GET /` reports it.
+    pub hostname: String,
     /// Where everything lives.
     pub data_dir: PathBuf,
     /// Temporary files.
@@ -83,6 +85,7 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         None => BlobStore::local(&data_dir.join("store"))?,
     };
     Ok(Parts {
+        hostname,
         data_dir,
         temp_dir,
         secret_key,

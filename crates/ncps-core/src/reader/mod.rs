@@ -109,7 +109,18 @@ impl Reader {
     /// The narinfo text for a store path hash, fetched from upstream when not cached.
     #[tracing::instrument(name = "cache.narinfo", skip_all, fields(hash = %hash))]
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Bytes, CacheError> {
-        let result = self.narinfo_text(hash).await;
+        self.narinfo_from(hash, true).await
+    }
+
+    /// The narinfo text only if this cache stores it; no upstream is asked (`/upload` reads:
+    /// a client about to upload must not be told an upstream's path is already here).
+    #[tracing::instrument(name = "cache.stored_narinfo", skip_all, fields(hash = %hash))]
+    pub async fn stored_narinfo(&self, hash: &StorePathHash) -> Result<Bytes, CacheError> {
+        self.narinfo_from(hash, false).await
+    }
+
+    async fn narinfo_from(&self, hash: &StorePathHash, fetch: bool) -> Result<Bytes, CacheError> {
+        let result = self.narinfo_text(hash, fetch).await;
         let outcome = match &result {
             Ok((_, outcome)) => *outcome,
             Err(e) => outcome_of(e),
@@ -118,8 +129,12 @@ impl Reader {
         result.map(|(text, _)| text)
     }
 
-    /// The narinfo text, and whether it was a hit or had to be fetched.
-    async fn narinfo_text(&self, hash: &StorePathHash) -> Result<(Bytes, Outcome), CacheError> {
+    /// The narinfo text, and whether it was a hit or had to be fetched (only when `fetch`).
+    async fn narinfo_text(
+        &self,
+        hash: &StorePathHash,
+        fetch: bool,
+    ) -> Result<(Bytes, Outcome), CacheError> {
         if let Some(memoized) = self.0.memo.get(hash) {
             self.0.access.narinfo(*hash);
             let text = match memoized {
@@ -135,7 +150,8 @@ impl Reader {
         }
         let (cached, outcome) = match self.0.db.narinfo(hash).await? {
             Some(cached) => (cached, Outcome::Hit),
-            None => (self.0.ingest.fetch_narinfo(hash).await?, Outcome::Miss),
+            None if fetch => (self.0.ingest.fetch_narinfo(hash).await?, Outcome::Miss),
+            None => return Err(CacheError::NotFound),
         };
         self.0.access.narinfo(*hash);
         Ok((self.render(hash, cached).await?, outcome))
@@ -204,6 +220,16 @@ impl Reader {
             return Ok(key.hash);
         }
         Err(CacheError::NotFound)
+    }
+
+    /// Whether the NAR a URL names is stored here (in any form); no upstream is asked.
+    pub async fn nar_is_stored(&self, key: &NarKey) -> Result<bool, CacheError> {
+        let nar_hash = match self.resolve(key).await {
+            Ok(nar_hash) => nar_hash,
+            Err(CacheError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(self.0.db.nar(&nar_hash).await?.is_some())
     }
 
     /// The size of a NAR as a HEAD request reports it, from the same plan a GET follows,

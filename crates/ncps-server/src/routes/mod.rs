@@ -2,6 +2,7 @@
 
 pub mod cache_info;
 pub mod health;
+pub mod index;
 pub mod log;
 pub mod metrics;
 pub mod nar;

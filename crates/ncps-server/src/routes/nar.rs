@@ -61,6 +61,34 @@ pub async fn get(
     Ok(response)
 }
 
+/// `GET /upload/nar/<hash>.nar[.ext]`: a stored NAR only (upload-only reads never ask an
+/// upstream).
+pub async fn get_stored(
+    State(cache): State<Cache>,
+    Path(file): Path<String>,
+    request_headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_stored(&cache, &file).await?;
+    get(State(cache), Path(file), request_headers).await
+}
+
+/// `HEAD /upload/nar/<hash>.nar[.ext]`: as [`get_stored`].
+pub async fn head_stored(
+    State(cache): State<Cache>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    require_stored(&cache, &file).await?;
+    head(State(cache), Path(file)).await
+}
+
+async fn require_stored(cache: &Cache, file: &str) -> Result<(), ApiError> {
+    if cache.reader().nar_is_stored(&parse_key(file)?).await? {
+        Ok(())
+    } else {
+        Err(ncps_core::CacheError::NotFound.into())
+    }
+}
+
 /// Status, Content-Length and Content-Range of a NAR response.
 #[derive(Debug, PartialEq, Eq)]
 struct Framing {

@@ -22,15 +22,30 @@ pub async fn get(
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&file)?;
-    let text = cache.reader().narinfo(&hash).await?;
-    Ok((
+    Ok(narinfo_response(cache.reader().narinfo(&hash).await?))
+}
+
+/// `GET|HEAD /upload/<hash>.narinfo`: what this cache stores, never an upstream's copy, so
+/// `nix copy --to http://host/upload` uploads every path the cache does not hold itself.
+pub async fn get_stored(
+    State(cache): State<Cache>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&file)?;
+    Ok(narinfo_response(
+        cache.reader().stored_narinfo(&hash).await?,
+    ))
+}
+
+fn narinfo_response(text: Bytes) -> Response {
+    (
         [
             (header::CONTENT_TYPE, headers::NARINFO),
             (header::CACHE_CONTROL, headers::CACHE_NARINFO),
         ],
         text,
     )
-        .into_response())
+        .into_response()
 }
 
 /// `PUT /<hash>.narinfo`: publishes an uploaded path once its NAR checks out.

@@ -83,6 +83,19 @@ pub async fn get_trace(
     ))
 }
 
+/// `GET /upload/build-trace-v2/<drv name>/<output>`: a stored entry only.
+pub async fn get_stored_trace(
+    State(cache): State<Cache>,
+    Path((drv, output)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(json(
+        cache
+            .documents()
+            .stored_realisation(&trace_id(&drv, &output)?)
+            .await?,
+    ))
+}
+
 /// `PUT /build-trace-v2/<drv name>/<output>`.
 pub async fn put_trace(
     State(cache): State<Cache>,

@@ -40,6 +40,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     };
     let upstreams = upstreams(&args.upstream)?;
     let data_dir = parts.data_dir.clone();
+    let hostname = parts.hostname.clone();
     let config = CacheConfig {
         sign_narinfo: args.cache_sign_narinfo,
         priority: defaults::PRIORITY,
@@ -86,7 +87,12 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
             .filter(|t| !t.is_empty()),
     };
     let maintenance = cache.maintenance().clone();
-    let router = ncps_server::router(cache, ServerOptions { access, prometheus });
+    let options = ServerOptions {
+        access,
+        prometheus,
+        hostname,
+    };
+    let router = ncps_server::router(cache, options);
     let limits = ConnectionLimits {
         drain: DRAIN_TIMEOUT,
         ..ConnectionLimits::new(open_files::max_connections(open_files_limit))
