@@ -87,8 +87,16 @@ async fn every_route_and_method_needs_the_right_token() {
         (M::GET, format!("/upload/{hash}.narinfo"), Needs::Read),
         (M::HEAD, format!("/upload/{hash}.narinfo"), Needs::Read),
         (M::GET, format!("/upload/{nar}"), Needs::Read),
-        (M::GET, format!("/upload/build-trace-v2/{drv}/out"), Needs::Read),
-        (M::PUT, format!("/upload/build-trace-v2/{drv}/out"), Needs::Write),
+        (
+            M::GET,
+            format!("/upload/build-trace-v2/{drv}/out"),
+            Needs::Read,
+        ),
+        (
+            M::PUT,
+            format!("/upload/build-trace-v2/{drv}/out"),
+            Needs::Write,
+        ),
         (M::GET, format!("/{hash}.narinfo"), Needs::Read),
         (M::HEAD, format!("/{hash}.narinfo"), Needs::Read),
         (M::GET, format!("/{nar}"), Needs::Read),
