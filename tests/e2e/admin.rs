@@ -634,3 +634,56 @@ async fn fsck_repair_of_a_damaged_upload_drops_its_narinfo_at_once() {
         again.output
     );
 }
+
+/// The Go ncps's migration job, as its Helm chart runs it (`ncps migrate up` with nothing but
+/// the database URL): `--dry-run` lists the pending migrations and applies none; `up` applies
+/// them and creates no key and no storage; `serve` then starts on that database; plain
+/// `migrate` finds nothing left to do; `migrate down` is refused with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_style_migrate_up_dry_run_and_down() {
+    let env = TestEnv::new();
+    let dir = env.path().join("migrate-job");
+    let url = format!("sqlite:{}", dir.join("db.sqlite").display());
+    let run = |args: &[&str]| {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let work = env.path().to_owned();
+        async move { NcpsRun::run(&work, &args).await }
+    };
+    let dry = run(&["migrate", "up", "--dry-run", "--cache-database-url", &url]).await;
+    assert_output(
+        &dry,
+        true,
+        &["0001 initial: pending", "nothing changed (--dry-run)"],
+    );
+    assert!(!dry.output.contains(": applied"), "{dry}");
+
+    let up = run(&["migrate", "up", "--cache-database-url", &url]).await;
+    assert_output(&up, true, &["applied by this run", "0001 initial: applied"]);
+    let made: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| file_name(&e.unwrap().path()))
+        .filter(|name| !name.starts_with("db.sqlite"))
+        .collect();
+    assert!(
+        made.is_empty(),
+        "migrate up made more than the database: {made:?}"
+    );
+
+    let again = run(&["migrate", "--cache-database-url", &url]).await;
+    assert_output(&again, true, &["0 migrations applied by this run"]);
+    let dry = run(&["migrate", "up", "--dry-run", "--cache-database-url", &url]).await;
+    assert_output(&dry, true, &["0 migrations pending"]);
+
+    let down = run(&["migrate", "down", "--cache-database-url", &url]).await;
+    assert_output(&down, false, &["forward-only", "restore the backup"]);
+
+    let upstream = env.empty_upstream().await;
+    let key = env.key("upstream-1").await;
+    let config = env
+        .ncps_config(&[&upstream], &[&key.public])
+        .with_args(&["--cache-database-url", &url]);
+    let ncps = env.ncps(&config).await;
+    http::get(&ncps.url_for("nix-cache-info"))
+        .await
+        .expect_status(200, "serve on the migrated database");
+}

@@ -57,5 +57,5 @@ pub use fsck::{
 pub use lru::{DocumentEntry, DocumentKey, LruEntry};
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
-pub use repo::{Database, PoolOptions, now_secs};
+pub use repo::{Database, PlannedMigration, PoolOptions, now_secs, redact as redact_url};
 pub use uploads::UploadedNar;

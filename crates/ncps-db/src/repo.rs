@@ -79,6 +79,17 @@ impl PoolOptions {
     }
 }
 
+/// A migration this binary knows, and whether the database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedMigration {
+    /// Its number.
+    pub version: i64,
+    /// What it does (its file name's words).
+    pub description: String,
+    /// Whether the database has it already.
+    pub applied: bool,
+}
+
 /// The cache's metadata store: one pool on one of SQLite, PostgreSQL or MySQL/MariaDB, with
 /// every query written once (see the `dialect` module for the few differences).
 #[derive(Clone, Debug)]
@@ -170,8 +181,8 @@ pub(crate) fn to_u64(table: &'static str, n: i64) -> Result<u64, DbError> {
     u64::try_from(n).map_err(|_| corrupt(table, format!("negative size {n}")))
 }
 
-/// `url` with its password (if any) replaced, for error messages.
-pub(crate) fn redact(url: &str) -> String {
+/// `url` with its password (if any) replaced, for messages that name a database.
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -252,11 +263,20 @@ impl Database {
     /// `mysql://…` or `mariadb://…`) with the given pool sizes, and applies pending migrations
     /// (safe when several replicas start at once; see [`Database::migrate`]).
     pub async fn open_with(url: &str, pool: PoolOptions) -> Result<Self, DbError> {
-        Self::open_inner(url, pool, ACQUIRE_TIMEOUT).await
+        let db = Self::connect(url, pool, ACQUIRE_TIMEOUT).await?;
+        db.migrate().await?;
+        Ok(db)
     }
 
-    /// [`Database::open_with`] with the acquire timeout as a parameter (tests shorten it).
-    async fn open_inner(
+    /// Opens the database like [`Database::open_with`] but applies nothing: for showing what
+    /// [`Database::migrate`] would do ([`Database::migration_plan`]) before doing it.
+    pub async fn open_unmigrated(url: &str, pool: PoolOptions) -> Result<Self, DbError> {
+        Self::connect(url, pool, ACQUIRE_TIMEOUT).await
+    }
+
+    /// Connects to the database named by `url`, with the acquire timeout as a parameter
+    /// (tests shorten it).
+    async fn connect(
         url: &str,
         pool: PoolOptions,
         acquire_timeout: Duration,
@@ -310,13 +330,69 @@ impl Database {
         }
         let pool = options.connect_with(connect).await?;
         let write_gate = (dialect == Dialect::Sqlite).then(Default::default);
-        let db = Self {
+        Ok(Self {
             pool,
             dialect,
             write_gate,
+        })
+    }
+
+    /// The migrations this binary knows, each with whether it is applied: what `ncps migrate
+    /// --dry-run` prints. A fresh database (no migration table yet) has none applied.
+    pub async fn migration_plan(&self) -> Result<Vec<PlannedMigration>, DbError> {
+        let applied: std::collections::HashSet<i64> = if self.migrations_table_exists().await? {
+            self.applied_migrations()
+                .await?
+                .into_iter()
+                .map(|m| m.version)
+                .collect()
+        } else {
+            Default::default()
         };
-        db.migrate().await?;
-        Ok(db)
+        Ok(self
+            .migrator()
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| PlannedMigration {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: applied.contains(&m.version),
+            })
+            .collect())
+    }
+
+    /// The migrations of this database's engine.
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+            Dialect::Mysql => &MYSQL_MIGRATIONS,
+        }
+    }
+
+    /// Whether sqlx's migration table exists (it is created by the first migration run).
+    async fn migrations_table_exists(&self) -> Result<bool, DbError> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' \
+                 AND name = '_sqlx_migrations'"
+            }
+            Dialect::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"
+            }
+            Dialect::Mysql => {
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'"
+            }
+        };
+        let count: i64 = sqlx::query_scalar(&format!(
+            "SELECT {}",
+            self.dialect.bigint(&format!("({sql})"))
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count > 0)
     }
 
     /// Applies every pending migration; already-applied ones are skipped, and a database
@@ -741,6 +817,43 @@ mod tests {
         concurrent_opens_and_reopening(Engine::Mysql).await;
     }
 
+    /// `ncps migrate --dry-run`'s plan: on a fresh database every migration is pending and
+    /// nothing is created by asking; after migrating every one is applied.
+    async fn migration_plan_before_and_after(engine: Engine) {
+        let fresh = FreshUrl::new(engine).await;
+        let db = Database::open_unmigrated(&fresh.url, PoolOptions::default())
+            .await
+            .unwrap();
+        let before = db.migration_plan().await.unwrap();
+        let known: Vec<i64> = db.migrator().iter().map(|m| m.version).collect();
+        assert_eq!(before.iter().map(|m| m.version).collect::<Vec<_>>(), known);
+        assert!(before.iter().all(|m| !m.applied), "{engine:?}: {before:?}");
+        assert!(
+            !db.migrations_table_exists().await.unwrap(),
+            "asking created the table"
+        );
+        db.migrate().await.unwrap();
+        let after = db.migration_plan().await.unwrap();
+        assert!(after.iter().all(|m| m.applied), "{engine:?}: {after:?}");
+        db.pool.close().await;
+        fresh.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn migration_plan_sqlite() {
+        migration_plan_before_and_after(Engine::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn migration_plan_postgres() {
+        migration_plan_before_and_after(Engine::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn migration_plan_mysql() {
+        migration_plan_before_and_after(Engine::Mysql).await;
+    }
+
     /// Two processes writing one SQLite file at once (a server and an admin command): each
     /// write transaction takes the write lock when it starts (`BEGIN IMMEDIATE`), so they wait
     /// for each other instead of one failing with "database is locked" when its read turns into
@@ -790,7 +903,7 @@ mod tests {
                 max_open: Some(1),
                 max_idle: Some(0),
             };
-            let err = Database::open_inner(url, options, Duration::from_millis(300))
+            let err = Database::connect(url, options, Duration::from_millis(300))
                 .await
                 .unwrap_err();
             assert!(matches!(err, DbError::Sqlx(_)), "{url}: {err}");

@@ -140,7 +140,8 @@ pub enum Command {
     MigrateChunksToNar(Box<MigrateArgs>),
     /// Apply pending database migrations and print the schema version (every command also
     /// migrates on start; this does it explicitly, e.g. before rolling out new replicas).
-    Migrate(Box<AdminArgs>),
+    /// `migrate up` is the same (the Go ncps's name); `migrate down` is refused.
+    Migrate(Box<MigrateCommand>),
     /// Import a file binary cache (`nix copy --to file://DIR`, or the Go ncps's storage):
     /// every narinfo's NAR is verified and stored (resumable; safe while a server runs).
     MigrateNarinfo(Box<MigrateNarinfoArgs>),
@@ -841,6 +842,40 @@ pub struct AdminArgs {
     /// Storage, database and key.
     #[command(flatten)]
     pub storage: StorageArgs,
+}
+
+/// `ncps migrate [up|down]`: plain `migrate` is `migrate up`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MigrateCommand {
+    /// What to do (`up` when left out).
+    #[command(subcommand)]
+    pub action: Option<MigrateAction>,
+    /// The flags of `up`.
+    #[command(flatten)]
+    pub up: MigrateUpArgs,
+}
+
+/// The subcommands of `ncps migrate`.
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Apply pending migrations (the Go ncps's `migrate up`, which its Helm chart and docs
+    /// run before `serve`).
+    Up(MigrateUpArgs),
+    /// Refused: ncps's migrations are forward-only. Restore a backup to go back.
+    Down(MigrateUpArgs),
+}
+
+/// Flags of `ncps migrate up`. Only the database is opened: no key, no storage.
+#[derive(Debug, Args)]
+pub struct MigrateUpArgs {
+    /// The database (and where it lies by default).
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Print every migration with whether it is applied, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Flags of `ncps fsck`.

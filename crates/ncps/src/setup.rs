@@ -37,6 +37,35 @@ pub struct Parts {
     pub database_url: String,
 }
 
+/// The database URL in force (`--cache-database-url`, else SQLite under the data directory)
+/// and the pool sizes.
+fn database(args: &StorageArgs, data_dir: &std::path::Path) -> (String, PoolOptions) {
+    let url = args
+        .cache_database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db").join("db.sqlite").display()));
+    let pool = PoolOptions {
+        max_open: args.cache_database_pool_max_open_conns,
+        max_idle: args.cache_database_pool_max_idle_conns,
+    };
+    (url, pool)
+}
+
+/// Opens the database alone, migrations not applied: for `ncps migrate`, which needs nothing
+/// else (no key is generated, no storage opened: a migration job may have only the URL).
+pub async fn open_database_unmigrated(args: &StorageArgs) -> Result<(String, Database)> {
+    let data_dir = match (&args.cache_database_url, &args.cache_storage_local) {
+        (Some(_), _) => PathBuf::new(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => default_data_dir()?,
+    };
+    let (url, pool) = database(args, &data_dir);
+    let db = Database::open_unmigrated(&url, pool)
+        .await
+        .context("cannot open the database")?;
+    Ok((url, db))
+}
+
 /// Resolves defaults, loads (or generates) the key, opens the database and the storage.
 pub async fn open(args: &StorageArgs) -> Result<Parts> {
     let data_dir = match &args.cache_storage_local {
@@ -58,14 +87,7 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         Some(path) => keys::load_or_generate(path, None)?,
         None => keys::load_or_generate(&data_dir.join("secret.key"), Some(&hostname))?,
     };
-    let database_url = args
-        .cache_database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db").join("db.sqlite").display()));
-    let pool = PoolOptions {
-        max_open: args.cache_database_pool_max_open_conns,
-        max_idle: args.cache_database_pool_max_idle_conns,
-    };
+    let (database_url, pool) = database(args, &data_dir);
     let db = Database::open_with(&database_url, pool)
         .await
         .context("cannot open the database")?;

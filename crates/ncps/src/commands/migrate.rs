@@ -1,30 +1,54 @@
-//! `ncps migrate`: apply pending database migrations explicitly and say where the schema is.
+//! `ncps migrate [up|down] [--dry-run]`: apply pending database migrations explicitly and say
+//! where the schema is.
 //!
 //! Every command migrates when it opens the database; running this first lets an operator
 //! upgrade the schema at a chosen moment (e.g. before starting new replicas) and see the result.
+//! Only the database is opened (a migration job may be given nothing but its URL, as the Go
+//! ncps's Helm chart does). `up` is the Go ncps's name for the same; `down` is refused, as the
+//! Go ncps refuses it: migrations are forward-only.
 #![allow(clippy::print_stdout)] // the report is this command's output
 
-use anyhow::{Context, Result};
-use ncps_db::now_secs;
-
+use anyhow::{Context, Result, bail};
 use super::format_utc;
-use crate::cli::AdminArgs;
+use crate::cli::{MigrateAction, MigrateCommand, MigrateUpArgs};
 use crate::setup;
 
-/// Opens the database (which applies pending migrations), applies again (a no-op that proves
-/// nothing is pending), and prints every applied migration, marking those this run applied.
-pub async fn run(args: AdminArgs) -> Result<()> {
-    let started = now_secs();
-    let parts = setup::open(&args.storage).await?;
-    parts
-        .db
-        .migrate()
-        .await
-        .context("applying database migrations")?;
-    let applied = parts.db.applied_migrations().await?;
+/// Runs `migrate`, `migrate up` or `migrate down`.
+pub async fn run(command: MigrateCommand) -> Result<()> {
+    match command.action {
+        None => up(command.up).await,
+        Some(MigrateAction::Up(args)) => up(args).await,
+        Some(MigrateAction::Down(_)) => bail!(
+            "ncps's database migrations are forward-only, as the Go ncps's are: there is no \
+             `migrate down`; to go back, restore the backup taken before the upgrade \
+             (docs/operations.md, \"Backups\")"
+        ),
+    }
+}
+
+/// Applies pending migrations and prints every applied one, marking those this run applied;
+/// with `--dry-run`, prints what is applied and what is pending and changes nothing.
+async fn up(args: MigrateUpArgs) -> Result<()> {
+    let (url, db) = setup::open_database_unmigrated(&args.storage).await?;
+    let plan = db.migration_plan().await?;
+    if args.dry_run {
+        let pending = plan.iter().filter(|m| !m.applied).count();
+        for m in &plan {
+            let state = if m.applied { "applied" } else { "pending" };
+            println!("{:04} {}: {state}", m.version, m.description);
+        }
+        println!(
+            "{pending} migration{} pending in {}; nothing changed (--dry-run)",
+            if pending == 1 { "" } else { "s" },
+            ncps_db::redact_url(&url)
+        );
+        return Ok(());
+    }
+    db.migrate().await.context("applying database migrations")?;
+    let applied = db.applied_migrations().await?;
     let mut fresh = 0;
     for m in &applied {
-        let now = m.installed_at >= started;
+        let now = !plan.iter().any(|p| p.version == m.version && p.applied);
         fresh += usize::from(now);
         println!(
             "{:04} {}: applied {}{}",
