@@ -19,6 +19,7 @@ mod databases;
 mod docs;
 mod failures;
 mod full_disk;
+mod go_compat;
 mod head_and_ranges;
 mod hostile;
 mod logs;

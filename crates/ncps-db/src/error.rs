@@ -1,9 +1,6 @@
 /// Why a metadata operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The connection-pool sizes make no sense (e.g. zero connections).
-    #[error("invalid database pool options: {0}")]
-    InvalidPoolOptions(String),
     /// The database URL could not be understood.
     #[error("invalid database URL {url:?}: {reason}")]
     InvalidUrl {

@@ -62,20 +62,20 @@ pub struct PoolOptions {
 }
 
 impl PoolOptions {
-    /// The sizes in force for `dialect`: (max open, kept idle).
-    fn resolve(self, dialect: Dialect) -> Result<(u32, u32), DbError> {
+    /// The sizes in force for `dialect`: (max open, kept idle). 0 means the engine's default,
+    /// as in the Go ncps (nixpkgs' module writes `max-open-conns: 0`).
+    fn resolve(self, dialect: Dialect) -> (u32, u32) {
         let default_max = match dialect {
             Dialect::Sqlite => 8,
             Dialect::Postgres | Dialect::Mysql => 32,
         };
-        let max = self.max_open.unwrap_or(default_max);
-        if max == 0 {
-            return Err(DbError::InvalidPoolOptions(
-                "max open connections must be at least 1".into(),
-            ));
-        }
-        let idle = self.max_idle.unwrap_or(max.div_ceil(4)).min(max);
-        Ok((max, idle))
+        let max = self.max_open.filter(|&n| n > 0).unwrap_or(default_max);
+        let idle = self
+            .max_idle
+            .filter(|&n| n > 0)
+            .unwrap_or(max.div_ceil(4))
+            .min(max);
+        (max, idle)
     }
 }
 
@@ -313,7 +313,7 @@ impl Database {
         // PostgreSQL and MySQL, whose queries run on our threads, request and eviction log
         // lines went missing. ncps never logs statements, so sqlx is told not to ask.
         let connect = connect.disable_statement_logging();
-        let (max_open, max_idle) = pool.resolve(dialect)?;
+        let (max_open, max_idle) = pool.resolve(dialect);
         let mut options = AnyPoolOptions::new()
             .max_connections(max_open)
             .min_connections(max_idle)
@@ -620,19 +620,20 @@ mod tests {
     #[test]
     fn pool_defaults_per_engine() {
         let d = PoolOptions::default();
-        assert_eq!(d.resolve(Dialect::Sqlite).unwrap(), (8, 2));
-        assert_eq!(d.resolve(Dialect::Postgres).unwrap(), (32, 8));
-        assert_eq!(d.resolve(Dialect::Mysql).unwrap(), (32, 8));
+        assert_eq!(d.resolve(Dialect::Sqlite), (8, 2));
+        assert_eq!(d.resolve(Dialect::Postgres), (32, 8));
+        assert_eq!(d.resolve(Dialect::Mysql), (32, 8));
         let custom = PoolOptions {
             max_open: Some(5),
             max_idle: Some(9),
         };
-        assert_eq!(custom.resolve(Dialect::Postgres).unwrap(), (5, 5));
+        assert_eq!(custom.resolve(Dialect::Postgres), (5, 5));
         let zero = PoolOptions {
             max_open: Some(0),
-            max_idle: None,
+            max_idle: Some(0),
         };
-        assert!(zero.resolve(Dialect::Sqlite).is_err());
+        assert_eq!(zero.resolve(Dialect::Sqlite), (8, 2));
+        assert_eq!(zero.resolve(Dialect::Postgres), (32, 8));
     }
 
     /// The schema of one migration file, types left out: per table its columns with their

@@ -8,10 +8,10 @@
 //! Go ncps refuses it: migrations are forward-only.
 #![allow(clippy::print_stdout)] // the report is this command's output
 
-use anyhow::{Context, Result, bail};
 use super::format_utc;
 use crate::cli::{MigrateAction, MigrateCommand, MigrateUpArgs};
 use crate::setup;
+use anyhow::{Context, Result, bail};
 
 /// Runs `migrate`, `migrate up` or `migrate down`.
 pub async fn run(command: MigrateCommand) -> Result<()> {
