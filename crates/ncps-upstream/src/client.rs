@@ -83,8 +83,10 @@ impl Default for UpstreamOptions {
 /// kept-alive HTTP/1.1 connections otherwise).
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    /// Without credentials: this is what logs, errors and the database see.
+    /// Without credentials and query: this is what logs, errors and the database see.
     base: Url,
+    /// `?priority=N` from the configured URL: ordering by N instead of the announced priority.
+    priority: Option<u32>,
     client: reqwest::Client,
     header_timeout: Duration,
     stall_timeout: Duration,
@@ -112,9 +114,11 @@ impl Upstream {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(invalid("the scheme must be http or https"));
         }
-        if base.query().is_some() || base.fragment().is_some() {
-            return Err(invalid("query strings and fragments are not supported"));
+        if base.fragment().is_some() {
+            return Err(invalid("fragments are not supported"));
         }
+        let priority = configured_priority(&base).map_err(|reason| invalid(&reason))?;
+        base.set_query(None);
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
@@ -155,6 +159,7 @@ impl Upstream {
             .map_err(UpstreamError::Client)?;
         Ok(Self {
             base,
+            priority,
             client,
             header_timeout: options.response_header_timeout,
             stall_timeout: options.stall_timeout,
@@ -166,6 +171,12 @@ impl Upstream {
     /// the same cache.
     pub fn url(&self) -> &str {
         self.base.as_str()
+    }
+
+    /// The priority given with the URL (`?priority=N`, as the Go ncps accepts it), which wins
+    /// over the one the upstream announces.
+    pub fn configured_priority(&self) -> Option<u32> {
+        self.priority
     }
 
     /// How requests authenticate (`basic`, `bearer`), for logs; never the secret.
@@ -377,6 +388,24 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The `priority` of an upstream URL's query (`https://host/?priority=10`): a positive number,
+/// or 0 for "as the upstream announces" (the Go ncps's reading). Any other query is refused.
+fn configured_priority(url: &Url) -> Result<Option<u32>, String> {
+    let mut priority = None;
+    for (key, value) in url.query_pairs() {
+        if key != "priority" {
+            return Err(format!(
+                "unknown query parameter {key:?} (only `priority` is understood)"
+            ));
+        }
+        let n: u32 = value
+            .parse()
+            .map_err(|_| format!("priority must be a number, not {value:?}"))?;
+        priority = (n > 0).then_some(n);
+    }
+    Ok(priority)
+}
+
 /// A configured URL as it may be shown: any user info replaced, so that an error about a
 /// malformed URL never prints its password.
 pub(crate) fn redact(url: &str) -> String {
@@ -434,6 +463,28 @@ mod tests {
         }
         assert!(up.join_nar_url("nar/../../etc/passwd").is_err());
         assert!(up.join_nar_url("//evil/x").is_err());
+    }
+
+    /// `?priority=N` as the Go ncps takes it: kept as the configured priority and removed
+    /// from the URL (nothing else may follow `?`).
+    #[test]
+    fn a_priority_in_the_url_is_taken_and_removed() {
+        let o = UpstreamOptions::default();
+        let up = Upstream::new("https://cache.example.com/?priority=10", &o).unwrap();
+        assert_eq!(up.url(), "https://cache.example.com/");
+        assert_eq!(up.configured_priority(), Some(10));
+        let zero = Upstream::new("https://cache.example.com?priority=0", &o).unwrap();
+        assert_eq!(zero.configured_priority(), None, "0: as announced");
+        let plain = Upstream::new("https://cache.example.com", &o).unwrap();
+        assert_eq!(plain.configured_priority(), None);
+        for bad in [
+            "https://cache.example.com/?priority=high",
+            "https://cache.example.com/?priority=-1",
+            "https://cache.example.com/?token=x",
+            "https://cache.example.com/#frag",
+        ] {
+            assert!(Upstream::new(bad, &o).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub(crate) struct HealthState {
     failures: u32,
     last_error: Option<String>,
     priority: Option<u32>,
+    /// The priority configured with the URL, if any: it stays whatever upstream announces.
+    pinned: Option<u32>,
     since: SystemTime,
     next_probe: Instant,
 }
@@ -88,13 +90,14 @@ pub(crate) enum Transition {
 
 impl HealthState {
     /// A new upstream counts as healthy (so the first requests are not refused) and is probed
-    /// at once.
-    pub fn new(now: Instant) -> Self {
+    /// at once. `pinned` is a priority given with its URL, which probes do not change.
+    pub fn new(now: Instant, pinned: Option<u32>) -> Self {
         Self {
             healthy: true,
             failures: 0,
             last_error: None,
-            priority: None,
+            priority: pinned,
+            pinned,
             since: SystemTime::now(),
             next_probe: now,
         }
@@ -120,7 +123,7 @@ impl HealthState {
         now: Instant,
         schedule: &ProbeSchedule,
     ) -> Transition {
-        self.priority = priority;
+        self.priority = self.pinned.or(priority);
         self.next_probe = now + schedule.probe_interval;
         self.succeeded()
     }
@@ -230,11 +233,24 @@ mod tests {
         }
     }
 
+    /// A priority configured with the URL wins over what probes read, every time.
+    #[test]
+    fn a_pinned_priority_survives_probes() {
+        let s = schedule();
+        let t0 = Instant::now();
+        let mut h = HealthState::new(t0, Some(5));
+        assert_eq!(h.effective_priority(), 5);
+        h.probe_succeeded(Some(50), t0, &s);
+        assert_eq!(h.effective_priority(), 5);
+        h.probe_succeeded(None, t0, &s);
+        assert_eq!(h.effective_priority(), 5);
+    }
+
     #[test]
     fn failures_make_unhealthy_and_success_recovers() {
         let s = schedule();
         let t0 = Instant::now();
-        let mut h = HealthState::new(t0);
+        let mut h = HealthState::new(t0, None);
         assert!(h.is_healthy());
         assert_eq!(h.next_probe(), t0, "probed at once on start");
         assert_eq!(h.effective_priority(), DEFAULT_PRIORITY);

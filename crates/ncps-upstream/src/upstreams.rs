@@ -170,9 +170,11 @@ impl Upstreams {
         let entries = urls
             .iter()
             .map(|u| {
+                let upstream = Upstream::new(u, options)?;
+                let pinned = upstream.configured_priority();
                 Ok(Arc::new(Entry {
-                    upstream: Upstream::new(u, options)?,
-                    health: Mutex::new(HealthState::new(now)),
+                    upstream,
+                    health: Mutex::new(HealthState::new(now, pinned)),
                     wake: Notify::new(),
                 }))
             })
