@@ -77,3 +77,34 @@ async fn a_priority_in_the_upstream_url_orders_the_upstreams() {
         announcing_worse.requests()
     );
 }
+
+/// A Go set-up configured through the deprecated variables (`CACHE_DATA_PATH`,
+/// `UPSTREAM_CACHES`, `UPSTREAM_PUBLIC_KEYS`) works as with the current ones, and the log says
+/// which names are deprecated.
+#[tokio::test(flavor = "multi_thread")]
+async fn deprecated_variables_still_configure_the_cache() {
+    let env = TestEnv::new();
+    let closure = env.closure().await;
+    let key = env.key("upstream-1").await;
+    key.sign(env.path(), &closure.top).await;
+    let upstream = env.upstream(&closure, Compression::Xz).await;
+    let mut config = env.ncps_config(&[&upstream], &[&key.public]);
+    config.via_environment = true;
+    config.deprecated_env_names = true;
+    let ncps = env.ncps(&config).await;
+    let ncps_key = ncps.pubkey().await;
+    env.client()
+        .substitute_ok(&ncps.url(), &ncps_key, &closure)
+        .await;
+    assert!(
+        !config.whole_nar_files().is_empty(),
+        "nothing stored under CACHE_DATA_PATH"
+    );
+    let log = ncps.log();
+    for name in ["CACHE_DATA_PATH", "UPSTREAM_CACHES", "UPSTREAM_PUBLIC_KEYS"] {
+        assert!(
+            log.contains(name) && log.contains("deprecated"),
+            "no deprecation note for {name}: {log}"
+        );
+    }
+}

@@ -364,7 +364,8 @@ pub struct UpstreamArgs {
         long,
         env = "CACHE_UPSTREAM_DIALER_TIMEOUT",
         default_value = duration::format(UpstreamOptions::default().dialer_timeout),
-        value_parser = duration::parse
+        value_parser = duration::parse,
+        alias = "upstream-dialer-timeout"
     )]
     pub cache_upstream_dialer_timeout: Duration,
 
@@ -373,7 +374,8 @@ pub struct UpstreamArgs {
         long,
         env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
         default_value = duration::format(UpstreamOptions::default().response_header_timeout),
-        value_parser = duration::parse
+        value_parser = duration::parse,
+        alias = "upstream-response-header-timeout"
     )]
     pub cache_upstream_response_header_timeout: Duration,
 
@@ -755,12 +757,23 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("netrc_file", "cache.netrc-file"),
 ];
 
-/// Flags that are global (defined on the top-level command).
-const GLOBAL_ARGS: &[&str] = &[
-    "log_level",
-    "prometheus_enabled",
-    "otel_enabled",
-    "otel_grpc_url",
+/// Environment variables the Go ncps still reads under deprecated names, each with the current
+/// variable it stands for; used only when the current one is unset.
+const DEPRECATED_ENV: &[(&str, &str)] = &[
+    ("CACHE_DATA_PATH", "CACHE_STORAGE_LOCAL"),
+    ("UPSTREAM_CACHES", "CACHE_UPSTREAM_URLS"),
+    ("UPSTREAM_PUBLIC_KEYS", "CACHE_UPSTREAM_PUBLIC_KEYS"),
+    ("UPSTREAM_DIALER_TIMEOUT", "CACHE_UPSTREAM_DIALER_TIMEOUT"),
+    (
+        "UPSTREAM_RESPONSE_HEADER_TIMEOUT",
+        "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
+    ),
+];
+
+/// Config-file keys the Go ncps still reads under deprecated names, with the current key.
+const DEPRECATED_KEYS: &[(&str, &str)] = &[
+    ("cache.data-path", "cache.storage.local"),
+    ("cache.upstream.caches", "cache.upstream.urls"),
 ];
 
 /// The parsed command line, and notes about the config file to log once logging is up.
@@ -769,6 +782,8 @@ pub struct Parsed {
     pub cli: Cli,
     /// Config-file keys that mean nothing to this version.
     pub unknown_config_keys: Vec<String>,
+    /// Deprecated variables and keys that were used, each with its current name.
+    pub deprecated_names: Vec<(String, String)>,
 }
 
 /// Parses the process's arguments; prints help or errors and exits like any CLI.
@@ -776,24 +791,33 @@ pub fn parse() -> Result<Parsed> {
     parse_from(std::env::args_os())
 }
 
-/// Parses `args`, then re-parses with config-file values as defaults.
+/// Parses `args`, then re-parses with config-file values (and deprecated variables) as
+/// defaults.
 pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
+    parse_with_env(args, |name| std::env::var(name).ok())
+}
+
+/// [`parse_from`] reading variables through `env` (tests pass their own).
+fn parse_with_env(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Parsed> {
     let args: Vec<OsString> = args.into_iter().collect();
     let first = Cli::command().get_matches_from(&args);
     let explicit = first.get_one::<PathBuf>("config").cloned();
-    let values = match &explicit {
+    let mut values = match &explicit {
         Some(path) => config_file::load(path)?,
         None => match config_file::default_path().filter(|p| p.exists()) {
             Some(path) => config_file::load(&path)?,
             None => Default::default(),
         },
     };
-    if values.is_empty() {
-        let cli = Cli::from_arg_matches(&first)?;
-        return Ok(Parsed {
-            cli,
-            unknown_config_keys: vec![],
-        });
+    let mut deprecated_names = Vec::new();
+    for (old, new) in DEPRECATED_KEYS {
+        if let Some(vals) = values.remove(*old) {
+            deprecated_names.push(((*old).to_owned(), (*new).to_owned()));
+            values.entry((*new).to_owned()).or_insert(vals);
+        }
     }
     let known: Vec<&str> = CONFIG_KEYS.iter().map(|(_, k)| *k).collect();
     let unknown_config_keys = values
@@ -801,37 +825,80 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Parsed> {
         .filter(|k| !known.contains(&k.as_str()))
         .cloned()
         .collect();
-    let matches = with_config_defaults(&values).get_matches_from(&args);
+    // Defaults by argument id: deprecated variables first, the config file over them.
+    let mut defaults: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (old, new) in DEPRECATED_ENV {
+        if let (Some(value), None) = (env(old), env(new)) {
+            deprecated_names.push(((*old).to_owned(), (*new).to_owned()));
+            for (id, delimiter) in args_reading_env(&Cli::command(), new) {
+                let vals = match delimiter {
+                    Some(d) => value.split(d).map(str::to_owned).collect(),
+                    None => vec![value.clone()],
+                };
+                defaults.insert(id, vals);
+            }
+        }
+    }
+    for (id, key) in CONFIG_KEYS {
+        if let Some(vals) = values.get(*key) {
+            defaults.insert((*id).to_owned(), vals.clone());
+        }
+    }
+    if defaults.is_empty() {
+        return Ok(Parsed {
+            cli: Cli::from_arg_matches(&first)?,
+            unknown_config_keys,
+            deprecated_names,
+        });
+    }
+    let matches = with_defaults(Cli::command(), &defaults).get_matches_from(&args);
     Ok(Parsed {
         cli: Cli::from_arg_matches(&matches)?,
         unknown_config_keys,
+        deprecated_names,
     })
 }
 
-/// The command line with each config-file value as its flag's default (in place of the
-/// environment variable, which the file overrides), so the values go through the flags' own
-/// parsers: a bad value in the file is an error naming the flag, as on the command line.
-fn with_config_defaults(values: &BTreeMap<String, Vec<String>>) -> clap::Command {
-    let mut command = Cli::command();
-    for (id, key) in CONFIG_KEYS {
-        let Some(vals) = values.get(*key) else {
-            continue;
-        };
-        let vals = vals.clone();
-        let apply = move |arg: clap::Arg| arg.env(None::<&str>).default_values(vals);
-        if GLOBAL_ARGS.contains(id) {
-            command = command.mut_arg(*id, apply);
-            continue;
+/// The ids of the arguments (of `command` and its subcommands) that read variable `name`,
+/// with the delimiter their values are split on.
+fn args_reading_env(command: &clap::Command, name: &str) -> Vec<(String, Option<char>)> {
+    let mut found: Vec<(String, Option<char>)> = command
+        .get_arguments()
+        .filter(|a| a.get_env().is_some_and(|e| e == name))
+        .map(|a| (a.get_id().to_string(), a.get_value_delimiter()))
+        .collect();
+    for sub in command.get_subcommands() {
+        for hit in args_reading_env(sub, name) {
+            if !found.contains(&hit) {
+                found.push(hit);
+            }
         }
-        let subcommands: Vec<String> = command
-            .get_subcommands()
-            .filter(|sub| sub.get_arguments().any(|a| a.get_id() == *id))
-            .map(|sub| sub.get_name().to_string())
-            .collect();
-        for name in subcommands {
-            let apply = apply.clone();
-            command = command.mut_subcommand(name, |sub| sub.mut_arg(*id, apply));
+    }
+    found
+}
+
+/// `command` with each value of `defaults` as its argument's default (in place of the
+/// environment variable, which these override), in every subcommand that has the argument, so
+/// the values go through the flags' own parsers: a bad value is an error naming the flag, as on
+/// the command line.
+fn with_defaults(
+    mut command: clap::Command,
+    defaults: &BTreeMap<String, Vec<String>>,
+) -> clap::Command {
+    for (id, vals) in defaults {
+        if command.get_arguments().any(|a| a.get_id() == id.as_str()) {
+            let vals = vals.clone();
+            command = command.mut_arg(id.as_str(), |arg| {
+                arg.env(None::<&str>).default_values(vals)
+            });
         }
+    }
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_string())
+        .collect();
+    for name in names {
+        command = command.mut_subcommand(name, |sub| with_defaults(sub, defaults));
     }
     command
 }
@@ -1038,6 +1105,114 @@ mod tests {
         assert_eq!(b.storage.cache_hostname.as_deref(), Some("flag"));
     }
 
+    /// The Go ncps's deprecated names still work, through variables, config keys and flags;
+    /// a current name set beside a deprecated one wins; each use is reported.
+    #[test]
+    fn deprecated_go_names_work_through_variables_keys_and_flags() {
+        let parse = |args: &[&str], vars: &[(&str, &str)]| {
+            let argv = std::iter::once("ncps")
+                .chain(args.iter().copied())
+                .map(OsString::from);
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            parse_with_env(argv, move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+            .unwrap()
+        };
+        let serve = |p: Parsed| match p.cli.command {
+            Command::Serve(a) => *a,
+            other => panic!("not serve: {other:?}"),
+        };
+        let p = parse(
+            &["serve"],
+            &[
+                ("UPSTREAM_CACHES", "http://a,http://b"),
+                ("UPSTREAM_PUBLIC_KEYS", "k:1,k:2"),
+                ("CACHE_DATA_PATH", "/srv/ncps"),
+                ("UPSTREAM_DIALER_TIMEOUT", "7s"),
+            ],
+        );
+        assert_eq!(p.deprecated_names.len(), 4, "{:?}", p.deprecated_names);
+        let a = serve(p);
+        assert_eq!(a.upstream.cache_upstream_urls, ["http://a", "http://b"]);
+        assert_eq!(a.upstream.cache_upstream_public_keys, ["k:1", "k:2"]);
+        assert_eq!(
+            a.storage.cache_storage_local,
+            Some(PathBuf::from("/srv/ncps"))
+        );
+        assert_eq!(
+            a.upstream.cache_upstream_dialer_timeout,
+            Duration::from_secs(7)
+        );
+
+        let p = parse(
+            &["serve"],
+            &[
+                ("UPSTREAM_CACHES", "http://old"),
+                ("CACHE_UPSTREAM_URLS", "http://new"),
+            ],
+        );
+        // The current variable is read by clap itself (not from this test's table): what
+        // matters here is that the deprecated one was left alone.
+        assert!(p.deprecated_names.is_empty());
+        assert_ne!(serve(p).upstream.cache_upstream_urls, ["http://old"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "cache:\n  data-path: /srv/old\n  upstream:\n    caches:\n      - http://c\n",
+        )
+        .unwrap();
+        let p = parse(&["--config", path.to_str().unwrap(), "serve"], &[]);
+        assert!(
+            p.unknown_config_keys.is_empty(),
+            "{:?}",
+            p.unknown_config_keys
+        );
+        assert_eq!(p.deprecated_names.len(), 2);
+        let a = serve(p);
+        assert_eq!(
+            a.storage.cache_storage_local,
+            Some(PathBuf::from("/srv/old"))
+        );
+        assert_eq!(a.upstream.cache_upstream_urls, ["http://c"]);
+
+        let a = serve(parse(
+            &["serve", "--upstream-response-header-timeout", "9s"],
+            &[],
+        ));
+        assert_eq!(
+            a.upstream.cache_upstream_response_header_timeout,
+            Duration::from_secs(9)
+        );
+    }
+
+    /// `ncps migrate up` (a subcommand of a subcommand) takes its database from the config
+    /// file like every other command.
+    #[test]
+    fn nested_subcommands_read_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "cache:\n  database-url: sqlite:/x/db.sqlite\n").unwrap();
+        let argv = ["ncps", "--config", path.to_str().unwrap(), "migrate", "up"]
+            .into_iter()
+            .map(OsString::from);
+        let Command::Migrate(m) = parse_from(argv).unwrap().cli.command else {
+            panic!("not migrate")
+        };
+        let Some(MigrateAction::Up(up)) = m.action else {
+            panic!("not migrate up")
+        };
+        assert_eq!(
+            up.storage.cache_database_url.as_deref(),
+            Some("sqlite:/x/db.sqlite")
+        );
+    }
+
     #[test]
     fn defaults_without_config() {
         let a = serve_args(&[
@@ -1149,8 +1324,9 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(flag) && text.contains(values), "{text}");
             // The same from the config file, whose values go through the same parsers.
-            let file = BTreeMap::from([(key.to_string(), vec![typo.to_string()])]);
-            let err = with_config_defaults(&file)
+            let id = CONFIG_KEYS.iter().find(|(_, k)| *k == key).unwrap().0;
+            let file = BTreeMap::from([(id.to_string(), vec![typo.to_string()])]);
+            let err = with_defaults(Cli::command(), &file)
                 .try_get_matches_from(["ncps", "serve"])
                 .unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{key}");

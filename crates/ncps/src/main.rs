@@ -29,6 +29,13 @@ fn main() -> Result<()> {
     for key in &parsed.unknown_config_keys {
         warn!(key, "unknown key in the config file; ignored");
     }
+    for (old, new) in &parsed.deprecated_names {
+        warn!(
+            deprecated = old,
+            current = new,
+            "a deprecated name was used; it still works"
+        );
+    }
     let result = runtime.block_on(async {
         match parsed.cli.command {
             cli::Command::Serve(args) => {

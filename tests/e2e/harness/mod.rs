@@ -143,6 +143,7 @@ impl TestEnv {
             public_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             extra_args: Vec::new(),
             via_environment: false,
+            deprecated_env_names: false,
             extra_env: Vec::new(),
             soft_fd_limit: None,
         }

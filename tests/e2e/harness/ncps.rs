@@ -30,6 +30,9 @@ pub struct NcpsConfig {
     /// Give everything above as environment variables (`CACHE_HOSTNAME`, …) instead of flags;
     /// `extra_env` then carries what `extra_args` would.
     pub via_environment: bool,
+    /// With `via_environment`: the Go ncps's deprecated variable names where it has them
+    /// (`CACHE_DATA_PATH`, `UPSTREAM_CACHES`, `UPSTREAM_PUBLIC_KEYS`).
+    pub deprecated_env_names: bool,
     /// More environment variables for `serve`.
     pub extra_env: Vec<(String, String)>,
     /// Start `serve` with this soft limit of open files (the hard limit unchanged), as a
@@ -85,14 +88,27 @@ impl NcpsConfig {
     /// does with flags, listening on `addr`.
     pub fn serve_env(&self, addr: SocketAddr) -> Vec<(String, String)> {
         let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let name = |current: &str, deprecated: &str| {
+            if self.deprecated_env_names {
+                deprecated.to_owned()
+            } else {
+                current.to_owned()
+            }
+        };
         let mut env = vec![
             ("CACHE_HOSTNAME".to_owned(), self.hostname.clone()),
-            ("CACHE_STORAGE_LOCAL".to_owned(), path(&self.data_dir)),
+            (
+                name("CACHE_STORAGE_LOCAL", "CACHE_DATA_PATH"),
+                path(&self.data_dir),
+            ),
             ("CACHE_TEMP_PATH".to_owned(), path(&self.temp_dir)),
             ("SERVER_ADDR".to_owned(), addr.to_string()),
-            ("CACHE_UPSTREAM_URLS".to_owned(), self.upstreams.join(",")),
             (
-                "CACHE_UPSTREAM_PUBLIC_KEYS".to_owned(),
+                name("CACHE_UPSTREAM_URLS", "UPSTREAM_CACHES"),
+                self.upstreams.join(","),
+            ),
+            (
+                name("CACHE_UPSTREAM_PUBLIC_KEYS", "UPSTREAM_PUBLIC_KEYS"),
                 self.public_keys.join(","),
             ),
         ];
