@@ -108,3 +108,68 @@ async fn deprecated_variables_still_configure_the_cache() {
         );
     }
 }
+
+/// A Go set-up that gives `--cache-redis-addrs` and leaves the lock backend at its default
+/// gets Redis locks, as in the Go ncps (local locks would let replicas work over each other).
+/// Shown with a Redis that cannot be reached: a NAR download needs the lock and answers 503
+/// (with local locks it would be served), and the log says why Redis was chosen.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_addresses_alone_mean_redis_locks() {
+    let dead_redis = crate::harness::ncps::free_port().to_string();
+    let fx = Fixture::with(
+        FixtureOptions::new(Compression::Xz).ncps_args(&["--cache-redis-addrs", &dead_redis]),
+    )
+    .await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    http::get(&fx.nar_url(&narinfo))
+        .await
+        .expect_status(503, "a NAR download with the Redis lock service down");
+    let log = fx.ncps.log();
+    assert!(
+        log.contains("using Redis, as the Go ncps does"),
+        "no note on the chosen backend: {log}"
+    );
+}
+
+/// The Go ncps's example configuration says `secret-key-path: ""`: that means "generate one",
+/// not a file named "".
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_secret_key_path_means_generate_one() {
+    let env = TestEnv::new();
+    let upstream = env.empty_upstream().await;
+    let key = env.key("upstream-1").await;
+    let file = env.path().join("go-config.yaml");
+    std::fs::write(&file, "cache:\n  secret-key-path: \"\"\n").expect("write the config");
+    let config = env
+        .ncps_config(&[&upstream], &[&key.public])
+        .with_args(&["--config", file.to_str().expect("UTF-8 path")]);
+    let ncps = env.ncps(&config).await;
+    let public = ncps.pubkey().await;
+    assert!(
+        public.starts_with(&format!("{}:", config.hostname)),
+        "{public}"
+    );
+    assert!(
+        config.data_dir.join("secret.key").is_file(),
+        "no key generated"
+    );
+}
+
+/// A netrc file named but missing (Go configurations often name `/etc/ncps/netrc` out of
+/// habit) is a warning, as in the Go ncps: ncps starts and serves without its credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_netrc_file_is_a_warning_not_a_failure() {
+    let missing = "/nonexistent/ncps/netrc";
+    let fx =
+        Fixture::with(FixtureOptions::new(Compression::Xz).ncps_args(&["--netrc-file", missing]))
+            .await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    http::get(&fx.nar_url(&narinfo))
+        .await
+        .expect_status(200, "a NAR with the netrc file missing");
+    let log = fx.ncps.log();
+    assert!(
+        log.contains("the netrc file does not exist") && log.contains(missing),
+        "no warning about the missing netrc file: {log}"
+    );
+}

@@ -840,8 +840,14 @@ fn parse_with_env(
         }
     }
     for (id, key) in CONFIG_KEYS {
-        if let Some(vals) = values.get(*key) {
-            defaults.insert((*id).to_owned(), vals.clone());
+        match values.get(*key) {
+            // An empty string means "not set", as in the Go ncps (its example configuration
+            // writes `secret-key-path: ""`, `get-token: ""`, `password: ""`).
+            Some(vals) if vals.iter().all(String::is_empty) && !vals.is_empty() => {}
+            Some(vals) => {
+                defaults.insert((*id).to_owned(), vals.clone());
+            }
+            None => {}
         }
     }
     if defaults.is_empty() {

@@ -83,7 +83,12 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
     std::fs::create_dir_all(&temp_dir)
         .with_context(|| format!("cannot create temp directory {}", temp_dir.display()))?;
     TempFiles::new(temp_dir.clone()).sweep(STALE_TEMP_AGE);
-    let secret_key = match &args.cache_secret_key_path {
+    // An empty path means "not set", as in the Go ncps's example configuration.
+    let key_path = args
+        .cache_secret_key_path
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty());
+    let secret_key = match key_path {
         Some(path) => keys::load_or_generate(path, None)?,
         None => keys::load_or_generate(&data_dir.join("secret.key"), Some(&hostname))?,
     };

@@ -109,11 +109,26 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     Ok(())
 }
 
+/// The lock backend in force: the one named, except that Redis addresses with the backend
+/// left at `local` mean Redis, as in the Go ncps (older Go set-ups give only the addresses;
+/// silently taking local locks there would let replicas download and evict over each other).
+fn effective_backend(args: &LockArgs) -> LockBackendKind {
+    let has_redis = args.cache_redis_addrs.iter().any(|a| !a.trim().is_empty());
+    if args.cache_lock_backend == LockBackendKind::Local && has_redis {
+        warn!(
+            "--cache-redis-addrs is set but --cache-lock-backend is local: using Redis, as the \
+             Go ncps does; set --cache-lock-backend=redis to say so"
+        );
+        return LockBackendKind::Redis;
+    }
+    args.cache_lock_backend
+}
+
 /// The lock service `--cache-lock-backend` names.
 fn lock_backend(args: &LockArgs, database_url: &str) -> Result<Arc<dyn LockService>> {
-    Ok(match args.cache_lock_backend {
+    Ok(match effective_backend(args) {
         LockBackendKind::Redis => {
-            let Some(addr) = args.cache_redis_addrs.first() else {
+            let Some(addr) = args.cache_redis_addrs.iter().find(|a| !a.trim().is_empty()) else {
                 bail!("--cache-lock-backend=redis requires --cache-redis-addrs");
             };
             let scheme = if args.cache_redis_use_tls {
@@ -184,9 +199,15 @@ fn upload_rules(args: &AccessArgs) -> Result<UploadConfig> {
 /// Builds the upstreams from the flags and starts their health checks. No flag at all means
 /// cache.nixos.org with its key; only empty values (`--cache-upstream-url ''`) mean none.
 fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
-    /// Reads the netrc file: the one given (which must exist), else `~/.netrc` if present.
+    /// Reads the netrc file: the one given, else `~/.netrc` if present. A file given but
+    /// missing is a warning, as in the Go ncps (whose configurations name one out of habit);
+    /// one that exists but cannot be read or parsed is an error, never silently ignored.
     fn netrc(given: Option<&std::path::Path>) -> Result<Option<ncps_upstream::Netrc>> {
         let path = match given {
+            Some(path) if !path.exists() => {
+                warn!(path = %path.display(), "the netrc file does not exist; upstreams get no credentials from it");
+                return Ok(None);
+            }
             Some(path) => path.to_path_buf(),
             None => {
                 match std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".netrc")) {
