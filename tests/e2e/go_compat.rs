@@ -173,3 +173,68 @@ async fn a_missing_netrc_file_is_a_warning_not_a_failure() {
         "no warning about the missing netrc file: {log}"
     );
 }
+
+/// Every setting of the Go ncps that means nothing here is accepted under its flag, its
+/// variable and its config key (never an unknown-argument error) and named in one warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_only_settings_are_accepted_and_named_in_a_warning() {
+    let env = TestEnv::new();
+    let upstream = env.empty_upstream().await;
+    let key = env.key("upstream-1").await;
+    let file = env.path().join("go-config.yaml");
+    std::fs::write(
+        &file,
+        "cache:\n  redis:\n    pool-size: 10\n  lock:\n    lru-lock-ttl: 5m\n    allow-degraded-mode: true\n    retry:\n      max-attempts: 3\n      initial-delay: 100ms\n      max-delay: 2s\n      jitter: true\n  cdc:\n    lazy-cleanup-schedule: \"@hourly\"\n    chunk-wait-timeout: 30s\n  download:\n    poll-timeout: 30s\n  inflight-staging:\n    retention: 1h\n    part-size: 1024\nanalytics:\n  reporting:\n    enabled: false\npprof:\n  addr: \":6060\"\nxz-binary-path: /usr/bin/xz\n",
+    )
+    .expect("write the config");
+    let flags = [
+        "--analytics-reporting-samples",
+        "--log-console-writer-enabled=false",
+        "--log-console-writer-prefix=x",
+        "--use-xz-binary",
+        "--cache-inflight-staging-enabled",
+    ];
+    let mut args = vec!["--config", file.to_str().expect("UTF-8 path")];
+    args.extend(flags);
+    let mut config = env
+        .ncps_config(&[&upstream], &[&key.public])
+        .with_args(&args);
+    config
+        .extra_env
+        .push(("CACHE_LOCK_RETRY_MAX_ATTEMPTS".into(), "5".into()));
+    let ncps = env.ncps(&config).await;
+    http::get(&ncps.url_for("nix-cache-info"))
+        .await
+        .expect_status(200, "serving with the Go-only settings");
+    let log = ncps.log();
+    for setting in [
+        "cache-redis-pool-size",
+        "cache-lock-lru-ttl",
+        "cache-lock-allow-degraded-mode",
+        "cache-lock-retry-max-attempts",
+        "cache-lock-retry-initial-delay",
+        "cache-lock-retry-max-delay",
+        "cache-lock-retry-jitter",
+        "cache-cdc-lazy-cleanup-schedule",
+        "cache-cdc-chunk-wait-timeout",
+        "cache-download-poll-timeout",
+        "cache-inflight-staging-retention",
+        "cache-inflight-staging-part-size",
+        "analytics-reporting-enabled",
+        "pprof-addr",
+        "xz-binary-path",
+        "analytics-reporting-samples",
+        "log-console-writer-enabled",
+        "log-console-writer-prefix",
+        "use-xz-binary",
+        "cache-inflight-staging-enabled",
+    ] {
+        let warned = format!("\"setting\":\"{setting}\"");
+        assert_eq!(
+            log.matches(&warned).count(),
+            1,
+            "{setting}: want one warning in {log}"
+        );
+    }
+    assert!(!log.contains("unknown key"), "{log}");
+}

@@ -784,6 +784,13 @@ pub struct Parsed {
     pub unknown_config_keys: Vec<String>,
     /// Deprecated variables and keys that were used, each with its current name.
     pub deprecated_names: Vec<(String, String)>,
+    /// Settings of the Go ncps that were given and mean nothing here, each with the reason.
+    pub ignored_go_settings: Vec<(&'static str, &'static str)>,
+}
+
+/// The command line: [`Cli`] plus the Go ncps's settings that are accepted and ignored.
+fn command() -> clap::Command {
+    crate::go_only::add_to(Cli::command())
 }
 
 /// Parses the process's arguments; prints help or errors and exits like any CLI.
@@ -803,7 +810,7 @@ fn parse_with_env(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Parsed> {
     let args: Vec<OsString> = args.into_iter().collect();
-    let first = Cli::command().get_matches_from(&args);
+    let first = command().get_matches_from(&args);
     let explicit = first.get_one::<PathBuf>("config").cloned();
     let mut values = match &explicit {
         Some(path) => config_file::load(path)?,
@@ -819,7 +826,13 @@ fn parse_with_env(
             values.entry((*new).to_owned()).or_insert(vals);
         }
     }
-    let known: Vec<&str> = CONFIG_KEYS.iter().map(|(_, k)| *k).collect();
+    let keys: Vec<(&str, &str)> = CONFIG_KEYS
+        .iter()
+        .copied()
+        .chain(crate::go_only::config_keys())
+        .collect();
+    let known: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
+    let config_keys_given: Vec<&str> = values.keys().map(String::as_str).collect();
     let unknown_config_keys = values
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
@@ -830,7 +843,7 @@ fn parse_with_env(
     for (old, new) in DEPRECATED_ENV {
         if let (Some(value), None) = (env(old), env(new)) {
             deprecated_names.push(((*old).to_owned(), (*new).to_owned()));
-            for (id, delimiter) in args_reading_env(&Cli::command(), new) {
+            for (id, delimiter) in args_reading_env(&command(), new) {
                 let vals = match delimiter {
                     Some(d) => value.split(d).map(str::to_owned).collect(),
                     None => vec![value.clone()],
@@ -839,7 +852,7 @@ fn parse_with_env(
             }
         }
     }
-    for (id, key) in CONFIG_KEYS {
+    for (id, key) in &keys {
         match values.get(*key) {
             // An empty string means "not set", as in the Go ncps (its example configuration
             // writes `secret-key-path: ""`, `get-token: ""`, `password: ""`).
@@ -850,16 +863,14 @@ fn parse_with_env(
             None => {}
         }
     }
-    if defaults.is_empty() {
-        return Ok(Parsed {
-            cli: Cli::from_arg_matches(&first)?,
-            unknown_config_keys,
-            deprecated_names,
-        });
-    }
-    let matches = with_defaults(Cli::command(), &defaults).get_matches_from(&args);
+    let matches = if defaults.is_empty() {
+        first
+    } else {
+        with_defaults(command(), &defaults).get_matches_from(&args)
+    };
     Ok(Parsed {
         cli: Cli::from_arg_matches(&matches)?,
+        ignored_go_settings: crate::go_only::used(&matches, &config_keys_given),
         unknown_config_keys,
         deprecated_names,
     })
@@ -1332,7 +1343,7 @@ mod tests {
             // The same from the config file, whose values go through the same parsers.
             let id = CONFIG_KEYS.iter().find(|(_, k)| *k == key).unwrap().0;
             let file = BTreeMap::from([(id.to_string(), vec![typo.to_string()])]);
-            let err = with_defaults(Cli::command(), &file)
+            let err = with_defaults(command(), &file)
                 .try_get_matches_from(["ncps", "serve"])
                 .unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{key}");

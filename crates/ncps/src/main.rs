@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod config_file;
 mod duration;
+mod go_only;
 mod keys;
 mod listen;
 mod open_files;
@@ -28,6 +29,12 @@ fn main() -> Result<()> {
     let telemetry = runtime.block_on(async { telemetry::init(parsed.cli.log_level, &otel) })?;
     for key in &parsed.unknown_config_keys {
         warn!(key, "unknown key in the config file; ignored");
+    }
+    for (setting, why) in &parsed.ignored_go_settings {
+        warn!(
+            setting,
+            why, "a setting of the Go ncps that has no effect here; ignored"
+        );
     }
     for (old, new) in &parsed.deprecated_names {
         warn!(

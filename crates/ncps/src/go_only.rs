@@ -1,0 +1,258 @@
+//! Settings of the Go ncps that have no meaning here. A Go configuration carries them (flags,
+//! variables, config keys); each is accepted under its Go names, ignored, and named once in a
+//! warning that says why, instead of stopping ncps with an unknown-argument error.
+
+use clap::builder::BoolishValueParser;
+use clap::{Arg, ArgAction, ArgMatches};
+
+/// One Go-only setting.
+struct GoOnly {
+    /// The flag's long name (also its argument id).
+    flag: &'static str,
+    /// Its environment variable, if the Go ncps reads one.
+    env: Option<&'static str>,
+    /// Its config-file key, if the Go ncps reads one.
+    key: Option<&'static str>,
+    /// A boolean switch (`--flag` alone means true) rather than a flag with a value.
+    switch: bool,
+    /// On the top-level command (every subcommand) rather than on `serve`.
+    global: bool,
+    /// Why it means nothing here, for the warning.
+    why: &'static str,
+}
+
+const fn setting(
+    flag: &'static str,
+    env: Option<&'static str>,
+    key: Option<&'static str>,
+    switch: bool,
+    global: bool,
+    why: &'static str,
+) -> GoOnly {
+    GoOnly {
+        flag,
+        env,
+        key,
+        switch,
+        global,
+        why,
+    }
+}
+
+const LOCKS_RETRY: &str = "lock operations here fail at once with 503 + Retry-After; clients retry";
+
+/// Every Go-only setting.
+const SETTINGS: &[GoOnly] = &[
+    setting(
+        "analytics-reporting-enabled",
+        Some("ANALYTICS_REPORTING_ENABLED"),
+        Some("analytics.reporting.enabled"),
+        true,
+        true,
+        "this ncps reports no analytics anywhere",
+    ),
+    setting(
+        "analytics-reporting-samples",
+        None,
+        None,
+        true,
+        true,
+        "this ncps reports no analytics anywhere",
+    ),
+    setting(
+        "log-console-writer-enabled",
+        None,
+        None,
+        true,
+        true,
+        "logs are JSON lines on stderr",
+    ),
+    setting(
+        "log-console-writer-prefix",
+        None,
+        None,
+        false,
+        true,
+        "logs are JSON lines on stderr",
+    ),
+    setting(
+        "use-xz-binary",
+        Some("USE_XZ_BINARY"),
+        Some("use-xz-binary"),
+        true,
+        true,
+        "xz is decoded and encoded in process",
+    ),
+    setting(
+        "xz-binary-path",
+        Some("XZ_BINARY_PATH"),
+        Some("xz-binary-path"),
+        false,
+        true,
+        "xz is decoded and encoded in process",
+    ),
+    setting(
+        "pprof-addr",
+        Some("PPROF_ADDR"),
+        Some("pprof.addr"),
+        false,
+        false,
+        "there is no Go profiler; use perf or the OpenTelemetry traces",
+    ),
+    setting(
+        "cache-download-poll-timeout",
+        Some("CACHE_DOWNLOAD_POLL_TIMEOUT"),
+        Some("cache.download.poll-timeout"),
+        false,
+        false,
+        "a replica waits for another's download through its lock, not by polling storage",
+    ),
+    setting(
+        "cache-cdc-lazy-cleanup-schedule",
+        Some("CACHE_CDC_LAZY_CLEANUP_SCHEDULE"),
+        Some("cache.cdc.lazy-cleanup-schedule"),
+        false,
+        false,
+        "whole files replaced by chunks are deleted by the lazy-recovery job",
+    ),
+    setting(
+        "cache-cdc-chunk-wait-timeout",
+        Some("CACHE_CDC_CHUNK_WAIT_TIMEOUT"),
+        Some("cache.cdc.chunk-wait-timeout"),
+        false,
+        false,
+        "clients follow chunks as they are written, without a wait timeout",
+    ),
+    setting(
+        "cache-inflight-staging-enabled",
+        Some("CACHE_INFLIGHT_STAGING_ENABLED"),
+        Some("cache.inflight-staging.enabled"),
+        true,
+        false,
+        "downloads in flight are shared through local temporary files",
+    ),
+    setting(
+        "cache-inflight-staging-retention",
+        Some("CACHE_INFLIGHT_STAGING_RETENTION"),
+        Some("cache.inflight-staging.retention"),
+        false,
+        false,
+        "downloads in flight are shared through local temporary files",
+    ),
+    setting(
+        "cache-inflight-staging-part-size",
+        Some("CACHE_INFLIGHT_STAGING_PART_SIZE"),
+        Some("cache.inflight-staging.part-size"),
+        false,
+        false,
+        "downloads in flight are shared through local temporary files",
+    ),
+    setting(
+        "cache-lock-lru-ttl",
+        Some("CACHE_LOCK_LRU_TTL"),
+        Some("cache.lock.lru-lock-ttl"),
+        false,
+        false,
+        "the eviction lock is renewed while eviction runs",
+    ),
+    setting(
+        "cache-lock-retry-max-attempts",
+        Some("CACHE_LOCK_RETRY_MAX_ATTEMPTS"),
+        Some("cache.lock.retry.max-attempts"),
+        false,
+        false,
+        LOCKS_RETRY,
+    ),
+    setting(
+        "cache-lock-retry-initial-delay",
+        Some("CACHE_LOCK_RETRY_INITIAL_DELAY"),
+        Some("cache.lock.retry.initial-delay"),
+        false,
+        false,
+        LOCKS_RETRY,
+    ),
+    setting(
+        "cache-lock-retry-max-delay",
+        Some("CACHE_LOCK_RETRY_MAX_DELAY"),
+        Some("cache.lock.retry.max-delay"),
+        false,
+        false,
+        LOCKS_RETRY,
+    ),
+    setting(
+        "cache-lock-retry-jitter",
+        Some("CACHE_LOCK_RETRY_JITTER"),
+        Some("cache.lock.retry.jitter"),
+        true,
+        false,
+        LOCKS_RETRY,
+    ),
+    setting(
+        "cache-lock-allow-degraded-mode",
+        Some("CACHE_LOCK_ALLOW_DEGRADED_MODE"),
+        Some("cache.lock.allow-degraded-mode"),
+        true,
+        false,
+        "with the lock service down, downloads answer 503 and everything stored is still served",
+    ),
+    setting(
+        "cache-redis-pool-size",
+        Some("CACHE_REDIS_POOL_SIZE"),
+        Some("cache.redis.pool-size"),
+        false,
+        false,
+        "locks use one multiplexed Redis connection",
+    ),
+];
+
+/// The argument for `s`: hidden from `--help` (they do nothing), reading the Go variable.
+fn arg(s: &GoOnly) -> Arg {
+    let mut arg = Arg::new(s.flag).long(s.flag).hide(true).global(s.global);
+    if let Some(env) = s.env {
+        arg = arg.env(env);
+    }
+    if s.switch {
+        arg.num_args(0..=1)
+            .default_missing_value("true")
+            .value_parser(BoolishValueParser::new())
+            .action(ArgAction::Set)
+    } else {
+        arg.action(ArgAction::Set)
+    }
+}
+
+/// `command` with every Go-only setting: global ones on the command itself, the others on
+/// `serve`.
+pub fn add_to(mut command: clap::Command) -> clap::Command {
+    for s in SETTINGS.iter().filter(|s| s.global) {
+        command = command.arg(arg(s));
+    }
+    let serve: Vec<Arg> = SETTINGS.iter().filter(|s| !s.global).map(arg).collect();
+    command.mut_subcommand("serve", |sub| sub.args(serve))
+}
+
+/// The config-file key of each Go-only setting that has one, by argument id.
+pub fn config_keys() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SETTINGS.iter().filter_map(|s| s.key.map(|k| (s.flag, k)))
+}
+
+/// The Go-only settings given on the command line or in a variable, or whose key is in
+/// `config_keys` (the config file's), each with why it is ignored.
+pub fn used(matches: &ArgMatches, config_keys: &[&str]) -> Vec<(&'static str, &'static str)> {
+    let mut levels = vec![matches];
+    if let Some((_, sub)) = matches.subcommand() {
+        levels.push(sub);
+    }
+    SETTINGS
+        .iter()
+        .filter(|s| {
+            s.key.is_some_and(|k| config_keys.contains(&k))
+                || levels.iter().any(|m| {
+                    m.try_contains_id(s.flag).unwrap_or(false)
+                        && m.value_source(s.flag)
+                            .is_some_and(|v| v != clap::parser::ValueSource::DefaultValue)
+                })
+        })
+        .map(|s| (s.flag, s.why))
+        .collect()
+}
