@@ -238,3 +238,41 @@ async fn go_only_settings_are_accepted_and_named_in_a_warning() {
     }
     assert!(!log.contains("unknown key"), "{log}");
 }
+
+/// Upstream keys as the Go ncps applies them: a key named after an upstream's host applies to
+/// that upstream only. An upstream no key applies to stops ncps at start with an error naming
+/// it and the opt-out; with `--cache-upstream-allow-unverified` (the Go ncps's default) its
+/// unsigned narinfos are served, re-signed, and the real Nix client substitutes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_keys_apply_by_host_and_unverified_upstreams_are_an_explicit_choice() {
+    let env = TestEnv::new();
+    let closure = env.closure().await;
+    // Unsigned: the upstream's narinfos carry no signature at all.
+    let upstream = env.upstream(&closure, Compression::Xz).await;
+    let named = env.empty_upstream().await;
+    // Two host names for two upstreams on 127.0.0.1: the key names the second one's host.
+    let localhost_url = upstream.url().replace("127.0.0.1", "localhost");
+    let key_for_named = env.key("127.0.0.1-1").await;
+    let mut config = env.ncps_config(&[&named], &[&key_for_named.public]);
+    config.upstreams.push(localhost_url.clone());
+    let refused = env.ncps_expecting_exit(&config).await;
+    assert!(
+        !refused.status.success()
+            && refused.output.contains(localhost_url.trim_end_matches('/'))
+            && refused.output.contains("--cache-upstream-allow-unverified"),
+        "{refused}"
+    );
+    let none = env.ncps_config(&[&upstream], &[]);
+    let refused = env.ncps_expecting_exit(&none).await;
+    assert!(
+        refused.output.contains("--cache-upstream-allow-unverified"),
+        "{refused}"
+    );
+
+    let allowed = none.with_args(&["--cache-upstream-allow-unverified"]);
+    let ncps = env.ncps(&allowed).await;
+    let ncps_key = ncps.pubkey().await;
+    env.client()
+        .substitute_ok(&ncps.url(), &ncps_key, &closure)
+        .await;
+}

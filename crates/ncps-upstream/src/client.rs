@@ -59,6 +59,10 @@ pub struct UpstreamOptions {
     pub lookup: LookupStrategy,
     /// Credentials for private upstreams, by host.
     pub netrc: Option<Arc<Netrc>>,
+    /// Accept narinfos without checking their signature from upstreams no configured key
+    /// applies to (`--cache-upstream-allow-unverified`; the Go ncps's default). Off: such an
+    /// upstream is a configuration error.
+    pub allow_unverified: bool,
 }
 
 impl Default for UpstreamOptions {
@@ -75,6 +79,7 @@ impl Default for UpstreamOptions {
             probes: ProbeSchedule::default(),
             lookup: LookupStrategy::default(),
             netrc: None,
+            allow_unverified: false,
         }
     }
 }

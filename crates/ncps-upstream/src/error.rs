@@ -1,6 +1,17 @@
 /// Why an upstream could not give a usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// No configured public key applies to this upstream, so none of its narinfos could be
+    /// verified.
+    #[error(
+        "no --cache-upstream-public-key applies to upstream {url}: a key named after an \
+         upstream's host (`host-1:…`) applies to that upstream only; add this upstream's key, \
+         or pass --cache-upstream-allow-unverified to take its narinfos unchecked"
+    )]
+    NoKey {
+        /// The upstream's URL.
+        url: String,
+    },
     /// The configured URL is not a usable base URL.
     #[error("invalid upstream URL {url:?}: {reason}")]
     InvalidUrl {

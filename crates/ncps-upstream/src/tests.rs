@@ -457,7 +457,12 @@ async fn a_dripping_nar_body_is_cut_off() {
         stall_timeout: Duration::from_millis(300),
         ..options(LookupStrategy::Parallel)
     };
-    let upstreams = Upstreams::new(std::slice::from_ref(&url), vec![], &options).unwrap();
+    let upstreams = Upstreams::new(
+        std::slice::from_ref(&url),
+        vec![key().public_key()],
+        &options,
+    )
+    .unwrap();
     let started = Instant::now();
     let mut body = upstreams
         .fetch_nar(&format!("{url}/"), "nar/drip.nar")
@@ -479,4 +484,40 @@ async fn a_dripping_nar_body_is_cut_off() {
         started.elapsed()
     );
     task.abort();
+}
+
+/// A key named after an upstream's host (`host:port-1`) applies to that upstream only, as in
+/// the Go ncps: a narinfo another upstream signs with it is refused. A key named after no
+/// upstream applies to all; an upstream no key applies to is refused at construction.
+#[tokio::test]
+async fn keys_named_after_a_host_apply_to_that_upstream_only() {
+    let (a, b) = (Fake::start(10).await, Fake::start(20).await);
+    // Two host names for the two fakes (both listen on 127.0.0.1).
+    let b_url = b.url.replace("127.0.0.1", "localhost");
+    let key_a = SecretKey::generate("127.0.0.1-1").unwrap();
+    let key_b = SecretKey::generate("localhost-1").unwrap();
+    // A serves a path signed with B's key; B serves one signed with its own.
+    a.add(&narinfo(1, &key_b));
+    b.add(&narinfo(2, &key_b));
+    let urls = vec![a.url.clone(), b_url.clone()];
+    let o = options(LookupStrategy::Parallel);
+    let ups = Upstreams::new(&urls, vec![key_a.public_key(), key_b.public_key()], &o).unwrap();
+    assert!(
+        ups.find_narinfo(&hash(1)).await.is_err(),
+        "A trusted B's key"
+    );
+    let found = ups.find_narinfo(&hash(2)).await.unwrap().unwrap();
+    assert_eq!(found.upstream_url, format!("{b_url}/"));
+
+    // A key named after neither host applies to both.
+    let shared = SecretKey::generate("shared-1").unwrap();
+    a.add(&narinfo(3, &shared));
+    let ups = Upstreams::new(&urls, vec![key_b.public_key(), shared.public_key()], &o).unwrap();
+    assert!(ups.find_narinfo(&hash(3)).await.unwrap().is_some());
+
+    let err = Upstreams::new(&urls, vec![key_b.public_key()], &o).unwrap_err();
+    assert!(
+        matches!(&err, UpstreamError::NoKey { url } if url.starts_with(&a.url)),
+        "{err}"
+    );
 }

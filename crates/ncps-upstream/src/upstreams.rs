@@ -30,7 +30,6 @@ pub struct Upstreams {
 struct Inner {
     /// In configuration order (the tie-breaker between equal priorities).
     entries: Vec<Arc<Entry>>,
-    trusted_keys: Vec<PublicKey>,
     options: UpstreamOptions,
     negative: NegativeCache<StorePathHash>,
     /// Documents (build logs, realisations) no upstream has, by path.
@@ -43,6 +42,9 @@ struct Inner {
 
 struct Entry {
     upstream: Upstream,
+    /// The keys this upstream's narinfos must be signed by (see [`keys_for`]); none when the
+    /// operator allowed unverified upstreams and no key applies.
+    keys: Vec<PublicKey>,
     health: Mutex<HealthState>,
     /// Wakes the prober when a request marks the upstream unhealthy.
     wake: Notify,
@@ -68,7 +70,6 @@ impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams")
             .field("upstreams", &self.health())
-            .field("trusted_keys", &self.inner.trusted_keys.len())
             .finish()
     }
 }
@@ -157,8 +158,11 @@ impl Entry {
 }
 
 impl Upstreams {
-    /// Builds a client per URL. Every narinfo must carry a signature by one of `trusted_keys`
-    /// (trusted for every upstream, as in the Go ncps). Call [`Upstreams::start`] from within a
+    /// Builds a client per URL. Every narinfo must carry a signature by one of the keys that
+    /// apply to its upstream: a key named after an upstream's host (`cache.nixos.org-1:…` for
+    /// `https://cache.nixos.org`), as the Go ncps matches them, applies to that upstream only;
+    /// a key named after no configured upstream applies to all. An upstream left with no key
+    /// is an error: it could never be verified. Call [`Upstreams::start`] from within a
     /// Tokio runtime to probe them; without it every upstream counts as healthy, in
     /// configuration order.
     pub fn new(
@@ -167,13 +171,32 @@ impl Upstreams {
         options: &UpstreamOptions,
     ) -> Result<Self, UpstreamError> {
         let now = Instant::now();
+        let hosts: Vec<String> = urls
+            .iter()
+            .filter_map(|u| url::Url::parse(u).ok())
+            .filter_map(|u| u.host_str().map(str::to_owned))
+            .collect();
         let entries = urls
             .iter()
             .map(|u| {
                 let upstream = Upstream::new(u, options)?;
                 let pinned = upstream.configured_priority();
+                let keys = keys_for(&upstream, &hosts, &trusted_keys);
+                if keys.is_empty() && !options.allow_unverified {
+                    return Err(UpstreamError::NoKey {
+                        url: upstream.url().to_string(),
+                    });
+                }
+                if keys.is_empty() {
+                    warn!(
+                        upstream = upstream.url(),
+                        "no public key applies to this upstream: its narinfos are taken \
+                         unverified (--cache-upstream-allow-unverified)"
+                    );
+                }
                 Ok(Arc::new(Entry {
                     upstream,
+                    keys,
                     health: Mutex::new(HealthState::new(now, pinned)),
                     wake: Notify::new(),
                 }))
@@ -182,7 +205,6 @@ impl Upstreams {
         Ok(Self {
             inner: Arc::new(Inner {
                 entries,
-                trusted_keys,
                 options: options.clone(),
                 negative: NegativeCache::new(options.negative_ttl, options.negative_capacity),
                 negative_documents: NegativeCache::new(
@@ -467,7 +489,7 @@ impl Upstreams {
             }
             Ok(Some(narinfo)) => {
                 entry.record_answer();
-                if !narinfo.verify(&self.inner.trusted_keys) {
+                if !entry.keys.is_empty() && !narinfo.verify(&entry.keys) {
                     let err = UpstreamError::Untrusted {
                         url: format!("{}{hash}.narinfo", upstream.url()),
                     };
@@ -581,4 +603,28 @@ async fn probe_loop(inner: Weak<Inner>, index: usize) {
         }
         entry.probe(&options).await;
     }
+}
+
+/// Whether `key` is named after `host`: `<host>-<digits>`, the Go ncps's rule.
+fn names_host(key: &PublicKey, host: &str) -> bool {
+    key.name()
+        .strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The keys that apply to `upstream`: those named after its host, plus those named after no
+/// configured upstream's host (`hosts`).
+fn keys_for(upstream: &Upstream, hosts: &[String], keys: &[PublicKey]) -> Vec<PublicKey> {
+    // The host without its port: a key's name cannot hold a `:`.
+    let own = url::Url::parse(upstream.url())
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    keys.iter()
+        .filter(|k| {
+            own.as_deref().is_some_and(|h| names_host(k, h))
+                || !hosts.iter().any(|h| names_host(k, h))
+        })
+        .cloned()
+        .collect()
 }

@@ -410,6 +410,21 @@ pub struct UpstreamArgs {
     )]
     pub cache_upstream_lookup: UpstreamLookup,
 
+    /// Take narinfos from upstreams that no --cache-upstream-public-key applies to without
+    /// checking their signatures (the Go ncps's behaviour). Off by default: such an upstream
+    /// stops ncps at start, since it would re-sign whatever that upstream (or anyone between)
+    /// sends.
+    #[arg(
+        long,
+        env = "CACHE_UPSTREAM_ALLOW_UNVERIFIED",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = ArgAction::Set
+    )]
+    pub cache_upstream_allow_unverified: bool,
+
     /// netrc file with credentials for private upstreams, matched by host (and port):
     /// "machine HOST login USER password PASS" for Basic auth, "login bearer" to send the
     /// password as a bearer token. Default ~/.netrc when it exists.
@@ -754,6 +769,10 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ),
     ("cache_upstream_negative_ttl", "cache.upstream.negative-ttl"),
     ("cache_upstream_lookup", "cache.upstream.lookup"),
+    (
+        "cache_upstream_allow_unverified",
+        "cache.upstream.allow-unverified",
+    ),
     ("netrc_file", "cache.netrc-file"),
 ];
 

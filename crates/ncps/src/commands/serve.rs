@@ -249,10 +249,11 @@ fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
         .iter()
         .map(|k| PublicKey::parse(k).with_context(|| format!("invalid upstream public key {k:?}")))
         .collect::<Result<Vec<_>>>()?;
-    if keys.is_empty() && !urls.is_empty() {
+    if keys.is_empty() && !urls.is_empty() && !args.cache_upstream_allow_unverified {
         bail!(
             "no --cache-upstream-public-key given: ncps only re-signs upstream paths whose \
-             signature it can check; pass the upstream's public key (name:base64)"
+             signature it can check; pass the upstream's public key (name:base64), or \
+             --cache-upstream-allow-unverified to take them unchecked"
         );
     }
     let netrc = if urls.is_empty() {
@@ -267,6 +268,7 @@ fn upstreams(args: &UpstreamArgs) -> Result<Upstreams> {
         negative_ttl: args.cache_upstream_negative_ttl,
         lookup: args.cache_upstream_lookup.into(),
         netrc: netrc.map(std::sync::Arc::new),
+        allow_unverified: args.cache_upstream_allow_unverified,
         ..UpstreamOptions::default()
     };
     let upstreams = Upstreams::new(&urls, keys, &options)?;
