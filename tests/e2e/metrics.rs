@@ -93,9 +93,92 @@ async fn counters_match_a_substitution() {
     );
     assert_eq!(nar_gets, 2.0 * paths);
 
+    // The Go ncps's names, beside ours (dashboards and alerts written for it keep working).
+    assert_eq!(
+        value(
+            &s,
+            r#"ncps_narinfo_served_total{result="miss",status="success"}"#
+        ),
+        paths
+    );
+    assert_eq!(
+        value(
+            &s,
+            r#"ncps_nar_served_total{result="miss",status="success"}"#
+        ),
+        paths
+    );
+    assert_eq!(
+        value(
+            &s,
+            r#"ncps_nar_served_total{result="hit",status="success"}"#
+        ),
+        paths
+    );
+    assert_eq!(value(&s, "ncps_store_total_size_bytes"), file_bytes as f64);
+    assert_eq!(value(&s, "ncps_narinfo_count"), paths);
+    assert_eq!(value(&s, "ncps_nar_file_count"), paths);
+    assert_eq!(value(&s, "ncps_upstream_count_total"), 1.0);
+    assert_eq!(value(&s, "ncps_upstream_count_healthy"), 1.0);
+    assert_eq!(value(&s, "ncps_cache_max_size_bytes"), 0.0);
+    assert_eq!(
+        value(
+            &s,
+            &format!(
+                "ncps_upstream_healthy{{upstream=\"{}/\"}}",
+                fx.upstream.url()
+            )
+        ),
+        1.0
+    );
+
     // Without the flag there is no /metrics.
     let plain = Fixture::new(Compression::Zstd).await;
     http::get(&plain.ncps.url_for("metrics"))
         .await
         .expect_status(404, "GET /metrics when disabled");
+}
+
+/// With chunking, the chunk gauges say how many chunks are stored and how many NAR positions
+/// each serves (they were exported but never measured); with a size limit, the Go ncps's
+/// eviction and utilisation metrics follow the eviction.
+#[tokio::test(flavor = "multi_thread")]
+async fn chunk_and_eviction_gauges_are_measured() {
+    let fx = Fixture::with(FixtureOptions::new(Compression::Xz).ncps_args(&[
+        "--prometheus-enabled",
+        "--cache-cdc-enabled",
+        "--cache-max-size",
+        "100M",
+    ]))
+    .await;
+    let key = fx.ncps.pubkey().await;
+    fx.env
+        .client()
+        .substitute_ok(&fx.ncps.url(), &key, &fx.closure)
+        .await;
+    // Gauges are measured at most every 15 s: a scrape may show the figures of one before.
+    let s = crate::harness::eventually_within(
+        "the chunk gauges",
+        std::time::Duration::from_secs(30),
+        || async {
+            let text = http::get(&fx.ncps.url_for("metrics"))
+                .await
+                .expect_status(200, "GET /metrics")
+                .text();
+            let s = samples(&text);
+            if s.get("ncps_chunks").copied().unwrap_or(0.0) > 0.0 {
+                Ok(s)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    assert!(value(&s, "ncps_chunk_dedup_ratio") >= 1.0);
+    assert_eq!(
+        value(&s, "ncps_cache_max_size_bytes"),
+        100.0 * 1024.0 * 1024.0
+    );
+    let ratio = value(&s, "ncps_cache_utilization_ratio");
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
 }

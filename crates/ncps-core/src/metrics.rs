@@ -2,6 +2,11 @@
 //!
 //! Counters are updated where things happen (cheap atomics, no locks on the hot path); storage
 //! gauges are measured from the database when `/metrics` is scraped.
+//!
+//! The Go ncps's metric names and labels are exported too (`ncps_nar_served_total`,
+//! `ncps_narinfo_served_total`, `ncps_store_total_size_bytes`, `ncps_narinfo_count`,
+//! `ncps_nar_file_count`, `ncps_upstream_count_*`, `ncps_cache_*`, `ncps_lru_*`), so a Go user's
+//! dashboards and alerts keep working beside ours, which say more.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -54,6 +59,26 @@ pub struct RequestLabels {
     pub method: String,
     /// The status code.
     pub status: u16,
+}
+
+/// Labels of the Go ncps's served counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    /// `hit` (from storage) or `miss` (fetched, or not found).
+    pub result: &'static str,
+    /// `success` or `error`.
+    pub status: &'static str,
+}
+
+impl From<Outcome> for ServedLabels {
+    fn from(outcome: Outcome) -> Self {
+        let (result, status) = match outcome {
+            Outcome::Hit => ("hit", "success"),
+            Outcome::Miss => ("miss", "success"),
+            Outcome::NotFound | Outcome::Error => ("miss", "error"),
+        };
+        Self { result, status }
+    }
 }
 
 /// Label naming an upstream.
@@ -109,6 +134,40 @@ pub struct Metrics {
     pub job_last_items: Family<JobLabels, Gauge>,
     /// Uploads by outcome (hit = accepted, error = refused).
     pub uploads: Family<OutcomeLabels, Counter>,
+    /// The Go ncps's metrics, under its names.
+    pub go: GoMetrics,
+}
+
+/// The Go ncps's metric names and labels (see the module documentation).
+pub struct GoMetrics {
+    /// NARs served, by result and status.
+    pub nar_served: Family<ServedLabels, Counter>,
+    /// Narinfos served, by result and status.
+    pub narinfo_served: Family<ServedLabels, Counter>,
+    /// Bytes in storage.
+    pub store_total_size: Gauge,
+    /// Narinfos stored.
+    pub narinfo_count: Gauge,
+    /// NARs stored.
+    pub nar_file_count: Gauge,
+    /// Upstreams configured.
+    pub upstream_count_total: Gauge,
+    /// Upstreams answering.
+    pub upstream_count_healthy: Gauge,
+    /// `--cache-max-size` (0 without a limit).
+    pub cache_max_size: Gauge,
+    /// Stored bytes over the size limit (0 without a limit).
+    pub cache_utilization: Gauge<f64, AtomicU64>,
+    /// Eviction runs.
+    pub lru_cleanup_runs: Counter,
+    /// Narinfos evicted.
+    pub lru_narinfos_evicted: Counter,
+    /// NARs removed by eviction.
+    pub lru_nar_files_evicted: Counter,
+    /// Bytes eviction freed.
+    pub lru_bytes_freed: Counter,
+    /// How long eviction runs take.
+    pub lru_cleanup_duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,6 +208,7 @@ impl Metrics {
             job_last_freed_bytes: Family::default(),
             job_last_items: Family::default(),
             uploads: Family::default(),
+            go: GoMetrics::new(),
         };
         let r = &mut registry;
         r.register(
@@ -229,6 +289,7 @@ impl Metrics {
             m.job_last_items.clone(),
         );
         r.register("uploads", "Uploaded narinfos by outcome", m.uploads.clone());
+        m.go.register(r);
         Self { registry, ..m }
     }
 
@@ -242,6 +303,18 @@ impl Metrics {
     /// Counts a lookup.
     pub fn lookup(family: &Family<OutcomeLabels, Counter>, outcome: Outcome) {
         family.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts a narinfo request, under our name and the Go ncps's.
+    pub fn narinfo_served(&self, outcome: Outcome) {
+        Self::lookup(&self.narinfo_lookups, outcome);
+        self.go.narinfo_served.get_or_create(&outcome.into()).inc();
+    }
+
+    /// Counts a NAR request, under our name and the Go ncps's.
+    pub fn nar_served(&self, outcome: Outcome) {
+        Self::lookup(&self.nar_requests, outcome);
+        self.go.nar_served.get_or_create(&outcome.into()).inc();
     }
 
     /// Records a finished job run; `freed_bytes` when the job knows them.
@@ -268,5 +341,95 @@ impl Metrics {
         self.job_last_items
             .get_or_create(&l)
             .set(i64::try_from(items).unwrap_or(i64::MAX));
+    }
+}
+
+impl GoMetrics {
+    fn new() -> Self {
+        Self {
+            nar_served: Family::default(),
+            narinfo_served: Family::default(),
+            store_total_size: Gauge::default(),
+            narinfo_count: Gauge::default(),
+            nar_file_count: Gauge::default(),
+            upstream_count_total: Gauge::default(),
+            upstream_count_healthy: Gauge::default(),
+            cache_max_size: Gauge::default(),
+            cache_utilization: Gauge::default(),
+            lru_cleanup_runs: Counter::default(),
+            lru_narinfos_evicted: Counter::default(),
+            lru_nar_files_evicted: Counter::default(),
+            lru_bytes_freed: Counter::default(),
+            lru_cleanup_duration: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "nar_served",
+            "NAR requests by result and status (the Go ncps's name)",
+            self.nar_served.clone(),
+        );
+        r.register(
+            "narinfo_served",
+            "Narinfo requests by result and status (the Go ncps's name)",
+            self.narinfo_served.clone(),
+        );
+        r.register(
+            "store_total_size_bytes",
+            "Bytes in storage (the Go ncps's name for ncps_stored_bytes)",
+            self.store_total_size.clone(),
+        );
+        r.register(
+            "narinfo_count",
+            "Narinfos stored",
+            self.narinfo_count.clone(),
+        );
+        r.register("nar_file_count", "NARs stored", self.nar_file_count.clone());
+        r.register(
+            "upstream_count_total",
+            "Upstreams configured",
+            self.upstream_count_total.clone(),
+        );
+        r.register(
+            "upstream_count_healthy",
+            "Upstreams answering",
+            self.upstream_count_healthy.clone(),
+        );
+        r.register(
+            "cache_max_size_bytes",
+            "The size limit (0: none)",
+            self.cache_max_size.clone(),
+        );
+        r.register(
+            "cache_utilization_ratio",
+            "Stored bytes over the size limit (0: no limit)",
+            self.cache_utilization.clone(),
+        );
+        r.register(
+            "lru_cleanup_runs",
+            "Eviction runs",
+            self.lru_cleanup_runs.clone(),
+        );
+        r.register(
+            "lru_narinfos_evicted",
+            "Narinfos evicted",
+            self.lru_narinfos_evicted.clone(),
+        );
+        r.register(
+            "lru_nar_files_evicted",
+            "NARs removed by eviction",
+            self.lru_nar_files_evicted.clone(),
+        );
+        r.register(
+            "lru_bytes_freed",
+            "Bytes eviction freed",
+            self.lru_bytes_freed.clone(),
+        );
+        r.register(
+            "lru_cleanup_duration_seconds",
+            "How long eviction runs take",
+            self.lru_cleanup_duration.clone(),
+        );
     }
 }

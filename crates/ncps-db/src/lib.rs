@@ -54,7 +54,7 @@ pub use fsck::{
     AppliedMigration, ChunkListEntry, ChunkRefMismatch, ChunkRow, DanglingNarUrl, OrphanNarInfo,
     UnreferencedNar,
 };
-pub use lru::{DocumentEntry, DocumentKey, LruEntry};
+pub use lru::{DocumentEntry, DocumentKey, LruEntry, StoreCounts};
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
 pub use repo::{Database, PlannedMigration, PoolOptions, now_secs, redact as redact_url};

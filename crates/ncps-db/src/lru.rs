@@ -41,6 +41,19 @@ impl DocumentKey {
     }
 }
 
+/// What the cache holds, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Narinfos.
+    pub narinfos: u64,
+    /// NARs (in any form).
+    pub nars: u64,
+    /// Chunks some NAR references.
+    pub chunks: u64,
+    /// References to those chunks (chunk-list entries).
+    pub chunk_references: u64,
+}
+
 /// A document in least-recently-used order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentEntry {
@@ -140,6 +153,33 @@ impl Database {
             bind_all(q, batch).execute(&self.pool).await?;
         }
         Ok(())
+    }
+
+    /// How many narinfos, NARs and referenced chunks the cache holds, and the chunk references
+    /// (for the storage gauges of `/metrics`).
+    pub async fn store_counts(&self) -> Result<StoreCounts, DbError> {
+        let d = self.dialect;
+        let count = |sql: String| {
+            let pool = self.pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(&sql).fetch_one(&pool).await?;
+                to_u64("counts", n)
+            }
+        };
+        Ok(StoreCounts {
+            narinfos: count(format!("SELECT {} FROM narinfos", d.bigint("COUNT(*)"))).await?,
+            nars: count(format!("SELECT {} FROM nars", d.bigint("COUNT(*)"))).await?,
+            chunks: count(format!(
+                "SELECT {} FROM chunks WHERE ref_count > 0",
+                d.bigint("COUNT(*)")
+            ))
+            .await?,
+            chunk_references: count(format!(
+                "SELECT {} FROM chunks WHERE ref_count > 0",
+                d.bigint("COALESCE(SUM(ref_count), 0)")
+            ))
+            .await?,
+        })
     }
 
     /// Bytes the cache really keeps: whole files, each chunk still referenced once (chunks

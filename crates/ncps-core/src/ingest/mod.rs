@@ -99,6 +99,11 @@ impl Ingest {
     }
 
     /// Temporary files of this cache.
+    /// The upstreams, for their health gauges.
+    pub(crate) fn upstreams(&self) -> &Upstreams {
+        &self.0.upstreams
+    }
+
     pub(crate) fn temp(&self) -> &TempFiles {
         &self.0.temp
     }

@@ -92,6 +92,11 @@ impl Maintenance {
     }
 
     fn spawn_lru(&self, lru: LruConfig) {
+        self.0
+            .metrics
+            .go
+            .cache_max_size
+            .set(i64::try_from(lru.max_size).unwrap_or(i64::MAX));
         let this = self.clone();
         spawn_scheduled(lru.schedule, move || {
             let this = this.clone();
@@ -105,6 +110,13 @@ impl Maintenance {
                             Some(freed),
                             report.narinfos_evicted,
                         );
+                        let go = &this.0.metrics.go;
+                        go.lru_cleanup_runs.inc();
+                        go.lru_narinfos_evicted.inc_by(report.narinfos_evicted);
+                        go.lru_nar_files_evicted.inc_by(report.nars_removed);
+                        go.lru_bytes_freed.inc_by(freed);
+                        go.lru_cleanup_duration
+                            .observe(report.duration.as_secs_f64());
                         info!(?report, "LRU eviction finished");
                     }
                     Err(e) => error!(error = %e, "LRU eviction failed"),

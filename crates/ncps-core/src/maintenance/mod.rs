@@ -97,19 +97,47 @@ impl Maintenance {
         self.0.reader.flush_access_times().await;
     }
 
-    /// Measures the storage gauges (called when `/metrics` is scraped), at most once per
-    /// [`GAUGES_FRESH_FOR`]; concurrent scrapes wait for one measurement.
+    /// Measures the storage and upstream gauges (called when `/metrics` is scraped), at most
+    /// once per [`GAUGES_FRESH_FOR`]; concurrent scrapes wait for one measurement.
     pub async fn refresh_gauges(&self) -> Result<(), CacheError> {
         let mut measured = self.0.gauges_measured.lock().await;
         if measured.is_some_and(|at| at.elapsed() < GAUGES_FRESH_FOR) {
             return Ok(());
         }
         let stored = self.0.db.stored_bytes().await?;
+        let counts = self.0.db.store_counts().await?;
         *measured = Some(tokio::time::Instant::now());
-        self.0
-            .metrics
-            .stored_bytes
-            .set(i64::try_from(stored).unwrap_or(i64::MAX));
+        let m = &self.0.metrics;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        m.stored_bytes.set(gauge(stored));
+        m.chunks.set(gauge(counts.chunks));
+        m.dedup_ratio.set(if counts.chunks == 0 {
+            0.0
+        } else {
+            counts.chunk_references as f64 / counts.chunks as f64
+        });
+        let health = self.0.ingest.upstreams().health();
+        for h in &health {
+            let labels = crate::metrics::UpstreamLabels {
+                upstream: h.url.clone(),
+            };
+            m.upstream_healthy
+                .get_or_create(&labels)
+                .set(i64::from(h.healthy));
+        }
+        let go = &m.go;
+        go.store_total_size.set(gauge(stored));
+        go.narinfo_count.set(gauge(counts.narinfos));
+        go.nar_file_count.set(gauge(counts.nars));
+        go.upstream_count_total.set(gauge(health.len() as u64));
+        go.upstream_count_healthy
+            .set(gauge(health.iter().filter(|h| h.healthy).count() as u64));
+        let limit = go.cache_max_size.get();
+        go.cache_utilization.set(if limit > 0 {
+            stored as f64 / limit as f64
+        } else {
+            0.0
+        });
         Ok(())
     }
 }

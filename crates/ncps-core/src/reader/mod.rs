@@ -125,7 +125,7 @@ impl Reader {
             Ok((_, outcome)) => *outcome,
             Err(e) => outcome_of(e),
         };
-        Metrics::lookup(&self.0.metrics.narinfo_lookups, outcome);
+        self.0.metrics.narinfo_served(outcome);
         result.map(|(text, _)| text)
     }
 
@@ -266,10 +266,9 @@ impl Reader {
         key: &NarKey,
         range: Option<RangeRequest>,
     ) -> Result<NarBody, CacheError> {
-        let requests = &self.0.metrics.nar_requests;
         match self.open_nar(key, range).await {
             Ok((body, outcome)) => {
-                Metrics::lookup(requests, outcome);
+                self.0.metrics.nar_served(outcome);
                 let served = self.0.metrics.nar_bytes_served.clone();
                 let stream = body
                     .stream
@@ -282,7 +281,7 @@ impl Reader {
                 Ok(NarBody { stream, ..body })
             }
             Err(e) => {
-                Metrics::lookup(requests, outcome_of(&e));
+                self.0.metrics.nar_served(outcome_of(&e));
                 Err(e)
             }
         }
