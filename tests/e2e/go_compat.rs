@@ -276,3 +276,53 @@ async fn upstream_keys_apply_by_host_and_unverified_upstreams_are_an_explicit_ch
         .substitute_ok(&ncps.url(), &ncps_key, &closure)
         .await;
 }
+
+/// `ncps fsck` with the Go ncps's flags: `--dry-run` reports and changes nothing even beside
+/// `--repair`, `--verify-content` checks content as `--verify-hashes` does, and the flags that
+/// mean nothing here (`--verified-since`, `--dechunk-residue-grace`) are accepted with a
+/// warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_takes_the_go_flags() {
+    let fx = Fixture::new(Compression::Xz).await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    http::get(&fx.nar_url(&narinfo))
+        .await
+        .expect_status(200, "the NAR");
+    let stray = fx
+        .config
+        .data_dir
+        .join("store/nar")
+        .join(format!("{}.nar.xz", "1".repeat(52)));
+    std::fs::create_dir_all(stray.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&stray, b"stray").expect("plant a stray NAR file");
+    let go_flags = [
+        "--repair",
+        "--dry-run",
+        "--verify-content",
+        "--verified-since",
+        "1h",
+        "--dechunk-residue-grace",
+        "24h",
+        "--min-age",
+        "0s",
+    ];
+    let run = fx.env.ncps_admin("fsck", &fx.config, &go_flags).await;
+    assert!(
+        !run.status.success(),
+        "problems remain after a dry run:\n{run}"
+    );
+    assert!(run.output.contains("stray:"), "{run}");
+    assert!(stray.exists(), "--dry-run deleted the stray file");
+    for ignored in ["verified-since", "dechunk-residue-grace"] {
+        assert!(
+            run.output.contains(&format!("\"setting\":\"{ignored}\"")),
+            "no warning for {ignored}:\n{run}"
+        );
+    }
+    let repair = fx
+        .env
+        .ncps_admin("fsck", &fx.config, &["--repair", "--min-age", "0s"])
+        .await;
+    assert!(repair.status.success(), "{repair}");
+    assert!(!stray.exists(), "--repair kept the stray file");
+}

@@ -994,9 +994,15 @@ pub struct FsckArgs {
     #[arg(long)]
     pub repair: bool,
 
-    /// Also read every whole NAR file and check its hashes (FileHash from its name, NarHash
-    /// after decompression). Reads all storage: slow on a large cache.
+    /// Report what --repair would fix and change nothing, even with --repair (the Go ncps's
+    /// flag; without --repair nothing is changed anyway).
     #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also read every whole NAR file and check its hashes (FileHash from its name, NarHash
+    /// after decompression). Reads all storage: slow on a large cache. Alias
+    /// `--verify-content` (the Go ncps's name).
+    #[arg(long, alias = "verify-content")]
     pub verify_hashes: bool,
 
     /// Stray files and unservable narinfos younger than this are reported but never counted

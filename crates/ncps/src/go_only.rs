@@ -5,6 +5,27 @@
 use clap::builder::BoolishValueParser;
 use clap::{Arg, ArgAction, ArgMatches};
 
+/// Which command a Go-only setting belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// The top-level command (every subcommand).
+    Global,
+    /// `serve`.
+    Serve,
+    /// `fsck`.
+    Fsck,
+}
+
+impl On {
+    fn subcommand(self) -> Option<&'static str> {
+        match self {
+            On::Global => None,
+            On::Serve => Some("serve"),
+            On::Fsck => Some("fsck"),
+        }
+    }
+}
+
 /// One Go-only setting.
 struct GoOnly {
     /// The flag's long name (also its argument id).
@@ -15,8 +36,8 @@ struct GoOnly {
     key: Option<&'static str>,
     /// A boolean switch (`--flag` alone means true) rather than a flag with a value.
     switch: bool,
-    /// On the top-level command (every subcommand) rather than on `serve`.
-    global: bool,
+    /// Where it is accepted.
+    on: On,
     /// Why it means nothing here, for the warning.
     why: &'static str,
 }
@@ -26,7 +47,7 @@ const fn setting(
     env: Option<&'static str>,
     key: Option<&'static str>,
     switch: bool,
-    global: bool,
+    on: On,
     why: &'static str,
 ) -> GoOnly {
     GoOnly {
@@ -34,7 +55,7 @@ const fn setting(
         env,
         key,
         switch,
-        global,
+        on,
         why,
     }
 }
@@ -48,7 +69,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("ANALYTICS_REPORTING_ENABLED"),
         Some("analytics.reporting.enabled"),
         true,
-        true,
+        On::Global,
         "this ncps reports no analytics anywhere",
     ),
     setting(
@@ -56,7 +77,7 @@ const SETTINGS: &[GoOnly] = &[
         None,
         None,
         true,
-        true,
+        On::Global,
         "this ncps reports no analytics anywhere",
     ),
     setting(
@@ -64,7 +85,7 @@ const SETTINGS: &[GoOnly] = &[
         None,
         None,
         true,
-        true,
+        On::Global,
         "logs are JSON lines on stderr",
     ),
     setting(
@@ -72,7 +93,7 @@ const SETTINGS: &[GoOnly] = &[
         None,
         None,
         false,
-        true,
+        On::Global,
         "logs are JSON lines on stderr",
     ),
     setting(
@@ -80,7 +101,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("USE_XZ_BINARY"),
         Some("use-xz-binary"),
         true,
-        true,
+        On::Global,
         "xz is decoded and encoded in process",
     ),
     setting(
@@ -88,7 +109,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("XZ_BINARY_PATH"),
         Some("xz-binary-path"),
         false,
-        true,
+        On::Global,
         "xz is decoded and encoded in process",
     ),
     setting(
@@ -96,7 +117,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("PPROF_ADDR"),
         Some("pprof.addr"),
         false,
-        false,
+        On::Serve,
         "there is no Go profiler; use perf or the OpenTelemetry traces",
     ),
     setting(
@@ -104,7 +125,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_DOWNLOAD_POLL_TIMEOUT"),
         Some("cache.download.poll-timeout"),
         false,
-        false,
+        On::Serve,
         "a replica waits for another's download through its lock, not by polling storage",
     ),
     setting(
@@ -112,7 +133,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_CDC_LAZY_CLEANUP_SCHEDULE"),
         Some("cache.cdc.lazy-cleanup-schedule"),
         false,
-        false,
+        On::Serve,
         "whole files replaced by chunks are deleted by the lazy-recovery job",
     ),
     setting(
@@ -120,7 +141,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_CDC_CHUNK_WAIT_TIMEOUT"),
         Some("cache.cdc.chunk-wait-timeout"),
         false,
-        false,
+        On::Serve,
         "clients follow chunks as they are written, without a wait timeout",
     ),
     setting(
@@ -128,7 +149,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_INFLIGHT_STAGING_ENABLED"),
         Some("cache.inflight-staging.enabled"),
         true,
-        false,
+        On::Serve,
         "downloads in flight are shared through local temporary files",
     ),
     setting(
@@ -136,7 +157,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_INFLIGHT_STAGING_RETENTION"),
         Some("cache.inflight-staging.retention"),
         false,
-        false,
+        On::Serve,
         "downloads in flight are shared through local temporary files",
     ),
     setting(
@@ -144,7 +165,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_INFLIGHT_STAGING_PART_SIZE"),
         Some("cache.inflight-staging.part-size"),
         false,
-        false,
+        On::Serve,
         "downloads in flight are shared through local temporary files",
     ),
     setting(
@@ -152,7 +173,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_LRU_TTL"),
         Some("cache.lock.lru-lock-ttl"),
         false,
-        false,
+        On::Serve,
         "the eviction lock is renewed while eviction runs",
     ),
     setting(
@@ -160,7 +181,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_MAX_ATTEMPTS"),
         Some("cache.lock.retry.max-attempts"),
         false,
-        false,
+        On::Serve,
         LOCKS_RETRY,
     ),
     setting(
@@ -168,7 +189,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_INITIAL_DELAY"),
         Some("cache.lock.retry.initial-delay"),
         false,
-        false,
+        On::Serve,
         LOCKS_RETRY,
     ),
     setting(
@@ -176,7 +197,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_MAX_DELAY"),
         Some("cache.lock.retry.max-delay"),
         false,
-        false,
+        On::Serve,
         LOCKS_RETRY,
     ),
     setting(
@@ -184,7 +205,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_JITTER"),
         Some("cache.lock.retry.jitter"),
         true,
-        false,
+        On::Serve,
         LOCKS_RETRY,
     ),
     setting(
@@ -192,22 +213,41 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_ALLOW_DEGRADED_MODE"),
         Some("cache.lock.allow-degraded-mode"),
         true,
-        false,
+        On::Serve,
         "with the lock service down, downloads answer 503 and everything stored is still served",
+    ),
+    setting(
+        "verified-since",
+        None,
+        None,
+        false,
+        On::Fsck,
+        "fsck keeps no verification times: it checks everything each run",
+    ),
+    setting(
+        "dechunk-residue-grace",
+        Some("CACHE_FSCK_DECHUNK_RESIDUE_GRACE"),
+        Some("cache.fsck.dechunk-residue-grace"),
+        false,
+        On::Fsck,
+        "chunk lists are committed whole, so no half-converted NAR is left to reclaim",
     ),
     setting(
         "cache-redis-pool-size",
         Some("CACHE_REDIS_POOL_SIZE"),
         Some("cache.redis.pool-size"),
         false,
-        false,
+        On::Serve,
         "locks use one multiplexed Redis connection",
     ),
 ];
 
 /// The argument for `s`: hidden from `--help` (they do nothing), reading the Go variable.
 fn arg(s: &GoOnly) -> Arg {
-    let mut arg = Arg::new(s.flag).long(s.flag).hide(true).global(s.global);
+    let mut arg = Arg::new(s.flag)
+        .long(s.flag)
+        .hide(true)
+        .global(s.on == On::Global);
     if let Some(env) = s.env {
         arg = arg.env(env);
     }
@@ -222,13 +262,15 @@ fn arg(s: &GoOnly) -> Arg {
 }
 
 /// `command` with every Go-only setting: global ones on the command itself, the others on
-/// `serve`.
+/// their subcommand.
 pub fn add_to(mut command: clap::Command) -> clap::Command {
-    for s in SETTINGS.iter().filter(|s| s.global) {
-        command = command.arg(arg(s));
+    for s in SETTINGS {
+        command = match s.on.subcommand() {
+            None => command.arg(arg(s)),
+            Some(name) => command.mut_subcommand(name, |sub| sub.arg(arg(s))),
+        };
     }
-    let serve: Vec<Arg> = SETTINGS.iter().filter(|s| !s.global).map(arg).collect();
-    command.mut_subcommand("serve", |sub| sub.args(serve))
+    command
 }
 
 /// The config-file key of each Go-only setting that has one, by argument id.

@@ -24,16 +24,17 @@ impl FsckOutput for Terminal {
 /// Runs every check, repairing with `--repair`; fails while problems remain.
 pub async fn run(args: FsckArgs) -> Result<()> {
     let maintenance = super::open(&args.storage).await?;
+    let repair = args.repair && !args.dry_run;
     let options = FsckOptions {
-        repair: args.repair,
+        repair,
         verify_hashes: args.verify_hashes,
         min_age: args.min_age,
     };
     let summary = maintenance.fsck(options, &mut Terminal).await?;
-    println!("{}", summary_line(&summary, args.repair));
+    println!("{}", summary_line(&summary, repair));
     let remaining = summary.remaining();
     if remaining > 0 {
-        if args.repair {
+        if repair {
             bail!("{remaining} problems could not be repaired");
         }
         bail!("{remaining} problems found; run again with --repair to fix them");
