@@ -326,3 +326,15 @@ async fn fsck_takes_the_go_flags() {
     assert!(repair.status.success(), "{repair}");
     assert!(!stray.exists(), "--repair kept the stray file");
 }
+
+/// `/nix-cache-info` announces the Go ncps's priority (10): Nix clients that list the cache
+/// beside cache.nixos.org (40) keep asking it first.
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_cache_info_announces_the_go_priority() {
+    let fx = Fixture::new(Compression::Xz).await;
+    let text = http::get(&fx.ncps.url_for("nix-cache-info"))
+        .await
+        .expect_status(200, "nix-cache-info")
+        .text();
+    assert!(text.lines().any(|l| l == "Priority: 10"), "{text}");
+}

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-/// Priority announced in `/nix-cache-info`: cache.nixos.org's, which clients usually list
-/// beside us (lower is preferred).
-pub const PRIORITY: u32 = 40;
+/// Priority announced in `/nix-cache-info` (lower is preferred): the Go ncps's 10, so clients
+/// that list us beside cache.nixos.org (40) ask us first, as they did the Go ncps.
+pub const PRIORITY: u32 = 10;
 /// How long a download lock lives without renewal; a dead replica's lock expires after it.
 pub const DOWNLOAD_LOCK_TTL: Duration = Duration::from_secs(5 * 60);
 /// How long a whole file is kept after its chunks are complete (lazy chunking).
