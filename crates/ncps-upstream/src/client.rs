@@ -178,6 +178,12 @@ impl Upstream {
         self.base.as_str()
     }
 
+    /// The host, without its port (a key's name, which cannot hold a `:`, names an upstream by
+    /// it).
+    pub fn host(&self) -> &str {
+        self.base.host_str().unwrap_or_default()
+    }
+
     /// The priority given with the URL (`?priority=N`, as the Go ncps accepts it), which wins
     /// over the one the upstream announces.
     pub fn configured_priority(&self) -> Option<u32> {

@@ -171,15 +171,14 @@ impl Upstreams {
         options: &UpstreamOptions,
     ) -> Result<Self, UpstreamError> {
         let now = Instant::now();
-        let hosts: Vec<String> = urls
+        let upstreams = urls
             .iter()
-            .filter_map(|u| url::Url::parse(u).ok())
-            .filter_map(|u| u.host_str().map(str::to_owned))
-            .collect();
-        let entries = urls
-            .iter()
-            .map(|u| {
-                let upstream = Upstream::new(u, options)?;
+            .map(|u| Upstream::new(u, options))
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        let hosts: Vec<String> = upstreams.iter().map(|u| u.host().to_owned()).collect();
+        let entries = upstreams
+            .into_iter()
+            .map(|upstream| {
                 let pinned = upstream.configured_priority();
                 let keys = keys_for(&upstream, &hosts, &trusted_keys);
                 if keys.is_empty() && !options.allow_unverified {
@@ -616,15 +615,8 @@ fn names_host(key: &PublicKey, host: &str) -> bool {
 /// The keys that apply to `upstream`: those named after its host, plus those named after no
 /// configured upstream's host (`hosts`).
 fn keys_for(upstream: &Upstream, hosts: &[String], keys: &[PublicKey]) -> Vec<PublicKey> {
-    // The host without its port: a key's name cannot hold a `:`.
-    let own = url::Url::parse(upstream.url())
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned));
     keys.iter()
-        .filter(|k| {
-            own.as_deref().is_some_and(|h| names_host(k, h))
-                || !hosts.iter().any(|h| names_host(k, h))
-        })
+        .filter(|k| names_host(k, upstream.host()) || !hosts.iter().any(|h| names_host(k, h)))
         .cloned()
         .collect()
 }
