@@ -90,18 +90,19 @@ impl Maintenance {
                     // Documents used no later than the oldest candidate go first; narinfos
                     // go only while they are older than every document.
                     let oldest = rest[0].last_accessed_at;
-                    if self
-                        .evict_documents(oldest, stored - max_size, &mut report)
-                        .await?
-                    {
-                        stored = db.stored_bytes().await?;
-                        continue;
-                    }
                     let documents_from = db
                         .documents_used_before(i64::MAX, 1)
                         .await?
                         .first()
                         .map_or(i64::MAX, |d| d.last_accessed_at);
+                    if documents_from <= oldest
+                        && self
+                            .evict_documents(oldest, stored - max_size, &mut report)
+                            .await?
+                    {
+                        stored = db.stored_bytes().await?;
+                        continue;
+                    }
                     let excess = stored - max_size;
                     let mut take = 0;
                     let mut sum = 0u64;
