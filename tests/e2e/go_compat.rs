@@ -338,3 +338,33 @@ async fn nix_cache_info_announces_the_go_priority() {
         .text();
     assert!(text.lines().any(|l| l == "Priority: 10"), "{text}");
 }
+
+/// The Go ncps routes NAR URLs spelled with the 64-digit hex form of the hash: a client (or a
+/// narinfo written by the Go ncps) asking for one gets the same NAR as the nixbase32 URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hex_nar_url_names_the_same_nar() {
+    let fx = Fixture::new(Compression::Xz).await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    let url = narinfo.field("URL");
+    let (nix32, extension) = url
+        .strip_prefix("nar/")
+        .and_then(|f| f.split_at_checked(52))
+        .expect("a nixbase32 NAR URL");
+    let hash = ncps_nix::Sha256Hash::parse_nix32(nix32).expect("nixbase32");
+    let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex_url = fx.ncps.url_for(&format!("nar/{hex}{extension}"));
+    let body = http::get(&hex_url)
+        .await
+        .expect_status(200, "the NAR under its hex URL");
+    narinfo.verify_nar(&body.body).expect("the NAR");
+    let head = http::head(&hex_url)
+        .await
+        .expect_status(200, "HEAD of the hex URL");
+    assert_eq!(head.content_length(), Some(body.body.len() as u64));
+    http::get(
+        &fx.ncps
+            .url_for(&format!("nar/{}{extension}", hex.to_uppercase())),
+    )
+    .await
+    .expect_status(400, "upper-case hex is no NAR URL");
+}

@@ -89,7 +89,7 @@ impl Sha256Hash {
         let digest = s.strip_prefix("sha256:").ok_or(HashError::MissingPrefix)?;
         match digest.len() {
             NIX32_LEN => Self::parse_nix32(digest),
-            HEX_LEN => parse_hex(digest),
+            HEX_LEN => Self::parse_hex(digest),
             BASE64_LEN => parse_base64(digest),
             len => Err(HashError::WrongLength { len }),
         }
@@ -101,19 +101,22 @@ fn to_array(bytes: &[u8]) -> Option<[u8; LEN]> {
     bytes.try_into().ok()
 }
 
-/// Parses 64 hex digits (either case).
-fn parse_hex(s: &str) -> Result<Sha256Hash, HashError> {
-    let digits = s.as_bytes();
-    if digits.len() != HEX_LEN {
-        return Err(HashError::WrongLength { len: digits.len() });
+impl Sha256Hash {
+    /// Parses 64 hex digits (either case): the spelling of `sha256:<hex>` hashes and of the
+    /// NAR file names some caches (and the Go ncps) use.
+    pub fn parse_hex(s: &str) -> Result<Sha256Hash, HashError> {
+        let digits = s.as_bytes();
+        if digits.len() != HEX_LEN {
+            return Err(HashError::WrongLength { len: digits.len() });
+        }
+        let mut out = [0u8; LEN];
+        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let hi = hex_value(pair[0]).ok_or(HashError::Hex)?;
+            let lo = hex_value(pair[1]).ok_or(HashError::Hex)?;
+            *byte = (hi << 4) | lo;
+        }
+        Ok(Sha256Hash(out))
     }
-    let mut out = [0u8; LEN];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let hi = hex_value(pair[0]).ok_or(HashError::Hex)?;
-        let lo = hex_value(pair[1]).ok_or(HashError::Hex)?;
-        *byte = (hi << 4) | lo;
-    }
-    Ok(Sha256Hash(out))
 }
 
 /// Value of one hex digit.

@@ -1,4 +1,6 @@
-//! NAR file names and URLs as we serve them: `nar/<52-char nixbase32 sha256>.nar[.ext]`.
+//! NAR file names and URLs as we serve them: `nar/<52-char nixbase32 sha256>.nar[.ext]`; the
+//! 64-character lowercase hex spelling of the same digest is read too (the Go ncps routes it,
+//! and some caches name their NARs so), and names the same NAR.
 //!
 //! Request paths are untrusted; parsing them into this type is how the server knows a path can
 //! only name a NAR (no slashes, no `..`, nothing but a hash and a known extension).
@@ -10,6 +12,8 @@ use crate::hash::{HashError, Sha256Hash};
 
 /// Characters in the hash part of a NAR file name.
 const HASH_CHARS: usize = 52;
+/// Characters in the hex spelling of the hash part.
+const HEX_CHARS: usize = 64;
 /// Directory NARs live in, relative to the cache root.
 const NAR_DIR: &str = "nar/";
 
@@ -45,11 +49,19 @@ impl NarKey {
         Self { hash, compression }
     }
 
-    /// Parses `<52 chars>.nar[.ext]`; anything else is an error.
+    /// Parses `<52 nixbase32 chars>.nar[.ext]` or `<64 lowercase hex digits>.nar[.ext]`;
+    /// anything else is an error.
     pub fn parse_file_name(s: &str) -> Result<Self, NarKeyError> {
-        let hash_part = s.get(..HASH_CHARS).ok_or(NarKeyError::TooShort)?;
-        let hash = Sha256Hash::parse_nix32(hash_part)?;
-        let compression = Compression::from_nar_extension(&s[HASH_CHARS..])?;
+        let (hash, extension) = match s.get(..HEX_CHARS) {
+            Some(hex) if is_lower_hex(hex) && s[HEX_CHARS..].starts_with(".nar") => {
+                (Sha256Hash::parse_hex(hex)?, &s[HEX_CHARS..])
+            }
+            _ => {
+                let hash_part = s.get(..HASH_CHARS).ok_or(NarKeyError::TooShort)?;
+                (Sha256Hash::parse_nix32(hash_part)?, &s[HASH_CHARS..])
+            }
+        };
+        let compression = Compression::from_nar_extension(extension)?;
         Ok(Self { hash, compression })
     }
 
@@ -73,6 +85,11 @@ impl NarKey {
     pub fn url(&self) -> String {
         format!("{NAR_DIR}{}", self.file_name())
     }
+}
+
+/// True for lowercase hex digits only (the hex spelling in URLs is lowercase).
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl fmt::Display for NarKey {
@@ -102,6 +119,31 @@ mod tests {
         for c in Compression::ALL {
             let k = NarKey::new(k.hash, c);
             assert_eq!(NarKey::parse_file_name(&k.file_name()).unwrap(), k);
+        }
+    }
+
+    #[test]
+    fn the_hex_spelling_names_the_same_nar() {
+        let k = NarKey::parse_file_name(&format!("{H}.nar.xz")).unwrap();
+        let hex: String = k
+            .hash
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            NarKey::parse_file_name(&format!("{hex}.nar.xz")).unwrap(),
+            k
+        );
+        assert_eq!(NarKey::parse_url(&format!("nar/{hex}.nar.xz")).unwrap(), k);
+        for bad in [
+            format!("{}.nar", hex.to_uppercase()),
+            format!("{}.nar", &hex[1..]),
+            format!("{hex}0.nar"),
+            format!("{}g.nar", &hex[1..]),
+            hex.clone(),
+        ] {
+            assert!(NarKey::parse_file_name(&bad).is_err(), "{bad:?}");
         }
     }
 
