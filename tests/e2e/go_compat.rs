@@ -368,3 +368,22 @@ async fn a_hex_nar_url_names_the_same_nar() {
     .await
     .expect_status(400, "upper-case hex is no NAR URL");
 }
+
+/// Towards upstreams ncps asks for transport compression (`Accept-Encoding: zstd`, as the Go
+/// ncps does) and decodes what comes back: an uncompressed NAR cache behind a compressing web
+/// server costs a third of the bandwidth, and the NAR stored is still the one the narinfo names.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_transfers_are_zstd_compressed_when_offered() {
+    let fx = Fixture::new(Compression::None).await;
+    fx.upstream.offer_transport_zstd();
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    let body = http::get(&fx.nar_url(&narinfo))
+        .await
+        .expect_status(200, "the NAR");
+    narinfo.verify_nar(&body.body).expect("the NAR");
+    assert!(
+        fx.upstream.zstd_responses() >= 2,
+        "ncps did not ask for zstd transport of the narinfo and the NAR: {} compressed answers",
+        fx.upstream.zstd_responses()
+    );
+}

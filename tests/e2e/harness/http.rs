@@ -9,11 +9,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A client that never uses a proxy (nothing may leave loopback). Make one per test: a
-/// reqwest client belongs to the runtime it first ran on.
+/// A client that never uses a proxy (nothing may leave loopback) and asks for no transport
+/// compression (tests see the bytes and lengths ncps sends; the ones about compression send
+/// `Accept-Encoding` themselves). Make one per test: a reqwest client belongs to the runtime it
+/// first ran on.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .no_zstd()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("reqwest client")

@@ -61,6 +61,11 @@ struct Knobs {
     required_authorization: Mutex<Option<String>>,
     /// While true, NAR bodies (headers sent) wait before their first byte.
     hold_nars: tokio::sync::watch::Sender<bool>,
+    /// Compress narinfos and NARs for transport (`Content-Encoding: zstd`) when the request
+    /// accepts zstd, as a web server with transport compression would.
+    transport_zstd: AtomicBool,
+    /// Responses sent with `Content-Encoding: zstd`.
+    zstd_responses: AtomicU64,
 }
 
 struct Shared {
@@ -123,6 +128,19 @@ impl Upstream {
         let (shutdown, task) = spawn_server(listener, self.shared.clone());
         self.shutdown = Some(shutdown);
         self.task = Some(task);
+    }
+
+    /// Compresses narinfos and NARs for transport with zstd when the request accepts it.
+    pub fn offer_transport_zstd(&self) {
+        self.shared
+            .knobs
+            .transport_zstd
+            .store(true, Ordering::SeqCst);
+    }
+
+    /// Responses sent compressed for transport (`Content-Encoding: zstd`).
+    pub fn zstd_responses(&self) -> u64 {
+        self.shared.knobs.zstd_responses.load(Ordering::SeqCst)
     }
 
     /// Rewrites `nix-cache-info` to announce `priority` (lower is preferred).
@@ -344,6 +362,24 @@ async fn handle(
     } else {
         "application/octet-stream"
     };
+    let accepts_zstd = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("zstd")));
+    if accepts_zstd
+        && shared.knobs.transport_zstd.load(Ordering::SeqCst)
+        && misbehaviour.is_none()
+        && (is_nar || rel.ends_with(".narinfo"))
+    {
+        shared.knobs.zstd_responses.fetch_add(1, Ordering::SeqCst);
+        let encoded = zstd::encode_all(&content[..], 3).expect("zstd");
+        return Response::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_ENCODING, "zstd")
+            .header(header::CONTENT_LENGTH, encoded.len())
+            .body(Body::from(encoded))
+            .expect("response");
+    }
     let mut length = content.len();
     let body = match misbehaviour.filter(|_| is_nar) {
         Some(Misbehaviour::ShortLengthNars) => {
