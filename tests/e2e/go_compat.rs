@@ -387,3 +387,80 @@ async fn upstream_transfers_are_zstd_compressed_when_offered() {
         fx.upstream.zstd_responses()
     );
 }
+
+/// `Accept-Encoding: zstd` on a plain `.nar` URL, as the Go ncps negotiates it: a NAR kept as
+/// chunks goes out as its stored zstd frames with `Content-Encoding: zstd` (cheaper than
+/// decompressing them); a client that does not accept zstd (or refuses it with q=0) gets the
+/// plain NAR, and a NAR only stored in another compression is sent plain rather than
+/// compressed on the fly. Every answer says it varies with `Accept-Encoding`.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_nar_urls_negotiate_zstd_transport() {
+    let fx =
+        Fixture::with(FixtureOptions::new(Compression::Xz).ncps_args(&["--cache-cdc-enabled"]))
+            .await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    http::get(&fx.nar_url(&narinfo))
+        .await
+        .expect_status(200, "the NAR, chunked as it arrives");
+    let plain_url = fx
+        .ncps
+        .url_for(&format!("nar/{}.nar", narinfo.nar_hash_nixbase32()));
+    let client = http::client();
+    let get = |accept: &'static str| {
+        let (client, url) = (client.clone(), plain_url.clone());
+        async move {
+            http::fetch(
+                &client,
+                reqwest::Method::GET,
+                &url,
+                &[("Accept-Encoding", accept)],
+            )
+            .await
+            .expect("GET")
+            .expect_status(200, accept)
+        }
+    };
+    let zstd = eventually("the chunks are committed", || async {
+        let resp = get("gzip, br, zstd").await;
+        match resp.header("content-encoding") {
+            Some("zstd") => Ok(resp),
+            other => Err(format!("Content-Encoding {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(zstd.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(zstd.content_length(), Some(zstd.body.len() as u64));
+    narinfo
+        .verify_nar_content("zstd", &zstd.body)
+        .expect("the zstd transport decodes to the NAR");
+    for accept in ["gzip, br", "zstd;q=0, gzip"] {
+        let plain = get(accept).await;
+        assert_eq!(plain.header("content-encoding"), None, "{accept}");
+        assert_eq!(plain.header("vary"), Some("Accept-Encoding"), "{accept}");
+        narinfo
+            .verify_nar_content("none", &plain.body)
+            .expect("the plain NAR");
+    }
+
+    let whole = Fixture::new(Compression::Xz).await;
+    let narinfo = whole.ncps_narinfo(&whole.closure.blob).await;
+    http::get(&whole.nar_url(&narinfo))
+        .await
+        .expect_status(200, "the xz NAR");
+    let url = whole
+        .ncps
+        .url_for(&format!("nar/{}.nar", narinfo.nar_hash_nixbase32()));
+    let resp = http::fetch(
+        &client,
+        reqwest::Method::GET,
+        &url,
+        &[("Accept-Encoding", "zstd")],
+    )
+    .await
+    .expect("GET")
+    .expect_status(200, "the plain NAR of an xz file");
+    assert_eq!(resp.header("content-encoding"), None);
+    narinfo
+        .verify_nar_content("none", &resp.body)
+        .expect("the plain NAR");
+}

@@ -28,6 +28,13 @@ pub(crate) enum Source {
     },
 }
 
+impl Source {
+    /// True when the bytes are a stored form sent as it is: no conversion, no download.
+    pub(crate) fn is_stored_copy(&self) -> bool {
+        matches!(self, Self::Whole(_) | Self::Spliced(_))
+    }
+}
+
 /// Whether and when NARs are chunked: it decides what a download delivers, and whether a
 /// whole file is the NAR's lasting form or a passing one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

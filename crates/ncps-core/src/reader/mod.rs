@@ -45,6 +45,9 @@ pub struct NarBody {
     pub range: Option<ByteRange>,
     /// The bytes.
     pub stream: BoxStream<'static, io::Result<Bytes>>,
+    /// The transport compression the bytes are in (`Content-Encoding`), when one asked for in
+    /// [`Reader::nar`] was used.
+    pub encoding: Option<Compression>,
 }
 
 /// Answers requests; cheap to clone.
@@ -260,13 +263,24 @@ impl Reader {
 
     /// A NAR's bytes in the compression its URL names: from storage in whichever form the plan
     /// picks, otherwise from the (shared) upstream download.
+    ///
+    /// `transport` is a compression the client accepts for HTTP transport (`Accept-Encoding`).
+    /// A URL naming the plain NAR (`.nar`) is then answered in it, but only when a stored form
+    /// is already in it (a NAR kept as chunks goes out as its stored zstd frames, a `.nar.zst`
+    /// file as is): that costs less than decompressing, while compressing on the fly would
+    /// take a conversion slot from clients that need one. [`NarBody::encoding`] says which.
+    /// `range` applies to the bytes sent.
     #[tracing::instrument(name = "cache.nar", skip_all, fields(nar = %key))]
     pub async fn nar(
         &self,
         key: &NarKey,
         range: Option<RangeRequest>,
+        transport: Option<Compression>,
     ) -> Result<NarBody, CacheError> {
-        match self.open_nar(key, range).await {
+        let transport = transport
+            .filter(|_| key.compression == Compression::None)
+            .map(|compression| NarKey::new(key.hash, compression));
+        match self.open_nar(key, transport, range).await {
             Ok((body, outcome)) => {
                 self.0.metrics.nar_served(outcome);
                 let served = self.0.metrics.nar_bytes_served.clone();
@@ -287,10 +301,12 @@ impl Reader {
         }
     }
 
-    /// The body of a NAR request, and whether it came from storage or from upstream.
+    /// The body of a NAR request (the URL `key`, or `transport` when a stored form is already
+    /// in it), and whether it came from storage or from upstream.
     async fn open_nar(
         &self,
         key: &NarKey,
+        transport: Option<NarKey>,
         range: Option<RangeRequest>,
     ) -> Result<(NarBody, Outcome), CacheError> {
         // The usual request names a URL we handed out: its NAR and record come in one query.
@@ -310,10 +326,14 @@ impl Reader {
                         .await?
                 }
             };
-            if let Some(record) = record
-                && let Some(body) = self.serve_stored(key, &record, range).await?
-            {
-                return Ok((body, Outcome::Hit));
+            if let Some(record) = record {
+                let served = transport
+                    .filter(|t| self.stored_plan(t, &record).source.is_stored_copy())
+                    .unwrap_or(*key);
+                if let Some(mut body) = self.serve_stored(&served, &record, range).await? {
+                    body.encoding = (served != *key).then_some(served.compression);
+                    return Ok((body, Outcome::Hit));
+                }
             }
             match self.0.ingest.download(&nar_hash).await? {
                 Fetch::Local(download) => break download,
@@ -357,6 +377,7 @@ impl Reader {
                 total_size: plan.size.or(announced),
                 range: None,
                 stream: download.reader(),
+                encoding: None,
             },
             _ => NarBody {
                 total_size: plan.size,
@@ -365,6 +386,7 @@ impl Reader {
                     .0
                     .conversions
                     .convert(download.reader(), from, key.compression)?,
+                encoding: None,
             },
         })
     }
@@ -464,6 +486,7 @@ impl Reader {
             total_size: Some(read.total_size),
             range,
             stream: read.stream.map_err(io::Error::other).boxed(),
+            encoding: None,
         }))
     }
 
@@ -511,6 +534,7 @@ impl Reader {
             total_size: plan.size,
             range: None,
             stream: self.0.conversions.convert(input, from, key.compression)?,
+            encoding: None,
         })
     }
 

@@ -128,6 +128,7 @@ pub(crate) fn splice(
         total_size: Some(total),
         range,
         stream,
+        encoding: None,
     }
 }
 

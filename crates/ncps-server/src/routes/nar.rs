@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use futures::stream::StreamExt;
 use ncps_core::{Cache, NarBody, RangeRequest};
-use ncps_nix::NarKey;
+use ncps_nix::{Compression, NarKey};
 
 use crate::{ApiError, headers};
 
@@ -39,16 +39,27 @@ pub async fn get(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(RangeRequest::parse_header);
+    // A range names bytes of the plain NAR: it is never answered in a transport compression.
+    let transport = accepts_zstd(&request_headers)
+        .then_some(Compression::Zstd)
+        .filter(|_| range.is_none());
     let NarBody {
         total_size,
         range,
         stream,
-    } = cache.reader().nar(&key, range).await?;
+        encoding,
+    } = cache.reader().nar(&key, range, transport).await?;
     let mut response = Response::new(Body::from_stream(stream));
     let framing = framing(range, total_size);
     *response.status_mut() = framing.status;
     let h = response.headers_mut();
     base_headers(h);
+    if key.compression == Compression::None {
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    if let Some(encoding) = encoding {
+        h.insert(header::CONTENT_ENCODING, content_coding(encoding));
+    }
     if let Some(n) = framing.length {
         length(h, n);
     }
@@ -59,6 +70,35 @@ pub async fn get(
         h.insert(header::CONTENT_RANGE, v);
     }
     Ok(response)
+}
+
+/// True when the request's `Accept-Encoding` lists zstd with a non-zero quality.
+fn accepts_zstd(request_headers: &HeaderMap) -> bool {
+    request_headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            name.eq_ignore_ascii_case("zstd") && !refused
+        })
+}
+
+/// The `Content-Encoding` token of a transport compression.
+fn content_coding(compression: Compression) -> HeaderValue {
+    HeaderValue::from_static(match compression {
+        Compression::Zstd => "zstd",
+        Compression::Brotli => "br",
+        Compression::Gzip => "gzip",
+        other => unreachable!("{other} is no HTTP content coding"),
+    })
 }
 
 /// `GET /upload/nar/<hash>.nar[.ext]`: a stored NAR only (upload-only reads never ask an
@@ -192,6 +232,26 @@ mod tests {
                 content_range: None,
             }
         );
+    }
+
+    #[test]
+    fn zstd_is_accepted_unless_its_quality_is_zero() {
+        let accepts = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(value).unwrap(),
+            );
+            accepts_zstd(&h)
+        };
+        assert!(accepts("zstd"));
+        assert!(accepts("gzip, deflate, br, zstd"));
+        assert!(accepts("gzip;q=1.0, ZSTD;q=0.5"));
+        assert!(!accepts("gzip, br"));
+        assert!(!accepts("zstd;q=0"));
+        assert!(!accepts("zstd; q=0.000, gzip"));
+        assert!(!accepts("zstdx"));
+        assert!(!accepts_zstd(&HeaderMap::new()));
     }
 
     #[test]
