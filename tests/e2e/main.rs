@@ -20,6 +20,7 @@ mod docs;
 mod failures;
 mod full_disk;
 mod go_compat;
+mod go_takeover;
 mod head_and_ranges;
 mod hostile;
 mod logs;

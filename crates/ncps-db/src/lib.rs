@@ -37,6 +37,7 @@ mod connect;
 mod dialect;
 mod error;
 mod fsck;
+mod go_data;
 mod logs;
 mod lru;
 mod narinfos;
@@ -54,6 +55,7 @@ pub use fsck::{
     AppliedMigration, ChunkListEntry, ChunkRefMismatch, ChunkRow, DanglingNarUrl, OrphanNarInfo,
     UnreferencedNar,
 };
+pub use go_data::{GoNarFile, GoNarInfo};
 pub use lru::{DocumentEntry, DocumentKey, LruEntry, StoreCounts};
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};

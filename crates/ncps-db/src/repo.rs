@@ -372,24 +372,38 @@ impl Database {
 
     /// Whether sqlx's migration table exists (it is created by the first migration run).
     async fn migrations_table_exists(&self) -> Result<bool, DbError> {
+        self.table_exists("_sqlx_migrations").await
+    }
+
+    /// Whether a table exists in the connection's own schema.
+    pub(crate) async fn table_exists(&self, table: &str) -> Result<bool, DbError> {
+        self.table_exists_in(None, table).await
+    }
+
+    /// Whether a table exists, in `schema` (PostgreSQL) or the connection's own.
+    pub(crate) async fn table_exists_in(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<bool, DbError> {
         let sql = match self.dialect {
             Dialect::Sqlite => {
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' \
-                 AND name = '_sqlx_migrations'"
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?".to_owned()
             }
-            Dialect::Postgres => {
+            Dialect::Postgres => format!(
                 "SELECT COUNT(*) FROM information_schema.tables \
-                 WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"
-            }
-            Dialect::Mysql => {
-                "SELECT COUNT(*) FROM information_schema.tables \
-                 WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'"
-            }
+                 WHERE table_schema = {} AND table_name = ?",
+                schema.map_or("current_schema()".to_owned(), |s| format!("'{s}'"))
+            ),
+            Dialect::Mysql => "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = ?"
+                .to_owned(),
         };
-        let count: i64 = sqlx::query_scalar(&format!(
+        let count: i64 = sqlx::query_scalar(&self.sql(&format!(
             "SELECT {}",
             self.dialect.bigint(&format!("({sql})"))
-        ))
+        )))
+        .bind(table)
         .fetch_one(&self.pool)
         .await?;
         Ok(count > 0)
@@ -408,6 +422,12 @@ impl Database {
     /// - SQLite: the migrator has no lock, so the whole run happens inside one
     ///   `BEGIN IMMEDIATE` transaction: the database's write lock serialises the processes.
     pub async fn migrate(&self) -> Result<(), DbError> {
+        if self.holds_go_schema().await? && self.set_aside_go_tables().await? {
+            tracing::warn!(
+                "this database held the Go ncps's tables: they were moved aside, untouched, \
+                 and its signing key is kept; `ncps migrate-narinfo` imports its paths"
+            );
+        }
         match self.dialect {
             Dialect::Sqlite => {
                 let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;

@@ -1019,8 +1019,11 @@ pub struct MigrateNarinfoArgs {
     pub storage: StorageArgs,
 
     /// The binary cache directory: `<hash>.narinfo` files beside a `nar/` directory, or the
-    /// Go ncps's data directory (sharded `store/narinfo/` and `store/nar/`).
-    pub dir: PathBuf,
+    /// Go ncps's data directory (sharded `store/narinfo/` and `store/nar/`). Without it, what
+    /// a Go ncps left in this cache's own database and storage is imported (its narinfos,
+    /// NARs, chunks and pins, and any narinfo files under `store/narinfo/`), as the Go
+    /// ncps's `migrate-narinfo` does.
+    pub dir: Option<PathBuf>,
 
     /// Only report what would be imported (checks that NAR files exist and have their
     /// FileSize; hashes are checked on a real run).

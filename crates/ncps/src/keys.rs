@@ -34,6 +34,27 @@ pub fn load_or_generate(path: &Path, generate_as: Option<&str>) -> Result<Secret
 
 fn generate(path: &Path, name: &str) -> Result<SecretKey> {
     let key = SecretKey::generate(name).context("cannot generate a signing key")?;
+    write_new(path, &key)?;
+    info!(path = %path.display(), public_key = %key.public_key().to_nix_string(), "generated a new signing key");
+    Ok(key)
+}
+
+/// Keeps the signing key a Go ncps kept in its database (`name:base64`) at `path`, unless a
+/// key file is there already: clients go on trusting the same public key. The value is
+/// checked before anything is written.
+pub fn adopt(path: &Path, go_key: &str) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let key = SecretKey::parse(go_key)
+        .context("the Go ncps's database holds a signing key that is not a Nix secret key")?;
+    write_new(path, &key)?;
+    info!(path = %path.display(), public_key = %key.public_key().to_nix_string(), "kept the Go ncps's signing key");
+    Ok(())
+}
+
+/// Writes `key` to a new file (mode 0600), never replacing one.
+fn write_new(path: &Path, key: &SecretKey) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -45,8 +66,7 @@ fn generate(path: &Path, name: &str) -> Result<SecretKey> {
         .with_context(|| format!("cannot create secret key file {}", path.display()))?;
     file.write_all(key.to_nix_string().as_bytes())?;
     file.sync_all()?;
-    info!(path = %path.display(), public_key = %key.public_key().to_nix_string(), "generated a new signing key");
-    Ok(key)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -66,5 +86,24 @@ mod tests {
         assert_eq!(again.to_nix_string(), first.to_nix_string());
         std::fs::write(&path, "garbage").unwrap();
         assert!(load_or_generate(&path, Some("x")).is_err());
+    }
+
+    #[test]
+    fn a_go_key_is_kept_unless_a_key_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        let go = SecretKey::generate("go-cache").unwrap().to_nix_string();
+        assert!(adopt(&path, "not a key").is_err());
+        assert!(!path.exists(), "a bad key was written");
+        adopt(&path, &go).unwrap();
+        assert_eq!(
+            load_or_generate(&path, Some("x")).unwrap().to_nix_string(),
+            go
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let other = SecretKey::generate("other").unwrap().to_nix_string();
+        adopt(&path, &other).unwrap();
+        assert_eq!(load_or_generate(&path, None).unwrap().to_nix_string(), go);
     }
 }

@@ -88,14 +88,20 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         .cache_secret_key_path
         .as_ref()
         .filter(|p| !p.as_os_str().is_empty());
-    let secret_key = match key_path {
-        Some(path) => keys::load_or_generate(path, None)?,
-        None => keys::load_or_generate(&data_dir.join("secret.key"), Some(&hostname))?,
-    };
     let (database_url, pool) = database(args, &data_dir);
     let db = Database::open_with(&database_url, pool)
         .await
         .context("cannot open the database")?;
+    let secret_key = match key_path {
+        Some(path) => keys::load_or_generate(path, None)?,
+        None => {
+            let path = data_dir.join("secret.key");
+            if let Some(go_key) = db.go_secret_key().await? {
+                keys::adopt(&path, &go_key)?;
+            }
+            keys::load_or_generate(&path, Some(&hostname))?
+        }
+    };
     let store = match &args.cache_storage_s3_bucket {
         Some(bucket) => {
             let config = S3Config {

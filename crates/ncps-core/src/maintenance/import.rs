@@ -54,11 +54,15 @@ impl Maintenance {
     /// run. The file is verified into a temporary copy and the copy is stored, so bytes that
     /// change under us are never stored unverified.
     ///
+    /// `nar_files` are read one after the other as the NAR file: one file normally, or the
+    /// chunk files of a NAR the Go ncps kept as chunks (each a zstd frame; together, a
+    /// `.nar.zst`).
+    ///
     /// Bad files are [`CacheError::Integrity`]; anything else is a failure of our own storage.
     pub async fn import_path(
         &self,
         narinfo: &NarInfo,
-        nar_file: &Path,
+        nar_files: &[impl AsRef<Path>],
     ) -> Result<Imported, CacheError> {
         let db = &self.0.db;
         if db.narinfo(narinfo.store_path.hash()).await?.is_some() {
@@ -76,7 +80,7 @@ impl Maintenance {
         let (url_key, outcome) = match existing {
             Some(url_key) => (url_key, Imported::NarAlreadyStored { url_key }),
             None => {
-                let whole = self.store_verified_file(narinfo, nar_file).await?;
+                let whole = self.store_verified_file(narinfo, nar_files).await?;
                 (whole.key, Imported::Stored { whole })
             }
         };
@@ -98,9 +102,14 @@ impl Maintenance {
     async fn store_verified_file(
         &self,
         narinfo: &NarInfo,
-        nar_file: &Path,
+        nar_files: &[impl AsRef<Path>],
     ) -> Result<WholeFile, CacheError> {
-        let source = file_source(nar_file)?;
+        // Every file is opened before a byte is read: a missing one is reported as missing.
+        let sources = nar_files
+            .iter()
+            .map(|f| file_source(f.as_ref()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let source = futures::stream::iter(sources).flatten().boxed();
         let (file, temp) = self.0.ingest.temp().create(TempKind::Import)?;
         let expected = Expected::exactly(
             narinfo.compression,
@@ -207,13 +216,14 @@ mod tests {
         // A file that does not match its narinfo is refused and leaves nothing behind.
         let mut wrong = narinfo.clone();
         wrong.nar_hash = Sha256Hash::digest(b"other");
-        let err = cache.import_path(&wrong, &file).await.unwrap_err();
+        let err = cache.import_path(&wrong, &[&file]).await.unwrap_err();
         assert!(matches!(err, CacheError::Integrity(_)), "{err}");
         let hash = narinfo.store_path.hash();
         assert!(db.narinfo(hash).await.unwrap().is_none());
         assert!(db.nar(&wrong.nar_hash).await.unwrap().is_none());
 
-        let Imported::Stored { whole } = cache.import_path(&narinfo, &file).await.unwrap() else {
+        let Imported::Stored { whole } = cache.import_path(&narinfo, &[&file]).await.unwrap()
+        else {
             panic!("not stored");
         };
         assert_eq!(Some(whole.key.hash), narinfo.file_hash);
@@ -222,7 +232,7 @@ mod tests {
         assert_eq!(cached.origin, None);
         assert_eq!(cached.narinfo.sigs, narinfo.sigs);
         assert_eq!(
-            cache.import_path(&narinfo, &file).await.unwrap(),
+            cache.import_path(&narinfo, &[&file]).await.unwrap(),
             Imported::AlreadyCached
         );
         assert_eq!(
@@ -244,7 +254,7 @@ mod tests {
             StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-twin").unwrap();
         assert_eq!(
             cache
-                .import_path(&twin, Path::new("/nonexistent"))
+                .import_path(&twin, &[Path::new("/nonexistent")])
                 .await
                 .unwrap(),
             Imported::NarAlreadyStored { url_key: whole.key }
@@ -257,7 +267,8 @@ mod tests {
         let (cache, _) = cache(dir.path()).await;
         let nar = b"nix-archive-1 pretend".repeat(1000);
         let (narinfo, file) = file_cache_entry(dir.path(), "hello", &nar);
-        let Imported::Stored { whole } = cache.import_path(&narinfo, &file).await.unwrap() else {
+        let Imported::Stored { whole } = cache.import_path(&narinfo, &[&file]).await.unwrap()
+        else {
             panic!("not stored");
         };
         let stored = dir.path().join("store").join(whole.key.url());

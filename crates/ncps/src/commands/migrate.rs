@@ -31,6 +31,15 @@ pub async fn run(command: MigrateCommand) -> Result<()> {
 async fn up(args: MigrateUpArgs) -> Result<()> {
     let (url, db) = setup::open_database_unmigrated(&args.storage).await?;
     let plan = db.migration_plan().await?;
+    let go = db.holds_go_schema().await?;
+    if go {
+        println!(
+            "this database holds the Go ncps's tables: {} moved aside untouched (prefix \
+             go_ncps_, or schema go_ncps on PostgreSQL), its signing key kept, and its paths \
+             imported by `ncps migrate-narinfo` or in the background by `ncps serve`",
+            if args.dry_run { "they would be" } else { "they are" }
+        );
+    }
     if args.dry_run {
         let pending = plan.iter().filter(|m| !m.applied).count();
         for m in &plan {

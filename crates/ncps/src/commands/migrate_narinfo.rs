@@ -16,7 +16,10 @@ use ncps_core::CacheError;
 use ncps_core::maintenance::Imported;
 use ncps_nix::{MAX_TEXT_LEN, NarInfo, PublicKey, StorePathHash};
 
+use super::go_import;
 use crate::cli::MigrateNarinfoArgs;
+use crate::setup;
+use ncps_core::maintenance::Maintenance;
 use ncps_core::maintenance::format_size;
 
 /// The narinfo files below a binary cache directory, in a stable order (a resumed run walks
@@ -123,104 +126,58 @@ struct Tally {
     bytes: u64,
 }
 
-/// Imports (or with `--dry-run`, reports) every narinfo of the directory.
+/// Imports (or with `--dry-run`, reports) every narinfo of the directory, or without one what
+/// a Go ncps left in this cache's database and storage.
 pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
     let keys = args
         .public_keys
         .iter()
         .map(|k| PublicKey::parse(k).with_context(|| format!("invalid --public-key {k:?}")))
         .collect::<Result<Vec<_>>>()?;
-    let dir = &args.dir;
-    if !dir.is_dir() {
-        bail!("{} is not a directory", dir.display());
-    }
-    let files = narinfo_files(dir)?;
-    let total = files.len();
-    eprintln!(
-        "{} narinfos in {}{}",
-        total,
-        dir.display(),
-        if args.dry_run {
-            " (dry run: nothing is imported)"
-        } else {
-            ""
-        }
-    );
-    let maintenance = super::open(&args.storage).await?;
-    let started = Instant::now();
+    let parts = setup::open(&args.storage).await?;
+    let (db, data_dir) = (parts.db.clone(), parts.data_dir.clone());
+    let maintenance = super::maintenance(parts)?;
     let mut tally = Tally::default();
-    for (i, (claimed, path)) in files.iter().enumerate() {
-        let n = i + 1;
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let skip = |tally: &mut Tally, why: String| {
-            eprintln!("[{n}/{total}] SKIPPED {name}: {why}");
-            tally.skipped += 1;
-        };
-        let (narinfo, nar) = match read_entry(dir, claimed, path, &keys) {
-            Ok(entry) => entry,
-            Err(why) => {
-                skip(&mut tally, why);
-                continue;
+    match &args.dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("{} is not a directory", dir.display());
             }
-        };
-        let store_path = narinfo.store_path.to_absolute();
-        if maintenance.cached_store_path(claimed).await?.is_some() {
-            eprintln!("[{n}/{total}] already cached: {store_path}");
-            tally.present += 1;
-            continue;
+            import_files(&maintenance, dir, dir, &keys, args.dry_run, &mut tally).await?;
         }
-        if args.dry_run {
-            match std::fs::metadata(&nar) {
-                Err(e) => skip(&mut tally, format!("NAR file {}: {e}", narinfo.url)),
-                Ok(m) if narinfo.file_size.is_some_and(|s| s != m.len()) => skip(
-                    &mut tally,
-                    format!(
-                        "NAR file {} has {} bytes, FileSize says {}",
-                        narinfo.url,
-                        m.len(),
-                        narinfo.file_size.unwrap_or_default()
-                    ),
-                ),
-                Ok(m) => {
-                    eprintln!(
-                        "[{n}/{total}] would import {store_path} ({})",
-                        format_size(m.len())
-                    );
-                    tally.imported += 1;
-                    tally.bytes += m.len();
+        None => {
+            let mut report = |skipped: bool, line: String| {
+                if skipped {
+                    eprintln!("SKIPPED {line}");
+                } else {
+                    eprintln!("{line}");
                 }
-            }
-            continue;
-        }
-        match maintenance.import_path(&narinfo, &nar).await {
-            Ok(Imported::Stored { whole }) => {
-                tally.imported += 1;
-                tally.bytes += whole.size;
-                let secs = started.elapsed().as_secs_f64().max(0.001);
-                eprintln!(
-                    "[{n}/{total}] imported {store_path} ({}; {:.1} MB/s overall)",
-                    format_size(whole.size),
-                    tally.bytes as f64 / 1e6 / secs
-                );
-            }
-            Ok(Imported::NarAlreadyStored { .. }) => {
-                tally.shared += 1;
-                eprintln!("[{n}/{total}] imported {store_path} (its NAR was already stored)");
-            }
-            Ok(Imported::AlreadyCached) => {
-                tally.present += 1;
-                eprintln!("[{n}/{total}] already cached: {store_path}");
-            }
-            Err(CacheError::Integrity(why)) => {
-                skip(&mut tally, format!("NAR file {}: {why}", narinfo.url))
-            }
-            Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                skip(&mut tally, format!("NAR file {} is missing", narinfo.url))
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("importing {store_path} failed; rerun to resume where this stopped")
-                });
+            };
+            let go = go_import::run(
+                &maintenance,
+                &db,
+                &data_dir,
+                &keys,
+                args.dry_run,
+                &mut report,
+            )
+            .await?;
+            eprintln!(
+                "Go ncps database: {} paths imported, {} already cached, {} skipped, {} pins kept",
+                go.imported, go.present, go.skipped, go.pins
+            );
+            tally.skipped += go.skipped;
+            let legacy = data_dir.join("store/narinfo");
+            if legacy.is_dir() {
+                import_files(
+                    &maintenance,
+                    &legacy,
+                    &data_dir,
+                    &keys,
+                    args.dry_run,
+                    &mut tally,
+                )
+                .await?;
             }
         }
     }
@@ -242,6 +199,107 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
             "{} narinfos were skipped (see SKIPPED lines above)",
             tally.skipped
         );
+    }
+    Ok(())
+}
+
+/// Imports the narinfo files found below `narinfo_dir`, whose NAR URLs are looked up in
+/// `cache_dir`.
+async fn import_files(
+    maintenance: &Maintenance,
+    narinfo_dir: &Path,
+    cache_dir: &Path,
+    keys: &[PublicKey],
+    dry_run: bool,
+    tally: &mut Tally,
+) -> Result<()> {
+    let files = narinfo_files(narinfo_dir)?;
+    let total = files.len();
+    eprintln!(
+        "{} narinfos in {}{}",
+        total,
+        narinfo_dir.display(),
+        if dry_run {
+            " (dry run: nothing is imported)"
+        } else {
+            ""
+        }
+    );
+    let started = Instant::now();
+    for (i, (claimed, path)) in files.iter().enumerate() {
+        let n = i + 1;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let skip = |tally: &mut Tally, why: String| {
+            eprintln!("[{n}/{total}] SKIPPED {name}: {why}");
+            tally.skipped += 1;
+        };
+        let (narinfo, nar) = match read_entry(cache_dir, claimed, path, keys) {
+            Ok(entry) => entry,
+            Err(why) => {
+                skip(tally, why);
+                continue;
+            }
+        };
+        let store_path = narinfo.store_path.to_absolute();
+        if maintenance.cached_store_path(claimed).await?.is_some() {
+            eprintln!("[{n}/{total}] already cached: {store_path}");
+            tally.present += 1;
+            continue;
+        }
+        if dry_run {
+            match std::fs::metadata(&nar) {
+                Err(e) => skip(tally, format!("NAR file {}: {e}", narinfo.url)),
+                Ok(m) if narinfo.file_size.is_some_and(|s| s != m.len()) => skip(
+                    tally,
+                    format!(
+                        "NAR file {} has {} bytes, FileSize says {}",
+                        narinfo.url,
+                        m.len(),
+                        narinfo.file_size.unwrap_or_default()
+                    ),
+                ),
+                Ok(m) => {
+                    eprintln!(
+                        "[{n}/{total}] would import {store_path} ({})",
+                        format_size(m.len())
+                    );
+                    tally.imported += 1;
+                    tally.bytes += m.len();
+                }
+            }
+            continue;
+        }
+        match maintenance.import_path(&narinfo, &[&nar]).await {
+            Ok(Imported::Stored { whole }) => {
+                tally.imported += 1;
+                tally.bytes += whole.size;
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                eprintln!(
+                    "[{n}/{total}] imported {store_path} ({}; {:.1} MB/s overall)",
+                    format_size(whole.size),
+                    tally.bytes as f64 / 1e6 / secs
+                );
+            }
+            Ok(Imported::NarAlreadyStored { .. }) => {
+                tally.shared += 1;
+                eprintln!("[{n}/{total}] imported {store_path} (its NAR was already stored)");
+            }
+            Ok(Imported::AlreadyCached) => {
+                tally.present += 1;
+                eprintln!("[{n}/{total}] already cached: {store_path}");
+            }
+            Err(CacheError::Integrity(why)) => {
+                skip(tally, format!("NAR file {}: {why}", narinfo.url))
+            }
+            Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                skip(tally, format!("NAR file {} is missing", narinfo.url))
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("importing {store_path} failed; rerun to resume where this stopped")
+                });
+            }
+        }
     }
     Ok(())
 }

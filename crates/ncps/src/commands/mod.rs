@@ -6,6 +6,7 @@
 
 pub mod fsck;
 pub mod generate_key;
+mod go_import;
 pub mod migrate;
 pub mod migrate_chunks_to_nar;
 pub mod migrate_nar_to_chunks;

@@ -1,18 +1,21 @@
 //! `ncps serve`: open the parts, start the jobs, listen.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ncps_core::maintenance::Maintenance;
 use ncps_core::{
     Cache, CacheConfig, CdcConfig, JobsConfig, LocalLocks, LockService, LruConfig, Schedule,
     UploadConfig, defaults,
 };
+use ncps_db::Database;
 use ncps_locks::{PostgresLocks, RedisLocks};
 use ncps_nix::PublicKey;
 use ncps_server::{AccessConfig, ConnectionLimits, ServerOptions};
 use ncps_upstream::{UpstreamOptions, Upstreams};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cli::{AccessArgs, LockArgs, LockBackendKind, LruArgs, ServeArgs, UpstreamArgs};
 use crate::{listen, open_files, setup, shutdown};
@@ -24,6 +27,34 @@ const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkb
 /// How long in-flight requests may take to finish after SIGTERM before the process exits anyway
 /// (systemd's default stop timeout is 90 s; finish well before it kills us).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Imports what a Go ncps left in this database and data directory while serving (as
+/// `ncps migrate-narinfo` does): paths not imported yet are fetched from upstreams meanwhile.
+fn spawn_go_import(maintenance: Maintenance, db: Database, data_dir: PathBuf) {
+    tokio::spawn(async move {
+        info!("importing the Go ncps's paths in the background");
+        let mut report = |skipped: bool, line: String| {
+            if skipped {
+                warn!(path = %line, "a Go ncps path was not imported");
+            } else {
+                debug!("{line}");
+            }
+        };
+        match super::go_import::run(&maintenance, &db, &data_dir, &[], false, &mut report).await {
+            Ok(t) => info!(
+                imported = t.imported,
+                already_cached = t.present,
+                skipped = t.skipped,
+                pins = t.pins,
+                "imported the Go ncps's paths"
+            ),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "importing the Go ncps's paths stopped; `ncps migrate-narinfo` resumes it"
+            ),
+        }
+    });
+}
 
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests.
 pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
@@ -51,7 +82,11 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
         prefetch: args.cache_upstream_prefetch,
         ..CacheConfig::new(parts.secret_key, parts.temp_dir)
     };
+    let db = parts.db.clone();
     let cache = Cache::new(config, parts.db, parts.store, upstreams);
+    if super::go_import::pending(&db).await? {
+        spawn_go_import(cache.maintenance().clone(), db, data_dir.clone());
+    }
     cache.maintenance().spawn_jobs(JobsConfig {
         chunk_workers: args.cdc_jobs.cache_cdc_background_workers,
         recovery_schedule: Schedule::parse(
