@@ -464,3 +464,64 @@ async fn plain_nar_urls_negotiate_zstd_transport() {
         .verify_nar_content("none", &resp.body)
         .expect("the plain NAR");
 }
+
+/// The Go flags of the migrations between forms: `--dry-run` reports and changes nothing;
+/// `--concurrency`, `--force-reclaim` and the lock settings are accepted and named in a
+/// warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn form_migrations_take_the_go_flags() {
+    let fx = Fixture::new(Compression::Xz).await;
+    let narinfo = fx.ncps_narinfo(&fx.closure.blob).await;
+    http::get(&fx.nar_url(&narinfo))
+        .await
+        .expect_status(200, "the NAR");
+    let to_chunks = fx
+        .env
+        .ncps_admin(
+            "migrate-nar-to-chunks",
+            &fx.config,
+            &[
+                "--dry-run",
+                "--concurrency",
+                "4",
+                "--cache-lock-backend",
+                "redis",
+                "--cache-redis-addrs",
+                "127.0.0.1:1",
+            ],
+        )
+        .await;
+    assert!(to_chunks.status.success(), "{to_chunks}");
+    assert!(
+        to_chunks.output.contains("1 NARs (") && to_chunks.output.contains("would be chunked"),
+        "{to_chunks}"
+    );
+    for ignored in ["concurrency", "cache-lock-backend", "cache-redis-addrs"] {
+        assert!(
+            to_chunks
+                .output
+                .contains(&format!("\"setting\":\"{ignored}\"")),
+            "no warning for {ignored}:\n{to_chunks}"
+        );
+    }
+    // Nothing was chunked: the dry run left the whole file, so the real run still has it.
+    let real = fx
+        .env
+        .ncps_admin("migrate-nar-to-chunks", &fx.config, &[])
+        .await;
+    assert!(real.status.success(), "{real}");
+    assert!(real.output.contains("done: 1 NARs chunked"), "{real}");
+    let back = fx
+        .env
+        .ncps_admin(
+            "migrate-chunks-to-nar",
+            &fx.config,
+            &["--dry-run", "--force-reclaim"],
+        )
+        .await;
+    assert!(back.status.success(), "{back}");
+    assert!(
+        back.output.contains("1 NARs (") && back.output.contains("would be rebuilt"),
+        "{back}"
+    );
+}

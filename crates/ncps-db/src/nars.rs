@@ -270,6 +270,30 @@ impl Database {
         .await
     }
 
+    /// How many NARs, and how many NAR bytes, each migration between forms has left:
+    /// `(to_chunk, to_whole)`, each `(count, bytes)` (what `--dry-run` reports).
+    pub async fn form_migration_backlog(&self) -> Result<((u64, u64), (u64, u64)), DbError> {
+        let d = self.dialect;
+        let count = |condition: &'static str| {
+            let sql = format!(
+                "SELECT {} AS n, {} AS bytes FROM nars WHERE {condition}",
+                d.bigint("COUNT(*)"),
+                d.bigint("COALESCE(SUM(nar_size), 0)")
+            );
+            let pool = self.pool.clone();
+            async move {
+                let row = sqlx::query(&sql).fetch_one(&pool).await?;
+                let n: i64 = row.try_get("n")?;
+                let bytes: i64 = row.try_get("bytes")?;
+                Ok::<_, DbError>((n.max(0) as u64, bytes.max(0) as u64))
+            }
+        };
+        Ok((
+            count("whole_key IS NOT NULL AND chunk_count IS NULL").await?,
+            count("whole_key IS NULL AND chunk_count IS NOT NULL").await?,
+        ))
+    }
+
     async fn nar_list(&self, sql: &str, limit: u32) -> Result<Vec<NarRecord>, DbError> {
         let rows = sqlx::query(&self.sql(sql))
             .bind(i64::from(limit))

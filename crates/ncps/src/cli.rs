@@ -666,6 +666,10 @@ pub struct MigrateArgs {
     /// NARs taken from the database per round.
     #[arg(long, default_value_t = defaults::MIGRATE_BATCH)]
     pub batch_size: u32,
+
+    /// Only report how many NARs (and bytes) the migration would move; nothing changes.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Config-file key of each flag, by clap argument id. A test checks every flag has one.

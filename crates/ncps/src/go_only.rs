@@ -14,14 +14,23 @@ enum On {
     Serve,
     /// `fsck`.
     Fsck,
+    /// The data migrations (`migrate-narinfo`, `migrate-nar-to-chunks`,
+    /// `migrate-chunks-to-nar`).
+    Migrations,
 }
 
 impl On {
-    fn subcommand(self) -> Option<&'static str> {
+    /// The subcommands the setting is accepted on (none: the top-level command).
+    fn subcommands(self) -> &'static [&'static str] {
         match self {
-            On::Global => None,
-            On::Serve => Some("serve"),
-            On::Fsck => Some("fsck"),
+            On::Global => &[],
+            On::Serve => &["serve"],
+            On::Fsck => &["fsck"],
+            On::Migrations => &[
+                "migrate-narinfo",
+                "migrate-nar-to-chunks",
+                "migrate-chunks-to-nar",
+            ],
         }
     }
 }
@@ -59,6 +68,10 @@ const fn setting(
         why,
     }
 }
+
+/// Why the Go migrations' lock settings mean nothing here.
+const MIGRATION_LOCKS: &str =
+    "migrations coordinate with running servers through the database, not through locks";
 
 const LOCKS_RETRY: &str = "lock operations here fail at once with 503 + Retry-After; clients retry";
 
@@ -233,6 +246,78 @@ const SETTINGS: &[GoOnly] = &[
         "chunk lists are committed whole, so no half-converted NAR is left to reclaim",
     ),
     setting(
+        "concurrency",
+        Some("CONCURRENCY"),
+        None,
+        false,
+        On::Migrations,
+        "NARs are migrated one at a time, each verified as it streams",
+    ),
+    setting(
+        "force-reclaim",
+        None,
+        None,
+        true,
+        On::Migrations,
+        "chunks a migration leaves unused are collected by the chunk GC after its grace period",
+    ),
+    setting(
+        "cache-redis-addrs",
+        Some("CACHE_REDIS_ADDRS"),
+        None,
+        false,
+        On::Migrations,
+        MIGRATION_LOCKS,
+    ),
+    setting(
+        "cache-redis-username",
+        Some("CACHE_REDIS_USERNAME"),
+        None,
+        false,
+        On::Migrations,
+        MIGRATION_LOCKS,
+    ),
+    setting(
+        "cache-redis-password",
+        Some("CACHE_REDIS_PASSWORD"),
+        None,
+        false,
+        On::Migrations,
+        MIGRATION_LOCKS,
+    ),
+    setting(
+        "cache-redis-db",
+        Some("CACHE_REDIS_DB"),
+        None,
+        false,
+        On::Migrations,
+        MIGRATION_LOCKS,
+    ),
+    setting(
+        "cache-redis-use-tls",
+        Some("CACHE_REDIS_USE_TLS"),
+        None,
+        true,
+        On::Migrations,
+        MIGRATION_LOCKS,
+    ),
+    setting(
+        "cache-lock-backend",
+        Some("CACHE_LOCK_BACKEND"),
+        None,
+        false,
+        On::Migrations,
+        MIGRATION_LOCKS,
+    ),
+    setting(
+        "cache-lock-redis-key-prefix",
+        Some("CACHE_LOCK_REDIS_KEY_PREFIX"),
+        None,
+        false,
+        On::Migrations,
+        MIGRATION_LOCKS,
+    ),
+    setting(
         "cache-redis-pool-size",
         Some("CACHE_REDIS_POOL_SIZE"),
         Some("cache.redis.pool-size"),
@@ -265,10 +350,12 @@ fn arg(s: &GoOnly) -> Arg {
 /// their subcommand.
 pub fn add_to(mut command: clap::Command) -> clap::Command {
     for s in SETTINGS {
-        command = match s.on.subcommand() {
-            None => command.arg(arg(s)),
-            Some(name) => command.mut_subcommand(name, |sub| sub.arg(arg(s))),
-        };
+        if s.on == On::Global {
+            command = command.arg(arg(s));
+        }
+        for name in s.on.subcommands() {
+            command = command.mut_subcommand(name, |sub| sub.arg(arg(s)));
+        }
     }
     command
 }

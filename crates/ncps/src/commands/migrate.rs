@@ -37,7 +37,11 @@ async fn up(args: MigrateUpArgs) -> Result<()> {
             "this database holds the Go ncps's tables: {} moved aside untouched (prefix \
              go_ncps_, or schema go_ncps on PostgreSQL), its signing key kept, and its paths \
              imported by `ncps migrate-narinfo` or in the background by `ncps serve`",
-            if args.dry_run { "they would be" } else { "they are" }
+            if args.dry_run {
+                "they would be"
+            } else {
+                "they are"
+            }
         );
     }
     if args.dry_run {

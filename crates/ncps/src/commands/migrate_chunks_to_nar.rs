@@ -14,6 +14,15 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     let parts = setup::open(&args.storage).await?;
     // The chunking flags must still match the cache's, as for every command that opens it.
     setup::chunk_settings(&parts.db, &args.cdc).await?;
+    if args.dry_run {
+        let backlog = parts.db.form_migration_backlog().await?;
+        let (count, bytes) = backlog.1;
+        eprintln!(
+            "{count} NARs ({}) would be rebuilt as whole files; nothing changed (--dry-run)",
+            ncps_core::maintenance::format_size(bytes)
+        );
+        return Ok(());
+    }
     let maintenance = super::maintenance(parts)?;
     let done = maintenance
         .migrate_to_whole_files(args.batch_size, migration_progress("rebuilt"))

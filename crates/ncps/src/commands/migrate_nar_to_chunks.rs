@@ -14,6 +14,15 @@ use crate::setup;
 pub async fn run(args: MigrateArgs) -> Result<()> {
     let parts = setup::open(&args.storage).await?;
     let settings = setup::chunk_settings(&parts.db, &args.cdc).await?;
+    if args.dry_run {
+        let backlog = parts.db.form_migration_backlog().await?;
+        let (count, bytes) = backlog.0;
+        eprintln!(
+            "{count} NARs ({}) would be chunked; nothing changed (--dry-run)",
+            ncps_core::maintenance::format_size(bytes)
+        );
+        return Ok(());
+    }
     let maintenance = super::maintenance(parts)?;
     let done = maintenance
         .migrate_to_chunks(settings, args.batch_size, migration_progress("chunked"))
