@@ -1,6 +1,7 @@
 //! NAR URLs and file names (request paths, narinfo `URL:` lines): never panic, and an accepted
-//! one names exactly one key: printing it back gives the same key, so two spellings can never
-//! reach one stored file.
+//! one names exactly one key: printing it back gives the same key, and the only spellings
+//! accepted are the canonical one (nixbase32, which names the stored file) and the lowercase
+//! hex spelling of the same digest (which resolves to that canonical key).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,10 +13,28 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(key) = NarKey::parse_url(text) {
         assert_eq!(NarKey::parse_url(&key.url()).ok(), Some(key));
-        let canonical = text.strip_prefix('/').unwrap_or(text);
-        assert_eq!(canonical, key.url(), "a second spelling of {key}");
+        let given = text.strip_prefix('/').unwrap_or(text);
+        let hex = format!("nar/{}", hex_file_name(&key));
+        assert!(
+            given == key.url() || given == hex,
+            "a third spelling of {key}: {given}"
+        );
     }
     if let Ok(key) = NarKey::parse_file_name(text) {
-        assert_eq!(text, key.file_name(), "a second spelling of {key}");
+        assert!(
+            text == key.file_name() || text == hex_file_name(&key),
+            "a third spelling of {key}: {text}"
+        );
     }
 });
+
+/// The file name with the digest in lowercase hex.
+fn hex_file_name(key: &NarKey) -> String {
+    let hex: String = key
+        .hash
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{hex}{}", key.compression.nar_extension())
+}
