@@ -58,6 +58,13 @@ rustPlatform.buildRustPackage {
     "--bins"
   ];
 
+  # nixpkgs' services.ncps module runs `dbmate-ncps up` before `serve` (the Go ncps package
+  # shipped its migration tool under that name): the same, as `ncps migrate up`.
+  postInstall = ''
+    install -Dm755 ${./dbmate-ncps.sh} $out/bin/dbmate-ncps
+    substituteInPlace $out/bin/dbmate-ncps --replace-fail '@ncps@' "$out/bin/ncps"
+  '';
+
   meta = {
     description = "Nix binary cache proxy: caches, verifies, re-signs and serves store paths from upstream caches";
     homepage = "https://github.com/ncps-rs/ncps";

@@ -589,6 +589,9 @@ let
       mainProgram = "ncps";
       license = "MIT";
     })
+    (check "package installs dbmate-ncps for nixpkgs' module" (
+      builtins.match "install -Dm755 [^ ]*-dbmate-ncps.sh [$]out/bin/dbmate-ncps[[:space:]]substituteInPlace [$]out/bin/dbmate-ncps --replace-fail '@ncps@' \"[$]out/bin/ncps\"[[:space:]]*" pkg.postInstall != null
+    ) pkg.postInstall)
     (check "package tests only unit tests" (builtins.elem "--lib" pkg.cargoTestFlags && builtins.elem "--bins" pkg.cargoTestFlags) pkg.cargoTestFlags)
   ];
 

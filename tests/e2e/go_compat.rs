@@ -525,3 +525,85 @@ async fn form_migrations_take_the_go_flags() {
         "{back}"
     );
 }
+
+/// Our package under nixpkgs' own `services.ncps` module, unchanged: its pre-start runs
+/// `dbmate-ncps up` with `DATABASE_URL` (nix/dbmate-ncps.sh, installed by nix/package.nix), then
+/// `ncps --config <generated JSON> serve`. The JSON is the one the module writes for a cache
+/// with its defaults (every default it does not filter out is written, Go-only ones included).
+/// ncps starts, warns about the Go-only settings, and serves from the configured upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn nixpkgs_module_files_start_ncps() {
+    let env = TestEnv::new();
+    let closure = env.closure().await;
+    let key = env.key("upstream-1").await;
+    key.sign(env.path(), &closure.top).await;
+    let upstream = env.upstream(&closure, Compression::Xz).await;
+    let mut config = env.ncps_config(&[&upstream], &[&key.public]);
+    let data = config.data_dir.display().to_string();
+    let database_url = format!("sqlite:{data}/db/db.sqlite");
+    let settings = serde_json::json!({
+        "analytics": {"reporting": {"enabled": true, "samples": false}},
+        "cache": {
+            "allow-delete-verb": false,
+            "allow-put-verb": false,
+            "cdc": {"avg": 65536, "enabled": false, "max": 262144, "min": 16384},
+            "database": {"pool": {"max-idle-conns": 0, "max-open-conns": 0}},
+            "database-url": database_url,
+            "hostname": "cache.example.lan",
+            "lock": {
+                "allow-degraded-mode": false,
+                "backend": "local",
+                "download-lock-ttl": "5m0s",
+                "lru-lock-ttl": "30m0s",
+                "redis": {"key-prefix": "ncps:lock:"},
+                "retry": {"initial-delay": "100ms", "jitter": true, "max-attempts": 3, "max-delay": "2s"}
+            },
+            "lru": {"timezone": "Local"},
+            "sign-narinfo": true,
+            "storage": {"local": data},
+            "temp-path": config.temp_dir,
+            "upstream": {"public-keys": [key.public], "urls": [upstream.url()]}
+        },
+        "log": {"level": "info"},
+        "server": {"addr": ":8501"}
+    });
+    let file = config.temp_dir.join("ncps-config.json");
+    std::fs::create_dir_all(&config.temp_dir).expect("mkdir");
+    std::fs::write(&file, settings.to_string()).expect("write the config");
+
+    let pre_start = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nix/dbmate-ncps.sh"),
+    )
+    .arg("up")
+    .env("DATABASE_URL", &database_url)
+    .env("NCPS", env!("CARGO_BIN_EXE_ncps"))
+    .output()
+    .expect("run dbmate-ncps");
+    let said = String::from_utf8_lossy(&pre_start.stdout).into_owned()
+        + &String::from_utf8_lossy(&pre_start.stderr);
+    assert!(pre_start.status.success(), "dbmate-ncps up: {said}");
+    assert!(said.contains("database schema at version"), "{said}");
+
+    config.config_file = Some(file);
+    let ncps = env.ncps(&config).await;
+    let narinfo = eventually("the narinfo", || async {
+        let resp = http::get(&ncps.url_for(&format!("{}.narinfo", store_hash(&closure.top)))).await;
+        match resp.status {
+            200 => Ok(NarInfo::parse(&resp.text())),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+    assert!(narinfo.field("StorePath").ends_with("-e2e-top"));
+    let pubkey = ncps.pubkey().await;
+    assert!(pubkey.starts_with("cache.example.lan:"), "{pubkey}");
+    let log = ncps.log();
+    assert!(
+        !log.contains("unknown key"),
+        "a key the module writes is unknown:\n{log}"
+    );
+    assert!(
+        log.contains("\"setting\":\"cache-lock-retry-max-attempts\""),
+        "{log}"
+    );
+}

@@ -88,7 +88,7 @@ const SETTINGS: &[GoOnly] = &[
     setting(
         "analytics-reporting-samples",
         None,
-        None,
+        Some("analytics.reporting.samples"),
         true,
         On::Global,
         "this ncps reports no analytics anywhere",

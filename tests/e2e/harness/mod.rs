@@ -146,6 +146,7 @@ impl TestEnv {
             deprecated_env_names: false,
             extra_env: Vec::new(),
             soft_fd_limit: None,
+            config_file: None,
         }
     }
 

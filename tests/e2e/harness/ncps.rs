@@ -38,6 +38,10 @@ pub struct NcpsConfig {
     /// Start `serve` with this soft limit of open files (the hard limit unchanged), as a
     /// distribution's default of 1,024 would.
     pub soft_fd_limit: Option<u64>,
+    /// Start as `ncps --config FILE serve --server-addr ADDR` and nothing else: the whole
+    /// configuration comes from the file (as nixpkgs' module starts ncps), but the address a
+    /// test must choose.
+    pub config_file: Option<PathBuf>,
 }
 
 impl NcpsConfig {
@@ -118,6 +122,15 @@ impl NcpsConfig {
 
     /// `serve` with every flag of this configuration, listening on `addr`.
     pub fn serve_args(&self, addr: SocketAddr) -> Vec<OsString> {
+        if let Some(file) = &self.config_file {
+            return vec![
+                "--config".into(),
+                file.into(),
+                "serve".into(),
+                "--server-addr".into(),
+                addr.to_string().into(),
+            ];
+        }
         if self.via_environment {
             return vec!["serve".into()];
         }
