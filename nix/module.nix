@@ -26,7 +26,9 @@ let
     removePrefix
     ;
 
-  cfg = config.services.ncps;
+  # nixpkgs' option paths (cache.hostName, …) folded into this module's own.
+  nixpkgsOptions = import ./nixpkgs-options.nix { inherit lib; };
+  cfg = nixpkgsOptions.fold config.services.ncps;
   settingsFormat = pkgs.formats.json { };
 
   # The settings file (JSON is YAML: ncps reads it like its config.yaml).
@@ -74,7 +76,11 @@ let
     };
 in
 {
-  options.services.ncps = {
+  # nixpkgs has its own services.ncps (for the Go ncps): this module replaces it, so that a
+  # system importing both does not declare every option twice.
+  disabledModules = [ "services/networking/ncps.nix" ];
+
+  options.services.ncps = nixpkgsOptions.options // {
     enable = mkEnableOption "ncps, the Nix binary cache proxy";
 
     package = mkOption {
@@ -244,6 +250,7 @@ in
         default = 8501;
         description = "Port to listen on (`--server-addr` is `<address>:<port>`).";
       };
+      addr = nixpkgsOptions.serverAddr;
     };
 
     openFirewall = mkOption {
@@ -355,10 +362,12 @@ in
           "info"
           "warn"
           "error"
+          "fatal"
+          "panic"
         ]
       );
       default = null;
-      description = "Log level (`--log-level`; default info).";
+      description = "Log level (`--log-level`; default info). `fatal` and `panic` (nixpkgs' names) mean `error`.";
     };
 
     settings = mkOption {
@@ -386,6 +395,14 @@ in
 
   config = mkIf cfg.enable {
     assertions = [
+      {
+        assertion = cfg.cache.storage.s3.accessKeyIdPath == null;
+        message = "services.ncps.cache.storage.s3.accessKeyIdPath (nixpkgs' name) cannot be read at evaluation: give the id itself as services.ncps.storage.s3.accessKeyId (it is not a secret; the secret key stays in cache.storage.s3.secretAccessKeyPath).";
+      }
+      {
+        assertion = cfg.cache.redis.password == null;
+        message = "services.ncps.cache.redis.password would put the password in the Nix store: give services.ncps.cache.redis.passwordFile (or redis.passwordFile).";
+      }
       {
         assertion = cfg.lruSchedule == null || cfg.maxSize != null;
         message = "services.ncps.lruSchedule needs services.ncps.maxSize.";

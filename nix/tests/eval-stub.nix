@@ -43,6 +43,8 @@ let
     bool = mkType "bool" builtins.isBool;
     str = mkType "string" builtins.isString;
     port = mkType "port" (v: builtins.isInt v && v >= 0 && v <= 65535);
+    int = mkType "signed integer" builtins.isInt;
+    path = mkType "path" (v: builtins.isPath v || (builtins.isString v && hasPrefix "/" v));
     package = mkType "package" (v: builtins.isString v || v ? outPath);
     nullOr = t: mkType "null or ${t.name}" (v: v == null || t.check v);
     listOf = t: mkType "list of ${t.name}" (v: builtins.isList v && builtins.all t.check v);
@@ -60,6 +62,12 @@ let
 
   lib = {
     inherit types hasPrefix removePrefix;
+    removeSuffix =
+      suf: s:
+      if hasSuffix suf s then builtins.substring 0 (builtins.stringLength s - builtins.stringLength suf) s else s;
+    splitString = sep: s: builtins.filter builtins.isString (builtins.split sep s);
+    last = list: builtins.elemAt list (builtins.length list - 1);
+    toInt = s: builtins.fromJSON s;
     mkOption = attrs: attrs // { _type = "option"; };
     mkEnableOption =
       name:
@@ -367,6 +375,75 @@ let
     package = fakePackage;
   };
   disabled = evalModule { };
+
+  # A configuration written for nixpkgs' own services.ncps (its option paths), and the same
+  # one written with this module's: they must give the same service.
+  nixpkgsStyle = evalModule {
+    enable = true;
+    package = fakePackage;
+    cache = {
+      hostName = "cache.example.lan";
+      storage.local = "/srv/ncps";
+      databaseURL = "sqlite:/srv/ncps/db/db.sqlite";
+      tempPath = "/srv/ncps-tmp";
+      upstream = {
+        urls = [ "https://cache.nixos.org" ];
+        publicKeys = [ keys.nixos ];
+        dialerTimeout = "5s";
+      };
+      maxSize = "100G";
+      lru.schedule = "0 2 * * *";
+      allowPutVerb = true;
+      cdc.enabled = true;
+      lock = {
+        backend = "redis";
+        retry.maxAttempts = 3;
+        lruTTL = "30m0s";
+      };
+      redis = {
+        addresses = [ "127.0.0.1:6379" ];
+        database = 2;
+        passwordFile = "/run/secrets/redis";
+        poolSize = 10;
+      };
+      database.pool.maxOpenConns = 0;
+      database.pool.maxIdleConns = 4;
+      signNarinfo = true;
+    };
+    netrcFile = "/run/secrets/netrc";
+    server.addr = ":8600";
+    logLevel = "fatal";
+    analytics.reporting.enable = true;
+  };
+  ownStyle = evalModule {
+    enable = true;
+    package = fakePackage;
+    hostname = "cache.example.lan";
+    storage.local = "/srv/ncps";
+    database.url = "sqlite:/srv/ncps/db/db.sqlite";
+    tempPath = "/srv/ncps-tmp";
+    upstream = {
+      urls = [ "https://cache.nixos.org" ];
+      publicKeys = [ keys.nixos ];
+      dialerTimeout = "5s";
+      netrcFile = "/run/secrets/netrc";
+    };
+    maxSize = "100G";
+    lruSchedule = "0 2 * * *";
+    uploads.allowPut = true;
+    cdc.enable = true;
+    locks.backend = "redis";
+    redis = {
+      addrs = [ "127.0.0.1:6379" ];
+      db = 2;
+      passwordFile = "/run/secrets/redis";
+    };
+    extraArgs = [ "--cache-database-pool-max-idle-conns=4" ];
+    server.port = 8600;
+    logLevel = "error";
+  };
+  hostAddr = (evalModule { enable = true; package = fakePackage; server.addr = "[::1]:8700"; }).service;
+  hostAddrOwn = (evalModule { enable = true; package = fakePackage; server = { address = "::1"; port = 8700; }; }).service;
   noUpstream = evalModule {
     enable = true;
     package = fakePackage;
@@ -437,6 +514,25 @@ let
   vmCache = evalModule (vmCacheNode.services.ncps // { package = fakePackage; });
 
   checks = [
+    (checkEq "nixpkgs' option paths give the same service" nixpkgsStyle.service ownStyle.service)
+    (checkEq "nixpkgs' server.addr with a host" hostAddr hostAddrOwn)
+    (check "nixpkgs' S3 access key file is refused with a message" (
+      builtins.any (m: hasInfix "accessKeyIdPath" m) (assertionsOf { cache.storage.s3.accessKeyIdPath = "/run/secrets/id"; })
+    ) "accessKeyIdPath")
+    (check "nixpkgs' OpenTelemetry options become flags" (
+      let
+        unit = builtins.toJSON (evalModule {
+          enable = true;
+          package = fakePackage;
+          openTelemetry = { enable = true; grpcURL = "http://127.0.0.1:4317"; };
+        }).service;
+      in
+      hasInfix "--otel-enabled=true" unit && hasInfix "--otel-grpc-url=http://127.0.0.1:4317" unit
+    ) "openTelemetry")
+    (check "the module replaces nixpkgs' services.ncps" (
+      (import ../module.nix { config.services.ncps = minimal.cfg; inherit lib pkgs; }).disabledModules
+      == [ "services/networking/ncps.nix" ]
+    ) "disabledModules")
     # The options.
     (checkEq "every option has a type and a description" (declarationProblems "services.ncps" full.decls) [ ])
     (check "a valid configuration evaluates" (!(fails (cfgOf { cdc.zstdLevel = 19; }))) "cdc.zstdLevel = 19")
