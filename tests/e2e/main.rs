@@ -22,6 +22,7 @@ mod full_disk;
 mod go_compat;
 mod go_takeover;
 mod head_and_ranges;
+mod helm;
 mod hostile;
 mod logs;
 mod lru;

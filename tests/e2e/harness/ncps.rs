@@ -309,6 +309,8 @@ impl Ncps {
         let mut command = ncps_command_limited(work, config.soft_fd_limit);
         if config.via_environment {
             command.envs(config.serve_env(addr));
+        } else if config.config_file.is_some() {
+            command.envs(config.extra_env.iter().cloned());
         }
         let child = command
             .args(config.serve_args(addr))
