@@ -17,6 +17,8 @@
       packages = forAllSystems (pkgs: rec {
         ncps = pkgs.callPackage ./nix/package.nix { };
         default = ncps;
+        # The OCI image (charts/ncps runs it): `nix build .#image && docker load < result`.
+        image = pkgs.callPackage ./nix/image.nix { inherit ncps; };
       });
 
       overlays.default = final: _prev: {

@@ -473,6 +473,16 @@ let
     pkg-config = "pkg-config";
   };
 
+  # The OCI image, built by a stub dockerTools that returns its arguments.
+  image = import ../image.nix {
+    dockerTools.buildLayeredImage = attrs: attrs;
+    cacert = storePath "cacert" "cacert";
+    ncps = {
+      outPath = fakePackage;
+      version = "0.1.0";
+    };
+  };
+
   # The flake's outputs, with a stub nixpkgs (attribute names and wiring only).
   flakePkgs =
     system:
@@ -654,6 +664,17 @@ let
     (checkEq "flake outputs" (builtins.attrNames flake) [ "checks" "devShells" "nixosModules" "overlays" "packages" ])
     (checkEq "flake systems" (builtins.attrNames flake.packages) [ "aarch64-linux" "x86_64-linux" ])
     (checkEq "flake package" flake.packages.x86_64-linux.default.path ../package.nix)
+    (checkEq "flake image" flake.packages.x86_64-linux.image.path ../image.nix)
+    (checkEq "image entrypoint and user" {
+      inherit (image.config) Entrypoint User Volumes;
+      tag = image.tag;
+    } {
+      Entrypoint = [ "${fakePackage}/bin/ncps" ];
+      User = "65534:65534";
+      Volumes."/storage" = { };
+      tag = "0.1.0";
+    })
+    (check "image trusts CA certificates" (builtins.elem "SSL_CERT_FILE=${storePath "cacert" "cacert"}/etc/ssl/certs/ca-bundle.crt" image.config.Env) image.config.Env)
     (checkEq "flake checks" (builtins.attrNames flake.checks.aarch64-linux) [ "package" "vm" ])
     (checkEq "flake dev shell" flake.devShells.x86_64-linux.default.packages (map (n: storePath n n) [ "cargo" "rustc" "rustfmt" "clippy" "cargo-nextest" "nix" "sqlite" "postgresql" "mariadb" "redis" ]))
     (checkEq "flake module imports the module" flakeModule.imports [ ../module.nix ])
