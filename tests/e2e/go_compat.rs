@@ -607,3 +607,57 @@ async fn nixpkgs_module_files_start_ncps() {
         "{log}"
     );
 }
+
+/// The Go ncps's database URLs over a Unix socket: `postgres+unix://user@/<socket dir>/<db>`
+/// and `mysql+unix://user@/<socket>/<db>` reach the same servers `scripts/test` starts.
+mod unix_socket_urls {
+    use crate::harness::server_db::ServerDatabase;
+    use crate::harness::{NcpsRun, TestEnv};
+
+    /// `ncps migrate up` on `url`, then the number of migrations recorded in `db`.
+    async fn migrate(url: &str, db: &ServerDatabase) -> u64 {
+        let env = TestEnv::new();
+        let run = NcpsRun::run(
+            env.path(),
+            &[
+                "migrate".into(),
+                "up".into(),
+                "--cache-database-url".into(),
+                url.into(),
+            ],
+        )
+        .await;
+        assert!(run.status.success(), "{run}");
+        db.count("SELECT COUNT(*) FROM _sqlx_migrations")
+    }
+
+    /// The database name at the end of a server URL.
+    fn name(db: &ServerDatabase) -> String {
+        db.url
+            .rsplit('/')
+            .next()
+            .expect("a database name")
+            .to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres() {
+        let db = ServerDatabase::create(ncps_test_services::postgres_url());
+        let socket = ncps_test_services::postgres_socket();
+        let (dir, file) = socket.rsplit_once('/').expect("a socket path");
+        let port = file
+            .rsplit('.')
+            .next()
+            .expect("the port in the socket name");
+        let url = format!("postgres+unix://postgres@{dir}/{}?port={port}", name(&db));
+        assert!(migrate(&url, &db).await >= 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn mysql() {
+        let db = ServerDatabase::create(ncps_test_services::mysql_url());
+        let socket = ncps_test_services::mysql_socket();
+        let url = format!("mysql+unix://root@{socket}/{}", name(&db));
+        assert!(migrate(&url, &db).await >= 5);
+    }
+}

@@ -18,6 +18,22 @@ pub fn mysql_url() -> String {
     required("NCPS_TEST_MYSQL_URL", "a MariaDB/MySQL server")
 }
 
+/// The PostgreSQL server's Unix socket (`<dir>/.s.PGSQL.<port>`).
+pub fn postgres_socket() -> String {
+    required(
+        "NCPS_TEST_POSTGRES_SOCKET",
+        "a PostgreSQL server's Unix socket",
+    )
+}
+
+/// The MySQL/MariaDB server's Unix socket.
+pub fn mysql_socket() -> String {
+    required(
+        "NCPS_TEST_MYSQL_SOCKET",
+        "a MariaDB/MySQL server's Unix socket",
+    )
+}
+
 /// The Redis server as `host:port`.
 pub fn redis_addr() -> String {
     required("NCPS_TEST_REDIS_ADDR", "a Redis server")
