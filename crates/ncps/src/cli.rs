@@ -855,7 +855,6 @@ fn parse_with_env(
         .chain(crate::go_only::config_keys())
         .collect();
     let known: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
-    let config_keys_given: Vec<&str> = values.keys().map(String::as_str).collect();
     let unknown_config_keys = values
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
@@ -893,7 +892,7 @@ fn parse_with_env(
     };
     Ok(Parsed {
         cli: Cli::from_arg_matches(&matches)?,
-        ignored_go_settings: crate::go_only::used(&matches, &config_keys_given),
+        ignored_go_settings: crate::go_only::used(&matches, &values),
         unknown_config_keys,
         deprecated_names,
     })

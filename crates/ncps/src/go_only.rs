@@ -365,9 +365,45 @@ pub fn config_keys() -> impl Iterator<Item = (&'static str, &'static str)> {
     SETTINGS.iter().filter_map(|s| s.key.map(|k| (s.flag, k)))
 }
 
-/// The Go-only settings given on the command line or in a variable, or whose key is in
-/// `config_keys` (the config file's), each with why it is ignored.
-pub fn used(matches: &ArgMatches, config_keys: &[&str]) -> Vec<(&'static str, &'static str)> {
+/// Values of Go-only settings that are the Go ncps's defaults (nixpkgs' module and the Go
+/// chart write them whether or not the user chose them): given so, a setting is not worth a
+/// warning, since leaving it out here changes nothing the user asked for.
+const GO_DEFAULTS: &[(&str, &[&str])] = &[
+    ("analytics-reporting-enabled", &["true"]),
+    ("analytics-reporting-samples", &["false"]),
+    ("use-xz-binary", &["false"]),
+    ("cache-download-poll-timeout", &["30s"]),
+    ("cache-cdc-lazy-cleanup-schedule", &["@every 1h"]),
+    ("cache-inflight-staging-enabled", &["false"]),
+    ("cache-inflight-staging-retention", &["5m", "5m0s"]),
+    ("cache-inflight-staging-part-size", &["8388608"]),
+    ("cache-lock-lru-ttl", &["30m", "30m0s"]),
+    ("cache-lock-retry-max-attempts", &["3"]),
+    ("cache-lock-retry-initial-delay", &["100ms"]),
+    ("cache-lock-retry-max-delay", &["2s"]),
+    ("cache-lock-retry-jitter", &["true"]),
+    ("cache-lock-allow-degraded-mode", &["false"]),
+    ("cache-redis-pool-size", &["10"]),
+];
+
+/// True when `values` are the Go ncps's default for `flag`.
+fn is_go_default(flag: &str, values: &[String]) -> bool {
+    let [value] = values else { return false };
+    GO_DEFAULTS.iter().any(|(f, defaults)| {
+        *f == flag
+            && defaults
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(value.trim()))
+    })
+}
+
+/// The Go-only settings given on the command line, in a variable or in the config file
+/// (`config`: its values by key) with a value other than the Go ncps's default, each with why
+/// it is ignored.
+pub fn used(
+    matches: &ArgMatches,
+    config: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<(&'static str, &'static str)> {
     let mut levels = vec![matches];
     if let Some((_, sub)) = matches.subcommand() {
         levels.push(sub);
@@ -375,12 +411,21 @@ pub fn used(matches: &ArgMatches, config_keys: &[&str]) -> Vec<(&'static str, &'
     SETTINGS
         .iter()
         .filter(|s| {
-            s.key.is_some_and(|k| config_keys.contains(&k))
-                || levels.iter().any(|m| {
-                    m.try_contains_id(s.flag).unwrap_or(false)
-                        && m.value_source(s.flag)
-                            .is_some_and(|v| v != clap::parser::ValueSource::DefaultValue)
+            let from_command_line = levels.iter().find_map(|m| {
+                let given = m.try_contains_id(s.flag).unwrap_or(false)
+                    && m.value_source(s.flag)
+                        .is_some_and(|v| v != clap::parser::ValueSource::DefaultValue);
+                given.then(|| {
+                    m.get_raw(s.flag)
+                        .map(|vals| {
+                            vals.map(|v| v.to_string_lossy().into_owned())
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
                 })
+            });
+            let given = from_command_line.or_else(|| s.key.and_then(|k| config.get(k).cloned()));
+            given.is_some_and(|values| !is_go_default(s.flag, &values))
         })
         .map(|s| (s.flag, s.why))
         .collect()
