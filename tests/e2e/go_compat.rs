@@ -663,3 +663,105 @@ mod unix_socket_urls {
         assert!(migrate(&url, &db).await >= 5);
     }
 }
+
+/// An upstream serving lzip NARs (`Compression: lzip`, `nar/<hash>.nar.lzip`, Nix's names):
+/// ncps verifies the NAR by decoding it, stores it, hands out its `.nar.lzip` URL, and serves the
+/// plain NAR (decoded) to a client asking for `.nar`.
+#[tokio::test(flavor = "multi_thread")]
+async fn lzip_nars_from_an_upstream_are_verified_and_served() {
+    use std::io::Read;
+
+    let fx = Fixture::new(Compression::Xz).await;
+    let store_path = &fx.closure.blob;
+    let upstream_narinfo = fx.upstream.narinfo(store_path);
+    let xz = std::fs::read(fx.upstream.nar_file(store_path)).expect("the xz NAR");
+    let mut nar = Vec::new();
+    liblzma::read::XzDecoder::new(&xz[..])
+        .read_to_end(&mut nar)
+        .expect("xz");
+    let lz = lzip(&nar);
+    let hash = ncps_nix::Sha256Hash::digest(&lz);
+    let file = format!("{}.nar.lzip", hash.to_nix32());
+    let dir = fx.upstream.narinfo_file(store_path);
+    let dir = dir.parent().expect("the upstream directory");
+    std::fs::write(dir.join("nar").join(&file), &lz).expect("write the lzip NAR");
+    // URL, Compression and FileHash are outside the signed fingerprint: the signature holds.
+    let text = upstream_narinfo
+        .text
+        .lines()
+        .map(|line| match line.split_once(": ") {
+            Some(("URL", _)) => format!("URL: nar/{file}"),
+            Some(("Compression", _)) => "Compression: lzip".into(),
+            Some(("FileHash", _)) => format!("FileHash: {hash}"),
+            Some(("FileSize", _)) => format!("FileSize: {}", lz.len()),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    std::fs::write(fx.upstream.narinfo_file(store_path), text).expect("rewrite the narinfo");
+
+    let narinfo = fx.ncps_narinfo(store_path).await;
+    assert_eq!(narinfo.field("Compression"), "lzip", "{}", narinfo.text);
+    assert!(
+        narinfo.field("URL").ends_with(".nar.lzip"),
+        "{}",
+        narinfo.text
+    );
+    let body = http::get(&fx.nar_url(&narinfo))
+        .await
+        .expect_status(200, "the lzip NAR");
+    assert_eq!(body.body.as_ref(), &lz[..], "not the upstream's lzip file");
+    let plain = http::get(
+        &fx.ncps
+            .url_for(&format!("nar/{}.nar", narinfo.nar_hash_nixbase32())),
+    )
+    .await
+    .expect_status(200, "the plain NAR, decoded from lzip");
+    narinfo
+        .verify_nar_content("none", &plain.body)
+        .expect("the decoded NAR");
+}
+
+/// One lzip member holding `data`: the header (`LZIP`, version 1, a 1 MiB dictionary), a raw
+/// LZMA stream with its end marker (lc=3, lp=0, pb=2, as lzip requires), and the trailer
+/// (CRC-32 of the data, its size, the member's size).
+fn lzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+
+    let mut options = liblzma::stream::LzmaOptions::new_preset(6).expect("preset");
+    options
+        .dict_size(1 << 20)
+        .literal_context_bits(3)
+        .literal_position_bits(0)
+        .position_bits(2);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma1(&options);
+    let stream = liblzma::stream::Stream::new_raw_encoder(&filters).expect("LZMA1 encoder");
+    let mut encoder = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+    encoder.write_all(data).expect("compress");
+    let raw = encoder.finish().expect("finish");
+    let mut member = b"LZIP\x01\x14".to_vec();
+    member.extend_from_slice(&raw);
+    member.extend_from_slice(&crc32(data).to_le_bytes());
+    member.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let size = member.len() as u64 + 8;
+    member.extend_from_slice(&size.to_le_bytes());
+    member
+}
+
+/// CRC-32 (IEEE, reflected), as lzip's trailer has it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

@@ -208,7 +208,7 @@ fn lay_out_go_data(
         );
         let xz = std::fs::read(upstream_dir.join(narinfo.field("URL"))).expect("NAR file");
         let mut nar = Vec::new();
-        xz2::read::XzDecoder::new(&xz[..])
+        liblzma::read::XzDecoder::new(&xz[..])
             .read_to_end(&mut nar)
             .expect("xz NAR");
         let file_hash = narinfo

@@ -384,7 +384,7 @@ async fn decompression_bombs_are_refused_and_leave_nothing() {
     let nar = zero_file_nar(64 << 20);
     let bombs: Vec<(&str, Vec<u8>)> = vec![
         ("xz", {
-            let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
             e.write_all(&nar).unwrap();
             e.finish().unwrap()
         }),

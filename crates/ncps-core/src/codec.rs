@@ -34,6 +34,9 @@ pub(crate) enum Codec {
     Zstd,
     Bzip2,
     Brotli,
+    /// Decoded only: liblzma has no lzip encoder, and no URL ncps hands out names lzip unless
+    /// the NAR is stored so (then it is sent as stored, never encoded).
+    Lzip,
 }
 
 impl Codec {
@@ -46,6 +49,7 @@ impl Codec {
             Compression::Zstd => Some(Self::Zstd),
             Compression::Bzip2 => Some(Self::Bzip2),
             Compression::Brotli => Some(Self::Brotli),
+            Compression::Lzip => Some(Self::Lzip),
             Compression::Lz4 | Compression::Gzip => None,
         }
     }
@@ -68,14 +72,15 @@ impl Codec {
         Ok(match self {
             Self::None => Box::new(input),
             Self::Xz => {
-                let stream = xz2::stream::Stream::new_auto_decoder(
+                let stream = liblzma::stream::Stream::new_auto_decoder(
                     XZ_MEMORY_LIMIT,
-                    xz2::stream::CONCATENATED,
+                    liblzma::stream::CONCATENATED,
                 )
                 .map_err(io::Error::other)?;
-                Box::new(xz2::read::XzDecoder::new_stream(input, stream))
+                Box::new(liblzma::read::XzDecoder::new_stream(input, stream))
             }
             Self::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+            Self::Lzip => Box::new(liblzma::read::XzDecoder::new_stream(input, lzip_stream()?)),
             Self::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
             Self::Brotli => Box::new(brotli::Decompressor::new(input, 64 * 1024)),
         })
@@ -87,14 +92,20 @@ impl Codec {
         Ok(match self {
             Self::None => WriteDecoder::Plain(sink),
             Self::Xz => {
-                let stream = xz2::stream::Stream::new_stream_decoder(
+                let stream = liblzma::stream::Stream::new_stream_decoder(
                     XZ_MEMORY_LIMIT,
-                    xz2::stream::CONCATENATED,
+                    liblzma::stream::CONCATENATED,
                 )
                 .map_err(io::Error::other)?;
-                WriteDecoder::Xz(Box::new(xz2::write::XzDecoder::new_stream(sink, stream)))
+                WriteDecoder::Xz(Box::new(liblzma::write::XzDecoder::new_stream(
+                    sink, stream,
+                )))
             }
             Self::Zstd => WriteDecoder::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?)),
+            Self::Lzip => WriteDecoder::Xz(Box::new(liblzma::write::XzDecoder::new_stream(
+                sink,
+                lzip_stream()?,
+            ))),
             Self::Bzip2 => WriteDecoder::Bzip2(Box::new(bzip2::write::BzDecoder::new(sink))),
             Self::Brotli => {
                 WriteDecoder::Brotli(Box::new(brotli::DecompressorWriter::new(sink, 64 * 1024)))
@@ -105,8 +116,14 @@ impl Codec {
     /// A compressor writing into `out`, at the levels used for conversions on the fly.
     pub(crate) fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
         Ok(match self {
+            Self::Lzip => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "ncps cannot produce lzip; ask for the NAR in another compression",
+                ));
+            }
             Self::None => Encoder::None(out),
-            Self::Xz => Encoder::Xz(xz2::write::XzEncoder::new(out, XZ_TRANSCODE_LEVEL)),
+            Self::Xz => Encoder::Xz(liblzma::write::XzEncoder::new(out, XZ_TRANSCODE_LEVEL)),
             Self::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(
                 out,
                 ZSTD_TRANSCODE_LEVEL,
@@ -125,6 +142,12 @@ impl Codec {
     }
 }
 
+/// An lzip decoder (concatenated members read through), memory bounded as xz's.
+fn lzip_stream() -> io::Result<liblzma::stream::Stream> {
+    liblzma::stream::Stream::new_lzip_decoder(XZ_MEMORY_LIMIT, liblzma::stream::CONCATENATED)
+        .map_err(io::Error::other)
+}
+
 /// True when NARs in this compression can be decompressed (to verify and to chunk them).
 pub(crate) fn can_decode(compression: Compression) -> bool {
     Codec::of(compression).is_some()
@@ -133,7 +156,7 @@ pub(crate) fn can_decode(compression: Compression) -> bool {
 /// A streaming decompressor that is written to; see [`Codec::write_decoder`].
 pub(crate) enum WriteDecoder<W: Write> {
     Plain(W),
-    Xz(Box<xz2::write::XzDecoder<W>>),
+    Xz(Box<liblzma::write::XzDecoder<W>>),
     Zstd(Box<zstd::stream::write::Decoder<'static, W>>),
     Bzip2(Box<bzip2::write::BzDecoder<W>>),
     Brotli(Box<brotli::DecompressorWriter<W>>),
@@ -161,7 +184,7 @@ impl<W: Write> WriteDecoder<W> {
         };
         match self {
             Self::Plain(s) => Ok(s),
-            Self::Xz(mut w) => w.finish(),
+            Self::Xz(w) => w.finish(),
             Self::Zstd(mut w) => {
                 w.flush()?;
                 Ok(w.into_inner())
@@ -175,7 +198,7 @@ impl<W: Write> WriteDecoder<W> {
 /// A compressor writing into `out`; `finish` must be called to flush the trailer.
 pub(crate) enum Encoder<W: Write> {
     None(W),
-    Xz(xz2::write::XzEncoder<W>),
+    Xz(liblzma::write::XzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Bzip2(bzip2::write::BzEncoder<W>),
     Brotli(Box<brotli::CompressorWriter<W>>),
@@ -310,7 +333,7 @@ mod tests {
     /// A small xz stream whose block header declares a 4 GiB dictionary.
     fn huge_dictionary_xz() -> Vec<u8> {
         let mut xz = Vec::new();
-        let mut encoder = xz2::write::XzEncoder::new(&mut xz, 0);
+        let mut encoder = liblzma::write::XzEncoder::new(&mut xz, 0);
         encoder.write_all(&[0u8; 10_000]).unwrap();
         encoder.finish().unwrap();
         // Stream header (12 bytes), then the block header: its size, flags, the LZMA2 filter
@@ -377,7 +400,7 @@ mod tests {
 
         // An ordinary stream still decodes.
         let mut xz = Vec::new();
-        let mut encoder = xz2::write::XzEncoder::new(&mut xz, 9);
+        let mut encoder = liblzma::write::XzEncoder::new(&mut xz, 9);
         encoder.write_all(b"nix-archive-1").unwrap();
         encoder.finish().unwrap();
         let mut plain = Vec::new();

@@ -34,10 +34,12 @@ pub enum Compression {
     Lz4,
     /// `.nar.gz`.
     Gzip,
+    /// `.nar.lzip` (Nix's extension for `lzip`).
+    Lzip,
 }
 
 /// Every variant with its narinfo name and NAR extension; the single table both directions use.
-const TABLE: [(Compression, &str, &str); 7] = [
+const TABLE: [(Compression, &str, &str); 8] = [
     (Compression::None, "none", ".nar"),
     (Compression::Xz, "xz", ".nar.xz"),
     (Compression::Zstd, "zstd", ".nar.zst"),
@@ -45,11 +47,12 @@ const TABLE: [(Compression, &str, &str); 7] = [
     (Compression::Brotli, "br", ".nar.br"),
     (Compression::Lz4, "lz4", ".nar.lz4"),
     (Compression::Gzip, "gzip", ".nar.gz"),
+    (Compression::Lzip, "lzip", ".nar.lzip"),
 ];
 
 impl Compression {
     /// All supported methods, for iteration in tests and config validation.
-    pub const ALL: [Compression; 7] = [
+    pub const ALL: [Compression; 8] = [
         Compression::None,
         Compression::Xz,
         Compression::Zstd,
@@ -57,9 +60,11 @@ impl Compression {
         Compression::Brotli,
         Compression::Lz4,
         Compression::Gzip,
+        Compression::Lzip,
     ];
 
-    /// Parses a narinfo `Compression:` value (`none`, `xz`, `zstd`, `bzip2`, `br`, `lz4`, `gzip`).
+    /// Parses a narinfo `Compression:` value (`none`, `xz`, `zstd`, `bzip2`, `br`, `lz4`, `gzip`,
+    /// `lzip`).
     pub fn parse(s: &str) -> Result<Self, CompressionError> {
         TABLE
             .iter()
@@ -90,15 +95,16 @@ impl Compression {
     /// Whether concatenated compressed streams decode as one stream.
     ///
     /// This decides whether a NAR can be served as separately compressed chunks glued
-    /// together: Nix 2.8 accepts concatenated zstd frames (verified) and xz/bzip2/gzip define
-    /// multi-stream decoding, but a brotli or lz4 decoder stops after the first stream.
+    /// together: Nix 2.8 accepts concatenated zstd frames (verified) and xz/bzip2/gzip/lzip
+    /// define multi-member decoding, but a brotli or lz4 decoder stops after the first stream.
     pub fn concatenates(&self) -> bool {
         match self {
             Compression::None
             | Compression::Xz
             | Compression::Zstd
             | Compression::Bzip2
-            | Compression::Gzip => true,
+            | Compression::Gzip
+            | Compression::Lzip => true,
             Compression::Brotli | Compression::Lz4 => false,
         }
     }

@@ -284,7 +284,7 @@ mod tests {
     fn accepts_matching_files_in_each_compression() {
         let nar = nar();
         let xz = {
-            let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
             e.write_all(&nar).unwrap();
             e.finish().unwrap()
         };

@@ -179,7 +179,7 @@ mod tests {
 
     /// A narinfo and its xz file for `nar`, written to `dir`.
     fn file_cache_entry(dir: &Path, name: &str, nar: &[u8]) -> (NarInfo, std::path::PathBuf) {
-        let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
         e.write_all(nar).unwrap();
         let xz = e.finish().unwrap();
         let file_hash = Sha256Hash::digest(&xz);
