@@ -132,6 +132,38 @@ async fn counters_match_a_substitution() {
         1.0
     );
 
+    // Upstream fetch durations and locks, also under the Go ncps's names: one narinfo fetch
+    // and one NAR download per path; each download held its (in-process) lock, released.
+    assert_eq!(
+        value(&s, "ncps_upstream_narinfo_fetch_duration_seconds_count"),
+        paths
+    );
+    assert_eq!(
+        value(&s, "ncps_upstream_nar_fetch_duration_seconds_count"),
+        paths
+    );
+    let locked = value(
+        &s,
+        r#"ncps_lock_acquisitions_total{type="exclusive",mode="local",result="success"}"#,
+    );
+    assert!(
+        locked >= paths,
+        "{locked} lock acquisitions for {paths} downloads"
+    );
+    // A background job may hold a lock at the moment of the scrape: its hold is not over.
+    let held = value(
+        &s,
+        r#"ncps_lock_hold_duration_seconds_count{type="exclusive",mode="local"}"#,
+    );
+    assert!(
+        held >= paths && held <= locked,
+        "{held} holds measured for {locked} acquisitions"
+    );
+    assert_eq!(
+        value(&s, r#"ncps_lock_retry_attempts_total{type="exclusive"}"#),
+        0.0
+    );
+
     // Without the flag there is no /metrics.
     let plain = Fixture::new(Compression::Zstd).await;
     http::get(&plain.ncps.url_for("metrics"))

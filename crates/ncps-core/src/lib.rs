@@ -73,6 +73,13 @@ impl Cache {
     /// [`Maintenance::spawn_jobs`].
     pub fn new(config: CacheConfig, db: Database, store: BlobStore, upstreams: Upstreams) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let config = CacheConfig {
+            locks: Arc::new(locks::MeteredLocks::new(
+                config.locks.clone(),
+                metrics.clone(),
+            )),
+            ..config
+        };
         let queue = ChunkQueue::default();
         let ingest = Ingest::new(
             &config,

@@ -60,6 +60,18 @@ impl LockGuard {
     pub fn is_lost(&self) -> bool {
         self.lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst))
     }
+
+    /// This guard, also running `after` once the lock is released (for measuring it).
+    pub(crate) fn then_on_drop(mut self, after: impl FnOnce() + Send + Sync + 'static) -> Self {
+        let release = self.release.take();
+        self.release = Some(Box::new(move || {
+            if let Some(release) = release {
+                release();
+            }
+            after();
+        }));
+        self
+    }
 }
 
 impl Drop for LockGuard {
@@ -80,6 +92,90 @@ pub trait LockService: Send + Sync {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<LockGuard>, LockError>>;
+
+    /// True when the locks reach other replicas (metrics say `distributed`, else `local`).
+    fn is_distributed(&self) -> bool {
+        true
+    }
+}
+
+/// A lock service whose every attempt and hold is counted in the Go ncps's lock metrics
+/// (`ncps_lock_*`); [`crate::Cache::new`] wraps the configured service in it.
+pub(crate) struct MeteredLocks {
+    inner: Arc<dyn LockService>,
+    metrics: Arc<crate::metrics::Metrics>,
+    mode: &'static str,
+}
+
+impl MeteredLocks {
+    /// Meters `inner`.
+    pub(crate) fn new(inner: Arc<dyn LockService>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let mode = if inner.is_distributed() {
+            "distributed"
+        } else {
+            "local"
+        };
+        Self {
+            inner,
+            metrics,
+            mode,
+        }
+    }
+}
+
+impl LockService for MeteredLocks {
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<LockGuard>, LockError>> {
+        use crate::metrics::{LockFailureLabels, LockHoldLabels, LockLabels};
+        Box::pin(async move {
+            let go = &self.metrics.go;
+            let (r#type, mode) = ("exclusive", self.mode);
+            let count = |result| {
+                go.lock_acquisitions
+                    .get_or_create(&LockLabels {
+                        r#type,
+                        mode,
+                        result,
+                    })
+                    .inc();
+            };
+            match self.inner.try_lock(key, ttl).await {
+                Ok(Some(guard)) => {
+                    count("success");
+                    let hold = go
+                        .lock_hold_duration
+                        .get_or_create(&LockHoldLabels { r#type, mode })
+                        .clone();
+                    let taken = std::time::Instant::now();
+                    Ok(Some(guard.then_on_drop(move || {
+                        hold.observe(taken.elapsed().as_secs_f64());
+                    })))
+                }
+                Ok(None) => {
+                    count("contention");
+                    Ok(None)
+                }
+                Err(e) => {
+                    count("failure");
+                    go.lock_failures
+                        .get_or_create(&LockFailureLabels {
+                            r#type,
+                            mode,
+                            reason: "error",
+                        })
+                        .inc();
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn is_distributed(&self) -> bool {
+        self.inner.is_distributed()
+    }
 }
 
 /// In-process locks: correct for one replica, and the first tier in front of a shared service
@@ -116,6 +212,10 @@ impl LockService for LocalLocks {
         _ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<LockGuard>, LockError>> {
         Box::pin(async move { Ok(self.try_lock_now(key)) })
+    }
+
+    fn is_distributed(&self) -> bool {
+        false
     }
 }
 

@@ -81,6 +81,44 @@ impl From<Outcome> for ServedLabels {
     }
 }
 
+/// Labels of the Go ncps's lock acquisition counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockLabels {
+    /// `exclusive`: every ncps lock is.
+    pub r#type: &'static str,
+    /// `local` (in-process) or `distributed` (Redis, PostgreSQL).
+    pub mode: &'static str,
+    /// `success`, `contention` (held elsewhere) or `failure` (the service failed).
+    pub result: &'static str,
+}
+
+/// Labels of the Go ncps's lock hold histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockHoldLabels {
+    /// `exclusive`.
+    pub r#type: &'static str,
+    /// `local` or `distributed`.
+    pub mode: &'static str,
+}
+
+/// Labels of the Go ncps's lock failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockFailureLabels {
+    /// `exclusive`.
+    pub r#type: &'static str,
+    /// `local` or `distributed`.
+    pub mode: &'static str,
+    /// `error`: the service could not be asked.
+    pub reason: &'static str,
+}
+
+/// Label of the Go ncps's lock retry counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockTypeLabels {
+    /// `exclusive`.
+    pub r#type: &'static str,
+}
+
 /// Label naming an upstream.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
@@ -168,6 +206,19 @@ pub struct GoMetrics {
     pub lru_bytes_freed: Counter,
     /// How long eviction runs take.
     pub lru_cleanup_duration: Histogram,
+    /// How long asking the upstreams for a narinfo takes (found or not).
+    pub upstream_narinfo_fetch_duration: Histogram,
+    /// How long a NAR download from an upstream takes, start to end (stored or failed).
+    pub upstream_nar_fetch_duration: Histogram,
+    /// Lock attempts by type, mode and result.
+    pub lock_acquisitions: Family<LockLabels, Counter>,
+    /// How long locks are held.
+    pub lock_hold_duration: Family<LockHoldLabels, Histogram>,
+    /// Lock services that could not be asked.
+    pub lock_failures: Family<LockFailureLabels, Counter>,
+    /// Lock retries: always 0 here (a lock held elsewhere answers 503 + Retry-After at once),
+    /// kept so the Go ncps's dashboards find the series.
+    pub lock_retry_attempts: Family<LockTypeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -361,6 +412,14 @@ impl GoMetrics {
             lru_nar_files_evicted: Counter::default(),
             lru_bytes_freed: Counter::default(),
             lru_cleanup_duration: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
+            upstream_narinfo_fetch_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            upstream_nar_fetch_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            lock_acquisitions: Family::default(),
+            lock_hold_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 4.0, 12))
+            }),
+            lock_failures: Family::default(),
+            lock_retry_attempts: Family::default(),
         }
     }
 
@@ -431,5 +490,39 @@ impl GoMetrics {
             "How long eviction runs take",
             self.lru_cleanup_duration.clone(),
         );
+        r.register(
+            "upstream_narinfo_fetch_duration_seconds",
+            "How long asking the upstreams for a narinfo takes, found or not (the Go ncps's name)",
+            self.upstream_narinfo_fetch_duration.clone(),
+        );
+        r.register(
+            "upstream_nar_fetch_duration_seconds",
+            "How long a NAR download from an upstream takes, start to end (the Go ncps's name)",
+            self.upstream_nar_fetch_duration.clone(),
+        );
+        r.register(
+            "lock_acquisitions",
+            "Lock attempts by type, mode and result",
+            self.lock_acquisitions.clone(),
+        );
+        r.register(
+            "lock_hold_duration_seconds",
+            "How long locks are held",
+            self.lock_hold_duration.clone(),
+        );
+        r.register(
+            "lock_failures",
+            "Lock services that could not be asked",
+            self.lock_failures.clone(),
+        );
+        r.register(
+            "lock_retry_attempts",
+            "Lock retries (none here: a lock held elsewhere answers 503 + Retry-After)",
+            self.lock_retry_attempts.clone(),
+        );
+        // Present from the start, as the Go ncps primes it.
+        let _ = self.lock_retry_attempts.get_or_create(&LockTypeLabels {
+            r#type: "exclusive",
+        });
     }
 }

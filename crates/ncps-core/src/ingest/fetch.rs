@@ -40,6 +40,7 @@ impl Ingest {
         let upstream = download.origin().upstream_url.clone();
         debug!(nar = %nar_hash, %upstream, "downloading NAR");
         self.0.metrics.downloads_in_flight.inc();
+        let started = std::time::Instant::now();
         let result = match eager_chunks {
             Some(settings) => self.download_chunked(&download, file, settings).await,
             None => self.download_whole(&download, file).await,
@@ -50,6 +51,11 @@ impl Ingest {
         }
         self.0.downloads.remove(&download);
         self.0.metrics.downloads_in_flight.dec();
+        self.0
+            .metrics
+            .go
+            .upstream_nar_fetch_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Opens the upstream body, checks its announced length against the narinfo, and tells the

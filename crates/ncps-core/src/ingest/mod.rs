@@ -115,12 +115,13 @@ impl Ingest {
         hash: &StorePathHash,
     ) -> Result<CachedNarInfo, CacheError> {
         let started = std::time::Instant::now();
-        let found = self
-            .0
-            .upstreams
-            .find_narinfo(hash)
-            .await?
-            .ok_or(CacheError::NotFound)?;
+        let asked = self.0.upstreams.find_narinfo(hash).await;
+        self.0
+            .metrics
+            .go
+            .upstream_narinfo_fetch_duration
+            .observe(started.elapsed().as_secs_f64());
+        let found = asked?.ok_or(CacheError::NotFound)?;
         self.0
             .metrics
             .upstream_latency
