@@ -160,29 +160,94 @@ impl GoDatabase {
     }
 }
 
-/// Writes `file` (creating its directories).
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, bytes).expect("write");
+/// `dir/<a>/<ab>/<name>`, the Go ncps's sharding.
+fn sharded(dir: &str, name: &str) -> String {
+    format!("{dir}/{}/{}/{name}", &name[..1], &name[..2])
 }
 
-/// `dir/<a>/<ab>/<name>`, the Go ncps's sharding.
-fn sharded(dir: &Path, name: &str) -> std::path::PathBuf {
-    dir.join(&name[..1]).join(&name[..2]).join(name)
+/// Where the Go ncps kept its files: its data directory, or an S3 bucket (`store/…` keys).
+enum GoStorage {
+    Local,
+    S3 {
+        services: crate::replicas::Services,
+        bucket: String,
+    },
+}
+
+impl GoStorage {
+    fn s3() -> GoStorage {
+        let services = crate::replicas::Services::from_env();
+        let bucket = services.bucket();
+        GoStorage::S3 { services, bucket }
+    }
+
+    /// Stores the Go objects (`store/…` keys) where the Go ncps would have.
+    async fn put(&self, data_dir: &Path, objects: Vec<(String, Vec<u8>)>) {
+        match self {
+            GoStorage::Local => {
+                for (key, bytes) in objects {
+                    let path = data_dir.join(key);
+                    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                    std::fs::write(path, bytes).expect("write");
+                }
+            }
+            GoStorage::S3 { services, bucket } => {
+                use object_store::ObjectStore;
+                let s3 = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_endpoint(&services.s3_endpoint)
+                    .with_allow_http(true)
+                    .with_virtual_hosted_style_request(false)
+                    .with_region("garage")
+                    .with_access_key_id(&services.s3_key_id)
+                    .with_secret_access_key(&services.s3_secret)
+                    .build()
+                    .expect("an S3 client");
+                for (key, bytes) in objects {
+                    s3.put(&object_store::path::Path::from(key), bytes.into())
+                        .await
+                        .expect("put a Go object");
+                }
+            }
+        }
+    }
+
+    /// The storage flags ncps gets.
+    fn args(&self) -> Vec<String> {
+        match self {
+            GoStorage::Local => Vec::new(),
+            GoStorage::S3 { services, bucket } => [
+                "--cache-storage-s3-bucket",
+                bucket,
+                "--cache-storage-s3-endpoint",
+                &services.s3_endpoint,
+                "--cache-storage-s3-region",
+                "garage",
+                "--cache-storage-s3-access-key-id",
+                &services.s3_key_id,
+                "--cache-storage-s3-secret-access-key",
+                &services.s3_secret,
+                "--cache-storage-s3-force-path-style",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        }
+    }
 }
 
 /// The Go rows and files for `closure`, as the upstream's file cache holds it (xz NARs):
 /// `top` and `leaf` kept as xz files, `middle` uncompressed as the Go ncps keeps upstream
 /// uncompressed NARs (a `.nar.zst` file, compression `none`), `blob` as three zstd chunks
-/// named by their BLAKE3. Returns the SQL inserting the rows.
+/// named by their BLAKE3. Returns the SQL inserting the rows, and the objects to store.
 fn lay_out_go_data(
-    data_dir: &Path,
     closure: &Closure,
     upstream_dir: &Path,
     go_key: &str,
     sqlite: bool,
-) -> String {
+) -> (String, Vec<(String, Vec<u8>)>) {
     let mut sql = String::new();
+    let mut objects = Vec::new();
     let versions: Vec<String> = GO_VERSIONS
         .iter()
         .map(|v| format!("({v}, {})", if sqlite { "1" } else { "true" }))
@@ -217,15 +282,14 @@ fn lay_out_go_data(
             .and_then(|f| f.strip_suffix(".nar.xz"))
             .expect("an xz NAR URL")
             .to_owned();
-        let store = data_dir.join("store");
         // Chunk rows name their NAR file row: inserted after it.
         let mut chunk_sql = String::new();
         let (url, compression, file_fields, nar_file_size, total_chunks) =
             if path == &closure.top || path == &closure.leaf {
-                write(
-                    &sharded(&store.join("nar"), &format!("{file_hash}.nar.xz")),
-                    &xz,
-                );
+                objects.push((
+                    sharded("store/nar", &format!("{file_hash}.nar.xz")),
+                    xz.clone(),
+                ));
                 (
                     format!("nar/{file_hash}.nar.xz"),
                     "xz",
@@ -239,10 +303,10 @@ fn lay_out_go_data(
                 )
             } else if path == &closure.middle {
                 let zst = zstd::encode_all(&nar[..], 3).expect("zstd");
-                write(
-                    &sharded(&store.join("nar"), &format!("{file_hash}.nar.zst")),
-                    &zst,
-                );
+                objects.push((
+                    sharded("store/nar", &format!("{file_hash}.nar.zst")),
+                    zst.clone(),
+                ));
                 (
                     format!("nar/{file_hash}.nar"),
                     "none",
@@ -259,7 +323,7 @@ fn lay_out_go_data(
                     chunk_id += 1;
                     let name = blake3::hash(piece).to_hex().to_string();
                     let frame = zstd::encode_all(*piece, 3).expect("zstd");
-                    write(&sharded(&store.join("chunk"), &name), &frame);
+                    objects.push((sharded("store/chunk", &name), frame.clone()));
                     chunk_sql.push_str(&format!(
                         "INSERT INTO chunks (id, hash, size, compressed_size) VALUES \
                      ({chunk_id}, '{name}', {}, {});\n\
@@ -306,7 +370,7 @@ fn lay_out_go_data(
         "INSERT INTO pinned_closures (hash) VALUES ('{}');\n",
         store_hash(&closure.top)
     ));
-    sql
+    (sql, objects)
 }
 
 /// How the takeover is driven.
@@ -318,7 +382,7 @@ enum Steps {
     ServeAlone,
 }
 
-async fn takes_over(steps: Steps, make_db: impl FnOnce(&Path) -> GoDatabase) {
+async fn takes_over(steps: Steps, storage: GoStorage, make_db: impl FnOnce(&Path) -> GoDatabase) {
     let env = TestEnv::new();
     let closure = env.closure().await;
     let upstream_key = env.key("upstream-1").await;
@@ -334,17 +398,20 @@ async fn takes_over(steps: Steps, make_db: impl FnOnce(&Path) -> GoDatabase) {
     let config = env.ncps_config(&[&upstream], &[&upstream_key.public]);
     let db = make_db(&config.data_dir);
     db.execute(&db.schema());
-    db.execute(&lay_out_go_data(
-        &config.data_dir,
+    let (sql, objects) = lay_out_go_data(
         &closure,
         &upstream_dir,
         &go_key.to_nix_string(),
         db.is_sqlite(),
-    ));
+    );
+    db.execute(&sql);
+    storage.put(&config.data_dir, objects).await;
     // From here on the upstream answers nothing: what ncps serves comes from the Go data.
     upstream.fail_all(true);
     let url = db.url();
-    let db_args = ["--cache-database-url", url.as_str()];
+    let mut args = vec!["--cache-database-url".to_owned(), url];
+    args.extend(storage.args());
+    let db_args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     if steps == Steps::Commands {
         // As nixpkgs' module and the Helm chart run it before `serve`.
@@ -408,7 +475,7 @@ async fn takes_over(steps: Steps, make_db: impl FnOnce(&Path) -> GoDatabase) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_go_sqlite_deployment_is_taken_over() {
-    takes_over(Steps::Commands, |data_dir| {
+    takes_over(Steps::Commands, GoStorage::Local, |data_dir| {
         GoDatabase::Sqlite(data_dir.join("db/db.sqlite"))
     })
     .await;
@@ -417,7 +484,7 @@ async fn a_go_sqlite_deployment_is_taken_over() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_go_postgres_deployment_is_taken_over() {
     let server = ncps_test_services::postgres_url();
-    takes_over(Steps::Commands, |_| {
+    takes_over(Steps::Commands, GoStorage::Local, |_| {
         GoDatabase::Server(ServerDatabase::create(server))
     })
     .await;
@@ -427,8 +494,19 @@ async fn a_go_postgres_deployment_is_taken_over() {
 /// and imports the paths in the background.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_alone_takes_over_a_go_deployment() {
-    takes_over(Steps::ServeAlone, |data_dir| {
+    takes_over(Steps::ServeAlone, GoStorage::Local, |data_dir| {
         GoDatabase::Sqlite(data_dir.join("db/db.sqlite"))
+    })
+    .await;
+}
+
+/// The replica shape of a Go deployment: its database on PostgreSQL, its NARs and chunks in an
+/// S3 bucket (`store/nar/…`, `store/chunk/…` keys); ncps on the same database and bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_postgres_and_s3_deployment_is_taken_over_on_s3() {
+    let server = ncps_test_services::postgres_url();
+    takes_over(Steps::Commands, GoStorage::s3(), |_| {
+        GoDatabase::Server(ServerDatabase::create(server))
     })
     .await;
 }

@@ -15,17 +15,17 @@ use crate::harness::narinfo::store_hash;
 use crate::harness::{Compression, Ncps, NcpsConfig, TestEnv, eventually_within, http, random_hex};
 
 /// The shared services, from the environment.
-struct Services {
+pub(crate) struct Services {
     postgres: String,
     redis: String,
-    s3_endpoint: String,
-    s3_key_id: String,
-    s3_secret: String,
+    pub(crate) s3_endpoint: String,
+    pub(crate) s3_key_id: String,
+    pub(crate) s3_secret: String,
     garage_config: String,
 }
 
 impl Services {
-    fn from_env() -> Services {
+    pub(crate) fn from_env() -> Services {
         let s3 = ncps_test_services::s3();
         Services {
             postgres: ncps_test_services::postgres_url(),
@@ -57,7 +57,7 @@ impl Services {
     }
 
     /// A fresh bucket for one test, writable with the shared key.
-    fn bucket(&self) -> String {
+    pub(crate) fn bucket(&self) -> String {
         let name = format!("ncps-replicas-{}", random_hex(6));
         let garage = |args: &[&str]| {
             let mut full = vec!["-c", self.garage_config.as_str()];

@@ -150,6 +150,40 @@ impl BlobStore {
         self.local.is_some()
     }
 
+    /// An object the Go ncps stored, at `path` below its storage root (`store/nar/<a>/<ab>/…`,
+    /// `store/chunk/<a>/<ab>/…`): the same key in a bucket; on local disk the Go ncps's
+    /// `store/` is this store's own root. `None` when it is not there (or `path` is no plain
+    /// relative path below `store/`). Only read: ncps never writes Go objects.
+    pub async fn read_go_object(
+        &self,
+        path: &str,
+    ) -> Result<Option<BoxStream<'static, Result<Bytes, StoreError>>>, StoreError> {
+        let key = if self.is_local() {
+            match path.strip_prefix("store/") {
+                Some(key) => key,
+                None => return Ok(None),
+            }
+        } else {
+            path
+        };
+        let Ok(location) = ObjectPath::parse(key) else {
+            return Ok(None);
+        };
+        if location.as_ref() != key {
+            return Ok(None);
+        }
+        match self.inner.get(&location).await {
+            Ok(result) => Ok(Some(
+                result
+                    .into_stream()
+                    .map(|r| r.map_err(StoreError::from))
+                    .boxed(),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The stored size of a NAR, or `None` when it is not stored. Costs one metadata request.
     pub async fn nar_size(&self, key: &NarKey) -> Result<Option<u64>, StoreError> {
         match self.inner.head(&nar_path(key)).await {

@@ -8,6 +8,8 @@
 use std::io;
 use std::path::Path;
 
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use ncps_db::{CachedNarInfo, WholeFile};
 use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash};
@@ -16,6 +18,18 @@ use super::Maintenance;
 use crate::CacheError;
 use crate::ingest::{Expected, file_source, refuse_undecodable, write_verified};
 use crate::temp::TempKind;
+
+/// The bytes of `files` one after the other, for [`Maintenance::import_path`]. Every file is
+/// opened first: a missing one is an error before anything is read.
+pub fn files_source(
+    files: &[impl AsRef<Path>],
+) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+    let sources = files
+        .iter()
+        .map(|f| file_source(f.as_ref()))
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(futures::stream::iter(sources).flatten().boxed())
+}
 
 /// What importing one path did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,15 +68,16 @@ impl Maintenance {
     /// run. The file is verified into a temporary copy and the copy is stored, so bytes that
     /// change under us are never stored unverified.
     ///
-    /// `nar_files` are read one after the other as the NAR file: one file normally, or the
-    /// chunk files of a NAR the Go ncps kept as chunks (each a zstd frame; together, a
-    /// `.nar.zst`).
+    /// `source` is the NAR file's bytes: a file ([`files_source`]), or the chunk objects of a
+    /// NAR the Go ncps kept as chunks, one after the other (each a zstd frame; together, a
+    /// `.nar.zst`). It is read only when the NAR is not stored yet.
     ///
-    /// Bad files are [`CacheError::Integrity`]; anything else is a failure of our own storage.
+    /// Bad bytes are [`CacheError::Integrity`]; a source that cannot be read is
+    /// [`CacheError::Io`]; anything else is a failure of our own storage.
     pub async fn import_path(
         &self,
         narinfo: &NarInfo,
-        nar_files: &[impl AsRef<Path>],
+        source: BoxStream<'static, io::Result<Bytes>>,
     ) -> Result<Imported, CacheError> {
         let db = &self.0.db;
         if db.narinfo(narinfo.store_path.hash()).await?.is_some() {
@@ -80,7 +95,7 @@ impl Maintenance {
         let (url_key, outcome) = match existing {
             Some(url_key) => (url_key, Imported::NarAlreadyStored { url_key }),
             None => {
-                let whole = self.store_verified_file(narinfo, nar_files).await?;
+                let whole = self.store_verified_file(narinfo, source).await?;
                 (whole.key, Imported::Stored { whole })
             }
         };
@@ -102,14 +117,8 @@ impl Maintenance {
     async fn store_verified_file(
         &self,
         narinfo: &NarInfo,
-        nar_files: &[impl AsRef<Path>],
+        source: BoxStream<'static, io::Result<Bytes>>,
     ) -> Result<WholeFile, CacheError> {
-        // Every file is opened before a byte is read: a missing one is reported as missing.
-        let sources = nar_files
-            .iter()
-            .map(|f| file_source(f.as_ref()))
-            .collect::<io::Result<Vec<_>>>()?;
-        let source = futures::stream::iter(sources).flatten().boxed();
         let (file, temp) = self.0.ingest.temp().create(TempKind::Import)?;
         let expected = Expected::exactly(
             narinfo.compression,
@@ -216,13 +225,19 @@ mod tests {
         // A file that does not match its narinfo is refused and leaves nothing behind.
         let mut wrong = narinfo.clone();
         wrong.nar_hash = Sha256Hash::digest(b"other");
-        let err = cache.import_path(&wrong, &[&file]).await.unwrap_err();
+        let err = cache
+            .import_path(&wrong, files_source(&[&file]).unwrap())
+            .await
+            .unwrap_err();
         assert!(matches!(err, CacheError::Integrity(_)), "{err}");
         let hash = narinfo.store_path.hash();
         assert!(db.narinfo(hash).await.unwrap().is_none());
         assert!(db.nar(&wrong.nar_hash).await.unwrap().is_none());
 
-        let Imported::Stored { whole } = cache.import_path(&narinfo, &[&file]).await.unwrap()
+        let Imported::Stored { whole } = cache
+            .import_path(&narinfo, files_source(&[&file]).unwrap())
+            .await
+            .unwrap()
         else {
             panic!("not stored");
         };
@@ -232,7 +247,10 @@ mod tests {
         assert_eq!(cached.origin, None);
         assert_eq!(cached.narinfo.sigs, narinfo.sigs);
         assert_eq!(
-            cache.import_path(&narinfo, &[&file]).await.unwrap(),
+            cache
+                .import_path(&narinfo, files_source(&[&file]).unwrap())
+                .await
+                .unwrap(),
             Imported::AlreadyCached
         );
         assert_eq!(
@@ -254,7 +272,7 @@ mod tests {
             StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-twin").unwrap();
         assert_eq!(
             cache
-                .import_path(&twin, &[Path::new("/nonexistent")])
+                .import_path(&twin, futures::stream::empty().boxed())
                 .await
                 .unwrap(),
             Imported::NarAlreadyStored { url_key: whole.key }
@@ -267,7 +285,10 @@ mod tests {
         let (cache, _) = cache(dir.path()).await;
         let nar = b"nix-archive-1 pretend".repeat(1000);
         let (narinfo, file) = file_cache_entry(dir.path(), "hello", &nar);
-        let Imported::Stored { whole } = cache.import_path(&narinfo, &[&file]).await.unwrap()
+        let Imported::Stored { whole } = cache
+            .import_path(&narinfo, files_source(&[&file]).unwrap())
+            .await
+            .unwrap()
         else {
             panic!("not stored");
         };

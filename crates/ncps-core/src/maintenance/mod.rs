@@ -39,7 +39,7 @@ use crate::reader::Reader;
 pub use fsck::{FsckOptions, FsckOutput, FsckSummary};
 pub use gc::GcReport;
 pub use human::{format_age, format_size};
-pub use import::{FileCheck, Imported};
+pub use import::{FileCheck, Imported, files_source};
 pub use jobs::{JobsConfig, LruConfig};
 pub use lru::LruReport;
 

@@ -1,20 +1,24 @@
 //! Importing what a Go ncps kept in its database (`ncps migrate-narinfo` with no directory).
 //!
 //! [`ncps_db::Database::migrate`] moved the Go tables aside; here every Go narinfo is rebuilt
-//! from its rows, its NAR found in the Go storage layout below the data directory (whole files
-//! at `store/nar/<a>/<ab>/<file>`, chunks at `store/chunk/<a>/<ab>/<hash>`, each chunk a zstd
-//! frame), and the path imported through the same verified import as a file cache: NarHash
-//! and NarSize are checked on every NAR before it is stored. The Go pins follow. The Go tables
+//! from its rows, its NAR found in the Go storage layout of the configured storage (the data
+//! directory or the S3 bucket: whole files at `store/nar/<a>/<ab>/<file>`, chunks at
+//! `store/chunk/<a>/<ab>/<hash>`, each chunk a zstd frame), and the path imported through the
+//! same verified import as a file cache: NarHash and NarSize are checked on every NAR before
+//! it is stored. The Go pins follow. The Go tables
 //! and files are only read, so a run can be interrupted and started again. `serve` runs it in
 //! the background when Go data is waiting, so switching from the Go ncps needs no step.
 
-use std::path::{Path, PathBuf};
+use std::io;
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use ncps_core::CacheError;
 use ncps_core::maintenance::{Imported, Maintenance};
 use ncps_db::{Database, GoNarFile, GoNarInfo};
 use ncps_nix::{Compression, NarInfo, PublicKey, StorePathHash};
+use ncps_store::BlobStore;
 
 /// The setting recording that every Go path was imported (`serve` then stops looking).
 const DONE_SETTING: &str = "go_import_done";
@@ -44,11 +48,11 @@ pub struct GoTally {
 pub type Report<'a> = &'a mut (dyn FnMut(bool, String) + Send);
 
 /// Imports (or with `dry_run`, reports) every narinfo the Go ncps kept in `db`, its NARs
-/// read from the Go layout below `data_dir`; with `keys`, only those signed by one of them.
+/// read from the Go layout of `store`; with `keys`, only those signed by one of them.
 pub async fn run(
     maintenance: &Maintenance,
     db: &Database,
-    data_dir: &Path,
+    store: &BlobStore,
     keys: &[PublicKey],
     dry_run: bool,
     report: Report<'_>,
@@ -60,7 +64,7 @@ pub async fn run(
         let Some(last) = batch.last() else { break };
         after = last.id;
         for go in &batch {
-            import_one(maintenance, data_dir, go, keys, dry_run, &mut tally, report).await?;
+            import_one(maintenance, store, go, keys, dry_run, &mut tally, report).await?;
         }
     }
     for hash in db.go_pins().await? {
@@ -83,7 +87,7 @@ pub async fn run(
 
 async fn import_one(
     maintenance: &Maintenance,
-    data_dir: &Path,
+    store: &BlobStore,
     go: &GoNarInfo,
     keys: &[PublicKey],
     dry_run: bool,
@@ -115,7 +119,7 @@ async fn import_one(
         tally.present += 1;
         return Ok(());
     }
-    let Some((compression, files)) = nar_source(data_dir, &go.nar_files) else {
+    let Some((compression, source)) = nar_source(store, &go.nar_files).await? else {
         skip("its NAR is in neither the Go NAR files nor the Go chunk store".into());
         return Ok(());
     };
@@ -134,7 +138,7 @@ async fn import_one(
         file_size: narinfo.file_size.filter(|_| same_file),
         ..narinfo
     };
-    match maintenance.import_path(&narinfo, &files).await {
+    match maintenance.import_path(&narinfo, source).await {
         Ok(Imported::Stored { .. } | Imported::NarAlreadyStored { .. }) => {
             report(false, format!("imported {}", go.store_path));
             tally.imported += 1;
@@ -183,83 +187,127 @@ fn narinfo_text(go: &GoNarInfo) -> String {
     text
 }
 
-/// Where the Go ncps kept a file named `name` below `dir` (`<a>/<ab>/<name>`).
-fn sharded(dir: &Path, name: &str) -> Option<PathBuf> {
+/// Where the Go ncps kept an object named `name` below `dir` (`<dir>/<a>/<ab>/<name>`), or
+/// `None` for a name that is no plain file name.
+fn sharded(dir: &str, name: &str) -> Option<String> {
     let plain = name.len() >= 2
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && !name.contains("..")
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
-    plain.then(|| dir.join(&name[..1]).join(&name[..2]).join(name))
+    plain.then(|| format!("{dir}/{}/{}/{name}", &name[..1], &name[..2]))
 }
 
-/// The files holding a NAR, in the order to read them, and their compression: a whole file
-/// when one is there (an uncompressed one may be kept as `.nar.zst`), else a complete chunk
-/// list whose chunks are all there.
-fn nar_source(data_dir: &Path, files: &[GoNarFile]) -> Option<(Compression, Vec<PathBuf>)> {
-    let nar_dir = data_dir.join("store/nar");
-    let whole = files.iter().find_map(|f| {
-        let named = Compression::parse(&f.compression).ok()?;
-        let mut forms = vec![named];
-        if named == Compression::None {
-            forms.insert(0, Compression::Zstd);
+/// The bytes of a NAR and their compression: a whole file when one is there (an uncompressed
+/// one may be kept as `.nar.zst`), else a complete chunk list, its chunks read one after the
+/// other (a chunk found missing then fails the import with `NotFound`).
+async fn nar_source(
+    store: &BlobStore,
+    files: &[GoNarFile],
+) -> Result<Option<(Compression, BoxStream<'static, io::Result<Bytes>>)>> {
+    for f in files {
+        let Ok(named) = Compression::parse(&f.compression) else {
+            continue;
+        };
+        let forms = if named == Compression::None {
+            vec![Compression::Zstd, Compression::None]
+        } else {
+            vec![named]
+        };
+        for c in forms {
+            let Some(path) = sharded("store/nar", &format!("{}{}", f.hash, c.nar_extension()))
+            else {
+                continue;
+            };
+            if let Some(stream) = store.read_go_object(&path).await? {
+                return Ok(Some((c, stream.map_err(io::Error::other).boxed())));
+            }
         }
-        forms.into_iter().find_map(|c| {
-            let path = sharded(&nar_dir, &format!("{}{}", f.hash, c.nar_extension()))?;
-            path.is_file().then(|| (c, vec![path]))
+    }
+    let Some(chunked) = files.iter().find(|f| !f.chunks.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(paths) = chunked
+        .chunks
+        .iter()
+        .map(|c| sharded("store/chunk", c))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Ok(None);
+    };
+    let store = store.clone();
+    let source = futures::stream::iter(paths)
+        .then(move |path| {
+            let store = store.clone();
+            async move {
+                match store.read_go_object(&path).await {
+                    Ok(Some(stream)) => Ok(stream.map_err(io::Error::other)),
+                    Ok(None) => Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("the Go chunk {path} is missing"),
+                    )),
+                    Err(e) => Err(io::Error::other(e)),
+                }
+            }
         })
-    });
-    let chunk_dir = data_dir.join("store/chunk");
-    whole.or_else(|| {
-        files.iter().filter(|f| !f.chunks.is_empty()).find_map(|f| {
-            let paths: Option<Vec<PathBuf>> =
-                f.chunks.iter().map(|c| sharded(&chunk_dir, c)).collect();
-            paths
-                .filter(|p| p.iter().all(|p| p.is_file()))
-                .map(|p| (Compression::Zstd, p))
-        })
-    })
+        .try_flatten()
+        .boxed();
+    Ok(Some((Compression::Zstd, source)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn go_files_are_found_where_the_go_ncps_shards_them() {
+    async fn read(source: BoxStream<'static, io::Result<Bytes>>) -> io::Result<Vec<u8>> {
+        let pieces: Vec<Bytes> = source.try_collect().await?;
+        Ok(pieces.concat())
+    }
+
+    #[tokio::test]
+    async fn go_objects_are_found_where_the_go_ncps_shards_them() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let file = |rel: &str| {
+        let file = |rel: &str, bytes: &[u8]| {
             let p = root.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, b"x").unwrap();
-            p
+            std::fs::write(&p, bytes).unwrap();
         };
+        let store = BlobStore::local(&root.join("store")).unwrap();
         let nar = |hash: &str, compression: &str, chunks: &[&str]| GoNarFile {
             hash: hash.into(),
             compression: compression.into(),
             chunks: chunks.iter().map(|c| (*c).to_owned()).collect(),
         };
-        let xz = file("store/nar/a/ab/abc.nar.xz");
-        assert_eq!(
-            nar_source(root, &[nar("abc", "xz", &[])]),
-            Some((Compression::Xz, vec![xz]))
-        );
+        let found = |files: Vec<GoNarFile>| {
+            let store = store.clone();
+            async move {
+                match nar_source(&store, &files).await.unwrap() {
+                    Some((c, source)) => Some((c, read(source).await)),
+                    None => None,
+                }
+            }
+        };
+        file("store/nar/a/ab/abc.nar.xz", b"xz");
+        let (c, bytes) = found(vec![nar("abc", "xz", &[])]).await.unwrap();
+        assert_eq!((c, bytes.unwrap()), (Compression::Xz, b"xz".to_vec()));
         // An uncompressed NAR the Go ncps fetched is kept as zstd.
-        let zst = file("store/nar/d/de/def.nar.zst");
+        file("store/nar/d/de/def.nar.zst", b"zst");
+        let (c, bytes) = found(vec![nar("def", "none", &[])]).await.unwrap();
+        assert_eq!((c, bytes.unwrap()), (Compression::Zstd, b"zst".to_vec()));
+        file("store/chunk/0/01/0123", b"one-");
+        file("store/chunk/f/fe/fedc", b"two");
+        let (c, bytes) = found(vec![nar("ghi", "none", &["0123", "fedc"])])
+            .await
+            .unwrap();
         assert_eq!(
-            nar_source(root, &[nar("def", "none", &[])]),
-            Some((Compression::Zstd, vec![zst]))
+            (c, bytes.unwrap()),
+            (Compression::Zstd, b"one-two".to_vec())
         );
-        let chunks = [file("store/chunk/0/01/0123"), file("store/chunk/f/fe/fedc")];
-        assert_eq!(
-            nar_source(root, &[nar("ghi", "none", &["0123", "fedc"])]),
-            Some((Compression::Zstd, chunks.to_vec()))
-        );
-        assert_eq!(
-            nar_source(root, &[nar("ghi", "none", &["0123", "9999"])]),
-            None
-        );
-        assert_eq!(nar_source(root, &[nar("../x", "xz", &[])]), None);
-        assert_eq!(nar_source(root, &[nar("abc", "lzip", &[])]), None);
+        let (_, missing) = found(vec![nar("ghi", "none", &["0123", "9999"])])
+            .await
+            .unwrap();
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(found(vec![nar("../x", "xz", &[])]).await.is_none());
+        assert!(found(vec![nar("abc", "lz4", &[])]).await.is_none());
     }
 }

@@ -19,8 +19,8 @@ use ncps_nix::{MAX_TEXT_LEN, NarInfo, PublicKey, StorePathHash};
 use super::go_import;
 use crate::cli::MigrateNarinfoArgs;
 use crate::setup;
-use ncps_core::maintenance::Maintenance;
 use ncps_core::maintenance::format_size;
+use ncps_core::maintenance::{Maintenance, files_source};
 
 /// The narinfo files below a binary cache directory, in a stable order (a resumed run walks
 /// the same way), with the hash each file name claims. Subdirectories are searched too (the Go
@@ -135,7 +135,11 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
         .map(|k| PublicKey::parse(k).with_context(|| format!("invalid --public-key {k:?}")))
         .collect::<Result<Vec<_>>>()?;
     let parts = setup::open(&args.storage).await?;
-    let (db, data_dir) = (parts.db.clone(), parts.data_dir.clone());
+    let (db, data_dir, store) = (
+        parts.db.clone(),
+        parts.data_dir.clone(),
+        parts.store.clone(),
+    );
     let maintenance = super::maintenance(parts)?;
     let mut tally = Tally::default();
     match &args.dir {
@@ -153,15 +157,8 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
                     eprintln!("{line}");
                 }
             };
-            let go = go_import::run(
-                &maintenance,
-                &db,
-                &data_dir,
-                &keys,
-                args.dry_run,
-                &mut report,
-            )
-            .await?;
+            let go =
+                go_import::run(&maintenance, &db, &store, &keys, args.dry_run, &mut report).await?;
             eprintln!(
                 "Go ncps database: {} paths imported, {} already cached, {} skipped, {} pins kept",
                 go.imported, go.present, go.skipped, go.pins
@@ -269,7 +266,11 @@ async fn import_files(
             }
             continue;
         }
-        match maintenance.import_path(&narinfo, &[&nar]).await {
+        let imported = match files_source(&[&nar]) {
+            Ok(source) => maintenance.import_path(&narinfo, source).await,
+            Err(e) => Err(CacheError::Io(e)),
+        };
+        match imported {
             Ok(Imported::Stored { whole }) => {
                 tally.imported += 1;
                 tally.bytes += whole.size;

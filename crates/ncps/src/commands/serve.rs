@@ -1,6 +1,5 @@
 //! `ncps serve`: open the parts, start the jobs, listen.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use ncps_db::Database;
 use ncps_locks::{PostgresLocks, RedisLocks};
 use ncps_nix::PublicKey;
 use ncps_server::{AccessConfig, ConnectionLimits, ServerOptions};
+use ncps_store::BlobStore;
 use ncps_upstream::{UpstreamOptions, Upstreams};
 use tracing::{debug, info, warn};
 
@@ -30,7 +30,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Imports what a Go ncps left in this database and data directory while serving (as
 /// `ncps migrate-narinfo` does): paths not imported yet are fetched from upstreams meanwhile.
-fn spawn_go_import(maintenance: Maintenance, db: Database, data_dir: PathBuf) {
+fn spawn_go_import(maintenance: Maintenance, db: Database, store: BlobStore) {
     tokio::spawn(async move {
         info!("importing the Go ncps's paths in the background");
         let mut report = |skipped: bool, line: String| {
@@ -40,7 +40,7 @@ fn spawn_go_import(maintenance: Maintenance, db: Database, data_dir: PathBuf) {
                 debug!("{line}");
             }
         };
-        match super::go_import::run(&maintenance, &db, &data_dir, &[], false, &mut report).await {
+        match super::go_import::run(&maintenance, &db, &store, &[], false, &mut report).await {
             Ok(t) => info!(
                 imported = t.imported,
                 already_cached = t.present,
@@ -82,10 +82,10 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
         prefetch: args.cache_upstream_prefetch,
         ..CacheConfig::new(parts.secret_key, parts.temp_dir)
     };
-    let db = parts.db.clone();
+    let (db, store) = (parts.db.clone(), parts.store.clone());
     let cache = Cache::new(config, parts.db, parts.store, upstreams);
     if super::go_import::pending(&db).await? {
-        spawn_go_import(cache.maintenance().clone(), db, data_dir.clone());
+        spawn_go_import(cache.maintenance().clone(), db, store);
     }
     cache.maintenance().spawn_jobs(JobsConfig {
         chunk_workers: args.cdc_jobs.cache_cdc_background_workers,
