@@ -1,8 +1,7 @@
 //! A Go ncps user's configuration works unchanged (issue 16): each test drives the binary the
 //! way a Go set-up does (flags, variables, config files from the Go docs and nixpkgs' module).
 
-use crate::harness::narinfo::store_hash;
-use crate::harness::{Compression, Fixture, FixtureOptions, NarInfo, TestEnv, eventually, http};
+use crate::harness::{Compression, Fixture, FixtureOptions, TestEnv, eventually, http};
 
 /// nixpkgs' `services.ncps` writes `max-open-conns: 0` (and the Go ncps reads 0 as "the
 /// engine's default"); ncps starts and serves with both pool sizes at 0.
@@ -44,16 +43,8 @@ async fn a_priority_in_the_upstream_url_orders_the_upstreams() {
         format!("{}?priority=5", announcing_worse.url()),
     ];
     let ncps = env.ncps(&config).await;
-    let narinfo_path = format!("/{}.narinfo", store_hash(&closure.top));
     // Both are asked at once (the default lookup); the better priority's answer is taken.
-    let narinfo = eventually("the narinfo", || async {
-        let resp = http::get(&ncps.url_for(&narinfo_path)).await;
-        match resp.status {
-            200 => Ok(NarInfo::parse(&resp.text())),
-            s => Err(format!("status {s}")),
-        }
-    })
-    .await;
+    let narinfo = ncps.narinfo_eventually(&closure.top).await;
     http::get(&ncps.url_for(narinfo.field("URL")))
         .await
         .expect_status(200, "the NAR");
@@ -587,14 +578,7 @@ async fn nixpkgs_module_files_start_ncps() {
 
     config.config_file = Some(file);
     let ncps = env.ncps(&config).await;
-    let narinfo = eventually("the narinfo", || async {
-        let resp = http::get(&ncps.url_for(&format!("{}.narinfo", store_hash(&closure.top)))).await;
-        match resp.status {
-            200 => Ok(NarInfo::parse(&resp.text())),
-            s => Err(format!("status {s}")),
-        }
-    })
-    .await;
+    let narinfo = ncps.narinfo_eventually(&closure.top).await;
     assert!(narinfo.field("StorePath").ends_with("-e2e-top"));
     let pubkey = ncps.pubkey().await;
     assert!(pubkey.starts_with("cache.example.lan:"), "{pubkey}");

@@ -216,22 +216,7 @@ impl GoStorage {
     fn args(&self) -> Vec<String> {
         match self {
             GoStorage::Local => Vec::new(),
-            GoStorage::S3 { services, bucket } => [
-                "--cache-storage-s3-bucket",
-                bucket,
-                "--cache-storage-s3-endpoint",
-                &services.s3_endpoint,
-                "--cache-storage-s3-region",
-                "garage",
-                "--cache-storage-s3-access-key-id",
-                &services.s3_key_id,
-                "--cache-storage-s3-secret-access-key",
-                &services.s3_secret,
-                "--cache-storage-s3-force-path-style",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
+            GoStorage::S3 { services, bucket } => services.s3_args(bucket),
         }
     }
 }

@@ -11,9 +11,8 @@ use std::process::Command;
 use base64::Engine as _;
 use serde_yaml::Value;
 
-use crate::harness::narinfo::store_hash;
 use crate::harness::server_db::ServerDatabase;
-use crate::harness::{Compression, NarInfo, TestEnv, eventually, http};
+use crate::harness::{Compression, TestEnv, http};
 
 /// The repository root.
 fn repo() -> PathBuf {
@@ -195,14 +194,7 @@ async fn the_single_instance_chart_runs_as_rendered() {
     ncps_config.config_file = Some(config.clone());
     ncps_config.extra_env = pod_env;
     let ncps = env.ncps(&ncps_config).await;
-    let narinfo = eventually("the narinfo through the chart's pod", || async {
-        let resp = http::get(&ncps.url_for(&format!("{}.narinfo", store_hash(&closure.top)))).await;
-        match resp.status {
-            200 => Ok(NarInfo::parse(&resp.text())),
-            s => Err(format!("status {s}")),
-        }
-    })
-    .await;
+    let narinfo = ncps.narinfo_eventually(&closure.top).await;
     http::get(&ncps.url_for(narinfo.field("URL")))
         .await
         .expect_status(200, "the NAR");

@@ -56,6 +56,26 @@ impl Services {
         format!("{base}/{name}")
     }
 
+    /// The flags that store NARs in `bucket` of the Garage server.
+    pub(crate) fn s3_args(&self, bucket: &str) -> Vec<String> {
+        [
+            "--cache-storage-s3-bucket",
+            bucket,
+            "--cache-storage-s3-endpoint",
+            &self.s3_endpoint,
+            "--cache-storage-s3-region",
+            "garage",
+            "--cache-storage-s3-access-key-id",
+            &self.s3_key_id,
+            "--cache-storage-s3-secret-access-key",
+            &self.s3_secret,
+            "--cache-storage-s3-force-path-style",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
     /// A fresh bucket for one test, writable with the shared key.
     pub(crate) fn bucket(&self) -> String {
         let name = format!("ncps-replicas-{}", random_hex(6));
@@ -99,28 +119,21 @@ fn shared_args(
     key_file: &str,
     locks: &[String],
 ) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--cache-database-url",
-        database,
-        "--cache-storage-s3-bucket",
-        bucket,
-        "--cache-storage-s3-endpoint",
-        &services.s3_endpoint,
-        "--cache-storage-s3-region",
-        "garage",
-        "--cache-storage-s3-access-key-id",
-        &services.s3_key_id,
-        "--cache-storage-s3-secret-access-key",
-        &services.s3_secret,
-        "--cache-storage-s3-force-path-style",
-        "--cache-secret-key-path",
-        key_file,
-        "--cache-lock-download-ttl",
-        "3s",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut args: Vec<String> = ["--cache-database-url", database]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(services.s3_args(bucket));
+    args.extend(
+        [
+            "--cache-secret-key-path",
+            key_file,
+            "--cache-lock-download-ttl",
+            "3s",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
+    );
     args.extend(locks.iter().cloned());
     args
 }

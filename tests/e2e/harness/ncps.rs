@@ -374,6 +374,23 @@ impl Ncps {
     }
 
     /// ncps's public key (`name:base64`), from `GET /pubkey`.
+    /// ncps's narinfo for `store_path`, once ncps answers it with 200 (right after start the
+    /// upstreams may still be probed).
+    pub async fn narinfo_eventually(&self, store_path: &str) -> super::NarInfo {
+        let url = self.url_for(&format!(
+            "{}.narinfo",
+            super::narinfo::store_hash(store_path)
+        ));
+        super::eventually("the narinfo", || async {
+            let resp = http::get(&url).await;
+            match resp.status {
+                200 => Ok(super::NarInfo::parse(&resp.text())),
+                s => Err(format!("status {s}")),
+            }
+        })
+        .await
+    }
+
     pub async fn pubkey(&self) -> String {
         let resp = http::get(&self.url_for("pubkey"))
             .await
