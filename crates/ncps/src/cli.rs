@@ -668,7 +668,7 @@ pub struct MigrateArgs {
     pub batch_size: u32,
 
     /// Only report how many NARs (and bytes) the migration would move; nothing changes.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 }
 
@@ -980,7 +980,7 @@ pub struct MigrateUpArgs {
     pub storage: StorageArgs,
 
     /// Print every migration with whether it is applied, and change nothing.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 }
 
@@ -994,18 +994,18 @@ pub struct FsckArgs {
     /// Fix what can be fixed: forget rows whose bytes are gone (the NAR is fetched again from
     /// its upstream on demand), delete bad and stray files, drop narinfos that cannot be
     /// served.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub repair: bool,
 
     /// Report what --repair would fix and change nothing, even with --repair (the Go ncps's
     /// flag; without --repair nothing is changed anyway).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 
     /// Also read every whole NAR file and check its hashes (FileHash from its name, NarHash
     /// after decompression). Reads all storage: slow on a large cache. Alias
     /// `--verify-content` (the Go ncps's name).
-    #[arg(long, alias = "verify-content")]
+    #[arg(long, alias = "verify-content", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub verify_hashes: bool,
 
     /// Stray files and unservable narinfos younger than this are reported but never counted
@@ -1030,7 +1030,7 @@ pub struct MigrateNarinfoArgs {
 
     /// Only report what would be imported (checks that NAR files exist and have their
     /// FileSize; hashes are checked on a real run).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 
     /// Import only narinfos signed by one of these keys (name:base64, repeatable). Without
@@ -1074,6 +1074,255 @@ pub struct PinArgs {
 
 #[cfg(test)]
 mod tests {
+
+    /// Every flag the Go ncps's commands define (kalbasit/ncps at 816f637, `pkg/ncps/*.go`),
+    /// by command: each must be accepted, under the same command, as a Go user would give it.
+    const GO_FLAGS: &[(&str, &[&str])] = &[
+        (
+            "serve",
+            &[
+                "cache-allow-delete-verb",
+                "cache-allow-put-verb",
+                "cache-get-token",
+                "cache-hostname",
+                "cache-storage-local",
+                "cache-storage-s3-bucket",
+                "cache-storage-s3-endpoint",
+                "cache-storage-s3-region",
+                "cache-storage-s3-access-key-id",
+                "cache-storage-s3-secret-access-key",
+                "cache-storage-s3-force-path-style",
+                "cache-cdc-enabled",
+                "cache-cdc-min",
+                "cache-cdc-avg",
+                "cache-cdc-max",
+                "cache-cdc-lazy-chunking-enabled",
+                "cache-cdc-background-workers",
+                "cache-cdc-delete-delay",
+                "cache-cdc-lazy-recovery-schedule",
+                "cache-cdc-lazy-recovery-batch-size",
+                "cache-cdc-lazy-cleanup-schedule",
+                "cache-database-url",
+                "cache-database-pool-max-open-conns",
+                "cache-database-pool-max-idle-conns",
+                "cache-max-size",
+                "cache-lru-schedule",
+                "cache-lru-schedule-timezone",
+                "cache-secret-key-path",
+                "cache-sign-narinfo",
+                "cache-require-trusted-signature",
+                "cache-trusted-upload-key",
+                "cache-temp-path",
+                "cache-upstream-url",
+                "cache-upstream-public-key",
+                "cache-upstream-dialer-timeout",
+                "cache-upstream-response-header-timeout",
+                "netrc-file",
+                "server-addr",
+                "pprof-addr",
+                "cache-download-poll-timeout",
+                "cache-cdc-chunk-wait-timeout",
+                "cache-inflight-staging-enabled",
+                "cache-inflight-staging-retention",
+                "cache-inflight-staging-part-size",
+                "cache-data-path",
+                "upstream-cache",
+                "upstream-public-key",
+                "upstream-dialer-timeout",
+                "upstream-response-header-timeout",
+                "cache-redis-addrs",
+                "cache-redis-username",
+                "cache-redis-password",
+                "cache-redis-db",
+                "cache-redis-use-tls",
+                "cache-redis-pool-size",
+                "cache-lock-backend",
+                "cache-lock-redis-key-prefix",
+                "cache-lock-download-ttl",
+                "cache-lock-lru-ttl",
+                "cache-lock-retry-max-attempts",
+                "cache-lock-retry-initial-delay",
+                "cache-lock-retry-max-delay",
+                "cache-lock-retry-jitter",
+                "cache-lock-allow-degraded-mode",
+            ],
+        ),
+        (
+            "fsck",
+            &[
+                "repair",
+                "dry-run",
+                "verified-since",
+                "verify-content",
+                "dechunk-residue-grace",
+                "cache-temp-path",
+                "cache-storage-local",
+                "cache-storage-s3-bucket",
+                "cache-storage-s3-endpoint",
+                "cache-storage-s3-region",
+                "cache-storage-s3-access-key-id",
+                "cache-storage-s3-secret-access-key",
+                "cache-storage-s3-force-path-style",
+                "cache-database-url",
+                "cache-database-pool-max-open-conns",
+                "cache-database-pool-max-idle-conns",
+                "cache-redis-addrs",
+                "cache-redis-username",
+                "cache-redis-password",
+                "cache-redis-db",
+                "cache-redis-use-tls",
+                "cache-lock-backend",
+                "cache-lock-redis-key-prefix",
+                "cache-lock-download-ttl",
+                "cache-lock-lru-ttl",
+                "cache-lock-retry-max-attempts",
+                "cache-lock-retry-initial-delay",
+                "cache-lock-retry-max-delay",
+                "cache-lock-retry-jitter",
+                "cache-lock-allow-degraded-mode",
+                "cache-redis-pool-size",
+            ],
+        ),
+        ("migrate-narinfo", MIGRATION_FLAGS),
+        ("migrate-nar-to-chunks", MIGRATION_FLAGS),
+        ("migrate-chunks-to-nar", MIGRATION_FLAGS),
+        ("migrate-chunks-to-nar", &["force-reclaim"]),
+        ("migrate up", &["cache-database-url", "dry-run"]),
+    ];
+
+    /// The flags the Go ncps's three data migrations share.
+    const MIGRATION_FLAGS: &[&str] = &[
+        "dry-run",
+        "cache-temp-path",
+        "cache-storage-local",
+        "cache-storage-s3-bucket",
+        "cache-storage-s3-endpoint",
+        "cache-storage-s3-region",
+        "cache-storage-s3-access-key-id",
+        "cache-storage-s3-secret-access-key",
+        "cache-storage-s3-force-path-style",
+        "cache-database-url",
+        "cache-database-pool-max-open-conns",
+        "cache-database-pool-max-idle-conns",
+        "cache-redis-addrs",
+        "cache-redis-username",
+        "cache-redis-password",
+        "cache-redis-db",
+        "cache-redis-use-tls",
+        "cache-lock-backend",
+        "cache-lock-redis-key-prefix",
+        "cache-lock-download-ttl",
+        "cache-lock-lru-ttl",
+        "cache-lock-retry-max-attempts",
+        "cache-lock-retry-initial-delay",
+        "cache-lock-retry-max-delay",
+        "cache-lock-retry-jitter",
+        "cache-lock-allow-degraded-mode",
+        "cache-redis-pool-size",
+        "concurrency",
+    ];
+
+    /// The Go ncps's global flags.
+    const GO_GLOBAL_FLAGS: &[&str] = &[
+        "analytics-reporting-enabled",
+        "analytics-reporting-samples",
+        "log-level",
+        "log-console-writer-enabled",
+        "log-console-writer-prefix",
+        "otel-enabled",
+        "otel-grpc-url",
+        "prometheus-enabled",
+        "xz-binary-path",
+        "use-xz-binary",
+    ];
+
+    /// A value of the right shape for a Go flag.
+    fn go_sample(flag: &str) -> &'static str {
+        const BOOLS: &[&str] = &[
+            "repair",
+            "dry-run",
+            "verify-content",
+            "force-reclaim",
+            "use-xz-binary",
+            "analytics-reporting-samples",
+            "cache-sign-narinfo",
+            "cache-require-trusted-signature",
+        ];
+        match flag {
+            f if BOOLS.contains(&f)
+                || f.ends_with("-enabled")
+                || f.ends_with("-verb")
+                || f.ends_with("force-path-style")
+                || f.ends_with("use-tls")
+                || f.ends_with("jitter")
+                || f.ends_with("degraded-mode") =>
+            {
+                "true"
+            }
+            "cache-cdc-min" => "16384",
+            "cache-cdc-avg" => "65536",
+            "cache-cdc-max" => "262144",
+            f if f.ends_with("-workers")
+                || f.ends_with("-batch-size")
+                || f.ends_with("-conns")
+                || f.ends_with("-db")
+                || f.ends_with("-attempts")
+                || f.ends_with("-part-size")
+                || f.ends_with("-pool-size")
+                || f == "concurrency" =>
+            {
+                "2"
+            }
+            f if f.ends_with("-schedule") => "@every 1m",
+            f if f.ends_with("-timezone") => "UTC",
+            f if f.ends_with("-ttl")
+                || f.ends_with("-timeout")
+                || f.ends_with("-delay")
+                || f.ends_with("-grace")
+                || f.ends_with("-since")
+                || f.ends_with("-retention") =>
+            {
+                "1m"
+            }
+            "cache-upstream-url"
+            | "upstream-cache"
+            | "cache-storage-s3-endpoint"
+            | "otel-grpc-url" => "http://127.0.0.1:1",
+            "cache-database-url" => "sqlite:/tmp/ncps-go-flags.db",
+            "server-addr" | "pprof-addr" => "127.0.0.1:1",
+            "cache-upstream-public-key" | "upstream-public-key" | "cache-trusted-upload-key" => {
+                "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+            }
+            "cache-max-size" => "10G",
+            "log-level" => "info",
+            "cache-lock-backend" => "local",
+            _ => "x",
+        }
+    }
+
+    #[test]
+    fn every_go_flag_is_accepted_where_the_go_ncps_takes_it() {
+        for (commands, flags) in GO_FLAGS {
+            for flag in *flags {
+                let mut args = vec!["ncps".to_owned()];
+                args.extend(commands.split(' ').map(str::to_owned));
+                args.push(format!("--{flag}={}", go_sample(flag)));
+                if let Err(e) = command().try_get_matches_from(&args) {
+                    panic!("{commands} --{flag}: {e}");
+                }
+            }
+        }
+        for flag in GO_GLOBAL_FLAGS {
+            let args = [
+                "ncps".to_owned(),
+                format!("--{flag}={}", go_sample(flag)),
+                "serve".into(),
+            ];
+            if let Err(e) = command().try_get_matches_from(&args) {
+                panic!("--{flag}: {e}");
+            }
+        }
+    }
     use super::*;
 
     fn serve_args(args: &[&str]) -> ServeArgs {

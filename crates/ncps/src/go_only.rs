@@ -5,6 +5,13 @@
 use clap::builder::BoolishValueParser;
 use clap::{Arg, ArgAction, ArgMatches};
 
+/// The data migration commands.
+const MIGRATIONS: [&str; 3] = [
+    "migrate-narinfo",
+    "migrate-nar-to-chunks",
+    "migrate-chunks-to-nar",
+];
+
 /// Which command a Go-only setting belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum On {
@@ -17,6 +24,11 @@ enum On {
     /// The data migrations (`migrate-narinfo`, `migrate-nar-to-chunks`,
     /// `migrate-chunks-to-nar`).
     Migrations,
+    /// `fsck` and the data migrations: the Go ncps gives them its lock settings, which
+    /// `serve` has for real here.
+    Maintenance,
+    /// `serve`, `fsck` and the data migrations.
+    Everywhere,
 }
 
 impl On {
@@ -26,11 +38,9 @@ impl On {
             On::Global => &[],
             On::Serve => &["serve"],
             On::Fsck => &["fsck"],
-            On::Migrations => &[
-                "migrate-narinfo",
-                "migrate-nar-to-chunks",
-                "migrate-chunks-to-nar",
-            ],
+            On::Migrations => &MIGRATIONS,
+            On::Maintenance => &["fsck", MIGRATIONS[0], MIGRATIONS[1], MIGRATIONS[2]],
+            On::Everywhere => &["serve", "fsck", MIGRATIONS[0], MIGRATIONS[1], MIGRATIONS[2]],
         }
     }
 }
@@ -69,9 +79,9 @@ const fn setting(
     }
 }
 
-/// Why the Go migrations' lock settings mean nothing here.
+/// Why the Go ncps's lock settings of fsck and the migrations mean nothing here.
 const MIGRATION_LOCKS: &str =
-    "migrations coordinate with running servers through the database, not through locks";
+    "fsck and migrations coordinate with running servers through the database, not locks";
 
 const LOCKS_RETRY: &str = "lock operations here fail at once with 503 + Retry-After; clients retry";
 
@@ -186,7 +196,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_LRU_TTL"),
         Some("cache.lock.lru-lock-ttl"),
         false,
-        On::Serve,
+        On::Everywhere,
         "the eviction lock is renewed while eviction runs",
     ),
     setting(
@@ -194,7 +204,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_MAX_ATTEMPTS"),
         Some("cache.lock.retry.max-attempts"),
         false,
-        On::Serve,
+        On::Everywhere,
         LOCKS_RETRY,
     ),
     setting(
@@ -202,7 +212,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_INITIAL_DELAY"),
         Some("cache.lock.retry.initial-delay"),
         false,
-        On::Serve,
+        On::Everywhere,
         LOCKS_RETRY,
     ),
     setting(
@@ -210,7 +220,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_MAX_DELAY"),
         Some("cache.lock.retry.max-delay"),
         false,
-        On::Serve,
+        On::Everywhere,
         LOCKS_RETRY,
     ),
     setting(
@@ -218,7 +228,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_RETRY_JITTER"),
         Some("cache.lock.retry.jitter"),
         true,
-        On::Serve,
+        On::Everywhere,
         LOCKS_RETRY,
     ),
     setting(
@@ -226,7 +236,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_ALLOW_DEGRADED_MODE"),
         Some("cache.lock.allow-degraded-mode"),
         true,
-        On::Serve,
+        On::Everywhere,
         "with the lock service down, downloads answer 503 and everything stored is still served",
     ),
     setting(
@@ -248,7 +258,7 @@ const SETTINGS: &[GoOnly] = &[
     setting(
         "concurrency",
         Some("CONCURRENCY"),
-        None,
+        Some("concurrency"),
         false,
         On::Migrations,
         "NARs are migrated one at a time, each verified as it streams",
@@ -266,7 +276,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_REDIS_ADDRS"),
         None,
         false,
-        On::Migrations,
+        On::Maintenance,
         MIGRATION_LOCKS,
     ),
     setting(
@@ -274,7 +284,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_REDIS_USERNAME"),
         None,
         false,
-        On::Migrations,
+        On::Maintenance,
         MIGRATION_LOCKS,
     ),
     setting(
@@ -282,7 +292,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_REDIS_PASSWORD"),
         None,
         false,
-        On::Migrations,
+        On::Maintenance,
         MIGRATION_LOCKS,
     ),
     setting(
@@ -290,7 +300,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_REDIS_DB"),
         None,
         false,
-        On::Migrations,
+        On::Maintenance,
         MIGRATION_LOCKS,
     ),
     setting(
@@ -298,7 +308,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_REDIS_USE_TLS"),
         None,
         true,
-        On::Migrations,
+        On::Maintenance,
         MIGRATION_LOCKS,
     ),
     setting(
@@ -306,7 +316,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_BACKEND"),
         None,
         false,
-        On::Migrations,
+        On::Maintenance,
         MIGRATION_LOCKS,
     ),
     setting(
@@ -314,7 +324,15 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_LOCK_REDIS_KEY_PREFIX"),
         None,
         false,
-        On::Migrations,
+        On::Maintenance,
+        MIGRATION_LOCKS,
+    ),
+    setting(
+        "cache-lock-download-ttl",
+        Some("CACHE_LOCK_DOWNLOAD_TTL"),
+        None,
+        false,
+        On::Maintenance,
         MIGRATION_LOCKS,
     ),
     setting(
@@ -322,7 +340,7 @@ const SETTINGS: &[GoOnly] = &[
         Some("CACHE_REDIS_POOL_SIZE"),
         Some("cache.redis.pool-size"),
         false,
-        On::Serve,
+        On::Everywhere,
         "locks use one multiplexed Redis connection",
     ),
 ];
