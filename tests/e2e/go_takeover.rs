@@ -63,6 +63,14 @@ CREATE UNIQUE INDEX configentry_key ON config (key);
 CREATE TABLE pinned_closures (id {ID}, created_at {TS} NOT NULL DEFAULT {NOW}, updated_at {TS} NULL,
   hash {TEXT} NOT NULL);
 CREATE UNIQUE INDEX pinnedclosure_hash ON pinned_closures (hash);
+CREATE TABLE build_trace_entries (id {ID}, created_at {TS} NOT NULL DEFAULT {NOW},
+  updated_at {TS} NULL, drv_path {TEXT} NOT NULL, output_name {TEXT} NOT NULL,
+  out_path {TEXT} NOT NULL, raw_json text NOT NULL);
+CREATE UNIQUE INDEX buildtraceentry_drv_path_output_name ON build_trace_entries (drv_path, output_name);
+CREATE TABLE build_trace_signatures (id {ID}, key_name {TEXT} NOT NULL, signature {TEXT} NOT NULL,
+  build_trace_entry_id {INT} NOT NULL,
+  CONSTRAINT build_trace_signatures_build_trace_entries_signatures FOREIGN KEY (build_trace_entry_id)
+  REFERENCES build_trace_entries (id) ON DELETE CASCADE);
 ";
 
 /// The migration versions the Go ncps records at v0.10 (SQLite's list; 0 is goose's own).
@@ -355,7 +363,25 @@ fn lay_out_go_data(
         "INSERT INTO pinned_closures (hash) VALUES ('{}');\n",
         store_hash(&closure.top)
     ));
+    let (drv, json) = build_trace(closure);
+    sql.push_str(&format!(
+        "INSERT INTO build_trace_entries (drv_path, output_name, out_path, raw_json) VALUES \
+         ('/nix/store/{drv}', 'out', '{}', '{json}');\n",
+        closure.top
+    ));
     (sql, objects)
+}
+
+/// The build-trace entry of the fixture (the top path as the output of a made-up derivation):
+/// its derivation's name and the document as a client uploaded it.
+fn build_trace(closure: &Closure) -> (String, String) {
+    let drv = format!("{}-e2e-top.drv", store_hash(&closure.top));
+    let json = format!(
+        "{{\"key\":{{\"drvPath\":\"/nix/store/{drv}\",\"outputName\":\"out\"}},\
+         \"value\":{{\"outPath\":\"{}\",\"signatures\":[]}}}}",
+        closure.top
+    );
+    (drv, json)
 }
 
 /// How the takeover is driven.
@@ -412,7 +438,9 @@ async fn takes_over(steps: Steps, storage: GoStorage, make_db: impl FnOnce(&Path
         let import = env.ncps_admin("migrate-narinfo", &config, &db_args).await;
         assert!(import.status.success(), "{import}");
         assert!(
-            import.output.contains("4 paths imported") && import.output.contains("1 pins kept"),
+            import.output.contains("4 paths imported")
+                && import.output.contains("1 pins kept")
+                && import.output.contains("1 build traces kept"),
             "{import}"
         );
         let again = env.ncps_admin("migrate-narinfo", &config, &db_args).await;
@@ -451,6 +479,16 @@ async fn takes_over(steps: Steps, storage: GoStorage, make_db: impl FnOnce(&Path
         client.closure(&closure.top).await.as_deref(),
         Some(&closure.paths[..])
     );
+    let (drv, json) = build_trace(&closure);
+    let trace = eventually("the Go build trace", || async {
+        let resp = http::get(&ncps.url_for(&format!("build-trace-v2/{drv}/out"))).await;
+        match resp.status {
+            200 => Ok(resp.text()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+    assert_eq!(trace, json);
     let pins = env.ncps_admin("pins", &config, &db_args).await;
     assert!(
         pins.output.contains(store_hash(&closure.top)),

@@ -70,6 +70,19 @@ pub struct GoNarInfo {
     pub nar_files: Vec<GoNarFile>,
 }
 
+/// A build-trace entry the Go ncps kept (`build_trace_entries`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoBuildTrace {
+    /// Row id in the Go table.
+    pub id: i64,
+    /// `/nix/store/<hash>-<name>.drv`.
+    pub drv_path: String,
+    /// The output's name.
+    pub output_name: String,
+    /// The document as it was uploaded.
+    pub raw_json: String,
+}
+
 /// One NAR file row of the Go ncps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoNarFile {
@@ -205,6 +218,38 @@ impl Database {
             });
         }
         Ok(out)
+    }
+
+    /// Up to `limit` Go build-trace entries with a row id above `after`, in id order.
+    pub async fn go_build_traces(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<GoBuildTrace>, DbError> {
+        if !self.go_table_exists("build_trace_entries").await? {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {} AS id, drv_path, output_name, raw_json FROM {} WHERE id > ? \
+             ORDER BY id LIMIT ?",
+            self.dialect.bigint("id"),
+            self.go("build_trace_entries"),
+        );
+        let rows = sqlx::query(&self.sql(&sql))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(GoBuildTrace {
+                    id: row.try_get("id")?,
+                    drv_path: text(row, "drv_path")?,
+                    output_name: text(row, "output_name")?,
+                    raw_json: text(row, "raw_json")?,
+                })
+            })
+            .collect()
     }
 
     /// One text column of a narinfo's rows in a link table, sorted.

@@ -55,7 +55,7 @@ pub use fsck::{
     AppliedMigration, ChunkListEntry, ChunkRefMismatch, ChunkRow, DanglingNarUrl, OrphanNarInfo,
     UnreferencedNar,
 };
-pub use go_data::{GoNarFile, GoNarInfo};
+pub use go_data::{GoBuildTrace, GoNarFile, GoNarInfo};
 pub use lru::{DocumentEntry, DocumentKey, LruEntry, StoreCounts};
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};

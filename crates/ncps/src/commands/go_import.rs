@@ -17,7 +17,7 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use ncps_core::CacheError;
 use ncps_core::maintenance::{Imported, Maintenance};
 use ncps_db::{Database, GoNarFile, GoNarInfo};
-use ncps_nix::{Compression, NarInfo, PublicKey, StorePathHash};
+use ncps_nix::{Compression, NarInfo, PublicKey, SignedJson, StorePath, StorePathHash};
 use ncps_store::BlobStore;
 
 /// The setting recording that every Go path was imported (`serve` then stops looking).
@@ -42,6 +42,8 @@ pub struct GoTally {
     pub skipped: u64,
     /// Pins carried over.
     pub pins: u64,
+    /// Build-trace entries carried over.
+    pub build_traces: u64,
 }
 
 /// How a run reports each path: a progress line (`false`) or a path skipped (`true`).
@@ -79,10 +81,59 @@ pub async fn run(
             tally.pins += 1;
         }
     }
+    import_build_traces(db, dry_run, &mut tally, report).await?;
     if !dry_run && tally.skipped == 0 {
         db.setting_or_init(DONE_SETTING, "1").await?;
     }
     Ok(tally)
+}
+
+/// Carries the Go build-trace entries over as the documents `/build-trace-v2/<drv>/<output>`
+/// serves, each as it was uploaded; entries whose names or JSON ncps would refuse on upload are
+/// reported and skipped.
+async fn import_build_traces(
+    db: &Database,
+    dry_run: bool,
+    tally: &mut GoTally,
+    report: Report<'_>,
+) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let batch = db.go_build_traces(after, BATCH).await?;
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        after = last.id;
+        for trace in batch {
+            let drv = trace
+                .drv_path
+                .strip_prefix("/nix/store/")
+                .unwrap_or_default();
+            let valid_names = drv.ends_with(".drv")
+                && StorePath::parse_base_name(drv).is_ok()
+                && !trace.output_name.is_empty()
+                && trace
+                    .output_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-._".contains(&b));
+            if !valid_names || SignedJson::parse(&trace.raw_json).is_err() {
+                report(
+                    true,
+                    format!(
+                        "build trace {}!{}: not a valid entry",
+                        trace.drv_path, trace.output_name
+                    ),
+                );
+                tally.skipped += 1;
+                continue;
+            }
+            let id = format!("build-trace-v2/{drv}/{}", trace.output_name);
+            if db.realisation(&id).await?.is_none() && !dry_run {
+                db.put_realisation(&id, &trace.raw_json).await?;
+            }
+            tally.build_traces += 1;
+        }
+    }
 }
 
 async fn import_one(

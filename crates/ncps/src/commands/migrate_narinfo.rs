@@ -160,8 +160,9 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
             let go =
                 go_import::run(&maintenance, &db, &store, &keys, args.dry_run, &mut report).await?;
             eprintln!(
-                "Go ncps database: {} paths imported, {} already cached, {} skipped, {} pins kept",
-                go.imported, go.present, go.skipped, go.pins
+                "Go ncps database: {} paths imported, {} already cached, {} skipped, {} pins \
+                 kept, {} build traces kept",
+                go.imported, go.present, go.skipped, go.pins, go.build_traces
             );
             tally.skipped += go.skipped;
             let legacy = data_dir.join("store/narinfo");

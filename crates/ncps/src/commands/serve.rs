@@ -46,6 +46,7 @@ fn spawn_go_import(maintenance: Maintenance, db: Database, store: BlobStore) {
                 already_cached = t.present,
                 skipped = t.skipped,
                 pins = t.pins,
+                build_traces = t.build_traces,
                 "imported the Go ncps's paths"
             ),
             Err(e) => warn!(
