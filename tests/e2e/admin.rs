@@ -687,3 +687,29 @@ async fn go_style_migrate_up_dry_run_and_down() {
         .await
         .expect_status(200, "serve on the migrated database");
 }
+
+/// stdout is a command's result, logs go to stderr: `PUB=$(ncps generate-key …)` captures the
+/// public key alone, and `ncps pins` lists pins without a log line among them.
+#[test]
+fn results_on_stdout_logs_on_stderr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ncps"))
+        .args(["--log-level", "debug", "generate-key", "--name", "split-1"])
+        .arg("--secret-key-path")
+        .arg(dir.path().join("key"))
+        .output()
+        .expect("run generate-key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "stdout: {stdout}");
+    assert!(stdout.starts_with("split-1:"), "stdout: {stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("generated a new signing key"),
+        "the log line went missing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -356,14 +356,14 @@ fn every_config_key_in_the_configuration_reference_is_read() {
         .env_remove("LOG_LEVEL")
         .output()
         .expect("run ncps");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let logs = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "ncps with every documented key failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "ncps with every documented key failed:\n{}\n{logs}",
+        String::from_utf8_lossy(&out.stdout)
     );
-    // JSON log lines (stdout is not a terminal), with the key in a "key" field.
-    let unknown: BTreeSet<&str> = stdout
+    // JSON log lines on stderr (not a terminal), with the key in a "key" field.
+    let unknown: BTreeSet<&str> = logs
         .lines()
         .filter(|line| line.contains("unknown key in the config file"))
         .filter_map(|line| {

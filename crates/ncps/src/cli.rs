@@ -43,6 +43,7 @@ pub struct Cli {
         global = true,
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -56,6 +57,7 @@ pub struct Cli {
         global = true,
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -227,6 +229,7 @@ pub struct StorageArgs {
         env = "CACHE_STORAGE_S3_FORCE_PATH_STYLE",
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -244,6 +247,7 @@ pub struct CdcArgs {
         env = "CACHE_CDC_ENABLED",
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -282,6 +286,7 @@ pub struct CdcJobArgs {
         env = "CACHE_CDC_LAZY_CHUNKING_ENABLED",
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -419,6 +424,7 @@ pub struct UpstreamArgs {
         env = "CACHE_UPSTREAM_ALLOW_UNVERIFIED",
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -458,6 +464,7 @@ pub struct ServeArgs {
         env = "CACHE_UPSTREAM_PREFETCH",
         default_value_t = defaults::UPSTREAM_PREFETCH,
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -470,6 +477,7 @@ pub struct ServeArgs {
         env = "CACHE_SIGN_NARINFO",
         default_value_t = defaults::SIGN_NARINFO,
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -532,6 +540,7 @@ pub struct LockArgs {
         env = "CACHE_REDIS_USE_TLS",
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -592,6 +601,7 @@ pub struct AccessArgs {
         alias = "allow-put",
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -605,6 +615,7 @@ pub struct AccessArgs {
         alias = "allow-delete",
         default_value = "false",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -619,6 +630,7 @@ pub struct AccessArgs {
         env = "CACHE_REQUIRE_TRUSTED_SIGNATURE",
         default_value_t = defaults::REQUIRE_TRUSTED_SIGNATURE,
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new(),
         action = ArgAction::Set
@@ -668,7 +680,7 @@ pub struct MigrateArgs {
     pub batch_size: u32,
 
     /// Only report how many NARs (and bytes) the migration would move; nothing changes.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 }
 
@@ -980,7 +992,7 @@ pub struct MigrateUpArgs {
     pub storage: StorageArgs,
 
     /// Print every migration with whether it is applied, and change nothing.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 }
 
@@ -994,18 +1006,18 @@ pub struct FsckArgs {
     /// Fix what can be fixed: forget rows whose bytes are gone (the NAR is fetched again from
     /// its upstream on demand), delete bad and stray files, drop narinfos that cannot be
     /// served.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub repair: bool,
 
     /// Report what --repair would fix and change nothing, even with --repair (the Go ncps's
     /// flag; without --repair nothing is changed anyway).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 
     /// Also read every whole NAR file and check its hashes (FileHash from its name, NarHash
     /// after decompression). Reads all storage: slow on a large cache. Alias
     /// `--verify-content` (the Go ncps's name).
-    #[arg(long, alias = "verify-content", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(long, alias = "verify-content", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub verify_hashes: bool,
 
     /// Stray files and unservable narinfos younger than this are reported but never counted
@@ -1030,7 +1042,7 @@ pub struct MigrateNarinfoArgs {
 
     /// Only report what would be imported (checks that NAR files exist and have their
     /// FileSize; hashes are checked on a real run).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub dry_run: bool,
 
     /// Import only narinfos signed by one of these keys (name:base64, repeatable). Without
@@ -1298,6 +1310,19 @@ mod tests {
             "cache-lock-backend" => "local",
             _ => "x",
         }
+    }
+
+    #[test]
+    fn boolean_global_flags_go_before_the_command() {
+        let matches = command()
+            .try_get_matches_from(["ncps", "--prometheus-enabled", "serve"])
+            .expect("a switch before the command");
+        assert_eq!(matches.subcommand_name(), Some("serve"));
+        assert_eq!(matches.get_one::<bool>("prometheus_enabled"), Some(&true));
+        let matches = command()
+            .try_get_matches_from(["ncps", "--prometheus-enabled=false", "serve"])
+            .expect("an explicit value");
+        assert_eq!(matches.get_one::<bool>("prometheus_enabled"), Some(&false));
     }
 
     #[test]

@@ -356,6 +356,7 @@ fn arg(s: &GoOnly) -> Arg {
     }
     if s.switch {
         arg.num_args(0..=1)
+            .require_equals(true)
             .default_missing_value("true")
             .value_parser(BoolishValueParser::new())
             .action(ArgAction::Set)

@@ -27,7 +27,8 @@ impl Telemetry {
     }
 }
 
-/// Logs to stdout: human-readable on a terminal, JSON lines otherwise (for journald and log
+/// Logs to stderr (stdout is every command's result: `PUB=$(ncps generate-key …)` captures the
+/// key alone): human-readable on a terminal, JSON lines otherwise (for journald and log
 /// shippers). `RUST_LOG`, when set, overrides `--log-level` for fine-grained filters. With
 /// `--otel-enabled`, spans are also exported over OTLP/gRPC, whatever the log level; this must
 /// then run inside a Tokio runtime.
@@ -37,10 +38,14 @@ pub fn init(level: LogLevel, otel: &OtelConfig) -> Result<Telemetry> {
     // disabled outright (nothing is allocated or formatted for it).
     let events = filter_fn(|meta| meta.is_event()).with_max_level_hint(LevelFilter::TRACE);
     let filter = log_filter(level)?.and(events);
-    let logs = if std::io::stdout().is_terminal() {
-        fmt::layer().with_filter(filter).boxed()
+    let logs = if std::io::stderr().is_terminal() {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     } else {
         fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(false)
