@@ -375,7 +375,7 @@ fn every_config_key_in_the_configuration_reference_is_read() {
         unknown,
         BTreeSet::from([CONTROL]),
         "docs/configuration.md names config keys ncps does not read (the control {CONTROL} \
-         must be the only unknown one):\n{stdout}"
+         must be the only unknown one):\n{logs}"
     );
 }
 
