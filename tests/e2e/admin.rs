@@ -308,6 +308,11 @@ fn offline_config(env: &TestEnv, key: &SigningKey) -> NcpsConfig {
 }
 
 async fn migrate_narinfo(env: &TestEnv, config: &NcpsConfig, dir: &Path, args: &[&str]) -> NcpsRun {
+    // An import goes into an existing cache, created as an operator does (admin commands never
+    // create one).
+    env.ncps_admin("migrate", config, &[])
+        .await
+        .expect_success();
     let mut all = vec![dir.to_str().unwrap()];
     all.extend(args);
     env.ncps_admin("migrate-narinfo", config, &all).await
@@ -711,5 +716,51 @@ fn results_on_stdout_logs_on_stderr() {
         String::from_utf8_lossy(&out.stderr).contains("generated a new signing key"),
         "the log line went missing: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mistyped data directory is no cache: every admin command says so and creates nothing
+/// (no database, no key), instead of reporting an empty, healthy cache. A `serve` whose
+/// settings are wrong stops before creating anything either.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_commands_never_create_a_cache() {
+    let env = TestEnv::new();
+    let upstream_key = env.key("typo-upstream-1").await;
+    let mut config = offline_config(&env, &upstream_key);
+    config.data_dir = env.path().join("no-such-cache");
+    let file_cache = env.path().join("empty-file-cache");
+    std::fs::create_dir_all(&file_cache).expect("mkdir");
+    let file_cache = file_cache.to_str().expect("UTF-8 path");
+    for (command, args) in [
+        ("fsck", vec![]),
+        ("pins", vec![]),
+        ("pin", vec!["/nix/store/7rjj86a15146cq1d0ybgnwyqdwgv9lfh-x"]),
+        ("migrate-narinfo", vec![file_cache, "--dry-run"]),
+        ("migrate-nar-to-chunks", vec!["--dry-run"]),
+        ("migrate-chunks-to-nar", vec![]),
+    ] {
+        let run = env.ncps_admin(command, &config, &args).await;
+        assert!(
+            !run.status.success(),
+            "{command} on no cache succeeded:\n{run}"
+        );
+        assert!(
+            run.output.contains("no ncps cache here"),
+            "{command}:\n{run}"
+        );
+        assert!(
+            !config.data_dir.exists(),
+            "{command} created {}",
+            config.data_dir.display()
+        );
+    }
+    // serve with an upstream no key applies to: refused before anything is created.
+    config.public_keys.clear();
+    let run = env.ncps_expecting_exit(&config).await;
+    assert!(!run.status.success(), "{run}");
+    assert!(
+        !config.data_dir.exists(),
+        "a failed start left {} behind",
+        config.data_dir.display()
     );
 }

@@ -64,6 +64,10 @@ async fn evicts_least_recently_used_and_keeps_pinned_closures(database_url: Opti
     if let Some(url) = database_url {
         pin_args.extend(["--cache-database-url", url]);
     }
+    // Admin commands never create a cache: create it as an operator does.
+    env.ncps_admin("migrate", &filling, &pin_args[1..])
+        .await
+        .expect_success();
     env.ncps_admin("pin", &filling, &pin_args)
         .await
         .expect_success();

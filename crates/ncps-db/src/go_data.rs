@@ -101,6 +101,12 @@ impl Database {
             && !self.table_exists("_sqlx_migrations").await?)
     }
 
+    /// True when this database holds a cache: ours (migrated at least once) or a Go ncps's.
+    pub async fn holds_cache(&self) -> Result<bool, DbError> {
+        Ok(self.table_exists("_sqlx_migrations").await?
+            || self.table_exists("schema_migrations").await?)
+    }
+
     /// True when Go tables were moved aside here (their data may still be imported).
     pub async fn has_go_data(&self) -> Result<bool, DbError> {
         self.go_table_exists("narinfos").await

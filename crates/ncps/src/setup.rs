@@ -9,7 +9,7 @@ use ncps_db::{Database, PoolOptions};
 use ncps_nix::SecretKey;
 use ncps_store::chunk::ChunkParams;
 use ncps_store::{BlobStore, S3Config};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{CdcArgs, StorageArgs};
 use crate::keys;
@@ -66,8 +66,19 @@ pub async fn open_database_unmigrated(args: &StorageArgs) -> Result<(String, Dat
     Ok((url, db))
 }
 
+/// Whether opening a cache may create it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Create {
+    /// `serve`: the first start creates the database, the storage and the signing key.
+    Yes,
+    /// The admin commands: a cache that is not there is an error, never created, so that a
+    /// mistyped directory cannot pass for an empty, healthy cache. A missing signing key is
+    /// replaced by a throwaway one for the run (they sign nothing that lasts).
+    No,
+}
+
 /// Resolves defaults, loads (or generates) the key, opens the database and the storage.
-pub async fn open(args: &StorageArgs) -> Result<Parts> {
+pub async fn open(args: &StorageArgs, create: Create) -> Result<Parts> {
     let data_dir = match &args.cache_storage_local {
         Some(dir) => dir.clone(),
         None => default_data_dir()?,
@@ -76,6 +87,10 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         Some(h) if !h.trim().is_empty() => h.trim().to_string(),
         _ => system_hostname(),
     };
+    let (database_url, pool) = database(args, &data_dir);
+    if create == Create::No {
+        require_existing_cache(&database_url, pool).await?;
+    }
     let temp_dir = args
         .cache_temp_path
         .clone()
@@ -88,7 +103,6 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         .cache_secret_key_path
         .as_ref()
         .filter(|p| !p.as_os_str().is_empty());
-    let (database_url, pool) = database(args, &data_dir);
     let db = Database::open_with(&database_url, pool)
         .await
         .context("cannot open the database")?;
@@ -99,9 +113,22 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
             if let Some(go_key) = db.go_secret_key().await? {
                 keys::adopt(&path, &go_key)?;
             }
-            keys::load_or_generate(&path, Some(&hostname))?
+            if create == Create::No && !path.exists() {
+                SecretKey::generate(&hostname).context("cannot generate a signing key")?
+            } else {
+                keys::load_or_generate(&path, Some(&hostname))?
+            }
         }
     };
+    if args.cache_hostname.is_some() && secret_key.name() != hostname {
+        warn!(
+            key = secret_key.name(),
+            hostname = %hostname,
+            "the signing key's name differs from --cache-hostname; clients trust the key by \
+             its name: keep it, or generate a new key (ncps generate-key) and share its \
+             public key"
+        );
+    }
     let store = match &args.cache_storage_s3_bucket {
         Some(bucket) => {
             let config = S3Config {
@@ -126,6 +153,34 @@ pub async fn open(args: &StorageArgs) -> Result<Parts> {
         store,
         database_url,
     })
+}
+
+/// Fails unless `url` names an existing cache (ours or a Go ncps's), creating nothing: a
+/// SQLite file must exist, a server database must hold the schema.
+async fn require_existing_cache(url: &str, pool: PoolOptions) -> Result<()> {
+    let missing = |what: String| {
+        anyhow::anyhow!(
+            "no ncps cache here: {what}. Check --cache-storage-local / --cache-database-url; \
+             `ncps serve` (or `ncps migrate up`) creates a cache"
+        )
+    };
+    if let Ok(ncps_db::DatabaseUrl::Sqlite(path)) = ncps_db::parse_database_url(url) {
+        if !path.is_file() {
+            return Err(missing(format!("{} does not exist", path.display())));
+        }
+        return Ok(());
+    }
+    let db = Database::open_unmigrated(url, pool)
+        .await
+        .context("cannot open the database")?;
+    if db.holds_cache().await? {
+        Ok(())
+    } else {
+        Err(missing(format!(
+            "{} holds no ncps tables",
+            ncps_db::redact_url(url)
+        )))
+    }
 }
 
 /// The chunking in force, checked against what the database recorded: changing chunk sizes on

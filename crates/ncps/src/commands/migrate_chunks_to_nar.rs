@@ -11,7 +11,7 @@ use crate::setup;
 
 /// Runs the migration to whole files.
 pub async fn run(args: MigrateArgs) -> Result<()> {
-    let parts = setup::open(&args.storage).await?;
+    let parts = setup::open(&args.storage, setup::Create::No).await?;
     // The chunking flags must still match the cache's, as for every command that opens it.
     setup::chunk_settings(&parts.db, &args.cdc).await?;
     if args.dry_run {

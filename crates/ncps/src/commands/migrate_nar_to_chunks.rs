@@ -12,7 +12,7 @@ use crate::setup;
 
 /// Runs the migration to chunks.
 pub async fn run(args: MigrateArgs) -> Result<()> {
-    let parts = setup::open(&args.storage).await?;
+    let parts = setup::open(&args.storage, setup::Create::No).await?;
     let settings = setup::chunk_settings(&parts.db, &args.cdc).await?;
     if args.dry_run {
         let backlog = parts.db.form_migration_backlog().await?;

@@ -134,7 +134,7 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
         .iter()
         .map(|k| PublicKey::parse(k).with_context(|| format!("invalid --public-key {k:?}")))
         .collect::<Result<Vec<_>>>()?;
-    let parts = setup::open(&args.storage).await?;
+    let parts = setup::open(&args.storage, setup::Create::No).await?;
     let (db, data_dir, store) = (
         parts.db.clone(),
         parts.data_dir.clone(),

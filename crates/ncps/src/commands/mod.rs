@@ -26,7 +26,7 @@ use crate::setup;
 /// The maintenance side of the cache named by the storage flags, without upstreams: admin
 /// commands work on what is stored and never fetch.
 pub async fn open(storage: &StorageArgs) -> Result<Maintenance> {
-    maintenance(setup::open(storage).await?)
+    maintenance(setup::open(storage, setup::Create::No).await?)
 }
 
 /// The maintenance side of a cache whose parts are open.

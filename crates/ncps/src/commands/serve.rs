@@ -60,7 +60,9 @@ fn spawn_go_import(maintenance: Maintenance, db: Database, store: BlobStore) {
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests.
 pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     let open_files_limit = open_files::raise_limit();
-    let parts = setup::open(&args.storage).await?;
+    // Settings checked before anything is created: a start that fails leaves nothing behind.
+    let upstreams = upstreams(&args.upstream)?;
+    let parts = setup::open(&args.storage, setup::Create::Yes).await?;
     let cdc = if args.cdc.cache_cdc_enabled {
         Some(CdcConfig {
             chunking: setup::chunk_settings(&parts.db, &args.cdc).await?,
@@ -70,7 +72,6 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     } else {
         None
     };
-    let upstreams = upstreams(&args.upstream)?;
     let data_dir = parts.data_dir.clone();
     let hostname = parts.hostname.clone();
     let config = CacheConfig {
