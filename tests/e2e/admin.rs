@@ -764,3 +764,26 @@ async fn admin_commands_never_create_a_cache() {
         config.data_dir.display()
     );
 }
+
+/// A signing key named otherwise than `--cache-hostname` is worth a warning: clients trust a
+/// key by its name, and a renamed cache still signs with the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_warns_when_the_key_is_named_otherwise_than_the_cache() {
+    let env = TestEnv::new();
+    let upstream_key = env.key("named-upstream-1").await;
+    let key_file = env.path().join("other.key");
+    let generated = std::process::Command::new(env!("CARGO_BIN_EXE_ncps"))
+        .args(["generate-key", "--name", "old-name-1", "--secret-key-path"])
+        .arg(&key_file)
+        .output()
+        .expect("generate a key");
+    assert!(generated.status.success());
+    let config = offline_config(&env, &upstream_key)
+        .with_args(&["--cache-secret-key-path", key_file.to_str().expect("UTF-8")]);
+    let ncps = env.ncps(&config).await;
+    let log = ncps.log();
+    assert!(
+        log.contains("differs from --cache-hostname") && log.contains("old-name-1"),
+        "{log}"
+    );
+}
