@@ -844,7 +844,7 @@ fn parse_with_env(
     args: impl IntoIterator<Item = OsString>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Parsed> {
-    let args: Vec<OsString> = args.into_iter().collect();
+    let args = help_for_help(args.into_iter().collect());
     let first = command().get_matches_from(&args);
     let explicit = first.get_one::<PathBuf>("config").cloned();
     let mut values = match &explicit {
@@ -908,6 +908,19 @@ fn parse_with_env(
         unknown_config_keys,
         deprecated_names,
     })
+}
+
+/// `ncps help --help` (and `-h`) is the top-level help: clap's `help` subcommand takes command
+/// names only and would answer with an error.
+fn help_for_help(mut args: Vec<OsString>) -> Vec<OsString> {
+    let asks_help_of_help = args.len() > 2
+        && args[1] == "help"
+        && args[2..].iter().all(|a| a == "--help" || a == "-h");
+    if asks_help_of_help {
+        args.truncate(1);
+        args.push("--help".into());
+    }
+    args
 }
 
 /// The ids of the arguments (of `command` and its subcommands) that read variable `name`,
@@ -1310,6 +1323,19 @@ mod tests {
             "cache-lock-backend" => "local",
             _ => "x",
         }
+    }
+
+    #[test]
+    fn help_of_help_is_the_top_level_help() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            help_for_help(args(&["ncps", "help", "--help"])),
+            args(&["ncps", "--help"])
+        );
+        assert_eq!(
+            help_for_help(args(&["ncps", "help", "serve"])),
+            args(&["ncps", "help", "serve"])
+        );
     }
 
     #[test]
