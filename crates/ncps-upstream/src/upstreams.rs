@@ -237,7 +237,11 @@ impl Upstreams {
             .iter()
             .map(|h| {
                 let state = if h.healthy { "healthy" } else { "unhealthy" };
-                format!("{} (priority {:?}, {state})", h.url, h.priority)
+                let priority = match h.priority {
+                    Some(p) => p.to_string(),
+                    None => format!("{} (none announced)", crate::health::DEFAULT_PRIORITY),
+                };
+                format!("{} (priority {priority}, {state})", h.url)
             })
             .collect();
             info!(?order, "upstreams probed");

@@ -2,9 +2,15 @@
 
 use std::time::Duration;
 
-/// A rough human age: `45s`, `12m`, `3h`, `2d`.
+/// A human age: exact in the largest whole unit (`1h`, `90m`, `2d`, as a setting is written),
+/// else rough (`45s`, `12m`, `3h`, `2d`).
 pub fn format_age(age: Duration) -> String {
     let s = age.as_secs();
+    for (unit, name) in [(86_400, "d"), (3600, "h"), (60, "m")] {
+        if s >= unit && s % unit == 0 {
+            return format!("{}{name}", s / unit);
+        }
+    }
     match s {
         0..120 => format!("{s}s"),
         120..7200 => format!("{}m", s / 60),
@@ -30,7 +36,9 @@ mod tests {
     #[test]
     fn formats_ages_and_sizes() {
         assert_eq!(format_age(Duration::from_secs(59)), "59s");
-        assert_eq!(format_age(Duration::from_secs(3600)), "60m");
+        assert_eq!(format_age(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_age(Duration::from_secs(5400)), "90m");
+        assert_eq!(format_age(Duration::from_secs(3700)), "61m");
         assert_eq!(format_age(Duration::from_secs(7200)), "2h");
         assert_eq!(format_age(Duration::from_secs(3 * 86_400)), "3d");
         assert_eq!(format_size(999), "999 B");

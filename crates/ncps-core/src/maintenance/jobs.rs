@@ -117,7 +117,16 @@ impl Maintenance {
                         go.lru_bytes_freed.inc_by(freed);
                         go.lru_cleanup_duration
                             .observe(report.duration.as_secs_f64());
-                        info!(?report, "LRU eviction finished");
+                        info!(
+                            bytes_before = report.bytes_before,
+                            bytes_after = report.bytes_after,
+                            narinfos_evicted = report.narinfos_evicted,
+                            nars_removed = report.nars_removed,
+                            documents_evicted = report.documents_evicted,
+                            pinned_skipped = report.pinned_skipped,
+                            duration_ms = report.duration.as_millis() as u64,
+                            "LRU eviction finished"
+                        );
                     }
                     Err(e) => error!(error = %e, "LRU eviction failed"),
                 }

@@ -54,10 +54,14 @@ fn summary_line(s: &FsckSummary, repair: bool) -> String {
     }
     line += &format!(", {} remaining", s.remaining());
     if s.left_alone > 0 {
-        line += &format!("; {} recent items left alone", s.left_alone);
+        line += &format!(
+            "; {} recent item{} left alone",
+            s.left_alone,
+            if s.left_alone == 1 { "" } else { "s" }
+        );
     }
     if s.notes > 0 {
-        line += &format!("; {} notes", s.notes);
+        line += &format!("; {} note{}", s.notes, if s.notes == 1 { "" } else { "s" });
     }
     line
 }
@@ -76,7 +80,7 @@ mod tests {
         };
         assert_eq!(
             summary_line(&s, true),
-            "fsck: 3 problems found, 2 repaired, 1 remaining; 1 recent items left alone"
+            "fsck: 3 problems found, 2 repaired, 1 remaining; 1 recent item left alone"
         );
         assert_eq!(
             summary_line(&FsckSummary::default(), false),

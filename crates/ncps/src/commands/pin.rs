@@ -55,7 +55,10 @@ pub async fn pin(args: PinArgs) -> Result<()> {
         }
     }
     let protected = maintenance.protected_paths().await?;
-    println!("{protected} store paths are protected by pins");
+    println!(
+        "{protected} store path{} protected by pins",
+        if protected == 1 { " is" } else { "s are" }
+    );
     Ok(())
 }
 
@@ -89,7 +92,12 @@ pub async fn list(args: AdminArgs) -> Result<()> {
         println!("{}  {path}  pinned {}", p.hash, format_utc(p.created_at));
     }
     let protected = maintenance.protected_paths().await?;
-    println!("{} pins protecting {protected} store paths", pins.len());
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    println!(
+        "{} protecting {}",
+        plural(pins.len(), "pin"),
+        plural(protected as usize, "store path")
+    );
     Ok(())
 }
 
