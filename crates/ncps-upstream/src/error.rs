@@ -29,8 +29,9 @@ pub enum UpstreamError {
         /// The URL that was requested.
         url: String,
     },
-    /// The connection failed or broke.
-    #[error("upstream {url} unreachable: {source}")]
+    /// The connection failed or broke; the message names the cause (name resolution, a refused
+    /// connection, TLS) from the error's chain.
+    #[error("upstream {url} unreachable: {}", cause_chain(source))]
     Transport {
         /// The URL that was requested.
         url: String,
@@ -54,10 +55,17 @@ pub enum UpstreamError {
         reason: String,
     },
     /// The narinfo carries no signature from a trusted key.
-    #[error("upstream {url} sent a narinfo with no signature from a trusted key")]
+    #[error(
+        "upstream {url} sent a narinfo with no valid signature from a key trusted for it \
+         (trusted: {trusted}; signed by: {signed_by})"
+    )]
     Untrusted {
         /// The URL that was requested.
         url: String,
+        /// The names of the keys trusted for this upstream.
+        trusted: String,
+        /// The names of the keys that signed it (`none` when unsigned).
+        signed_by: String,
     },
     /// A narinfo points its NAR somewhere we refuse to follow (another host, `..`).
     #[error("upstream {url} points to a NAR URL we refuse to follow: {nar_url:?}")]
@@ -113,4 +121,20 @@ impl UpstreamError {
             _ => false,
         }
     }
+}
+
+/// An error and its sources, outermost first, joined: `error sending request: client error
+/// (Connect): dns error: failed to lookup address information: …`.
+fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -331,6 +331,8 @@ async fn a_refused_connection_is_an_error_and_no_upstream_is_a_404() {
     let started_at = Instant::now();
     let err = ups.find_narinfo(&hash(1)).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Transport { .. }), "{err}");
+    // The cause is named, not only "error sending request".
+    assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     assert!(started_at.elapsed() < Duration::from_secs(3));
 
     let none = Upstreams::new(&[], vec![], &o).unwrap();
@@ -414,6 +416,13 @@ async fn untrusted_narinfos_are_refused_but_do_not_make_unhealthy() {
     let ups = started(&[&a], &key, &options(LookupStrategy::Parallel)).await;
     let err = ups.find_narinfo(&hash(1)).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Untrusted { .. }), "{err}");
+    // The message names both sides: whom the upstream is trusted by, and who signed.
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("trusted: {}", key.name()))
+            && message.contains("signed by: someone-else-1"),
+        "{message}"
+    );
     assert!(ups.health()[0].healthy);
 }
 

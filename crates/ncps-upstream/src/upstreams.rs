@@ -493,8 +493,23 @@ impl Upstreams {
             Ok(Some(narinfo)) => {
                 entry.record_answer();
                 if !entry.keys.is_empty() && !narinfo.verify(&entry.keys) {
+                    let names = |names: Vec<&str>| {
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    };
                     let err = UpstreamError::Untrusted {
                         url: format!("{}{hash}.narinfo", upstream.url()),
+                        trusted: names(entry.keys.iter().map(|k| k.name()).collect()),
+                        signed_by: names(
+                            narinfo
+                                .sigs
+                                .iter()
+                                .map(|s| s.split_once(':').map_or(s.as_str(), |(n, _)| n))
+                                .collect(),
+                        ),
                     };
                     warn!(upstream = upstream.url(), %hash, error = %err, "refusing narinfo");
                     Span::current().record("outcome", "refused");
