@@ -517,6 +517,15 @@ async fn old_urls_keep_working_after_migration_to_chunks() {
         paths,
         "migrate-chunks-to-nar must rebuild a whole file per NAR:\n{run}"
     );
+    // The chunks left unused are reported with when their space comes back, by the migration
+    // and by fsck.
+    assert!(run.output.contains("no NAR uses any more"), "{run}");
+    let fsck = fx.env.ncps_admin("fsck", &fx.config, &[]).await;
+    assert!(
+        fsck.output.contains("no NAR uses any more")
+            && fsck.output.contains("--cache-cdc-gc-grace"),
+        "{fsck}"
+    );
     fx.ncps = fx.env.ncps(&fx.config).await;
     old_urls_work(&fx, &ncps_key, &old).await;
 }

@@ -155,6 +155,22 @@ impl Database {
         Ok(())
     }
 
+    /// Chunks no NAR uses any more, waiting for the chunk collector: how many, and their
+    /// stored bytes.
+    pub async fn unreferenced_chunk_totals(&self) -> Result<(u64, u64), DbError> {
+        let d = self.dialect;
+        let row = sqlx::query(&format!(
+            "SELECT {} AS n, {} AS bytes FROM chunks WHERE ref_count = 0",
+            d.bigint("COUNT(*)"),
+            d.bigint("COALESCE(SUM(stored_size), 0)")
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = sqlx::Row::try_get(&row, "n")?;
+        let bytes: i64 = sqlx::Row::try_get(&row, "bytes")?;
+        Ok((to_u64("chunks", n)?, to_u64("chunks", bytes)?))
+    }
+
     /// How many narinfos, NARs and referenced chunks the cache holds, and the chunk references
     /// (for the storage gauges of `/metrics`).
     pub async fn store_counts(&self) -> Result<StoreCounts, DbError> {

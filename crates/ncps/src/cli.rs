@@ -913,9 +913,8 @@ fn parse_with_env(
 /// `ncps help --help` (and `-h`) is the top-level help: clap's `help` subcommand takes command
 /// names only and would answer with an error.
 fn help_for_help(mut args: Vec<OsString>) -> Vec<OsString> {
-    let asks_help_of_help = args.len() > 2
-        && args[1] == "help"
-        && args[2..].iter().all(|a| a == "--help" || a == "-h");
+    let asks_help_of_help =
+        args.len() > 2 && args[1] == "help" && args[2..].iter().all(|a| a == "--help" || a == "-h");
     if asks_help_of_help {
         args.truncate(1);
         args.push("--help".into());

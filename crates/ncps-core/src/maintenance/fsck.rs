@@ -132,7 +132,8 @@ impl Fsck<'_> {
         self.check_narinfos().await?;
         self.check_nar_urls().await?;
         self.check_leftover_files().await?;
-        self.note_unreferenced_nars().await
+        self.note_unreferenced_nars().await?;
+        self.note_unreferenced_chunks().await
     }
 }
 
@@ -606,6 +607,22 @@ impl Fsck<'_> {
                 let removed = self.db.delete_nar_url_if_dangling(&url.url_key).await?;
                 self.removed_or_kept(removed, "forgot the URL", "its NAR arrived meanwhile; kept");
             }
+        }
+        Ok(())
+    }
+
+    /// Chunks no NAR uses (after eviction, or `migrate-chunks-to-nar`): reported with when their
+    /// space comes back, not a problem.
+    async fn note_unreferenced_chunks(&mut self) -> Result<()> {
+        let (count, bytes) = self.db.unreferenced_chunk_totals().await?;
+        if count > 0 {
+            self.summary.notes += 1;
+            self.out.finding(&format!(
+                "note: {count} chunk{} ({}) no NAR uses any more; `ncps serve`'s chunk collector \
+                 deletes each once it has been unused for --cache-cdc-gc-grace (default 1h)",
+                if count == 1 { "" } else { "s" },
+                format_size(bytes)
+            ));
         }
         Ok(())
     }

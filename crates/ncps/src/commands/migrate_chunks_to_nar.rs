@@ -23,10 +23,21 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let db = parts.db.clone();
     let maintenance = super::maintenance(parts)?;
     let done = maintenance
         .migrate_to_whole_files(args.batch_size, migration_progress("rebuilt"))
         .await?;
     eprintln!("done: {done} NARs rebuilt as whole files");
+    let (chunks, bytes) = db.unreferenced_chunk_totals().await?;
+    if chunks > 0 {
+        eprintln!(
+            "{chunks} chunk{} ({}) no NAR uses any more: `ncps serve`'s chunk collector deletes \
+             each once it has been unused for --cache-cdc-gc-grace (default 1h), with chunking \
+             on or off",
+            if chunks == 1 { "" } else { "s" },
+            ncps_core::maintenance::format_size(bytes)
+        );
+    }
     Ok(())
 }
