@@ -162,6 +162,7 @@ pub enum Command {
 
 /// Where the cache keeps its data: shared by every command that opens it.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Storage, database and signing key")]
 pub struct StorageArgs {
     /// Name of this cache; also the name of a generated signing key. Default: the machine's
     /// hostname.
@@ -170,7 +171,7 @@ pub struct StorageArgs {
 
     /// Data directory for storage, the embedded database and the generated key. Default:
     /// $XDG_DATA_HOME/ncps, or /var/lib/ncps when running as root.
-    #[arg(long, env = "CACHE_STORAGE_LOCAL", alias = "cache-data-path")]
+    #[arg(long, env = "CACHE_STORAGE_LOCAL", visible_alias = "cache-data-path")]
     pub cache_storage_local: Option<PathBuf>,
 
     /// Database URL: sqlite:PATH (default sqlite:<data dir>/db/db.sqlite),
@@ -239,6 +240,7 @@ pub struct StorageArgs {
 
 /// Content-defined chunking.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Chunking")]
 pub struct CdcArgs {
     /// Store NARs as content-defined chunks (FastCDC, one zstd frame per chunk, deduplicated
     /// across NARs).
@@ -279,6 +281,7 @@ pub struct CdcArgs {
 
 /// Lazy chunking and the chunk store's background jobs.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Chunking jobs")]
 pub struct CdcJobArgs {
     /// Store NARs whole first (serving them at once) and chunk them in the background.
     #[arg(
@@ -340,6 +343,7 @@ pub struct CdcJobArgs {
 
 /// Upstream caches.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Upstreams")]
 pub struct UpstreamArgs {
     /// Upstream cache URL (repeatable). Asked in the order of the Priority each announces in
     /// its nix-cache-info (then in the order given). Default https://cache.nixos.org; an empty
@@ -350,7 +354,7 @@ pub struct UpstreamArgs {
         env = "CACHE_UPSTREAM_URLS",
         hide_env_values = true,
         value_delimiter = ',',
-        alias = "upstream-cache"
+        visible_alias = "upstream-cache"
     )]
     pub cache_upstream_urls: Vec<String>,
 
@@ -360,7 +364,7 @@ pub struct UpstreamArgs {
         long = "cache-upstream-public-key",
         env = "CACHE_UPSTREAM_PUBLIC_KEYS",
         value_delimiter = ',',
-        alias = "upstream-public-key"
+        visible_alias = "upstream-public-key"
     )]
     pub cache_upstream_public_keys: Vec<String>,
 
@@ -370,7 +374,7 @@ pub struct UpstreamArgs {
         env = "CACHE_UPSTREAM_DIALER_TIMEOUT",
         default_value = duration::format(UpstreamOptions::default().dialer_timeout),
         value_parser = duration::parse,
-        alias = "upstream-dialer-timeout"
+        visible_alias = "upstream-dialer-timeout"
     )]
     pub cache_upstream_dialer_timeout: Duration,
 
@@ -380,7 +384,7 @@ pub struct UpstreamArgs {
         env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
         default_value = duration::format(UpstreamOptions::default().response_header_timeout),
         value_parser = duration::parse,
-        alias = "upstream-response-header-timeout"
+        visible_alias = "upstream-response-header-timeout"
     )]
     pub cache_upstream_response_header_timeout: Duration,
 
@@ -503,6 +507,7 @@ pub struct ServeArgs {
 
 /// How replicas coordinate (downloads, eviction, garbage collection).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Locks")]
 pub struct LockArgs {
     /// Lock backend: local (one replica), redis (distributed, needs --cache-redis-addrs) or
     /// postgres (distributed, advisory locks on the PostgreSQL database).
@@ -576,6 +581,7 @@ pub struct LockArgs {
 
 /// Least-recently-used eviction.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Eviction")]
 pub struct LruArgs {
     /// The most the cache may store (units K, M, G, T); evicted down to it by the LRU job.
     #[arg(long, env = "CACHE_MAX_SIZE", value_parser = size::parse)]
@@ -593,12 +599,13 @@ pub struct LruArgs {
 
 /// Who may upload, delete and read.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Uploads and access")]
 pub struct AccessArgs {
     /// Accept uploads: `nix copy --to http://…` (PUT of narinfos, NARs and build logs).
     #[arg(
         long,
         env = "CACHE_ALLOW_PUT_VERB",
-        alias = "allow-put",
+        visible_alias = "allow-put",
         default_value = "false",
         num_args = 0..=1,
         require_equals = true,
@@ -612,7 +619,7 @@ pub struct AccessArgs {
     #[arg(
         long,
         env = "CACHE_ALLOW_DELETE_VERB",
-        alias = "allow-delete",
+        visible_alias = "allow-delete",
         default_value = "false",
         num_args = 0..=1,
         require_equals = true,
@@ -1029,7 +1036,7 @@ pub struct FsckArgs {
     /// Also read every whole NAR file and check its hashes (FileHash from its name, NarHash
     /// after decompression). Reads all storage: slow on a large cache. Alias
     /// `--verify-content` (the Go ncps's name).
-    #[arg(long, alias = "verify-content", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(long, visible_alias = "verify-content", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub verify_hashes: bool,
 
     /// Stray files and unservable narinfos younger than this are reported but never counted
@@ -1075,7 +1082,7 @@ pub struct GenerateKeyArgs {
     #[arg(
         long = "secret-key-path",
         env = "CACHE_SECRET_KEY_PATH",
-        alias = "cache-secret-key-path"
+        visible_alias = "cache-secret-key-path"
     )]
     pub cache_secret_key_path: Option<PathBuf>,
 
@@ -1334,6 +1341,34 @@ mod tests {
         assert_eq!(
             help_for_help(args(&["ncps", "help", "serve"])),
             args(&["ncps", "help", "serve"])
+        );
+    }
+
+    #[test]
+    fn help_groups_flags_shows_aliases_and_keeps_serve_flags_to_serve() {
+        let mut cmd = command();
+        let serve = cmd
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string();
+        for heading in [
+            "Storage, database and signing key:",
+            "Upstreams:",
+            "Chunking:",
+            "Locks:",
+        ] {
+            assert!(serve.contains(heading), "no {heading} in serve --help");
+        }
+        assert!(serve.contains("--upstream-cache"), "aliases are not shown");
+        let fsck = cmd
+            .find_subcommand_mut("fsck")
+            .expect("fsck")
+            .render_long_help()
+            .to_string();
+        assert!(
+            !fsck.contains("--cache-upstream-url"),
+            "fsck --help lists serve's flags"
         );
     }
 
