@@ -37,3 +37,4 @@ mod single_flight;
 mod substitution;
 mod uploads;
 mod upstreams;
+mod warm;

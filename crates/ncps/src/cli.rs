@@ -158,6 +158,33 @@ pub enum Command {
     Unpin(Box<PinArgs>),
     /// List the pinned store paths.
     Pins(Box<AdminArgs>),
+    /// Fill a running cache with closures before clients ask for them (e.g. before a fleet
+    /// upgrade): fetches every narinfo and NAR of the closures through the cache, over HTTP.
+    Warm(Box<WarmArgs>),
+}
+
+/// Flags of `ncps warm`.
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// The cache to warm (its URL, as clients use it).
+    #[arg(long)]
+    pub url: url::Url,
+
+    /// Store paths to warm with their closures (`/nix/store/<hash>-<name>`, `<hash>-<name>` or
+    /// `<hash>`); `-` reads them from stdin, one per line (e.g. `nix path-info -r` output).
+    pub paths: Vec<String>,
+
+    /// Also read store paths from this file, one per line.
+    #[arg(long)]
+    pub from_file: Option<PathBuf>,
+
+    /// Paths fetched at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Read token of the cache, when it has one (sent as `Authorization: Bearer`).
+    #[arg(long, env = "CACHE_GET_TOKEN", hide_env_values = true)]
+    pub cache_get_token: Option<String>,
 }
 
 /// Where the cache keeps its data: shared by every command that opens it.

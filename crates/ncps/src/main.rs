@@ -61,6 +61,7 @@ fn main() -> Result<()> {
             cli::Command::Pin(args) => commands::pin::pin(*args).await,
             cli::Command::Unpin(args) => commands::pin::unpin(*args).await,
             cli::Command::Pins(args) => commands::pin::list(*args).await,
+            cli::Command::Warm(args) => commands::warm::run(*args).await,
         }
     });
     // Spans of the last requests and the final metric values, before the runtime goes.

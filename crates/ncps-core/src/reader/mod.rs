@@ -48,6 +48,9 @@ pub struct NarBody {
     /// The transport compression the bytes are in (`Content-Encoding`), when one asked for in
     /// [`Reader::nar`] was used.
     pub encoding: Option<Compression>,
+    /// True when the bytes come from storage, false when from an upstream download (what
+    /// `X-Cache` tells clients such as `ncps warm`).
+    pub stored: bool,
 }
 
 /// Answers requests; cheap to clone.
@@ -292,7 +295,11 @@ impl Reader {
                         }
                     })
                     .boxed();
-                Ok(NarBody { stream, ..body })
+                Ok(NarBody {
+                    stream,
+                    stored: outcome == Outcome::Hit,
+                    ..body
+                })
             }
             Err(e) => {
                 self.0.metrics.nar_served(outcome_of(&e));
@@ -378,6 +385,7 @@ impl Reader {
                 range: None,
                 stream: download.reader(),
                 encoding: None,
+                stored: false,
             },
             _ => NarBody {
                 total_size: plan.size,
@@ -387,6 +395,7 @@ impl Reader {
                     .conversions
                     .convert(download.reader(), from, key.compression)?,
                 encoding: None,
+                stored: false,
             },
         })
     }
@@ -487,6 +496,7 @@ impl Reader {
             range,
             stream: read.stream.map_err(io::Error::other).boxed(),
             encoding: None,
+            stored: true,
         }))
     }
 
@@ -535,6 +545,7 @@ impl Reader {
             range: None,
             stream: self.0.conversions.convert(input, from, key.compression)?,
             encoding: None,
+            stored: true,
         })
     }
 

@@ -129,6 +129,7 @@ pub(crate) fn splice(
         range,
         stream,
         encoding: None,
+        stored: true,
     }
 }
 

@@ -48,6 +48,7 @@ pub async fn get(
         range,
         stream,
         encoding,
+        stored,
     } = cache.reader().nar(&key, range, transport).await?;
     let mut response = Response::new(Body::from_stream(stream));
     let framing = framing(range, total_size);
@@ -60,6 +61,11 @@ pub async fn get(
     if let Some(encoding) = encoding {
         h.insert(header::CONTENT_ENCODING, content_coding(encoding));
     }
+    // Whether the bytes came from storage or from an upstream (for `ncps warm` and operators).
+    h.insert(
+        "x-cache",
+        HeaderValue::from_static(if stored { "HIT" } else { "MISS" }),
+    );
     if let Some(n) = framing.length {
         length(h, n);
     }

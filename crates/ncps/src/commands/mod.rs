@@ -1,6 +1,6 @@
 //! One module per command, named after it: `serve`, `migrate`, `migrate-narinfo`,
-//! `migrate-nar-to-chunks`, `migrate-chunks-to-nar`, `fsck`, `generate-key`, and `pin` (with
-//! `unpin` and `pins`). Each parses nothing itself (see `cli.rs`): it opens the cache's parts
+//! `migrate-nar-to-chunks`, `migrate-chunks-to-nar`, `fsck`, `generate-key`, `pin` (with
+//! `unpin` and `pins`), and `warm` (which talks to a running server over HTTP instead). Each parses nothing itself (see `cli.rs`): it opens the cache's parts
 //! exactly as `serve` does (same storage flags, so it can run beside a live server on the same
 //! data), calls the core's components, and prints. Results go to stdout, progress to stderr.
 
@@ -13,6 +13,7 @@ pub mod migrate_nar_to_chunks;
 pub mod migrate_narinfo;
 pub mod pin;
 pub mod serve;
+pub mod warm;
 
 use std::time::{Duration, Instant};
 
