@@ -570,3 +570,59 @@ async fn changing_chunk_sizes_is_refused() {
         .substitute_ok(&fx.ncps.url(), &ncps_key, &fx.closure)
         .await;
 }
+
+/// A long command shows its progress: a live bar on a terminal (run here under a
+/// pseudo-terminal by `script`), plain summary lines in a log.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_show_progress_on_a_terminal_and_in_logs() {
+    let fx = Fixture::new(Compression::Xz).await;
+    let key = fx.ncps.pubkey().await;
+    fx.env
+        .client()
+        .substitute_ok(&fx.ncps.url(), &key, &fx.closure)
+        .await;
+    let paths = fx.closure.paths.len();
+    // In a log: the per-NAR lines and a plain line with the figures.
+    let plain = fx
+        .env
+        .ncps_admin("migrate-nar-to-chunks", &fx.config, &[])
+        .await;
+    assert!(plain.status.success(), "{plain}");
+    assert!(
+        plain
+            .output
+            .contains(&format!("migrate-nar-to-chunks: {paths}/{paths} NARs")),
+        "{plain}"
+    );
+    // On a terminal: the bar, and no plain summary line.
+    let mut argv = vec![
+        env!("CARGO_BIN_EXE_ncps").to_owned(),
+        "migrate-chunks-to-nar".to_owned(),
+    ];
+    argv.extend(
+        fx.config
+            .storage_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    let command = argv
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run under script(1)");
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{terminal}");
+    assert!(
+        terminal.contains("migrate-chunks-to-nar [")
+            && terminal.contains(&format!("{paths}/{paths}")),
+        "no progress bar on the terminal:\n{terminal}"
+    );
+    assert!(
+        !terminal.contains("migrate-chunks-to-nar: "),
+        "plain lines on a terminal:\n{terminal}"
+    );
+}

@@ -10,6 +10,7 @@ mod listen;
 mod open_files;
 mod otel;
 mod otel_metrics;
+mod progress;
 mod setup;
 mod shutdown;
 mod size;

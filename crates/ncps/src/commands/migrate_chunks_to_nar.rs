@@ -5,8 +5,8 @@
 
 use anyhow::Result;
 
-use super::migration_progress;
 use crate::cli::MigrateArgs;
+use crate::progress::Progress;
 use crate::setup;
 
 /// Runs the migration to whole files.
@@ -14,9 +14,8 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     let parts = setup::open(&args.storage, setup::Create::No).await?;
     // The chunking flags must still match the cache's, as for every command that opens it.
     setup::chunk_settings(&parts.db, &args.cdc).await?;
+    let (count, bytes) = parts.db.form_migration_backlog().await?.1;
     if args.dry_run {
-        let backlog = parts.db.form_migration_backlog().await?;
-        let (count, bytes) = backlog.1;
         eprintln!(
             "{count} NARs ({}) would be rebuilt as whole files; nothing changed (--dry-run)",
             ncps_core::maintenance::format_size(bytes)
@@ -25,9 +24,13 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     }
     let db = parts.db.clone();
     let maintenance = super::maintenance(parts)?;
+    let mut progress = Progress::new("migrate-chunks-to-nar", "NARs", Some(count), Some(bytes));
     let done = maintenance
-        .migrate_to_whole_files(args.batch_size, migration_progress("rebuilt"))
+        .migrate_to_whole_files(args.batch_size, |nar, size| {
+            progress.item(size, Some(format!("rebuilt {nar}")));
+        })
         .await?;
+    progress.finish();
     eprintln!("done: {done} NARs rebuilt as whole files");
     let (chunks, bytes) = db.unreferenced_chunk_totals().await?;
     if chunks > 0 {

@@ -6,17 +6,16 @@
 
 use anyhow::Result;
 
-use super::migration_progress;
 use crate::cli::MigrateArgs;
+use crate::progress::Progress;
 use crate::setup;
 
 /// Runs the migration to chunks.
 pub async fn run(args: MigrateArgs) -> Result<()> {
     let parts = setup::open(&args.storage, setup::Create::No).await?;
     let settings = setup::chunk_settings(&parts.db, &args.cdc).await?;
+    let (count, bytes) = parts.db.form_migration_backlog().await?.0;
     if args.dry_run {
-        let backlog = parts.db.form_migration_backlog().await?;
-        let (count, bytes) = backlog.0;
         eprintln!(
             "{count} NARs ({}) would be chunked; nothing changed (--dry-run)",
             ncps_core::maintenance::format_size(bytes)
@@ -24,9 +23,13 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         return Ok(());
     }
     let maintenance = super::maintenance(parts)?;
+    let mut progress = Progress::new("migrate-nar-to-chunks", "NARs", Some(count), Some(bytes));
     let done = maintenance
-        .migrate_to_chunks(settings, args.batch_size, migration_progress("chunked"))
+        .migrate_to_chunks(settings, args.batch_size, |nar, size| {
+            progress.item(size, Some(format!("chunked {nar}")));
+        })
         .await?;
+    progress.finish();
     eprintln!("done: {done} NARs chunked");
     Ok(())
 }

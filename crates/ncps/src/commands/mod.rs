@@ -15,8 +15,6 @@ pub mod pin;
 pub mod serve;
 pub mod warm;
 
-use std::time::{Duration, Instant};
-
 use anyhow::Result;
 use ncps_core::{Cache, CacheConfig, Maintenance};
 use ncps_upstream::{UpstreamOptions, Upstreams};
@@ -36,26 +34,6 @@ pub fn maintenance(parts: setup::Parts) -> Result<Maintenance> {
     let config = CacheConfig::new(parts.secret_key, parts.temp_dir);
     let cache = Cache::new(config, parts.db, parts.store, upstreams);
     Ok(cache.maintenance().clone())
-}
-
-/// Reports each NAR a migration between forms moved, with a running count, size and rate.
-#[allow(clippy::print_stderr)] // progress lines are the migrations' interface
-pub fn migration_progress(verb: &'static str) -> impl FnMut(&ncps_nix::Sha256Hash, u64) {
-    let started = Instant::now();
-    let (mut count, mut bytes) = (0u64, 0u64);
-    move |nar, size| {
-        count += 1;
-        bytes += size;
-        let secs = started
-            .elapsed()
-            .max(Duration::from_millis(1))
-            .as_secs_f64();
-        eprintln!(
-            "{verb} {count} NARs, {:.1} MB ({:.1} MB/s): {nar}",
-            bytes as f64 / 1e6,
-            bytes as f64 / 1e6 / secs
-        );
-    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch (no time zone database needed).

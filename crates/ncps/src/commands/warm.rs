@@ -20,6 +20,7 @@ use ncps_core::maintenance::format_size;
 use ncps_nix::{NarInfo, StorePath, StorePathHash};
 
 use crate::cli::WarmArgs;
+use crate::progress::Progress;
 
 /// Longest wait for a narinfo; NARs stream as long as bytes keep coming.
 const NARINFO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -68,6 +69,7 @@ pub async fn run(args: WarmArgs) -> Result<()> {
     let mut seen: HashSet<StorePathHash> = roots.iter().copied().collect();
     let mut queue: Vec<StorePathHash> = roots;
     let mut running = FuturesUnordered::new();
+    let mut progress = Progress::new("warm", "paths", Some(seen.len() as u64), None);
     loop {
         while running.len() < args.concurrency as usize
             && let Some(hash) = queue.pop()
@@ -78,27 +80,28 @@ pub async fn run(args: WarmArgs) -> Result<()> {
         let Some((hash, result)) = running.next().await else {
             break;
         };
-        let references = match result {
+        let (references, bytes, line) = match result {
             Ok(Warmed::Fetched(bytes, references)) => {
                 tally.warmed += 1;
                 tally.bytes += bytes;
-                eprintln!("warmed {hash} ({})", format_size(bytes));
-                references
+                (
+                    references,
+                    bytes,
+                    format!("warmed {hash} ({})", format_size(bytes)),
+                )
             }
             Ok(Warmed::Present(references)) => {
                 tally.present += 1;
-                eprintln!("already present {hash}");
-                references
+                (references, 0, format!("already present {hash}"))
             }
             Ok(Warmed::Missing) => {
                 tally.missing += 1;
-                eprintln!("MISSING {hash}: no upstream of the cache has it");
-                Vec::new()
+                let line = format!("MISSING {hash}: no upstream of the cache has it");
+                (Vec::new(), 0, line)
             }
             Err(e) => {
                 tally.failed += 1;
-                eprintln!("FAILED {hash}: {e:#}");
-                Vec::new()
+                (Vec::new(), 0, format!("FAILED {hash}: {e:#}"))
             }
         };
         for reference in references {
@@ -106,7 +109,11 @@ pub async fn run(args: WarmArgs) -> Result<()> {
                 queue.push(reference);
             }
         }
+        // The closure grows as references are found.
+        progress.set_total(seen.len() as u64);
+        progress.item(bytes, Some(line));
     }
+    progress.finish();
     let secs = started.elapsed().as_secs_f64().max(0.001);
     println!(
         "warmed {} paths ({}, {:.1} MB/s), {} already present, {} missing upstream, {} failed",
