@@ -1133,124 +1133,8 @@ pub struct PinArgs {
 #[cfg(test)]
 mod tests {
 
-    /// Every flag the Go ncps's commands define (kalbasit/ncps at 816f637, `pkg/ncps/*.go`),
-    /// by command: each must be accepted, under the same command, as a Go user would give it.
-    const GO_FLAGS: &[(&str, &[&str])] = &[
-        (
-            "serve",
-            &[
-                "cache-allow-delete-verb",
-                "cache-allow-put-verb",
-                "cache-get-token",
-                "cache-hostname",
-                "cache-storage-local",
-                "cache-storage-s3-bucket",
-                "cache-storage-s3-endpoint",
-                "cache-storage-s3-region",
-                "cache-storage-s3-access-key-id",
-                "cache-storage-s3-secret-access-key",
-                "cache-storage-s3-force-path-style",
-                "cache-cdc-enabled",
-                "cache-cdc-min",
-                "cache-cdc-avg",
-                "cache-cdc-max",
-                "cache-cdc-lazy-chunking-enabled",
-                "cache-cdc-background-workers",
-                "cache-cdc-delete-delay",
-                "cache-cdc-lazy-recovery-schedule",
-                "cache-cdc-lazy-recovery-batch-size",
-                "cache-cdc-lazy-cleanup-schedule",
-                "cache-database-url",
-                "cache-database-pool-max-open-conns",
-                "cache-database-pool-max-idle-conns",
-                "cache-max-size",
-                "cache-lru-schedule",
-                "cache-lru-schedule-timezone",
-                "cache-secret-key-path",
-                "cache-sign-narinfo",
-                "cache-require-trusted-signature",
-                "cache-trusted-upload-key",
-                "cache-temp-path",
-                "cache-upstream-url",
-                "cache-upstream-public-key",
-                "cache-upstream-dialer-timeout",
-                "cache-upstream-response-header-timeout",
-                "netrc-file",
-                "server-addr",
-                "pprof-addr",
-                "cache-download-poll-timeout",
-                "cache-cdc-chunk-wait-timeout",
-                "cache-inflight-staging-enabled",
-                "cache-inflight-staging-retention",
-                "cache-inflight-staging-part-size",
-                "cache-data-path",
-                "upstream-cache",
-                "upstream-public-key",
-                "upstream-dialer-timeout",
-                "upstream-response-header-timeout",
-                "cache-redis-addrs",
-                "cache-redis-username",
-                "cache-redis-password",
-                "cache-redis-db",
-                "cache-redis-use-tls",
-                "cache-redis-pool-size",
-                "cache-lock-backend",
-                "cache-lock-redis-key-prefix",
-                "cache-lock-download-ttl",
-                "cache-lock-lru-ttl",
-                "cache-lock-retry-max-attempts",
-                "cache-lock-retry-initial-delay",
-                "cache-lock-retry-max-delay",
-                "cache-lock-retry-jitter",
-                "cache-lock-allow-degraded-mode",
-            ],
-        ),
-        (
-            "fsck",
-            &[
-                "repair",
-                "dry-run",
-                "verified-since",
-                "verify-content",
-                "dechunk-residue-grace",
-                "cache-temp-path",
-                "cache-storage-local",
-                "cache-storage-s3-bucket",
-                "cache-storage-s3-endpoint",
-                "cache-storage-s3-region",
-                "cache-storage-s3-access-key-id",
-                "cache-storage-s3-secret-access-key",
-                "cache-storage-s3-force-path-style",
-                "cache-database-url",
-                "cache-database-pool-max-open-conns",
-                "cache-database-pool-max-idle-conns",
-                "cache-redis-addrs",
-                "cache-redis-username",
-                "cache-redis-password",
-                "cache-redis-db",
-                "cache-redis-use-tls",
-                "cache-lock-backend",
-                "cache-lock-redis-key-prefix",
-                "cache-lock-download-ttl",
-                "cache-lock-lru-ttl",
-                "cache-lock-retry-max-attempts",
-                "cache-lock-retry-initial-delay",
-                "cache-lock-retry-max-delay",
-                "cache-lock-retry-jitter",
-                "cache-lock-allow-degraded-mode",
-                "cache-redis-pool-size",
-            ],
-        ),
-        ("migrate-narinfo", MIGRATION_FLAGS),
-        ("migrate-nar-to-chunks", MIGRATION_FLAGS),
-        ("migrate-chunks-to-nar", MIGRATION_FLAGS),
-        ("migrate-chunks-to-nar", &["force-reclaim"]),
-        ("migrate up", &["cache-database-url", "dry-run"]),
-    ];
-
-    /// The flags the Go ncps's three data migrations share.
-    const MIGRATION_FLAGS: &[&str] = &[
-        "dry-run",
+    /// The storage and database flags of every Go ncps command that opens a cache.
+    const GO_STORAGE_FLAGS: &[&str] = &[
         "cache-temp-path",
         "cache-storage-local",
         "cache-storage-s3-bucket",
@@ -1262,11 +1146,16 @@ mod tests {
         "cache-database-url",
         "cache-database-pool-max-open-conns",
         "cache-database-pool-max-idle-conns",
+    ];
+
+    /// The Redis and lock flags of `serve`, `fsck` and the Go ncps's migrations.
+    const GO_LOCK_FLAGS: &[&str] = &[
         "cache-redis-addrs",
         "cache-redis-username",
         "cache-redis-password",
         "cache-redis-db",
         "cache-redis-use-tls",
+        "cache-redis-pool-size",
         "cache-lock-backend",
         "cache-lock-redis-key-prefix",
         "cache-lock-download-ttl",
@@ -1276,9 +1165,78 @@ mod tests {
         "cache-lock-retry-max-delay",
         "cache-lock-retry-jitter",
         "cache-lock-allow-degraded-mode",
-        "cache-redis-pool-size",
-        "concurrency",
     ];
+
+    /// Every flag the Go ncps's commands define (kalbasit/ncps at 816f637, `pkg/ncps/*.go`),
+    /// by command: each must be accepted, under the same command, as a Go user would give it.
+    fn go_flags() -> Vec<(&'static str, Vec<&'static str>)> {
+        let with_cache = |own: &[&'static str]| [own, GO_STORAGE_FLAGS, GO_LOCK_FLAGS].concat();
+        vec![
+            (
+                "serve",
+                with_cache(&[
+                    "cache-allow-delete-verb",
+                    "cache-allow-put-verb",
+                    "cache-get-token",
+                    "cache-hostname",
+                    "cache-cdc-enabled",
+                    "cache-cdc-min",
+                    "cache-cdc-avg",
+                    "cache-cdc-max",
+                    "cache-cdc-lazy-chunking-enabled",
+                    "cache-cdc-background-workers",
+                    "cache-cdc-delete-delay",
+                    "cache-cdc-lazy-recovery-schedule",
+                    "cache-cdc-lazy-recovery-batch-size",
+                    "cache-cdc-lazy-cleanup-schedule",
+                    "cache-max-size",
+                    "cache-lru-schedule",
+                    "cache-lru-schedule-timezone",
+                    "cache-secret-key-path",
+                    "cache-sign-narinfo",
+                    "cache-require-trusted-signature",
+                    "cache-trusted-upload-key",
+                    "cache-upstream-url",
+                    "cache-upstream-public-key",
+                    "cache-upstream-dialer-timeout",
+                    "cache-upstream-response-header-timeout",
+                    "netrc-file",
+                    "server-addr",
+                    "pprof-addr",
+                    "cache-download-poll-timeout",
+                    "cache-cdc-chunk-wait-timeout",
+                    "cache-inflight-staging-enabled",
+                    "cache-inflight-staging-retention",
+                    "cache-inflight-staging-part-size",
+                    "cache-data-path",
+                    "upstream-cache",
+                    "upstream-public-key",
+                    "upstream-dialer-timeout",
+                    "upstream-response-header-timeout",
+                ]),
+            ),
+            (
+                "fsck",
+                with_cache(&[
+                    "repair",
+                    "dry-run",
+                    "verified-since",
+                    "verify-content",
+                    "dechunk-residue-grace",
+                ]),
+            ),
+            ("migrate-narinfo", with_cache(&["dry-run", "concurrency"])),
+            (
+                "migrate-nar-to-chunks",
+                with_cache(&["dry-run", "concurrency"]),
+            ),
+            (
+                "migrate-chunks-to-nar",
+                with_cache(&["dry-run", "concurrency", "force-reclaim"]),
+            ),
+            ("migrate up", vec!["cache-database-url", "dry-run"]),
+        ]
+    }
 
     /// The Go ncps's global flags.
     const GO_GLOBAL_FLAGS: &[&str] = &[
@@ -1414,8 +1372,8 @@ mod tests {
 
     #[test]
     fn every_go_flag_is_accepted_where_the_go_ncps_takes_it() {
-        for (commands, flags) in GO_FLAGS {
-            for flag in *flags {
+        for (commands, flags) in go_flags() {
+            for flag in flags {
                 let mut args = vec!["ncps".to_owned()];
                 args.extend(commands.split(' ').map(str::to_owned));
                 args.push(format!("--{flag}={}", go_sample(flag)));
