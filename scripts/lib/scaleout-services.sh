@@ -28,6 +28,19 @@ ensure_garage() {
     export PATH="$GARAGE_ROOT/bin:$PATH"
 }
 
+AZURITE_ROOT=$GARAGE_ROOT/azurite
+
+# Azurite (the Azure Blob storage emulator) and the Azure SDK that creates its containers, from
+# npm, into the tools directory once.
+ensure_azurite() {
+    if [ ! -x "$AZURITE_ROOT/node_modules/.bin/azurite-blob" ] ||
+        [ ! -d "$AZURITE_ROOT/node_modules/@azure/storage-blob" ]; then
+        log "installing Azurite from npm into $AZURITE_ROOT (once)"
+        mkdir -p "$AZURITE_ROOT"
+        (cd "$AZURITE_ROOT" && npm install --no-audit --no-fund --silent azurite@3 @azure/storage-blob@12)
+    fi
+}
+
 start_scaleout_services() {
     local dir=$1
     mkdir -p "$dir/redis" "$dir/garage"
@@ -73,11 +86,23 @@ TOML
     fi
     export NCPS_TEST_S3_ENDPOINT="http://127.0.0.1:$s3"
     export NCPS_TEST_GARAGE_CONFIG="$g/garage.toml"
-    log "redis on $NCPS_TEST_REDIS_ADDR, garage S3 on $NCPS_TEST_S3_ENDPOINT"
+
+    ensure_azurite
+    local az=$dir/azurite blob
+    blob=$(free_port)
+    mkdir -p "$az"
+    "$AZURITE_ROOT/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$blob" \
+        --location "$az" --skipApiVersionCheck --silent >"$az/azurite.log" 2>&1 &
+    echo $! > "$az/azurite.pid"
+    wait_for "azurite" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$blob" || { tail -30 "$az/azurite.log" >&2; return 1; }
+    export NCPS_TEST_AZURITE_URL="http://127.0.0.1:$blob"
+    export NCPS_TEST_AZURE_NODE_MODULES="$AZURITE_ROOT/node_modules"
+    log "redis on $NCPS_TEST_REDIS_ADDR, garage S3 on $NCPS_TEST_S3_ENDPOINT, azurite on $NCPS_TEST_AZURITE_URL"
 }
 
 stop_scaleout_services() {
     local dir=$1
     [ -f "$dir/redis/redis.pid" ] && kill "$(cat "$dir/redis/redis.pid")" 2>/dev/null || true
     [ -f "$dir/garage/garage.pid" ] && kill "$(cat "$dir/garage/garage.pid")" 2>/dev/null || true
+    [ -f "$dir/azurite/azurite.pid" ] && kill "$(cat "$dir/azurite/azurite.pid")" 2>/dev/null || true
 }

@@ -111,11 +111,59 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// Flags every replica shares: database, bucket, key, locks.
-fn shared_args(
+/// Where replicas keep their NARs and chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SharedStorage {
+    /// A bucket of the Garage S3 server.
+    S3,
+    /// A container of the Azurite Azure Blob storage emulator.
+    Azure,
+}
+
+/// The flags and environment naming a fresh place of `storage` for one test.
+fn storage_settings(
     services: &Services,
+    storage: SharedStorage,
+) -> (Vec<String>, Vec<(String, String)>) {
+    match storage {
+        SharedStorage::S3 => (services.s3_args(&services.bucket()), Vec::new()),
+        SharedStorage::Azure => {
+            let azurite = ncps_test_services::azurite();
+            let name = format!("ncps-replicas-{}", random_hex(6));
+            // object_store cannot create a container: the Azure SDK (from npm) does.
+            let out = Command::new("node")
+                .arg(repo_file("scripts/lib/azure-container.js"))
+                .args([azurite.url.as_str(), name.as_str()])
+                .env("NODE_PATH", &azurite.node_modules)
+                .output()
+                .expect("run node");
+            assert!(
+                out.status.success(),
+                "creating the container: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                vec!["--cache-storage-azure-container".into(), name],
+                vec![
+                    ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
+                    ("AZURITE_BLOB_STORAGE_URL".into(), azurite.url),
+                ],
+            )
+        }
+    }
+}
+
+/// A file of the repository.
+fn repo_file(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+/// Flags every replica shares: database, storage, key, locks.
+fn shared_args(
     database: &str,
-    bucket: &str,
+    storage: Vec<String>,
     key_file: &str,
     locks: &[String],
 ) -> Vec<String> {
@@ -123,7 +171,7 @@ fn shared_args(
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    args.extend(services.s3_args(bucket));
+    args.extend(storage);
     args.extend(
         [
             "--cache-secret-key-path",
@@ -146,11 +194,24 @@ struct Fleet {
     upstream_key: crate::harness::SigningKey,
     upstream: crate::harness::Upstream,
     shared: Vec<String>,
+    /// Environment every replica gets (the Azure emulator's settings).
+    shared_env: Vec<(String, String)>,
 }
 
 impl Fleet {
     async fn new(services: &Services, compression: Compression, locks: Vec<String>) -> Fleet {
-        Fleet::with_blob(services, compression, locks, 3_000_000).await
+        Fleet::with_blob(services, compression, locks, 3_000_000, SharedStorage::S3).await
+    }
+
+    /// Replica settings for `upstream`'s closure: the shared flags and environment.
+    fn replica_config(&self) -> NcpsConfig {
+        let shared: Vec<&str> = self.shared.iter().map(String::as_str).collect();
+        let mut config = self
+            .env
+            .ncps_config(&[&self.upstream], &[&self.upstream_key.public])
+            .with_args(&shared);
+        config.extra_env.extend(self.shared_env.iter().cloned());
+        config
     }
 
     /// A fleet whose closure's blob path has `blob_bytes` of random data.
@@ -159,6 +220,7 @@ impl Fleet {
         compression: Compression,
         locks: Vec<String>,
         blob_bytes: usize,
+        storage: SharedStorage,
     ) -> Fleet {
         let env = TestEnv::new();
         let closure = env.closure_with_blob(blob_bytes).await;
@@ -178,40 +240,43 @@ impl Fleet {
         crate::harness::NcpsRun::run(env.path(), &argv)
             .await
             .expect_success();
-        let shared = shared_args(
-            services,
-            &services.database(),
-            &services.bucket(),
-            key_path,
-            &locks,
-        );
+        let (storage_args, shared_env) = storage_settings(services, storage);
+        let shared = shared_args(&services.database(), storage_args, key_path, &locks);
         Fleet {
             env,
             closure,
             upstream_key,
             upstream,
             shared,
+            shared_env,
         }
     }
 }
 
-async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
+async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>, storage: SharedStorage) {
     let services = Services::from_env();
+    let fleet = Fleet::with_blob(
+        &services,
+        Compression::Xz,
+        locks(&services),
+        3_000_000,
+        storage,
+    )
+    .await;
+    let mut replicas: Vec<(Ncps, NcpsConfig)> = Vec::new();
+    for _ in 0..3 {
+        let config = fleet.replica_config();
+        replicas.push((fleet.env.ncps(&config).await, config));
+    }
     let Fleet {
         env,
         closure,
         upstream_key,
         mut upstream,
         shared,
-    } = Fleet::new(&services, Compression::Xz, locks(&services)).await;
+        shared_env,
+    } = fleet;
     let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
-    let mut replicas: Vec<(Ncps, NcpsConfig)> = Vec::new();
-    for _ in 0..3 {
-        let config = env
-            .ncps_config(&[&upstream], &[&upstream_key.public])
-            .with_args(&shared);
-        replicas.push((env.ncps(&config).await, config));
-    }
     let key = replicas[0].0.pubkey().await;
     assert_eq!(
         key,
@@ -244,9 +309,10 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
     fresh_upstream.throttle_nars(Duration::from_millis(20));
     let mut fresh_replicas = Vec::new();
     for _ in 0..3 {
-        let config = env
+        let mut config = env
             .ncps_config(&[&fresh_upstream], &[&upstream_key.public])
             .with_args(&shared);
+        config.extra_env.extend(shared_env.iter().cloned());
         fresh_replicas.push(env.ncps(&config).await);
     }
     let narinfo = http::get(&fresh_replicas[0].url_for(&format!(
@@ -291,9 +357,10 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>) {
     let slow = env.upstream(&third, Compression::Xz).await;
     let mut pair: Vec<Ncps> = Vec::new();
     for _ in 0..2 {
-        let config = env
+        let mut config = env
             .ncps_config(&[&slow], &[&upstream_key.public])
             .with_args(&shared);
+        config.extra_env.extend(shared_env.iter().cloned());
         pair.push(env.ncps(&config).await);
     }
     let narinfo_url = pair[0].url_for(&format!(
@@ -375,12 +442,12 @@ fn postgres_locks(_: &Services) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_on_postgres_s3_and_redis() {
-    replicas_share_one_cache(redis_locks).await;
+    replicas_share_one_cache(redis_locks, SharedStorage::S3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_on_postgres_and_s3_with_advisory_locks() {
-    replicas_share_one_cache(postgres_locks).await;
+    replicas_share_one_cache(postgres_locks, SharedStorage::S3).await;
 }
 
 /// Chunked NARs in a bucket: the remote paths of chunk storage (frames fetched concurrently,
@@ -489,6 +556,7 @@ async fn large_nars_go_to_s3_in_parts_and_come_back_in_ranges() {
         Compression::None,
         postgres_locks(&services),
         12 * 1024 * 1024,
+        SharedStorage::S3,
     )
     .await;
     let shared: Vec<&str> = fleet.shared.iter().map(String::as_str).collect();
@@ -552,4 +620,11 @@ async fn large_nars_go_to_s3_in_parts_and_come_back_in_ranges() {
     env.client()
         .substitute_ok(&reader.url(), &key, closure)
         .await;
+}
+
+/// The same on Azure Blob storage (the Azurite emulator): three replicas on PostgreSQL sharing
+/// one container, with PostgreSQL locks.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_on_postgres_and_azure() {
+    replicas_share_one_cache(postgres_locks, SharedStorage::Azure).await;
 }

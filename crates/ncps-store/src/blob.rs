@@ -62,6 +62,32 @@ pub struct S3Config {
     pub force_path_style: bool,
 }
 
+/// Where an Azure Blob storage container is.
+#[derive(Clone, Default)]
+pub struct AzureConfig {
+    /// Container name.
+    pub container: String,
+    /// Storage account; the environment's (`AZURE_STORAGE_ACCOUNT_NAME`) when unset.
+    pub account: Option<String>,
+    /// Account access key; the environment's credentials (`AZURE_STORAGE_ACCOUNT_KEY`, a SAS,
+    /// a managed identity, …) when unset.
+    pub access_key: Option<String>,
+    /// Endpoint URL (`https://<account>.blob.core.windows.net` when unset), for sovereign
+    /// clouds and self-hosted servers.
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for AzureConfig {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureConfig")
+            .field("container", &self.container)
+            .field("account", &self.account)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for S3Config {
     /// Never prints the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,6 +161,27 @@ impl BlobStore {
         }
         if let Some(secret) = &config.secret_access_key {
             builder = builder.with_secret_access_key(secret);
+        }
+        Ok(Self::from_object_store(Arc::new(builder.build()?)))
+    }
+
+    /// Storage in an Azure Blob storage container, with the same streaming, multipart (block)
+    /// writes and aborts as S3. Settings not given come from the environment as the Azure
+    /// tools name them (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`,
+    /// `AZURE_STORAGE_USE_EMULATOR`, …); credentials stay inside the client.
+    pub fn azure(config: &AzureConfig) -> Result<Self, StoreError> {
+        let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env()
+            .with_container_name(&config.container);
+        if let Some(account) = &config.account {
+            builder = builder.with_account(account);
+        }
+        if let Some(key) = &config.access_key {
+            builder = builder.with_access_key(key);
+        }
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint.clone())
+                .with_allow_http(endpoint.starts_with("http://"));
         }
         Ok(Self::from_object_store(Arc::new(builder.build()?)))
     }

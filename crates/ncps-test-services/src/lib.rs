@@ -63,6 +63,24 @@ pub fn s3() -> S3 {
     }
 }
 
+/// The Azure Blob storage emulator (Azurite) `scripts/test` starts.
+#[derive(Clone, Debug)]
+pub struct Azurite {
+    /// `http://127.0.0.1:<port>` (its account is the emulator's well-known one).
+    pub url: String,
+    /// `node_modules` holding `@azure/storage-blob`, which creates containers.
+    pub node_modules: String,
+}
+
+/// The Azurite server.
+pub fn azurite() -> Azurite {
+    let what = "the Azure Blob storage emulator (Azurite)";
+    Azurite {
+        url: required("NCPS_TEST_AZURITE_URL", what),
+        node_modules: required("NCPS_TEST_AZURE_NODE_MODULES", what),
+    }
+}
+
 /// The path of a program the tests run (`nix`, `sqlite3`, `nix-instantiate`, …).
 pub fn tool(name: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {

@@ -263,6 +263,24 @@ pub struct StorageArgs {
         action = ArgAction::Set
     )]
     pub cache_storage_s3_force_path_style: bool,
+
+    /// Azure Blob storage container for NARs and chunks (instead of the data directory's
+    /// store). Account and credentials from the flags below or the environment
+    /// (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, …).
+    #[arg(long, env = "CACHE_STORAGE_AZURE_CONTAINER")]
+    pub cache_storage_azure_container: Option<String>,
+
+    /// Azure storage account.
+    #[arg(long, env = "CACHE_STORAGE_AZURE_ACCOUNT")]
+    pub cache_storage_azure_account: Option<String>,
+
+    /// Azure storage account access key.
+    #[arg(long, env = "CACHE_STORAGE_AZURE_ACCESS_KEY", hide_env_values = true)]
+    pub cache_storage_azure_access_key: Option<String>,
+
+    /// Azure Blob endpoint URL (default https://<account>.blob.core.windows.net).
+    #[arg(long, env = "CACHE_STORAGE_AZURE_ENDPOINT")]
+    pub cache_storage_azure_endpoint: Option<String>,
 }
 
 /// Content-defined chunking.
@@ -740,6 +758,19 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     (
         "cache_storage_s3_force_path_style",
         "cache.storage.s3.force-path-style",
+    ),
+    (
+        "cache_storage_azure_container",
+        "cache.storage.azure.container",
+    ),
+    ("cache_storage_azure_account", "cache.storage.azure.account"),
+    (
+        "cache_storage_azure_access_key",
+        "cache.storage.azure.access-key",
+    ),
+    (
+        "cache_storage_azure_endpoint",
+        "cache.storage.azure.endpoint",
     ),
     ("cache_database_url", "cache.database-url"),
     (

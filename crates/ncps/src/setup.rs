@@ -8,7 +8,7 @@ use ncps_core::{ChunkSettings, TempFiles};
 use ncps_db::{Database, PoolOptions};
 use ncps_nix::SecretKey;
 use ncps_store::chunk::ChunkParams;
-use ncps_store::{BlobStore, S3Config};
+use ncps_store::{AzureConfig, BlobStore, S3Config};
 use tracing::{info, warn};
 
 use crate::cli::{CdcArgs, StorageArgs};
@@ -129,7 +129,23 @@ pub async fn open(args: &StorageArgs, create: Create) -> Result<Parts> {
              public key"
         );
     }
+    if args.cache_storage_s3_bucket.is_some() && args.cache_storage_azure_container.is_some() {
+        bail!("give either --cache-storage-s3-bucket or --cache-storage-azure-container, not both");
+    }
     let store = match &args.cache_storage_s3_bucket {
+        None if args.cache_storage_azure_container.is_some() => {
+            let config = AzureConfig {
+                container: args
+                    .cache_storage_azure_container
+                    .clone()
+                    .unwrap_or_default(),
+                account: args.cache_storage_azure_account.clone(),
+                access_key: args.cache_storage_azure_access_key.clone(),
+                endpoint: args.cache_storage_azure_endpoint.clone(),
+            };
+            info!(container = config.container, account = ?config.account, "storing NARs in Azure Blob storage");
+            BlobStore::azure(&config).context("invalid Azure storage settings")?
+        }
         Some(bucket) => {
             let config = S3Config {
                 bucket: bucket.clone(),

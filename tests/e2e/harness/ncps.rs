@@ -309,7 +309,7 @@ impl Ncps {
         let mut command = ncps_command_limited(work, config.soft_fd_limit);
         if config.via_environment {
             command.envs(config.serve_env(addr));
-        } else if config.config_file.is_some() {
+        } else {
             command.envs(config.extra_env.iter().cloned());
         }
         let child = command
