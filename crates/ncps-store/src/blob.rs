@@ -88,6 +88,17 @@ impl std::fmt::Debug for AzureConfig {
     }
 }
 
+/// Where a Google Cloud Storage bucket is.
+#[derive(Clone, Debug, Default)]
+pub struct GcsConfig {
+    /// Bucket name.
+    pub bucket: String,
+    /// Service account key file (JSON); the environment's credentials
+    /// (`GOOGLE_APPLICATION_CREDENTIALS`, `GOOGLE_SERVICE_ACCOUNT`, the metadata server) when
+    /// unset. A key file with `gcs_base_url` (and `disable_oauth`) points at an emulator.
+    pub credentials_file: Option<String>,
+}
+
 impl std::fmt::Debug for S3Config {
     /// Never prints the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +124,15 @@ impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BlobStore({})", self.inner)
     }
+}
+
+/// True when a GCS key file points at a plain-HTTP endpoint (`"gcs_base_url": "http://…"`).
+fn names_http_endpoint(key_file: &str) -> bool {
+    key_file
+        .split("\"gcs_base_url\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .is_some_and(|url| url.starts_with("http://"))
 }
 
 fn nar_path(key: &NarKey) -> ObjectPath {
@@ -182,6 +202,22 @@ impl BlobStore {
             builder = builder
                 .with_endpoint(endpoint.clone())
                 .with_allow_http(endpoint.starts_with("http://"));
+        }
+        Ok(Self::from_object_store(Arc::new(builder.build()?)))
+    }
+
+    /// Storage in a Google Cloud Storage bucket, with the same streaming, multipart writes and
+    /// aborts as S3. Credentials stay inside the client.
+    pub fn gcs(config: &GcsConfig) -> Result<Self, StoreError> {
+        let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+            .with_bucket_name(&config.bucket);
+        if let Some(file) = &config.credentials_file {
+            builder = builder.with_service_account_path(file);
+            // An emulator (`gcs_base_url` in the key file) answers over plain HTTP.
+            if std::fs::read_to_string(file).is_ok_and(|text| names_http_endpoint(&text)) {
+                builder = builder
+                    .with_client_options(object_store::ClientOptions::new().with_allow_http(true));
+            }
         }
         Ok(Self::from_object_store(Arc::new(builder.build()?)))
     }
@@ -533,6 +569,17 @@ impl BlobStore {
 #[cfg(test)]
 mod list_tests {
     use super::*;
+
+    #[test]
+    fn an_emulator_key_file_names_its_http_endpoint() {
+        assert!(names_http_endpoint(
+            r#"{"gcs_base_url": "http://127.0.0.1:4443", "disable_oauth": true}"#
+        ));
+        assert!(!names_http_endpoint(
+            r#"{"gcs_base_url":"https://storage.example"}"#
+        ));
+        assert!(!names_http_endpoint(r#"{"client_email": "a@b"}"#));
+    }
     use ncps_nix::{Compression, Sha256Hash};
 
     #[tokio::test]

@@ -9,6 +9,6 @@ pub mod chunk;
 mod error;
 mod local;
 
-pub use blob::{AzureConfig, BlobRead, BlobStore, ByteRange, S3Config, StoredObject};
+pub use blob::{AzureConfig, BlobRead, BlobStore, ByteRange, GcsConfig, S3Config, StoredObject};
 pub use chunk::{ChunkError, ChunkHash, ChunkParams, Chunker, ChunkingSummary};
 pub use error::StoreError;

@@ -81,6 +81,11 @@ pub fn azurite() -> Azurite {
     }
 }
 
+/// The Google Cloud Storage emulator `scripts/test` starts: `http://127.0.0.1:<port>`.
+pub fn gcs_emulator() -> String {
+    required("NCPS_TEST_GCS_URL", "a Google Cloud Storage emulator")
+}
+
 /// The path of a program the tests run (`nix`, `sqlite3`, `nix-instantiate`, …).
 pub fn tool(name: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {

@@ -264,6 +264,16 @@ pub struct StorageArgs {
     )]
     pub cache_storage_s3_force_path_style: bool,
 
+    /// Google Cloud Storage bucket for NARs and chunks (instead of the data directory's store).
+    /// Credentials from --cache-storage-gcs-credentials-file or the environment
+    /// (`GOOGLE_APPLICATION_CREDENTIALS`, the metadata server).
+    #[arg(long, env = "CACHE_STORAGE_GCS_BUCKET")]
+    pub cache_storage_gcs_bucket: Option<String>,
+
+    /// Google Cloud service account key file (JSON).
+    #[arg(long, env = "CACHE_STORAGE_GCS_CREDENTIALS_FILE")]
+    pub cache_storage_gcs_credentials_file: Option<String>,
+
     /// Azure Blob storage container for NARs and chunks (instead of the data directory's
     /// store). Account and credentials from the flags below or the environment
     /// (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, …).
@@ -758,6 +768,11 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     (
         "cache_storage_s3_force_path_style",
         "cache.storage.s3.force-path-style",
+    ),
+    ("cache_storage_gcs_bucket", "cache.storage.gcs.bucket"),
+    (
+        "cache_storage_gcs_credentials_file",
+        "cache.storage.gcs.credentials-file",
     ),
     (
         "cache_storage_azure_container",

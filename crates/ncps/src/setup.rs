@@ -8,7 +8,7 @@ use ncps_core::{ChunkSettings, TempFiles};
 use ncps_db::{Database, PoolOptions};
 use ncps_nix::SecretKey;
 use ncps_store::chunk::ChunkParams;
-use ncps_store::{AzureConfig, BlobStore, S3Config};
+use ncps_store::{AzureConfig, BlobStore, GcsConfig, S3Config};
 use tracing::{info, warn};
 
 use crate::cli::{CdcArgs, StorageArgs};
@@ -129,10 +129,29 @@ pub async fn open(args: &StorageArgs, create: Create) -> Result<Parts> {
              public key"
         );
     }
-    if args.cache_storage_s3_bucket.is_some() && args.cache_storage_azure_container.is_some() {
-        bail!("give either --cache-storage-s3-bucket or --cache-storage-azure-container, not both");
+    let remote = [
+        args.cache_storage_s3_bucket.is_some(),
+        args.cache_storage_gcs_bucket.is_some(),
+        args.cache_storage_azure_container.is_some(),
+    ];
+    if remote.iter().filter(|r| **r).count() > 1 {
+        bail!(
+            "give one of --cache-storage-s3-bucket, --cache-storage-gcs-bucket and \
+             --cache-storage-azure-container, not several"
+        );
     }
     let store = match &args.cache_storage_s3_bucket {
+        None if args.cache_storage_gcs_bucket.is_some() => {
+            let config = GcsConfig {
+                bucket: args.cache_storage_gcs_bucket.clone().unwrap_or_default(),
+                credentials_file: args.cache_storage_gcs_credentials_file.clone(),
+            };
+            info!(
+                bucket = config.bucket,
+                "storing NARs in Google Cloud Storage"
+            );
+            BlobStore::gcs(&config).context("invalid Google Cloud Storage settings")?
+        }
         None if args.cache_storage_azure_container.is_some() => {
             let config = AzureConfig {
                 container: args
