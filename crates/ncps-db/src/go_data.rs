@@ -95,16 +95,18 @@ pub struct GoNarFile {
 }
 
 impl Database {
-    /// True when this database holds the Go ncps's schema and not (yet) ours.
+    /// True when this database holds the Go ncps's schema and not (yet) ours: its migration
+    /// table and its `narinfos` table. A `schema_migrations` table alone (Rails, dbmate and
+    /// others keep one) is not enough: another application's tables are never touched.
     pub async fn holds_go_schema(&self) -> Result<bool, DbError> {
         Ok(self.table_exists("schema_migrations").await?
+            && self.table_exists("narinfos").await?
             && !self.table_exists("_sqlx_migrations").await?)
     }
 
     /// True when this database holds a cache: ours (migrated at least once) or a Go ncps's.
     pub async fn holds_cache(&self) -> Result<bool, DbError> {
-        Ok(self.table_exists("_sqlx_migrations").await?
-            || self.table_exists("schema_migrations").await?)
+        Ok(self.table_exists("_sqlx_migrations").await? || self.holds_go_schema().await?)
     }
 
     /// True when Go tables were moved aside here (their data may still be imported).

@@ -875,6 +875,88 @@ mod tests {
         migration_plan_before_and_after(Engine::Mysql).await;
     }
 
+    /// Another application's `schema_migrations` and `config` tables in the same database are
+    /// never moved; a Go ncps's (with its `narinfos`) are, untouched, and its key is read.
+    async fn go_tables_moved_only_when_they_are_the_go_ncps(engine: Engine) {
+        let fresh = FreshUrl::new(engine).await;
+        let db = Database::open_unmigrated(&fresh.url, PoolOptions::default())
+            .await
+            .unwrap();
+        // `key` is a reserved word in MySQL.
+        let key = if engine == Engine::Mysql {
+            "`key`"
+        } else {
+            "key"
+        };
+        for sql in [
+            "CREATE TABLE schema_migrations (version VARCHAR(64) NOT NULL)".to_owned(),
+            format!(
+                "CREATE TABLE config ({key} VARCHAR(64) NOT NULL, value VARCHAR(200) NOT NULL)"
+            ),
+            format!("INSERT INTO config ({key}, value) VALUES ('secret_key', 'other-app:x')"),
+        ] {
+            sqlx::raw_sql(&sql).execute(&db.pool).await.unwrap();
+        }
+        db.migrate().await.unwrap();
+        assert!(
+            !db.has_go_data().await.unwrap(),
+            "{engine:?}: another app's tables moved"
+        );
+        assert!(db.table_exists("config").await.unwrap());
+        assert_eq!(db.go_secret_key().await.unwrap(), None);
+        db.pool.close().await;
+        fresh.cleanup().await;
+
+        let fresh = FreshUrl::new(engine).await;
+        let db = Database::open_unmigrated(&fresh.url, PoolOptions::default())
+            .await
+            .unwrap();
+        for sql in [
+            "CREATE TABLE schema_migrations (version VARCHAR(64) NOT NULL)".to_owned(),
+            "CREATE TABLE narinfos (id BIGINT NOT NULL, hash VARCHAR(64) NOT NULL)".to_owned(),
+            format!(
+                "CREATE TABLE config ({key} VARCHAR(64) NOT NULL, value VARCHAR(200) NOT NULL)"
+            ),
+            format!("INSERT INTO config ({key}, value) VALUES ('secret_key', 'go-cache-1:abc')"),
+        ] {
+            sqlx::raw_sql(&sql).execute(&db.pool).await.unwrap();
+        }
+        assert!(db.holds_go_schema().await.unwrap());
+        db.migrate().await.unwrap();
+        assert!(
+            db.has_go_data().await.unwrap(),
+            "{engine:?}: the Go tables stayed"
+        );
+        assert_eq!(
+            db.go_secret_key().await.unwrap().as_deref(),
+            Some("go-cache-1:abc")
+        );
+        // Ours are in place under the names the Go ncps used.
+        assert!(
+            db.narinfo(&"7rjj86a15146cq1d0ybgnwyqdwgv9lfh".parse().unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        db.pool.close().await;
+        fresh.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn go_tables_moved_only_when_they_are_the_go_ncps_sqlite() {
+        go_tables_moved_only_when_they_are_the_go_ncps(Engine::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn go_tables_moved_only_when_they_are_the_go_ncps_postgres() {
+        go_tables_moved_only_when_they_are_the_go_ncps(Engine::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn go_tables_moved_only_when_they_are_the_go_ncps_mysql() {
+        go_tables_moved_only_when_they_are_the_go_ncps(Engine::Mysql).await;
+    }
+
     /// Two processes writing one SQLite file at once (a server and an admin command): each
     /// write transaction takes the write lock when it starts (`BEGIN IMMEDIATE`), so they wait
     /// for each other instead of one failing with "database is locked" when its read turns into
