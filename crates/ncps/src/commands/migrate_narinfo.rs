@@ -9,7 +9,6 @@
 #![allow(clippy::print_stderr)] // progress output is this command's interface
 
 use std::path::{Component, Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use ncps_core::CacheError;
@@ -18,6 +17,7 @@ use ncps_nix::{MAX_TEXT_LEN, NarInfo, PublicKey, StorePathHash};
 
 use super::go_import;
 use crate::cli::MigrateNarinfoArgs;
+use crate::progress::Progress;
 use crate::setup;
 use ncps_core::maintenance::format_size;
 use ncps_core::maintenance::{Maintenance, files_source};
@@ -150,15 +150,18 @@ pub async fn run(args: MigrateNarinfoArgs) -> Result<()> {
             import_files(&maintenance, dir, dir, &keys, args.dry_run, &mut tally).await?;
         }
         None => {
-            let mut report = |skipped: bool, line: String| {
-                if skipped {
-                    eprintln!("SKIPPED {line}");
-                } else {
-                    eprintln!("{line}");
-                }
+            let mut progress = Progress::new("migrate-narinfo", "paths", None, None);
+            let go = {
+                let mut report = |skipped: bool, line: String| {
+                    if skipped {
+                        progress.println(&format!("SKIPPED {line}"));
+                    } else {
+                        progress.item(0, Some(line));
+                    }
+                };
+                go_import::run(&maintenance, &db, &store, &keys, args.dry_run, &mut report).await?
             };
-            let go =
-                go_import::run(&maintenance, &db, &store, &keys, args.dry_run, &mut report).await?;
+            progress.finish();
             eprintln!(
                 "Go ncps database: {} paths imported, {} already cached, {} skipped, {} pins \
                  kept, {} build traces kept",
@@ -223,87 +226,92 @@ async fn import_files(
             ""
         }
     );
-    let started = Instant::now();
+    let mut progress = Progress::new("migrate-narinfo", "narinfos", Some(total as u64), None);
     for (i, (claimed, path)) in files.iter().enumerate() {
-        let n = i + 1;
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let skip = |tally: &mut Tally, why: String| {
-            eprintln!("[{n}/{total}] SKIPPED {name}: {why}");
-            tally.skipped += 1;
-        };
-        let (narinfo, nar) = match read_entry(cache_dir, claimed, path, keys) {
-            Ok(entry) => entry,
-            Err(why) => {
-                skip(tally, why);
-                continue;
-            }
-        };
-        let store_path = narinfo.store_path.to_absolute();
-        if maintenance.cached_store_path(claimed).await?.is_some() {
-            eprintln!("[{n}/{total}] already cached: {store_path}");
-            tally.present += 1;
-            continue;
-        }
-        if dry_run {
-            match std::fs::metadata(&nar) {
-                Err(e) => skip(tally, format!("NAR file {}: {e}", narinfo.url)),
-                Ok(m) if narinfo.file_size.is_some_and(|s| s != m.len()) => skip(
-                    tally,
-                    format!(
-                        "NAR file {} has {} bytes, FileSize says {}",
-                        narinfo.url,
-                        m.len(),
-                        narinfo.file_size.unwrap_or_default()
-                    ),
-                ),
-                Ok(m) => {
-                    eprintln!(
-                        "[{n}/{total}] would import {store_path} ({})",
-                        format_size(m.len())
-                    );
-                    tally.imported += 1;
-                    tally.bytes += m.len();
-                }
-            }
-            continue;
-        }
-        let imported = match files_source(&[&nar]) {
-            Ok(source) => maintenance.import_path(&narinfo, source).await,
-            Err(e) => Err(CacheError::Io(e)),
-        };
-        match imported {
-            Ok(Imported::Stored { whole }) => {
-                tally.imported += 1;
-                tally.bytes += whole.size;
-                let secs = started.elapsed().as_secs_f64().max(0.001);
-                eprintln!(
-                    "[{n}/{total}] imported {store_path} ({}; {:.1} MB/s overall)",
-                    format_size(whole.size),
-                    tally.bytes as f64 / 1e6 / secs
-                );
-            }
-            Ok(Imported::NarAlreadyStored { .. }) => {
-                tally.shared += 1;
-                eprintln!("[{n}/{total}] imported {store_path} (its NAR was already stored)");
-            }
-            Ok(Imported::AlreadyCached) => {
-                tally.present += 1;
-                eprintln!("[{n}/{total}] already cached: {store_path}");
-            }
-            Err(CacheError::Integrity(why)) => {
-                skip(tally, format!("NAR file {}: {why}", narinfo.url))
-            }
-            Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                skip(tally, format!("NAR file {} is missing", narinfo.url))
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("importing {store_path} failed; rerun to resume where this stopped")
-                });
-            }
-        }
+        let (bytes, line) =
+            import_file(maintenance, cache_dir, claimed, path, keys, dry_run, tally).await?;
+        progress.item(bytes, Some(format!("[{}/{total}] {line}", i + 1)));
     }
+    progress.finish();
     Ok(())
+}
+
+/// Imports (or with `dry_run`, checks) one narinfo file: the bytes it brought and the line
+/// that says what happened.
+async fn import_file(
+    maintenance: &Maintenance,
+    cache_dir: &Path,
+    claimed: &StorePathHash,
+    path: &Path,
+    keys: &[PublicKey],
+    dry_run: bool,
+    tally: &mut Tally,
+) -> Result<(u64, String)> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut skip = |why: String| {
+        tally.skipped += 1;
+        Ok((0, format!("SKIPPED {name}: {why}")))
+    };
+    let (narinfo, nar) = match read_entry(cache_dir, claimed, path, keys) {
+        Ok(entry) => entry,
+        Err(why) => return skip(why),
+    };
+    let store_path = narinfo.store_path.to_absolute();
+    if maintenance.cached_store_path(claimed).await?.is_some() {
+        tally.present += 1;
+        return Ok((0, format!("already cached: {store_path}")));
+    }
+    if dry_run {
+        return match std::fs::metadata(&nar) {
+            Err(e) => skip(format!("NAR file {}: {e}", narinfo.url)),
+            Ok(m) if narinfo.file_size.is_some_and(|s| s != m.len()) => skip(format!(
+                "NAR file {} has {} bytes, FileSize says {}",
+                narinfo.url,
+                m.len(),
+                narinfo.file_size.unwrap_or_default()
+            )),
+            Ok(m) => {
+                tally.imported += 1;
+                tally.bytes += m.len();
+                Ok((
+                    m.len(),
+                    format!("would import {store_path} ({})", format_size(m.len())),
+                ))
+            }
+        };
+    }
+    let imported = match files_source(&[&nar]) {
+        Ok(source) => maintenance.import_path(&narinfo, source).await,
+        Err(e) => Err(CacheError::Io(e)),
+    };
+    match imported {
+        Ok(Imported::Stored { whole }) => {
+            tally.imported += 1;
+            tally.bytes += whole.size;
+            Ok((
+                whole.size,
+                format!("imported {store_path} ({})", format_size(whole.size)),
+            ))
+        }
+        Ok(Imported::NarAlreadyStored { .. }) => {
+            tally.shared += 1;
+            Ok((
+                0,
+                format!("imported {store_path} (its NAR was already stored)"),
+            ))
+        }
+        Ok(Imported::AlreadyCached) => {
+            tally.present += 1;
+            Ok((0, format!("already cached: {store_path}")))
+        }
+        Err(CacheError::Integrity(why)) => skip(format!("NAR file {}: {why}", narinfo.url)),
+        Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            skip(format!("NAR file {} is missing", narinfo.url))
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!("importing {store_path} failed; rerun to resume where this stopped")
+        }),
+    }
 }
 
 #[cfg(test)]
