@@ -595,27 +595,7 @@ async fn migrations_show_progress_on_a_terminal_and_in_logs() {
         "{plain}"
     );
     // On a terminal: the bar, and no plain summary line.
-    let mut argv = vec![
-        env!("CARGO_BIN_EXE_ncps").to_owned(),
-        "migrate-chunks-to-nar".to_owned(),
-    ];
-    argv.extend(
-        fx.config
-            .storage_args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned()),
-    );
-    let command = argv
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .output()
-        .expect("run under script(1)");
-    let terminal = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{terminal}");
+    let terminal = under_a_terminal(&fx, "migrate-chunks-to-nar", &[]);
     assert!(
         terminal.contains("migrate-chunks-to-nar [")
             && terminal.contains(&format!("{paths}/{paths}")),
@@ -625,4 +605,34 @@ async fn migrations_show_progress_on_a_terminal_and_in_logs() {
         !terminal.contains("migrate-chunks-to-nar: "),
         "plain lines on a terminal:\n{terminal}"
     );
+    // fsck too: a bar over the NAR walk, its result line beside it.
+    let terminal = under_a_terminal(&fx, "fsck", &["--verify-hashes"]);
+    assert!(
+        terminal.contains("fsck [") && terminal.contains("0 problems found"),
+        "no fsck progress bar on the terminal:\n{terminal}"
+    );
+}
+
+/// What `ncps <command> <storage flags> <args>` shows on a pseudo-terminal (`script`).
+fn under_a_terminal(fx: &Fixture, command: &str, args: &[&str]) -> String {
+    let mut argv = vec![env!("CARGO_BIN_EXE_ncps").to_owned(), command.to_owned()];
+    argv.extend(
+        fx.config
+            .storage_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let line = argv
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("run under script(1)");
+    let terminal = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{command}: {terminal}");
+    terminal
 }

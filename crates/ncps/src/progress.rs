@@ -43,6 +43,19 @@ impl Progress {
         )
     }
 
+    /// A bar when stderr is a terminal, else `None` (for commands that print their own
+    /// periodic lines).
+    pub fn on_terminal(
+        label: &'static str,
+        unit: &'static str,
+        total_items: Option<u64>,
+        total_bytes: Option<u64>,
+    ) -> Option<Self> {
+        std::io::stderr()
+            .is_terminal()
+            .then(|| Self::with_terminal(label, unit, total_items, total_bytes, true))
+    }
+
     fn with_terminal(
         label: &'static str,
         unit: &'static str,
@@ -112,6 +125,15 @@ impl Progress {
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
+        }
+    }
+
+    /// Runs `print` (which writes to stdout) with the bar hidden, so results and the bar do not
+    /// mix on a terminal.
+    pub fn suspend(&self, print: impl FnOnce()) {
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
         }
     }
 

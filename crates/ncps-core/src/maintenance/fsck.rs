@@ -57,6 +57,10 @@ pub trait FsckOutput {
     fn finding(&mut self, line: &str);
     /// Progress through a long walk.
     fn progress(&mut self, line: &str);
+    /// The check of every NAR starts: `total` of them (for a progress bar).
+    fn nars_to_check(&mut self, _total: u64) {}
+    /// One NAR checked; `bytes` of its whole file were read.
+    fn nar_checked(&mut self, _bytes: u64) {}
 }
 
 /// What a run found.
@@ -224,6 +228,7 @@ impl Fsck<'_> {
         let mut recorded = HashSet::new();
         let mut after: Option<Sha256Hash> = None;
         let (mut checked, mut bytes) = (0u64, 0u64);
+        self.out.nars_to_check(self.db.store_counts().await?.nars);
         let started = Instant::now();
         let mut last_report = Instant::now();
         loop {
@@ -231,14 +236,17 @@ impl Fsck<'_> {
             let Some(last) = page.last() else { break };
             after = Some(last.nar_hash);
             for record in page {
+                let mut read = 0;
                 if let Some(whole) = record.whole {
                     recorded.insert(whole.key);
-                    bytes += self.check_whole_file(&record, whole, nars).await?;
+                    read = self.check_whole_file(&record, whole, nars).await?;
+                    bytes += read;
                 }
                 if record.chunked.is_some() {
                     self.check_chunk_list(&record, chunks).await?;
                 }
                 checked += 1;
+                self.out.nar_checked(read);
                 if last_report.elapsed() >= PROGRESS_EVERY {
                     last_report = Instant::now();
                     let secs = started.elapsed().as_secs_f64().max(0.001);

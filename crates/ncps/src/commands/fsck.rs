@@ -7,17 +7,38 @@ use anyhow::{Result, bail};
 use ncps_core::maintenance::{FsckOptions, FsckOutput, FsckSummary};
 
 use crate::cli::FsckArgs;
+use crate::progress::Progress;
 
 /// Prints findings as they come.
-struct Terminal;
+struct Terminal {
+    /// The bar over the NAR walk, on a terminal.
+    progress: Option<Progress>,
+}
 
 impl FsckOutput for Terminal {
     fn finding(&mut self, line: &str) {
-        println!("{line}");
+        match &self.progress {
+            Some(progress) => progress.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
     }
 
     fn progress(&mut self, line: &str) {
-        eprintln!("{line}");
+        match &self.progress {
+            Some(progress) => progress.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn nars_to_check(&mut self, total: u64) {
+        // In a log, the walk's own periodic lines say the same.
+        self.progress = Progress::on_terminal("fsck", "NARs", Some(total), None);
+    }
+
+    fn nar_checked(&mut self, bytes: u64) {
+        if let Some(progress) = &mut self.progress {
+            progress.item(bytes, None);
+        }
     }
 }
 
@@ -30,7 +51,12 @@ pub async fn run(args: FsckArgs) -> Result<()> {
         verify_hashes: args.verify_hashes,
         min_age: args.min_age,
     };
-    let summary = maintenance.fsck(options, &mut Terminal).await?;
+    let mut out = Terminal { progress: None };
+    let summary = maintenance.fsck(options, &mut out).await;
+    if let Some(progress) = out.progress.take() {
+        progress.finish();
+    }
+    let summary = summary?;
     println!("{}", summary_line(&summary, repair));
     let remaining = summary.remaining();
     if remaining > 0 {
