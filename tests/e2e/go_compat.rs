@@ -727,25 +727,9 @@ fn lzip(data: &[u8]) -> Vec<u8> {
     let raw = encoder.finish().expect("finish");
     let mut member = b"LZIP\x01\x14".to_vec();
     member.extend_from_slice(&raw);
-    member.extend_from_slice(&crc32(data).to_le_bytes());
+    member.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
     member.extend_from_slice(&(data.len() as u64).to_le_bytes());
     let size = member.len() as u64 + 8;
     member.extend_from_slice(&size.to_le_bytes());
     member
-}
-
-/// CRC-32 (IEEE, reflected), as lzip's trailer has it.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
