@@ -34,6 +34,7 @@ mod replicas;
 mod selftest;
 mod signatures;
 mod single_flight;
+mod status_page;
 mod substitution;
 mod uploads;
 mod upstreams;

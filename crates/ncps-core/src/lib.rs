@@ -9,8 +9,8 @@
 //!   recovery, LRU eviction, chunk garbage collection), pins, deletions, imports, the
 //!   migrations between whole files and chunks, and fsck.
 //!
-//! [`Documents`] serves build logs and realisations, which have no NAR. [`Cache`] wires the
-//! four together from one [`CacheConfig`]; the HTTP layer and the admin commands call the
+//! [`Documents`] serves build logs and realisations, which have no NAR; [`status`] keeps what
+//! the status page shows. [`Cache`] wires them together from one [`CacheConfig`]; the HTTP layer and the admin commands call the
 //! components, never the database or storage below them.
 
 mod chunk_queue;
@@ -21,6 +21,7 @@ pub mod defaults;
 mod documents;
 mod error;
 mod ingest;
+mod job_log;
 mod locks;
 pub mod maintenance;
 mod metrics;
@@ -28,6 +29,7 @@ mod plan;
 mod range;
 mod reader;
 mod schedule;
+pub mod status;
 mod temp;
 #[cfg(test)]
 mod test_support;
@@ -52,6 +54,7 @@ pub use schedule::{Schedule, ScheduleError, parse_duration, spawn_scheduled};
 pub use temp::TempFiles;
 
 use crate::chunk_queue::ChunkQueue;
+use crate::status::Status;
 
 /// The cache's components, wired to one database, one storage and one set of upstreams;
 /// shared by every request. A clone is one reference count: the HTTP layer clones it for
@@ -65,6 +68,7 @@ struct Components {
     ingest: Ingest,
     maintenance: Maintenance,
     documents: Documents,
+    status: Status,
     metrics: Arc<Metrics>,
 }
 
@@ -105,12 +109,19 @@ impl Cache {
             metrics.clone(),
             queue,
         );
-        let documents = Documents::new(db, upstreams, config.uploads.clone());
+        let documents = Documents::new(db, upstreams.clone(), config.uploads.clone());
+        let status = Status::new(
+            metrics.clone(),
+            upstreams,
+            maintenance.clone(),
+            config.cdc.is_some(),
+        );
         Self(Arc::new(Components {
             reader,
             ingest,
             maintenance,
             documents,
+            status,
             metrics,
         }))
     }
@@ -133,6 +144,11 @@ impl Cache {
     /// Build logs and realisations.
     pub fn documents(&self) -> &Documents {
         &self.0.documents
+    }
+
+    /// The status page's figures and history.
+    pub fn status(&self) -> &Status {
+        &self.0.status
     }
 
     /// The metrics, for `/metrics` and for the HTTP layer's request counters.

@@ -8,6 +8,8 @@
 //! `ncps_nar_file_count`, `ncps_upstream_count_*`, `ncps_cache_*`, `ncps_lru_*`), so a Go user's
 //! dashboards and alerts keep working beside ours, which say more.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::job_log::JobLog;
+use crate::status::LatencyTotals;
 
 /// How a lookup ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -174,6 +179,11 @@ pub struct Metrics {
     pub uploads: Family<OutcomeLabels, Counter>,
     /// The Go ncps's metrics, under its names.
     pub go: GoMetrics,
+    /// Each job's schedule and last run with its outcome (not exported: the status page's).
+    pub jobs: JobLog,
+    /// Each upstream's narinfo lookup count and summed latency (the histogram's totals, which
+    /// prometheus-client does not let us read), for the status page.
+    latency_totals: Mutex<BTreeMap<String, LatencyTotals>>,
 }
 
 /// The Go ncps's metric names and labels (see the module documentation).
@@ -260,6 +270,8 @@ impl Metrics {
             job_last_items: Family::default(),
             uploads: Family::default(),
             go: GoMetrics::new(),
+            jobs: JobLog::default(),
+            latency_totals: Mutex::default(),
         };
         let r = &mut registry;
         r.register(
@@ -368,19 +380,47 @@ impl Metrics {
         self.go.nar_served.get_or_create(&outcome.into()).inc();
     }
 
-    /// Records a finished job run; `freed_bytes` when the job knows them.
+    /// Records how long `upstream` took to answer a narinfo lookup it had.
+    pub fn upstream_answered(&self, upstream: &str, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+            })
+            .observe(seconds);
+        let mut totals = self
+            .latency_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let entry = totals.entry(upstream.to_string()).or_default();
+        entry.count += 1;
+        entry.seconds += seconds;
+    }
+
+    /// Every upstream's lookup totals so far.
+    pub fn upstream_latency_totals(&self) -> BTreeMap<String, LatencyTotals> {
+        self.latency_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a finished job run; `freed_bytes` when the job knows them, `summary` says what
+    /// it did in words.
     pub fn job_finished(
         &self,
         job: &str,
         duration: Duration,
         freed_bytes: Option<u64>,
         items: u64,
+        summary: String,
     ) {
         let l = JobLabels {
             job: job.to_string(),
         };
+        let now = ncps_db::now_secs();
         self.job_runs.get_or_create(&l).inc();
-        self.job_last_run.get_or_create(&l).set(ncps_db::now_secs());
+        self.job_last_run.get_or_create(&l).set(now);
         self.job_last_duration
             .get_or_create(&l)
             .set(duration.as_secs_f64());
@@ -392,6 +432,13 @@ impl Metrics {
         self.job_last_items
             .get_or_create(&l)
             .set(i64::try_from(items).unwrap_or(i64::MAX));
+        self.jobs.record(job, now, duration, Ok(summary));
+    }
+
+    /// Records a failed job run (the gauges keep the last successful run's figures).
+    pub fn job_failed(&self, job: &str, duration: Duration, error: &dyn std::fmt::Display) {
+        self.jobs
+            .record(job, ncps_db::now_secs(), duration, Err(error.to_string()));
     }
 }
 

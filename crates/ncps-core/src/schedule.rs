@@ -122,6 +122,21 @@ impl Schedule {
     }
 }
 
+/// How the status page says when a job runs: `every 5m`, or the cron expression and its zone.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Every(every) => {
+                write!(f, "every {}", crate::maintenance::format_age(*every))
+            }
+            Schedule::Cron { cron, zone } => match zone {
+                Some(tz) => write!(f, "cron {cron} ({tz})"),
+                None => write!(f, "cron {cron} (local time)"),
+            },
+        }
+    }
+}
+
 fn next_in<Z: TimeZone>(cron: &Cron, now: &DateTime<Z>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(now, false)
         .ok()
@@ -146,6 +161,16 @@ where
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn says_when_it_runs() {
+        let every = Schedule::parse("@every 90m", "Local").unwrap();
+        assert_eq!(every.to_string(), "every 90m");
+        let hourly = Schedule::parse("@hourly", "Europe/Berlin").unwrap();
+        assert_eq!(hourly.to_string(), "cron 0 * * * * (Europe/Berlin)");
+        let local = Schedule::parse("5 4 * * *", "Local").unwrap();
+        assert_eq!(local.to_string(), "cron 5 4 * * * (local time)");
+    }
 
     #[test]
     fn parses_every_cron_and_descriptors() {

@@ -52,6 +52,28 @@ pub struct StoreCounts {
     pub chunks: u64,
     /// References to those chunks (chunk-list entries).
     pub chunk_references: u64,
+    /// The plain bytes of those chunks, each counted once.
+    pub chunk_plain_bytes: u64,
+    /// What those chunks take in storage (compressed), each counted once.
+    pub chunk_stored_bytes: u64,
+    /// The plain bytes the chunk lists describe (each reference counted): what the chunked
+    /// NARs would take unchunked and uncompressed.
+    pub chunked_nar_bytes: u64,
+}
+
+impl StoreCounts {
+    /// How many times over the chunked NARs' bytes would fill the chunks they share (1: no
+    /// chunk shared); `None` without chunks.
+    pub fn dedup_ratio(&self) -> Option<f64> {
+        (self.chunk_plain_bytes > 0)
+            .then(|| self.chunked_nar_bytes as f64 / self.chunk_plain_bytes as f64)
+    }
+
+    /// Plain chunk bytes per stored byte; `None` without chunks.
+    pub fn compression_ratio(&self) -> Option<f64> {
+        (self.chunk_stored_bytes > 0)
+            .then(|| self.chunk_plain_bytes as f64 / self.chunk_stored_bytes as f64)
+    }
 }
 
 /// A document in least-recently-used order.
@@ -182,19 +204,29 @@ impl Database {
                 to_u64("counts", n)
             }
         };
+        let narinfos = count(format!("SELECT {} FROM narinfos", d.bigint("COUNT(*)"))).await?;
+        let nars = count(format!("SELECT {} FROM nars", d.bigint("COUNT(*)"))).await?;
+        // One pass over the chunks for every chunk figure.
+        let sum = |expr: &str| d.bigint(&format!("COALESCE(SUM({expr}), 0)"));
+        let (chunks, references, plain, stored, described): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(&format!(
+                "SELECT {}, {}, {}, {}, {} FROM chunks WHERE ref_count > 0",
+                d.bigint("COUNT(*)"),
+                sum("ref_count"),
+                sum("plain_size"),
+                sum("stored_size"),
+                sum("ref_count * plain_size"),
+            ))
+            .fetch_one(&self.pool)
+            .await?;
         Ok(StoreCounts {
-            narinfos: count(format!("SELECT {} FROM narinfos", d.bigint("COUNT(*)"))).await?,
-            nars: count(format!("SELECT {} FROM nars", d.bigint("COUNT(*)"))).await?,
-            chunks: count(format!(
-                "SELECT {} FROM chunks WHERE ref_count > 0",
-                d.bigint("COUNT(*)")
-            ))
-            .await?,
-            chunk_references: count(format!(
-                "SELECT {} FROM chunks WHERE ref_count > 0",
-                d.bigint("COALESCE(SUM(ref_count), 0)")
-            ))
-            .await?,
+            narinfos,
+            nars,
+            chunks: to_u64("counts", chunks)?,
+            chunk_references: to_u64("counts", references)?,
+            chunk_plain_bytes: to_u64("counts", plain)?,
+            chunk_stored_bytes: to_u64("counts", stored)?,
+            chunked_nar_bytes: to_u64("counts", described)?,
         })
     }
 
@@ -360,6 +392,42 @@ mod tests {
                     .unwrap()
                     .is_none()
             );
+        }
+    }
+
+    db_test! {
+        async fn store_counts_measure_sharing_and_compression(db) {
+            let chunk = |name: &[u8], plain_size: u64, stored_size: u64| ChunkRef {
+                hash: ChunkHash::digest(name),
+                plain_size,
+                stored_size,
+            };
+            let (a, b, c) = (chunk(b"a", 100, 40), chunk(b"b", 300, 60), chunk(b"c", 50, 50));
+            // NAR 1 uses a twice and b; NAR 2 shares b and adds c.
+            let one = Sha256Hash::digest(b"one");
+            let two = Sha256Hash::digest(b"two");
+            db.commit_held(&one, 500, &[a, b, a], Sha256Hash::digest(b"s1"))
+                .await
+                .unwrap();
+            db.commit_held(&two, 350, &[b, c], Sha256Hash::digest(b"s2"))
+                .await
+                .unwrap();
+            let counts = db.store_counts().await.unwrap();
+            assert_eq!(
+                counts,
+                StoreCounts {
+                    narinfos: 0,
+                    nars: 2,
+                    chunks: 3,
+                    chunk_references: 5,
+                    chunk_plain_bytes: 450,
+                    chunk_stored_bytes: 150,
+                    chunked_nar_bytes: 850,
+                }
+            );
+            assert_eq!(counts.compression_ratio(), Some(3.0));
+            assert_eq!(counts.dedup_ratio(), Some(850.0 / 450.0));
+            assert_eq!(StoreCounts::default().dedup_ratio(), None);
         }
     }
 

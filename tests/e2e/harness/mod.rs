@@ -4,6 +4,7 @@
 //! run in parallel. Processes are killed on drop; when a test panics, the ncps log and the
 //! upstream's request log are printed.
 
+pub mod browser;
 pub mod http;
 pub mod narinfo;
 pub mod ncps;

@@ -28,7 +28,7 @@ use crate::chunk_queue::ChunkQueue;
 use crate::codec::can_decode;
 use crate::config::{CacheConfig, CdcConfig};
 use crate::locks::{LocalLocks, LockService};
-use crate::metrics::{Metrics, UpstreamLabels};
+use crate::metrics::Metrics;
 use crate::temp::TempFiles;
 
 pub use chunking::ChunkSettings;
@@ -124,11 +124,7 @@ impl Ingest {
         let found = asked?.ok_or(CacheError::NotFound)?;
         self.0
             .metrics
-            .upstream_latency
-            .get_or_create(&UpstreamLabels {
-                upstream: found.upstream_url.clone(),
-            })
-            .observe(started.elapsed().as_secs_f64());
+            .upstream_answered(&found.upstream_url, started.elapsed());
         let upstream = found.narinfo;
         // Refuse now what could not be verified later, rather than hand out a dead NAR URL.
         refuse_undecodable(&upstream)?;

@@ -21,18 +21,24 @@ use crate::temp::TempKind;
 
 impl Maintenance {
     /// Queues NARs whose chunking never finished (a crash, a restart) and deletes whole files
-    /// whose delay has passed.
-    pub(super) async fn recover_and_clean(&self, lazy: bool, batch: u32) -> Result<(), CacheError> {
+    /// whose delay has passed; returns how many of each.
+    pub(super) async fn recover_and_clean(
+        &self,
+        lazy: bool,
+        batch: u32,
+    ) -> Result<(u64, u64), CacheError> {
+        let mut queued = 0;
         if lazy {
             for record in self.0.db.nars_to_chunk(batch).await? {
                 self.0.chunk_queue.push(record.nar_hash);
+                queued += 1;
             }
         }
         let deleted = self.delete_expired_whole_files(batch).await?;
         if deleted > 0 {
             info!(files = deleted, "deleted whole files now stored as chunks");
         }
-        Ok(())
+        Ok((queued, deleted as u64))
     }
 
     /// Chunks a NAR stored as a whole file, verifying the result against the NAR's hashes

@@ -1,4 +1,5 @@
-//! Ages and sizes as people read them, for fsck findings and progress lines.
+//! Ages, sizes and counts as people read them, for fsck findings, progress lines and the job
+//! log.
 
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// A count with its noun, plural when it is not one: `1 NAR`, `3 NARs`.
+pub fn plural(count: u64, noun: &str) -> String {
+    format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +49,7 @@ mod tests {
         assert_eq!(format_age(Duration::from_secs(3 * 86_400)), "3d");
         assert_eq!(format_size(999), "999 B");
         assert_eq!(format_size(4_000_000), "4.0 MB");
+        assert_eq!(plural(1, "pin"), "1 pin");
+        assert_eq!(plural(0, "pin"), "0 pins");
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use ncps_nix::Sha256Hash;
 use tracing::{error, info, warn};
 
-use super::Maintenance;
+use super::human::{format_age, format_size, plural};
+use super::{LruReport, Maintenance};
 use crate::ingest::{ChunkSettings, UPLOAD_WAITS_FOR_NARINFO};
 use crate::schedule::{Schedule, spawn_scheduled};
 
@@ -51,6 +52,24 @@ pub struct LruConfig {
 impl Maintenance {
     /// Starts the background jobs on the current runtime; they stop with it.
     pub fn spawn_jobs(&self, jobs: JobsConfig) {
+        let log = &self.0.metrics.jobs;
+        log.register("reclaim", format!("every {}", format_age(RECLAIM_EVERY)));
+        log.register(
+            "chunk_gc",
+            format!("every {}", format_age(jobs.gc_interval)),
+        );
+        if let Some(lru) = &jobs.lru {
+            log.register(
+                "lru",
+                format!("{} (limit {})", lru.schedule, format_size(lru.max_size)),
+            );
+        }
+        if self.0.cdc.is_some() {
+            log.register(
+                "recovery",
+                format!("at start, then {}", jobs.recovery_schedule),
+            );
+        }
         self.spawn_access_flush();
         if let Some(lru) = jobs.lru.clone() {
             self.spawn_lru(lru);
@@ -71,8 +90,23 @@ impl Maintenance {
         let recover = move || {
             let this = this.clone();
             async move {
-                if let Err(e) = this.recover_and_clean(cdc.lazy, batch).await {
-                    error!(error = %e, "lazy chunking recovery failed");
+                let started = std::time::Instant::now();
+                match this.recover_and_clean(cdc.lazy, batch).await {
+                    Ok((queued, deleted)) => this.0.metrics.job_finished(
+                        "recovery",
+                        started.elapsed(),
+                        None,
+                        queued + deleted,
+                        format!(
+                            "{} queued for chunking, {} deleted (stored as chunks)",
+                            plural(queued, "NAR"),
+                            plural(deleted, "whole file"),
+                        ),
+                    ),
+                    Err(e) => {
+                        this.0.metrics.job_failed("recovery", started.elapsed(), &e);
+                        error!(error = %e, "lazy chunking recovery failed");
+                    }
                 }
             }
         };
@@ -101,6 +135,7 @@ impl Maintenance {
         spawn_scheduled(lru.schedule, move || {
             let this = this.clone();
             async move {
+                let started = std::time::Instant::now();
                 match this.evict_lru(lru.max_size).await {
                     Ok(report) => {
                         let freed = report.bytes_before.saturating_sub(report.bytes_after);
@@ -109,6 +144,7 @@ impl Maintenance {
                             report.duration,
                             Some(freed),
                             report.narinfos_evicted,
+                            lru_summary(&report, lru.max_size),
                         );
                         let go = &this.0.metrics.go;
                         go.lru_cleanup_runs.inc();
@@ -128,7 +164,10 @@ impl Maintenance {
                             "LRU eviction finished"
                         );
                     }
-                    Err(e) => error!(error = %e, "LRU eviction failed"),
+                    Err(e) => {
+                        this.0.metrics.job_failed("lru", started.elapsed(), &e);
+                        error!(error = %e, "LRU eviction failed")
+                    }
                 }
             }
         });
@@ -159,9 +198,23 @@ impl Maintenance {
                 match result {
                     Ok((ended, unused, staging)) => {
                         let done = ended + unused + staging;
-                        this.0
-                            .metrics
-                            .job_finished("reclaim", started.elapsed(), None, done);
+                        let summary = if done == 0 {
+                            "nothing to reclaim".to_string()
+                        } else {
+                            format!(
+                                "{} dropped, {} removed, {} of killed writes swept",
+                                plural(ended, "expired upload"),
+                                plural(unused, "unused NAR"),
+                                plural(staging, "file"),
+                            )
+                        };
+                        this.0.metrics.job_finished(
+                            "reclaim",
+                            started.elapsed(),
+                            None,
+                            done,
+                            summary,
+                        );
                         if done > 0 {
                             info!(
                                 uploads = ended,
@@ -171,7 +224,10 @@ impl Maintenance {
                             );
                         }
                     }
-                    Err(e) => error!(error = %e, "reclaiming unused NARs failed"),
+                    Err(e) => {
+                        this.0.metrics.job_failed("reclaim", started.elapsed(), &e);
+                        error!(error = %e, "reclaiming unused NARs failed")
+                    }
                 }
             }
         });
@@ -186,13 +242,15 @@ impl Maintenance {
                 tick.tick().await;
                 let started = std::time::Instant::now();
                 let result = this.collect_chunks(jobs.gc_grace).await;
-                if let Ok(r) = &result {
-                    this.0.metrics.job_finished(
+                match &result {
+                    Ok(r) => this.0.metrics.job_finished(
                         "chunk_gc",
                         started.elapsed(),
                         None,
                         r.chunks_deleted,
-                    );
+                        format!("{} deleted", plural(r.chunks_deleted, "unreferenced chunk")),
+                    ),
+                    Err(e) => this.0.metrics.job_failed("chunk_gc", started.elapsed(), e),
                 }
                 match result {
                     Ok(r) if r.chunks_deleted > 0 => {
@@ -229,4 +287,24 @@ impl Maintenance {
                 .remove(&nar_hash);
         }
     }
+}
+
+/// What an eviction run did, in words, for the job log.
+fn lru_summary(report: &LruReport, max_size: u64) -> String {
+    if report.narinfos_evicted == 0 && report.documents_evicted == 0 {
+        return format!(
+            "nothing to evict: {} stored of {}",
+            format_size(report.bytes_after),
+            format_size(max_size)
+        );
+    }
+    format!(
+        "freed {}: {}, {}, {} evicted; {} stored of {}",
+        format_size(report.bytes_before.saturating_sub(report.bytes_after)),
+        plural(report.narinfos_evicted, "narinfo"),
+        plural(report.nars_removed, "NAR"),
+        plural(report.documents_evicted, "document"),
+        format_size(report.bytes_after),
+        format_size(max_size)
+    )
 }

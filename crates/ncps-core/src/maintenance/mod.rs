@@ -38,7 +38,7 @@ use crate::reader::Reader;
 
 pub use fsck::{FsckOptions, FsckOutput, FsckSummary};
 pub use gc::GcReport;
-pub use human::{format_age, format_size};
+pub use human::{format_age, format_size, plural};
 pub use import::{FileCheck, Imported, files_source};
 pub use jobs::{JobsConfig, LruConfig};
 pub use lru::LruReport;
@@ -61,6 +61,19 @@ struct State {
     chunk_queue: ChunkQueue,
     /// When the storage gauges were last measured: scrapes in between reuse the figures.
     gauges_measured: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The figures last measured, for the status page (which never measures itself).
+    figures: std::sync::Mutex<Option<StorageFigures>>,
+}
+
+/// What storage held when last measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StorageFigures {
+    /// Bytes in storage (whole files, referenced chunks, documents).
+    pub stored_bytes: u64,
+    /// Narinfos, NARs and chunk figures.
+    pub counts: ncps_db::StoreCounts,
+    /// When, in seconds since the epoch.
+    pub measured_at: i64,
 }
 
 /// The longest the storage gauges go unmeasured while `/metrics` is scraped. Measuring sums
@@ -88,6 +101,7 @@ impl Maintenance {
             lru_running: tokio::sync::Mutex::new(()),
             chunk_queue,
             gauges_measured: tokio::sync::Mutex::new(None),
+            figures: std::sync::Mutex::new(None),
         }))
     }
 
@@ -95,6 +109,11 @@ impl Maintenance {
     /// after a restart still knows them).
     pub async fn flush_access_times(&self) {
         self.0.reader.flush_access_times().await;
+    }
+
+    /// The storage figures last measured by [`Self::refresh_gauges`], if any.
+    pub fn storage_figures(&self) -> Option<StorageFigures> {
+        *self.0.figures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Measures the storage and upstream gauges (called when `/metrics` is scraped), at most
@@ -107,6 +126,11 @@ impl Maintenance {
         let stored = self.0.db.stored_bytes().await?;
         let counts = self.0.db.store_counts().await?;
         *measured = Some(tokio::time::Instant::now());
+        *self.0.figures.lock().unwrap_or_else(|p| p.into_inner()) = Some(StorageFigures {
+            stored_bytes: stored,
+            counts,
+            measured_at: ncps_db::now_secs(),
+        });
         let m = &self.0.metrics;
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         m.stored_bytes.set(gauge(stored));

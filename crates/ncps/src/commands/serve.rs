@@ -89,6 +89,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
     if super::go_import::pending(&db).await? {
         spawn_go_import(cache.maintenance().clone(), db, store);
     }
+    cache.status().spawn_sampler();
     cache.maintenance().spawn_jobs(JobsConfig {
         chunk_workers: args.cdc_jobs.cache_cdc_background_workers,
         recovery_schedule: Schedule::parse(
