@@ -45,17 +45,7 @@ async fn counters_match_a_substitution() {
         .substitute_ok(&fx.ncps.url(), &key, closure)
         .await;
     let paths = closure.paths.len() as f64;
-    let file_bytes: u64 = closure
-        .paths
-        .iter()
-        .map(|p| {
-            fx.upstream
-                .narinfo(p)
-                .field("FileSize")
-                .parse::<u64>()
-                .expect("FileSize")
-        })
-        .sum();
+    let file_bytes = fx.upstream_file_bytes();
 
     let response = http::get(&fx.ncps.url_for("metrics"))
         .await

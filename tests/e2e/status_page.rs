@@ -226,18 +226,7 @@ async fn the_status_page_charts_what_the_server_reports() {
         2.0 * paths,
         "{report}"
     );
-    let file_bytes: u64 = fx
-        .closure
-        .paths
-        .iter()
-        .map(|p| {
-            fx.upstream
-                .narinfo(p)
-                .field("FileSize")
-                .parse::<u64>()
-                .expect("FileSize")
-        })
-        .sum();
+    let file_bytes = fx.upstream_file_bytes();
     assert_eq!(report["bytes_fetched"].as_u64(), Some(file_bytes));
     assert_eq!(
         report["storage"]["max_size"].as_u64(),

@@ -241,6 +241,22 @@ impl Fixture {
         }
     }
 
+    /// What the upstream's NAR files of the closure weigh (the sum of their FileSize): the bytes
+    /// a cold substitution fetches.
+    pub fn upstream_file_bytes(&self) -> u64 {
+        self.closure
+            .paths
+            .iter()
+            .map(|p| {
+                self.upstream
+                    .narinfo(p)
+                    .field("FileSize")
+                    .parse::<u64>()
+                    .expect("FileSize")
+            })
+            .sum()
+    }
+
     /// GET ncps's narinfo for `store_path`, which must be a 200.
     pub async fn ncps_narinfo(&self, store_path: &str) -> NarInfo {
         let url = self.narinfo_url(store_path);
