@@ -181,7 +181,7 @@ async fn the_status_page_charts_what_the_server_reports() {
             .expect_status(404, "a path nobody has");
     }
     let chunk_bytes: u64 = fx.config.chunk_files().iter().map(|(_, size)| size).sum();
-    // Storage is measured by the sampler, at most every 15 s; the LRU job runs every 2 s.
+    // Storage is measured by the sampler every 10 s; the LRU job runs every 2 s.
     let json = eventually_within(
         "storage measured and LRU run",
         Duration::from_secs(60),

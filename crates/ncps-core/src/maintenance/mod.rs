@@ -123,9 +123,16 @@ impl Maintenance {
         if measured.is_some_and(|at| at.elapsed() < GAUGES_FRESH_FOR) {
             return Ok(());
         }
+        self.measure_storage().await?;
+        *measured = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Measures storage and the upstreams now, for the gauges and the status page (its
+    /// sampler calls this on its own schedule; scrapes go through [`Self::refresh_gauges`]).
+    pub async fn measure_storage(&self) -> Result<(), CacheError> {
         let stored = self.0.db.stored_bytes().await?;
         let counts = self.0.db.store_counts().await?;
-        *measured = Some(tokio::time::Instant::now());
         *self.0.figures.lock().unwrap_or_else(|p| p.into_inner()) = Some(StorageFigures {
             stored_bytes: stored,
             counts,

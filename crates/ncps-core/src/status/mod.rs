@@ -2,8 +2,8 @@
 //!
 //! History lives in memory only ([`history`]: bounded rings, the last hour and the last day),
 //! filled by a sampler every 10 s from the metrics' counters. Storage figures come from the
-//! last measurement the sampler (or a `/metrics` scrape) made, never from a query of the
-//! viewer's: looking at the page, however often, costs the database nothing.
+//! sampler's last measurement, never from a query of the viewer's: looking at the page,
+//! however often, costs the database nothing.
 //!
 //! Called by the HTTP layer (`GET /`) and by `serve`, which starts the sampler.
 
@@ -140,7 +140,7 @@ impl Status {
     }
 
     /// Starts the sampler on the current runtime: a sample at once, then every
-    /// [`SAMPLE_EVERY`], each after measuring storage (at most as often as `/metrics` would).
+    /// [`SAMPLE_EVERY`], each after measuring storage.
     pub fn spawn_sampler(&self) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -148,7 +148,7 @@ impl Status {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = this.0.maintenance.refresh_gauges().await {
+                if let Err(e) = this.0.maintenance.measure_storage().await {
                     warn!(error = %e, "measuring storage for the status page failed");
                 }
                 let sample = this.sample();
