@@ -1,11 +1,13 @@
-//! How long the LRU job takes to evict N narinfos, on whichever database
+//! How long the LRU job takes to evict part of a cache of N narinfos, on whichever database
 //! `NCPS_BENCH_DATABASE_URL` names (default: a SQLite file in a temporary directory).
 //!
 //! Inserts N narinfos (env `N`, default 100 000), each with its own NAR recorded as a 1000-byte
-//! whole file and its own `last_accessed_at`, then times `Maintenance::evict_lru(0)`, which evicts all
-//! of them. The whole files are not in storage (deleting a missing file is a no-op), so the
-//! time is the database's plus the eviction loop's. On a server database the tables are
-//! not emptied: the URL must name an empty (throwaway) database.
+//! whole file and its own `last_accessed_at`, then times `Maintenance::evict_lru` bringing the
+//! cache down by 0.1%, then 1%, then 10% of N (env `FRACTIONS`, comma-separated), each run on
+//! what the previous left: the time should follow what is evicted, not N. The whole files are
+//! not in storage (deleting a missing file is a no-op), so the time is the database's plus the
+//! eviction loop's. On a server database the tables are not emptied: the URL must name an
+//! empty (throwaway) database.
 //!
 //!   cargo bench -p ncps-core --bench lru_evict
 //!   N=10000 NCPS_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
@@ -122,15 +124,30 @@ async fn main() {
     let stored = db.stored_bytes().await.expect("stored bytes");
     assert_eq!(stored, n * NAR_FILE_SIZE);
 
-    let report = cache.maintenance().evict_lru(0).await.expect("evict");
-    assert_eq!(report.narinfos_evicted, n, "every narinfo is evicted");
-    assert_eq!(report.bytes_after, 0);
-    let secs = report.duration.as_secs_f64();
     println!(
-        "lru_evict engine={engine} N={n} insert={:.2}s evict={secs:.2}s \
-         evicted_per_s={:.0} nars_removed={}",
-        insert.as_secs_f64(),
-        n as f64 / secs,
-        report.nars_removed,
+        "lru_evict engine={engine} N={n} insert={:.2}s",
+        insert.as_secs_f64()
     );
+    let fractions = std::env::var("FRACTIONS").unwrap_or_else(|_| "0.001,0.01,0.1".into());
+    let mut left = n;
+    for fraction in fractions.split(',') {
+        let fraction: f64 = fraction.trim().parse().expect("FRACTIONS are numbers");
+        let evict = ((n as f64) * fraction).round() as u64;
+        let sums_before = db.full_table_sums();
+        let report = cache
+            .maintenance()
+            .evict_lru((left - evict) * NAR_FILE_SIZE)
+            .await
+            .expect("evict");
+        assert_eq!(report.narinfos_evicted, evict);
+        left -= evict;
+        assert_eq!(report.bytes_after, left * NAR_FILE_SIZE);
+        let secs = report.duration.as_secs_f64();
+        println!(
+            "lru_evict engine={engine} N={n} fraction={fraction} evicted={evict} \
+             evict={secs:.3}s evicted_per_s={:.0} whole_table_sums={}",
+            evict as f64 / secs,
+            db.full_table_sums() - sums_before,
+        );
+    }
 }

@@ -57,6 +57,7 @@ pub use fsck::{
 };
 pub use go_data::{GoBuildTrace, GoNarFile, GoNarInfo};
 pub use lru::{DocumentEntry, DocumentKey, LruEntry, StoreCounts};
+pub use nars::Removed;
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
 pub use repo::{Database, PlannedMigration, PoolOptions, now_secs, redact as redact_url};

@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use crate::dialect::{bind_all, placeholders, text};
 use crate::repo::{ROWS_PER_STATEMENT, corrupt, to_u64};
-use crate::{Database, DbError, NarRecord};
+use crate::{Database, DbError, Removed};
 
 /// A narinfo in least-recently-used order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +196,7 @@ impl Database {
     /// How many narinfos, NARs and referenced chunks the cache holds, and the chunk references
     /// (for the storage gauges of `/metrics`).
     pub async fn store_counts(&self) -> Result<StoreCounts, DbError> {
+        self.count_full_sum();
         let d = self.dialect;
         let count = |sql: String| {
             let pool = self.pool.clone();
@@ -233,6 +234,7 @@ impl Database {
     /// Bytes the cache really keeps: whole files, each chunk still referenced once (chunks
     /// waiting for garbage collection are already on their way out), and documents.
     pub async fn stored_bytes(&self) -> Result<u64, DbError> {
+        self.count_full_sum();
         let d = self.dialect;
         let whole: i64 = sqlx::query_scalar(&format!(
             "SELECT {} FROM nars",
@@ -254,6 +256,18 @@ impl Database {
         .fetch_one(&self.pool)
         .await?;
         Ok(to_u64("nars", whole)? + to_u64("chunks", chunks)? + to_u64("documents", documents)?)
+    }
+
+    /// How many whole-table sums ([`Self::stored_bytes`], [`Self::store_counts`]) this handle
+    /// has run. Each reads every NAR and chunk row, so work that must not grow with the cache
+    /// (an eviction run, a scrape) is checked against this count.
+    pub fn full_table_sums(&self) -> u64 {
+        self.full_sums.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_full_sum(&self) {
+        self.full_sums
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Narinfos from least to most recently used, `limit` at a time, starting after `after`.
@@ -295,8 +309,8 @@ impl Database {
 
     /// Evicts narinfos and, in the same transaction, every NAR no remaining narinfo uses: its
     /// row, its URLs and its chunk list (chunks lose their references and become collectable).
-    /// Returns the NARs removed, so the caller deletes their whole files.
-    pub async fn evict(&self, hashes: &[StorePathHash]) -> Result<Vec<NarRecord>, DbError> {
+    /// Returns the NARs removed, so the caller deletes their whole files, and the bytes freed.
+    pub async fn evict(&self, hashes: &[StorePathHash]) -> Result<Removed, DbError> {
         let keys: Vec<String> = hashes.iter().map(ToString::to_string).collect();
         self.delete_rows_and_unused_nars("narinfos", "hash", &keys)
             .await
@@ -371,16 +385,18 @@ mod tests {
             // Evicting 3 and 0 frees 3's NAR only: 1 still uses the shared one. The caller
             // deletes the whole file it is told about.
             let removed = db.evict(&[hashes[3], hashes[0]]).await.unwrap();
-            assert_eq!(removed.len(), 1);
+            assert_eq!(removed.nars.len(), 1);
             assert_eq!(
-                removed[0].whole.map(|w| w.size),
+                removed.nars[0].whole.map(|w| w.size),
                 Some(1000),
                 "the evicted NAR's whole file is reported: {removed:?}"
             );
+            assert_eq!(removed.freed_bytes, 1000);
             assert_eq!(db.stored_bytes().await.unwrap(), 2 * 1000 + 7);
             let removed = db.evict(&[hashes[1]]).await.unwrap();
-            assert_eq!(removed.len(), 1);
-            assert!(removed[0].chunked.is_some());
+            assert_eq!(removed.nars.len(), 1);
+            assert!(removed.nars[0].chunked.is_some());
+            assert_eq!(removed.freed_bytes, 1000 + 7, "its whole file and its last chunk");
             assert_eq!(db.stored_bytes().await.unwrap(), 1000);
             assert_eq!(
                 db.unreferenced_chunks(i64::MAX, 10).await.unwrap(),

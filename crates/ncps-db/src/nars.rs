@@ -16,6 +16,16 @@ pub(crate) const NAR_UNUSED: &str = "NOT EXISTS \
     (SELECT 1 FROM narinfos i WHERE i.nar_hash = nars.nar_hash) AND NOT EXISTS \
     (SELECT 1 FROM uploaded_nars u WHERE u.nar_hash = nars.nar_hash)";
 
+/// NARs removed with the last rows that used them, and the bytes that frees.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// The NARs removed: the caller deletes their whole files.
+    pub nars: Vec<NarRecord>,
+    /// Stored bytes freed: the removed NARs' whole files, and the chunks they held the last
+    /// reference to.
+    pub freed_bytes: u64,
+}
+
 impl Database {
     /// A stored NAR, in whichever forms it is stored.
     pub async fn nar(&self, nar_hash: &Sha256Hash) -> Result<Option<NarRecord>, DbError> {
@@ -59,8 +69,8 @@ impl Database {
         table: &str,
         key_column: &str,
         keys: &[String],
-    ) -> Result<Vec<NarRecord>, DbError> {
-        let mut removed = Vec::new();
+    ) -> Result<Removed, DbError> {
+        let mut removed = Removed::default();
         for batch in keys.chunks(ROWS_PER_STATEMENT) {
             let list = placeholders(batch.len());
             let mut tx = self.begin().await?;
@@ -78,21 +88,23 @@ impl Database {
             bind_all(sqlx::query(&sql), batch).execute(&mut *tx).await?;
             let unused = self.remove_unused_nars(&mut tx, &nar_hashes).await?;
             tx.commit().await?;
-            removed.extend(unused);
+            removed.nars.extend(unused.nars);
+            removed.freed_bytes += unused.freed_bytes;
         }
         Ok(removed)
     }
 
     /// Removes, inside `tx`, each of `nar_hashes` that is [unused](NAR_UNUSED): its row, its URLs
     /// and its chunk list (its chunks lose a reference each and become collectable at zero).
-    /// Returns the NARs removed, so the caller deletes their whole files once `tx` commits.
+    /// Returns the NARs removed, so the caller deletes their whole files once `tx` commits,
+    /// and the bytes that frees.
     pub(crate) async fn remove_unused_nars(
         &self,
         tx: &mut WriteTx,
         nar_hashes: &[String],
-    ) -> Result<Vec<NarRecord>, DbError> {
+    ) -> Result<Removed, DbError> {
         if nar_hashes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Removed::default());
         }
         let sql = format!(
             "SELECT * FROM nars WHERE {NAR_UNUSED} AND nar_hash IN {}",
@@ -105,8 +117,9 @@ impl Database {
         let unused: Vec<NarRecord> = rows.iter().map(nar_from_row).collect::<Result<_, _>>()?;
         let gone: Vec<String> = unused.iter().map(|r| r.nar_hash.to_string()).collect();
         if gone.is_empty() {
-            return Ok(unused);
+            return Ok(Removed::default());
         }
+        let whole_bytes: u64 = unused.iter().filter_map(|r| r.whole.map(|w| w.size)).sum();
         let gone_list = placeholders(gone.len());
         let in_gone = format!("(SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN {gone_list})");
         let sql = format!(
@@ -118,6 +131,21 @@ impl Database {
         bind_all(bind_all(sqlx::query(&sql), &gone), &gone)
             .execute(&mut **tx)
             .await?;
+        // The chunks these NARs held last: their bytes are freed (the collector deletes the
+        // objects after the grace period; stored bytes count referenced chunks only).
+        let sql = format!(
+            "SELECT {} FROM chunks WHERE ref_count <= 0 AND unreferenced_since IS NULL \
+             AND hash IN {in_gone}",
+            self.dialect.bigint("COALESCE(SUM(stored_size), 0)")
+        );
+        let sql = self.sql(&sql);
+        let chunk_bytes: i64 = {
+            let mut q = sqlx::query_scalar(&sql);
+            for key in &gone {
+                q = q.bind(key);
+            }
+            q.fetch_one(&mut **tx).await?
+        };
         let sql = format!(
             "UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 \
              AND unreferenced_since IS NULL AND hash IN {in_gone}"
@@ -133,7 +161,10 @@ impl Database {
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(unused)
+        Ok(Removed {
+            nars: unused,
+            freed_bytes: whole_bytes + to_u64("chunks", chunk_bytes)?,
+        })
     }
 
     /// Removes up to `limit` [unused](NAR_UNUSED) NARs (a narinfo deleted, or a NAR stored
@@ -149,7 +180,7 @@ impl Database {
         // Checked again inside the transaction: a narinfo may have come meanwhile.
         let removed = self.remove_unused_nars(&mut tx, &unused).await?;
         tx.commit().await?;
-        Ok(removed)
+        Ok(removed.nars)
     }
 
     /// Records a verified whole file of a NAR. A whole file already recorded is kept.

@@ -98,6 +98,8 @@ pub struct Database {
     pub(crate) dialect: Dialect,
     /// SQLite only: this process's writers take turns here (see [`WriteTx`]).
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Whole-table sums run so far (see [`Database::full_table_sums`]).
+    pub(crate) full_sums: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A write transaction. On SQLite it also holds this process's writer gate: SQLite lets one
@@ -334,6 +336,7 @@ impl Database {
             pool,
             dialect,
             write_gate,
+            full_sums: Arc::default(),
         })
     }
 

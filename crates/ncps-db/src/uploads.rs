@@ -81,8 +81,10 @@ impl Database {
     /// the NARs removed, so the caller deletes their whole files.
     pub async fn drop_uploads(&self, keys: &[NarKey]) -> Result<Vec<NarRecord>, DbError> {
         let keys: Vec<String> = keys.iter().map(NarKey::file_name).collect();
-        self.delete_rows_and_unused_nars("uploaded_nars", "url_key", &keys)
-            .await
+        Ok(self
+            .delete_rows_and_unused_nars("uploaded_nars", "url_key", &keys)
+            .await?
+            .nars)
     }
 }
 
@@ -153,7 +155,7 @@ mod tests {
             other.narinfo.nar_hash = u.nar_hash;
             db.insert_narinfo(&other).await.unwrap();
             let evicted = db.evict(&[*other.narinfo.store_path.hash()]).await.unwrap();
-            assert_eq!(evicted, vec![]);
+            assert_eq!(evicted, crate::Removed::default());
             assert!(db.nar(&u.nar_hash).await.unwrap().is_some());
             assert!(db.unreferenced_nars().await.unwrap().is_empty());
         }

@@ -101,10 +101,14 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Evaluates `expression` until it is true, for at most `limit`.
+    /// Evaluates `expression` until it is true, for at most `limit`; an expression that
+    /// throws (the page is still loading: no `document.body` yet) counts as not yet.
     pub fn wait_for(&mut self, expression: &str, limit: Duration) {
         let started = Instant::now();
-        while self.eval(expression) != json!(true) {
+        let guarded = format!(
+            "(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"
+        );
+        while self.eval(&guarded) != json!(true) {
             assert!(
                 started.elapsed() < limit,
                 "the page never satisfied {expression} within {limit:?}"

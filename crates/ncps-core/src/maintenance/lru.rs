@@ -54,6 +54,9 @@ impl Maintenance {
             nars_removed: unused,
             ..LruReport::default()
         };
+        // Measured at most once more; then each batch subtracts what it freed, so a run costs
+        // what it evicts, not a sum over the whole cache per batch. Bytes clients store
+        // meanwhile are the next run's.
         let mut stored = if unused > 0 {
             db.stored_bytes().await?
         } else {
@@ -70,13 +73,13 @@ impl Maintenance {
                 let page = db.lru_page(cursor.as_ref(), EVICT_BATCH).await?;
                 let Some(last) = page.last().cloned() else {
                     // No narinfo left to evict: documents alone, oldest first.
-                    if !self
+                    match self
                         .evict_documents(i64::MAX, stored - max_size, &mut report)
                         .await?
                     {
-                        break;
+                        Some(freed) => stored = stored.saturating_sub(freed),
+                        None => break,
                     }
-                    stored = db.stored_bytes().await?;
                     continue;
                 };
                 cursor = Some(last);
@@ -84,7 +87,7 @@ impl Maintenance {
                     page.into_iter().partition(|e| pinned.contains(&e.hash));
                 report.pinned_skipped += keep.len() as u64;
                 // Evict in order, no more than the excess needs: take the oldest entries until
-                // their NARs add up to the excess, evict them, measure again.
+                // their NARs add up to the excess, evict them, count what that freed.
                 let mut rest = evict.as_slice();
                 while !rest.is_empty() && stored > max_size {
                     // Documents used no later than the oldest candidate go first; narinfos
@@ -96,11 +99,11 @@ impl Maintenance {
                         .first()
                         .map_or(i64::MAX, |d| d.last_accessed_at);
                     if documents_from <= oldest
-                        && self
+                        && let Some(freed) = self
                             .evict_documents(oldest, stored - max_size, &mut report)
                             .await?
                     {
-                        stored = db.stored_bytes().await?;
+                        stored = stored.saturating_sub(freed);
                         continue;
                     }
                     let excess = stored - max_size;
@@ -116,14 +119,14 @@ impl Maintenance {
                     let hashes: Vec<_> = rest[..take].iter().map(|e| e.hash).collect();
                     rest = &rest[take..];
                     let removed = db.evict(&hashes).await?;
-                    for record in &removed {
+                    for record in &removed.nars {
                         if let Some(whole) = record.whole {
                             self.0.store.delete_nar(&whole.key).await?;
                         }
                     }
                     report.narinfos_evicted += hashes.len() as u64;
-                    report.nars_removed += removed.len() as u64;
-                    stored = db.stored_bytes().await?;
+                    report.nars_removed += removed.nars.len() as u64;
+                    stored = stored.saturating_sub(removed.freed_bytes);
                 }
             }
         }
@@ -146,30 +149,32 @@ impl Maintenance {
     }
 
     /// Evicts documents (build logs, realisations) last used at or before `at`, oldest first,
-    /// until they add up to `excess` bytes; `false` when there were none.
+    /// until they add up to `excess` bytes; returns the bytes freed, `None` when there were
+    /// none.
     async fn evict_documents(
         &self,
         at: i64,
         excess: u64,
         report: &mut LruReport,
-    ) -> Result<bool, CacheError> {
+    ) -> Result<Option<u64>, CacheError> {
         let page = self.0.db.documents_used_before(at, EVICT_BATCH).await?;
         if page.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let mut sum = 0u64;
-        let keys: Vec<_> = page
+        let taken: Vec<_> = page
             .into_iter()
             .take_while(|d| {
                 let more = sum < excess;
                 sum += d.stored_size;
                 more
             })
-            .map(|d| d.key)
             .collect();
+        let freed = taken.iter().map(|d| d.stored_size).sum();
+        let keys: Vec<_> = taken.into_iter().map(|d| d.key).collect();
         self.0.db.evict_documents(&keys).await?;
         report.documents_evicted += keys.len() as u64;
-        Ok(true)
+        Ok(Some(freed))
     }
 }
 
@@ -272,6 +277,91 @@ mod tests {
         let report = m.evict_lru(0).await.unwrap();
         assert_eq!(cached(&db).await, vec![1]);
         assert_eq!(report.bytes_after, FILE_SIZE);
+    }
+
+    /// Path `i` of a large cache: a distinct store path hash spelled from `i`.
+    fn numbered(i: u32) -> CachedNarInfo {
+        const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+        let mut hash = String::from("1111111111111111111111111");
+        let mut n = i;
+        for _ in 0..7 {
+            hash.push(ALPHABET[(n % 32) as usize] as char);
+            n /= 32;
+        }
+        let mut info = path(0);
+        info.narinfo.store_path = StorePath::parse_base_name(&format!("{hash}-n{i}")).unwrap();
+        info.narinfo.nar_hash = Sha256Hash::digest(&i.to_le_bytes());
+        info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
+        info.narinfo.url = info.url_key.url();
+        info
+    }
+
+    /// Eviction's cost follows what it evicts, not the cache's size (issue 18): a run measures
+    /// the stored bytes once (a sum over every NAR and chunk) and then counts what each batch
+    /// freed. Before, it summed the whole cache again after every batch of 500, which made
+    /// evicting 100,000 paths quadratic.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_eviction_run_sums_the_cache_once_whatever_it_evicts() {
+        use futures::{StreamExt, TryStreamExt, stream};
+        const PATHS: u32 = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache_with(dir.path(), |_| {}).await;
+        let base = now_secs() + 10;
+        stream::iter(0..PATHS)
+            .map(|i| {
+                let db = db.clone();
+                async move {
+                    let p = numbered(i);
+                    db.insert_narinfo(&p).await?;
+                    let whole = WholeFile {
+                        key: p.url_key,
+                        size: FILE_SIZE,
+                    };
+                    db.record_whole_file(&p.narinfo.nar_hash, FILE_SIZE, whole, None)
+                        .await?;
+                    db.touch_narinfos(&[*p.narinfo.store_path.hash()], base + i64::from(i))
+                        .await
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await
+            .unwrap();
+        let total = u64::from(PATHS) * FILE_SIZE;
+        let m = cache.maintenance();
+        // 10% (two pages of candidates, then 1% (part of one).
+        for (evict, expected_after) in [
+            (1000u64, total - 1000 * FILE_SIZE),
+            (99, total - 1099 * FILE_SIZE),
+        ] {
+            let sums_before = db.full_table_sums();
+            let limit = expected_after;
+            let report = m.evict_lru(limit).await.unwrap();
+            assert_eq!(report.narinfos_evicted, evict);
+            assert_eq!(
+                report.bytes_after, expected_after,
+                "the running total is exact"
+            );
+            assert_eq!(db.stored_bytes().await.unwrap(), expected_after, "and true");
+            assert_eq!(
+                db.full_table_sums() - sums_before - 1,
+                1,
+                "one sum of the whole cache per run (the other is this test's)"
+            );
+        }
+        // The oldest went first.
+        assert!(
+            db.narinfo(numbered(1098).narinfo.store_path.hash())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            db.narinfo(numbered(1099).narinfo.store_path.hash())
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -63,6 +63,8 @@ struct State {
     gauges_measured: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// The figures last measured, for the status page (which never measures itself).
     figures: std::sync::Mutex<Option<StorageFigures>>,
+    /// How long the last measurement took: the next waits in proportion.
+    measure_took: std::sync::Mutex<std::time::Duration>,
 }
 
 /// What storage held when last measured.
@@ -79,6 +81,15 @@ pub struct StorageFigures {
 /// The longest the storage gauges go unmeasured while `/metrics` is scraped. Measuring sums
 /// whole tables; a scraper (or anyone: `/metrics` is open) asking faster gets the last figures.
 const GAUGES_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Measuring storage may take at most one part in this many of the time: after a measurement
+/// that took 300 ms (a sum over millions of rows), the next waits at least 30 s, whoever asks.
+const MEASURE_DUTY: u32 = 100;
+
+/// How long to wait after a measurement that took `took`, and at least `floor`.
+fn measure_interval(floor: std::time::Duration, took: std::time::Duration) -> std::time::Duration {
+    floor.max(took.saturating_mul(MEASURE_DUTY))
+}
 
 impl Maintenance {
     pub(crate) fn new(
@@ -102,6 +113,7 @@ impl Maintenance {
             chunk_queue,
             gauges_measured: tokio::sync::Mutex::new(None),
             figures: std::sync::Mutex::new(None),
+            measure_took: std::sync::Mutex::new(std::time::Duration::ZERO),
         }))
     }
 
@@ -120,7 +132,7 @@ impl Maintenance {
     /// once per [`GAUGES_FRESH_FOR`]; concurrent scrapes wait for one measurement.
     pub async fn refresh_gauges(&self) -> Result<(), CacheError> {
         let mut measured = self.0.gauges_measured.lock().await;
-        if measured.is_some_and(|at| at.elapsed() < GAUGES_FRESH_FOR) {
+        if measured.is_some_and(|at| at.elapsed() < self.measure_every(GAUGES_FRESH_FOR)) {
             return Ok(());
         }
         self.measure_storage().await?;
@@ -128,11 +140,29 @@ impl Maintenance {
         Ok(())
     }
 
+    /// How long to wait before measuring storage again, and at least `floor`: a hundred times
+    /// what the last measurement took, so a large cache's sums never take more than 1% of the
+    /// database's time.
+    pub fn measure_every(&self, floor: std::time::Duration) -> std::time::Duration {
+        let took = *self
+            .0
+            .measure_took
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        measure_interval(floor, took)
+    }
+
     /// Measures storage and the upstreams now, for the gauges and the status page (its
     /// sampler calls this on its own schedule; scrapes go through [`Self::refresh_gauges`]).
     pub async fn measure_storage(&self) -> Result<(), CacheError> {
+        let started = std::time::Instant::now();
         let stored = self.0.db.stored_bytes().await?;
         let counts = self.0.db.store_counts().await?;
+        *self
+            .0
+            .measure_took
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = started.elapsed();
         *self.0.figures.lock().unwrap_or_else(|p| p.into_inner()) = Some(StorageFigures {
             stored_bytes: stored,
             counts,
@@ -175,10 +205,25 @@ impl Maintenance {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use ncps_db::WholeFile;
     use ncps_nix::{Compression, NarKey, Sha256Hash};
 
     use crate::test_support::local_cache;
+
+    #[test]
+    fn a_slow_measurement_waits_a_hundred_times_as_long() {
+        let floor = Duration::from_secs(10);
+        assert_eq!(
+            super::measure_interval(floor, Duration::from_millis(20)),
+            floor
+        );
+        assert_eq!(
+            super::measure_interval(floor, Duration::from_millis(300)),
+            Duration::from_secs(30)
+        );
+    }
 
     /// Scrapes in quick succession cost one measurement; a later one measures again.
     #[tokio::test]

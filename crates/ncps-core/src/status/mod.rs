@@ -10,7 +10,7 @@
 mod history;
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ncps_upstream::{DEFAULT_PRIORITY, Upstreams};
 use serde::Serialize;
@@ -140,16 +140,25 @@ impl Status {
     }
 
     /// Starts the sampler on the current runtime: a sample at once, then every
-    /// [`SAMPLE_EVERY`], each after measuring storage.
+    /// [`SAMPLE_EVERY`], each after measuring storage when that is due (every sample, unless
+    /// measuring takes long: see [`Maintenance::measure_every`]).
     pub fn spawn_sampler(&self) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut measure_at = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
-                if let Err(e) = this.0.maintenance.measure_storage().await {
-                    warn!(error = %e, "measuring storage for the status page failed");
+                let maintenance = &this.0.maintenance;
+                if tokio::time::Instant::now() >= measure_at {
+                    if let Err(e) = maintenance.measure_storage().await {
+                        warn!(error = %e, "measuring storage for the status page failed");
+                    }
+                    // A large cache is measured less often than it is sampled.
+                    measure_at = tokio::time::Instant::now()
+                        + maintenance.measure_every(SAMPLE_EVERY)
+                        - Duration::from_millis(500);
                 }
                 let sample = this.sample();
                 this.history().push(sample);
