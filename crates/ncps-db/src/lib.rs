@@ -36,6 +36,8 @@ mod chunks;
 mod connect;
 mod dialect;
 mod error;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 mod fsck;
 mod go_data;
 mod logs;

@@ -279,65 +279,28 @@ mod tests {
         assert_eq!(report.bytes_after, FILE_SIZE);
     }
 
-    /// Path `i` of a large cache: a distinct store path hash spelled from `i`.
-    fn numbered(i: u32) -> CachedNarInfo {
-        const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
-        let mut hash = String::from("1111111111111111111111111");
-        let mut n = i;
-        for _ in 0..7 {
-            hash.push(ALPHABET[(n % 32) as usize] as char);
-            n /= 32;
-        }
-        let mut info = path(0);
-        info.narinfo.store_path = StorePath::parse_base_name(&format!("{hash}-n{i}")).unwrap();
-        info.narinfo.nar_hash = Sha256Hash::digest(&i.to_le_bytes());
-        info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
-        info.narinfo.url = info.url_key.url();
-        info
-    }
-
     /// Eviction's cost follows what it evicts, not the cache's size (issue 18): a run measures
     /// the stored bytes once (a sum over every NAR and chunk) and then counts what each batch
     /// freed. Before, it summed the whole cache again after every batch of 500, which made
     /// evicting 100,000 paths quadratic.
     #[tokio::test(flavor = "multi_thread")]
     async fn an_eviction_run_sums_the_cache_once_whatever_it_evicts() {
-        use futures::{StreamExt, TryStreamExt, stream};
-        const PATHS: u32 = 10_000;
+        use ncps_db::fixtures::{FixtureSpec, store_path_hash, whole_file_size};
+        const PATHS: u64 = 10_000;
         let dir = tempfile::tempdir().unwrap();
         let (cache, db) = local_cache_with(dir.path(), |_| {}).await;
-        let base = now_secs() + 10;
-        stream::iter(0..PATHS)
-            .map(|i| {
-                let db = db.clone();
-                async move {
-                    let p = numbered(i);
-                    db.insert_narinfo(&p).await?;
-                    let whole = WholeFile {
-                        key: p.url_key,
-                        size: FILE_SIZE,
-                    };
-                    db.record_whole_file(&p.narinfo.nar_hash, FILE_SIZE, whole, None)
-                        .await?;
-                    db.touch_narinfos(&[*p.narinfo.store_path.hash()], base + i64::from(i))
-                        .await
-                }
-            })
-            .buffer_unordered(8)
-            .try_collect::<Vec<()>>()
-            .await
-            .unwrap();
-        let total = u64::from(PATHS) * FILE_SIZE;
+        let spec = FixtureSpec::new(PATHS);
+        let total = db.fill_fixture(&spec).await.unwrap().stored_bytes;
         let m = cache.maintenance();
-        // 10% (two pages of candidates, then 1% (part of one).
-        for (evict, expected_after) in [
-            (1000u64, total - 1000 * FILE_SIZE),
-            (99, total - 1099 * FILE_SIZE),
-        ] {
+        let size = |paths: std::ops::Range<u64>| -> u64 {
+            paths.map(|i| whole_file_size(spec.seed, i)).sum()
+        };
+        // 10% (two pages of candidates), then 1% (part of one).
+        for (evicted, paths) in [(1_000, 0..1_000), (100, 1_000..1_100)] {
+            let expected_after = total - size(0..paths.end);
             let sums_before = db.full_table_sums();
-            let limit = expected_after;
-            let report = m.evict_lru(limit).await.unwrap();
-            assert_eq!(report.narinfos_evicted, evict);
+            let report = m.evict_lru(expected_after).await.unwrap();
+            assert_eq!(report.narinfos_evicted, evicted);
             assert_eq!(
                 report.bytes_after, expected_after,
                 "the running total is exact"
@@ -350,18 +313,12 @@ mod tests {
             );
         }
         // The oldest went first.
-        assert!(
-            db.narinfo(numbered(1098).narinfo.store_path.hash())
-                .await
-                .unwrap()
-                .is_none()
+        let (gone, kept) = (
+            store_path_hash(spec.seed, 1_099),
+            store_path_hash(spec.seed, 1_100),
         );
-        assert!(
-            db.narinfo(numbered(1099).narinfo.store_path.hash())
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(db.narinfo(&gone).await.unwrap().is_none());
+        assert!(db.narinfo(&kept).await.unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread")]
