@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use ncps_nix::{ChunkHash, Compression, NarKey, Sha256Hash, StorePathHash};
 
+use crate::dialect::values_rows;
 use crate::repo::to_i64;
 use crate::{Database, DbError};
 
@@ -214,7 +215,7 @@ impl Database {
                 "INSERT INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, \
                  sigs, created_at, last_accessed_at) VALUES ",
             );
-            push_tuples(&mut sql, batch.len(), 9);
+            sql.push_str(&values_rows(batch.len(), 9));
             let sql = self.sql(&sql).into_owned();
             let mut q = sqlx::query(&sql);
             for &i in batch {
@@ -236,7 +237,7 @@ impl Database {
             }
             q.execute(&mut *tx).await?;
             let mut sql = String::from("INSERT INTO nar_urls (url_key, nar_hash) VALUES ");
-            push_tuples(&mut sql, batch.len(), 2);
+            sql.push_str(&values_rows(batch.len(), 2));
             let sql = self.sql(&sql).into_owned();
             let mut q = sqlx::query(&sql);
             for &i in batch {
@@ -251,7 +252,7 @@ impl Database {
                 "INSERT INTO nars (nar_hash, nar_size, whole_key, whole_size, chunk_count, \
                  spliced_hash, spliced_size, created_at, last_accessed_at) VALUES ",
             );
-            push_tuples(&mut sql, batch.len(), 9);
+            sql.push_str(&values_rows(batch.len(), 9));
             let sql = self.sql(&sql).into_owned();
             let mut q = sqlx::query(&sql);
             let mut lists = Vec::new();
@@ -320,7 +321,7 @@ impl Database {
         for rows in entries.chunks(ROWS) {
             let mut sql =
                 String::from("INSERT INTO nar_chunks (nar_hash, seq, chunk_hash) VALUES ");
-            push_tuples(&mut sql, rows.len(), 3);
+            sql.push_str(&values_rows(rows.len(), 3));
             let sql = self.sql(&sql).into_owned();
             let mut q = sqlx::query(&sql);
             for (nar, seq, chunk) in rows {
@@ -344,7 +345,7 @@ impl Database {
     ) -> Result<(), DbError> {
         let mut sql =
             String::from("INSERT INTO chunks (hash, plain_size, stored_size, ref_count) VALUES ");
-        push_tuples(&mut sql, rows.len(), 4);
+        sql.push_str(&values_rows(rows.len(), 4));
         let sql = self.sql(&sql).into_owned();
         let mut q = sqlx::query(&sql);
         for (hash, plain, refs) in rows {
@@ -357,12 +358,6 @@ impl Database {
         q.execute(&mut **tx).await?;
         Ok(())
     }
-}
-
-/// Appends `rows` tuples of `columns` placeholders: `(?, ?), (?, ?)`.
-fn push_tuples(sql: &mut String, rows: usize, columns: usize) {
-    let tuple = format!("({})", vec!["?"; columns].join(", "));
-    sql.push_str(&vec![tuple; rows].join(", "));
 }
 
 #[cfg(test)]

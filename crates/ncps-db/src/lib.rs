@@ -49,6 +49,7 @@ mod realisations;
 mod records;
 mod repo;
 mod settings;
+mod totals;
 mod uploads;
 
 pub use connect::{DatabaseUrl, parse_database_url};
@@ -58,9 +59,10 @@ pub use fsck::{
     UnreferencedNar,
 };
 pub use go_data::{GoBuildTrace, GoNarFile, GoNarInfo};
-pub use lru::{DocumentEntry, DocumentKey, LruEntry, StoreCounts};
+pub use lru::{DocumentEntry, DocumentKey, LruEntry};
 pub use nars::Removed;
 pub use pins::Pin;
 pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
 pub use repo::{Database, PlannedMigration, PoolOptions, now_secs, redact as redact_url};
+pub use totals::StoreCounts;
 pub use uploads::UploadedNar;

@@ -41,41 +41,6 @@ impl DocumentKey {
     }
 }
 
-/// What the cache holds, counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreCounts {
-    /// Narinfos.
-    pub narinfos: u64,
-    /// NARs (in any form).
-    pub nars: u64,
-    /// Chunks some NAR references.
-    pub chunks: u64,
-    /// References to those chunks (chunk-list entries).
-    pub chunk_references: u64,
-    /// The plain bytes of those chunks, each counted once.
-    pub chunk_plain_bytes: u64,
-    /// What those chunks take in storage (compressed), each counted once.
-    pub chunk_stored_bytes: u64,
-    /// The plain bytes the chunk lists describe (each reference counted): what the chunked
-    /// NARs would take unchunked and uncompressed.
-    pub chunked_nar_bytes: u64,
-}
-
-impl StoreCounts {
-    /// How many times over the chunked NARs' bytes would fill the chunks they share (1: no
-    /// chunk shared); `None` without chunks.
-    pub fn dedup_ratio(&self) -> Option<f64> {
-        (self.chunk_plain_bytes > 0)
-            .then(|| self.chunked_nar_bytes as f64 / self.chunk_plain_bytes as f64)
-    }
-
-    /// Plain chunk bytes per stored byte; `None` without chunks.
-    pub fn compression_ratio(&self) -> Option<f64> {
-        (self.chunk_stored_bytes > 0)
-            .then(|| self.chunk_plain_bytes as f64 / self.chunk_stored_bytes as f64)
-    }
-}
-
 /// A document in least-recently-used order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentEntry {
@@ -191,83 +156,6 @@ impl Database {
         let n: i64 = sqlx::Row::try_get(&row, "n")?;
         let bytes: i64 = sqlx::Row::try_get(&row, "bytes")?;
         Ok((to_u64("chunks", n)?, to_u64("chunks", bytes)?))
-    }
-
-    /// How many narinfos, NARs and referenced chunks the cache holds, and the chunk references
-    /// (for the storage gauges of `/metrics`).
-    pub async fn store_counts(&self) -> Result<StoreCounts, DbError> {
-        self.count_full_sum();
-        let d = self.dialect;
-        let count = |sql: String| {
-            let pool = self.pool.clone();
-            async move {
-                let n: i64 = sqlx::query_scalar(&sql).fetch_one(&pool).await?;
-                to_u64("counts", n)
-            }
-        };
-        let narinfos = count(format!("SELECT {} FROM narinfos", d.bigint("COUNT(*)"))).await?;
-        let nars = count(format!("SELECT {} FROM nars", d.bigint("COUNT(*)"))).await?;
-        // One pass over the chunks for every chunk figure.
-        let sum = |expr: &str| d.bigint(&format!("COALESCE(SUM({expr}), 0)"));
-        let (chunks, references, plain, stored, described): (i64, i64, i64, i64, i64) =
-            sqlx::query_as(&format!(
-                "SELECT {}, {}, {}, {}, {} FROM chunks WHERE ref_count > 0",
-                d.bigint("COUNT(*)"),
-                sum("ref_count"),
-                sum("plain_size"),
-                sum("stored_size"),
-                sum("ref_count * plain_size"),
-            ))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(StoreCounts {
-            narinfos,
-            nars,
-            chunks: to_u64("counts", chunks)?,
-            chunk_references: to_u64("counts", references)?,
-            chunk_plain_bytes: to_u64("counts", plain)?,
-            chunk_stored_bytes: to_u64("counts", stored)?,
-            chunked_nar_bytes: to_u64("counts", described)?,
-        })
-    }
-
-    /// Bytes the cache really keeps: whole files, each chunk still referenced once (chunks
-    /// waiting for garbage collection are already on their way out), and documents.
-    pub async fn stored_bytes(&self) -> Result<u64, DbError> {
-        self.count_full_sum();
-        let d = self.dialect;
-        let whole: i64 = sqlx::query_scalar(&format!(
-            "SELECT {} FROM nars",
-            d.bigint("COALESCE(SUM(whole_size), 0)")
-        ))
-        .fetch_one(&self.pool)
-        .await?;
-        let chunks: i64 = sqlx::query_scalar(&format!(
-            "SELECT {} FROM chunks WHERE ref_count > 0",
-            d.bigint("COALESCE(SUM(stored_size), 0)")
-        ))
-        .fetch_one(&self.pool)
-        .await?;
-        let documents: i64 = sqlx::query_scalar(&format!(
-            "SELECT {} + {}",
-            d.bigint("(SELECT COALESCE(SUM(stored_size), 0) FROM build_logs)"),
-            d.bigint("(SELECT COALESCE(SUM(stored_size), 0) FROM realisations)")
-        ))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(to_u64("nars", whole)? + to_u64("chunks", chunks)? + to_u64("documents", documents)?)
-    }
-
-    /// How many whole-table sums ([`Self::stored_bytes`], [`Self::store_counts`]) this handle
-    /// has run. Each reads every NAR and chunk row, so work that must not grow with the cache
-    /// (an eviction run, a scrape) is checked against this count.
-    pub fn full_table_sums(&self) -> u64 {
-        self.full_sums.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn count_full_sum(&self) {
-        self.full_sums
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Narinfos from least to most recently used, `limit` at a time, starting after `after`.
@@ -408,42 +296,6 @@ mod tests {
                     .unwrap()
                     .is_none()
             );
-        }
-    }
-
-    db_test! {
-        async fn store_counts_measure_sharing_and_compression(db) {
-            let chunk = |name: &[u8], plain_size: u64, stored_size: u64| ChunkRef {
-                hash: ChunkHash::digest(name),
-                plain_size,
-                stored_size,
-            };
-            let (a, b, c) = (chunk(b"a", 100, 40), chunk(b"b", 300, 60), chunk(b"c", 50, 50));
-            // NAR 1 uses a twice and b; NAR 2 shares b and adds c.
-            let one = Sha256Hash::digest(b"one");
-            let two = Sha256Hash::digest(b"two");
-            db.commit_held(&one, 500, &[a, b, a], Sha256Hash::digest(b"s1"))
-                .await
-                .unwrap();
-            db.commit_held(&two, 350, &[b, c], Sha256Hash::digest(b"s2"))
-                .await
-                .unwrap();
-            let counts = db.store_counts().await.unwrap();
-            assert_eq!(
-                counts,
-                StoreCounts {
-                    narinfos: 0,
-                    nars: 2,
-                    chunks: 3,
-                    chunk_references: 5,
-                    chunk_plain_bytes: 450,
-                    chunk_stored_bytes: 150,
-                    chunked_nar_bytes: 850,
-                }
-            );
-            assert_eq!(counts.compression_ratio(), Some(3.0));
-            assert_eq!(counts.dedup_ratio(), Some(850.0 / 450.0));
-            assert_eq!(StoreCounts::default().dedup_ratio(), None);
         }
     }
 

@@ -668,10 +668,31 @@ mod tests {
             .map(|l| l.split("--").next().unwrap_or_default())
             .collect::<Vec<_>>()
             .join(" ");
+        // PostgreSQL's function bodies go; SQLite's trigger bodies are joined to their trigger.
+        let sql: String = sql
+            .split("$$")
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, s)| s)
+            .collect();
+        let mut statements: Vec<String> = Vec::new();
+        let mut open_trigger = false;
+        for piece in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            if open_trigger {
+                open_trigger = piece != "END";
+                continue;
+            }
+            open_trigger = piece.starts_with("CREATE TRIGGER") && piece.contains(" BEGIN ");
+            statements.push(piece.to_string());
+        }
         let mut shape = Vec::new();
-        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        for statement in statements.iter().map(String::as_str) {
             let words: Vec<&str> = statement.split_whitespace().collect();
             match words.as_slice() {
+                // What a trigger does is the engine's own spelling; that it exists is shared.
+                ["CREATE", "TRIGGER", name, ..] => shape.push(format!("trigger {name}")),
+                ["CREATE", "FUNCTION", ..] => {}
+                ["INSERT", "INTO", table, ..] => shape.push(format!("insert {table}")),
                 ["CREATE", "TABLE", table, ..] => {
                     let open = statement.find('(').unwrap();
                     let close = statement.rfind(')').unwrap();

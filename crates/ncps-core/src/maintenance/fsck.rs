@@ -136,6 +136,7 @@ impl Fsck<'_> {
         self.check_narinfos().await?;
         self.check_nar_urls().await?;
         self.check_leftover_files().await?;
+        self.check_totals().await?;
         self.note_unreferenced_nars().await?;
         self.note_unreferenced_chunks().await
     }
@@ -455,6 +456,23 @@ impl Fsck<'_> {
         Ok(())
     }
 
+    /// The running totals (stored bytes, counts) match the tables, after this run's repairs.
+    async fn check_totals(&mut self) -> Result<()> {
+        self.db.fold_totals().await?;
+        let (totals, measured) = self.db.totals_and_measured().await?;
+        if totals == measured {
+            return Ok(());
+        }
+        self.problem(format!(
+            "running totals differ from the tables: {totals:?} recorded, {measured:?} counted"
+        ));
+        if self.options.repair {
+            self.db.reset_totals(&measured).await?;
+            self.repaired("totals set to what the tables hold");
+        }
+        Ok(())
+    }
+
     /// Every chunk's reference count matches the chunk lists.
     async fn check_chunk_ref_counts(&mut self) -> Result<()> {
         for m in self.db.chunk_ref_mismatches().await? {
@@ -719,19 +737,7 @@ mod tests {
         let temp = temp.keep().unwrap();
         let other = temp_dir.join("not-ours");
         std::fs::write(&other, b"x").unwrap();
-        let run = |repair| {
-            let cache = cache.clone();
-            async move {
-                let mut lines = Lines::default();
-                let options = FsckOptions {
-                    repair,
-                    verify_hashes: false,
-                    min_age: Duration::ZERO,
-                };
-                let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
-                (summary, lines.0)
-            }
-        };
+        let run = |repair| run_fsck(cache.clone(), repair);
         let (found, lines) = run(false).await;
         assert_eq!(found.problems, 2, "{lines:?}");
         assert!(staging.exists() && temp.exists());
@@ -739,5 +745,42 @@ mod tests {
         assert_eq!((repaired.problems, repaired.repaired), (2, 2), "{lines:?}");
         assert!(!staging.exists() && !temp.exists() && other.exists());
         assert_eq!(run(false).await.0.problems, 0);
+    }
+
+    /// Running totals that no longer match the tables (rows edited by hand with the triggers
+    /// off) are a problem that `--repair` sets right.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn drifted_totals_are_found_and_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let drifted = ncps_db::StoreCounts {
+            whole_bytes: 4096,
+            ..ncps_db::StoreCounts::default()
+        };
+        db.reset_totals(&drifted).await.unwrap();
+        let run = |repair| run_fsck(cache.clone(), repair);
+        let (found, lines) = run(false).await;
+        assert_eq!(found.problems, 1, "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("running totals differ")),
+            "{lines:?}"
+        );
+        let (repaired, lines) = run(true).await;
+        assert_eq!((repaired.problems, repaired.repaired), (1, 1), "{lines:?}");
+        assert_eq!(db.stored_bytes().await.unwrap(), 0);
+        assert_eq!(run(false).await.0.problems, 0);
+    }
+
+    /// Runs fsck over `cache` (hashes not verified, every finding judged whatever its age):
+    /// its summary and lines.
+    async fn run_fsck(cache: crate::Cache, repair: bool) -> (super::FsckSummary, Vec<String>) {
+        let mut lines = Lines::default();
+        let options = FsckOptions {
+            repair,
+            verify_hashes: false,
+            min_age: Duration::ZERO,
+        };
+        let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
+        (summary, lines.0)
     }
 }

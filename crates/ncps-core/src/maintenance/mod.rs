@@ -156,8 +156,9 @@ impl Maintenance {
     /// sampler calls this on its own schedule; scrapes go through [`Self::refresh_gauges`]).
     pub async fn measure_storage(&self) -> Result<(), CacheError> {
         let started = std::time::Instant::now();
-        let stored = self.0.db.stored_bytes().await?;
+        self.0.db.fold_totals().await?;
         let counts = self.0.db.store_counts().await?;
+        let stored = counts.stored_bytes();
         *self
             .0
             .measure_took

@@ -1,0 +1,88 @@
+-- Running totals of what the cache holds, so stored bytes and counts are read without summing
+-- every NAR and chunk (a scrape, the status page, an eviction run cost the same on a cache of a
+-- million paths as on a new one). Triggers append one row of changes per changed row (never an
+-- update of a shared row, which concurrent writers would queue or deadlock on); the totals are
+-- the sum of the rows, and ncps folds the rows into one now and then. The first row holds what
+-- the tables held when this migration ran.
+
+CREATE TABLE store_deltas (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    narinfos BIGINT NOT NULL DEFAULT 0,
+    nars BIGINT NOT NULL DEFAULT 0,
+    whole_bytes BIGINT NOT NULL DEFAULT 0,
+    chunks BIGINT NOT NULL DEFAULT 0,
+    chunk_refs BIGINT NOT NULL DEFAULT 0,
+    chunk_plain BIGINT NOT NULL DEFAULT 0,
+    chunk_stored BIGINT NOT NULL DEFAULT 0,
+    chunk_described BIGINT NOT NULL DEFAULT 0,
+    document_bytes BIGINT NOT NULL DEFAULT 0
+);
+
+INSERT INTO store_deltas (narinfos, nars, whole_bytes, chunks, chunk_refs, chunk_plain, chunk_stored, chunk_described, document_bytes)
+SELECT
+    (SELECT COUNT(*) FROM narinfos),
+    (SELECT COUNT(*) FROM nars),
+    (SELECT COALESCE(SUM(whole_size), 0) FROM nars),
+    (SELECT COUNT(*) FROM chunks WHERE ref_count > 0),
+    (SELECT COALESCE(SUM(ref_count), 0) FROM chunks WHERE ref_count > 0),
+    (SELECT COALESCE(SUM(plain_size), 0) FROM chunks WHERE ref_count > 0),
+    (SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE ref_count > 0),
+    (SELECT COALESCE(SUM(ref_count * plain_size), 0) FROM chunks WHERE ref_count > 0),
+    (SELECT COALESCE(SUM(stored_size), 0) FROM build_logs)
+        + (SELECT COALESCE(SUM(stored_size), 0) FROM realisations);
+
+CREATE TRIGGER narinfos_totals_insert AFTER INSERT ON narinfos
+FOR EACH ROW INSERT INTO store_deltas (narinfos)
+    SELECT 1 FROM DUAL;
+
+CREATE TRIGGER narinfos_totals_delete AFTER DELETE ON narinfos
+FOR EACH ROW INSERT INTO store_deltas (narinfos)
+    SELECT -1 FROM DUAL;
+
+CREATE TRIGGER nars_totals_insert AFTER INSERT ON nars
+FOR EACH ROW INSERT INTO store_deltas (nars, whole_bytes)
+    SELECT 1, COALESCE(NEW.whole_size, 0) FROM DUAL;
+
+CREATE TRIGGER nars_totals_delete AFTER DELETE ON nars
+FOR EACH ROW INSERT INTO store_deltas (nars, whole_bytes)
+    SELECT -1, -COALESCE(OLD.whole_size, 0) FROM DUAL;
+
+CREATE TRIGGER nars_totals_update AFTER UPDATE ON nars
+FOR EACH ROW INSERT INTO store_deltas (whole_bytes)
+    SELECT COALESCE(NEW.whole_size, 0) - COALESCE(OLD.whole_size, 0) FROM DUAL WHERE COALESCE(NEW.whole_size, 0) <> COALESCE(OLD.whole_size, 0);
+
+CREATE TRIGGER chunks_totals_insert AFTER INSERT ON chunks
+FOR EACH ROW INSERT INTO store_deltas (chunks, chunk_refs, chunk_plain, chunk_stored, chunk_described)
+    SELECT CASE WHEN NEW.ref_count > 0 THEN 1 ELSE 0 END, CASE WHEN NEW.ref_count > 0 THEN NEW.ref_count ELSE 0 END, CASE WHEN NEW.ref_count > 0 THEN NEW.plain_size ELSE 0 END, CASE WHEN NEW.ref_count > 0 THEN NEW.stored_size ELSE 0 END, CASE WHEN NEW.ref_count > 0 THEN NEW.ref_count * NEW.plain_size ELSE 0 END FROM DUAL WHERE NEW.ref_count > 0;
+
+CREATE TRIGGER chunks_totals_delete AFTER DELETE ON chunks
+FOR EACH ROW INSERT INTO store_deltas (chunks, chunk_refs, chunk_plain, chunk_stored, chunk_described)
+    SELECT -(CASE WHEN OLD.ref_count > 0 THEN 1 ELSE 0 END), -(CASE WHEN OLD.ref_count > 0 THEN OLD.ref_count ELSE 0 END), -(CASE WHEN OLD.ref_count > 0 THEN OLD.plain_size ELSE 0 END), -(CASE WHEN OLD.ref_count > 0 THEN OLD.stored_size ELSE 0 END), -(CASE WHEN OLD.ref_count > 0 THEN OLD.ref_count * OLD.plain_size ELSE 0 END) FROM DUAL WHERE OLD.ref_count > 0;
+
+CREATE TRIGGER chunks_totals_update AFTER UPDATE ON chunks
+FOR EACH ROW INSERT INTO store_deltas (chunks, chunk_refs, chunk_plain, chunk_stored, chunk_described)
+    SELECT CASE WHEN NEW.ref_count > 0 THEN 1 ELSE 0 END - (CASE WHEN OLD.ref_count > 0 THEN 1 ELSE 0 END), CASE WHEN NEW.ref_count > 0 THEN NEW.ref_count ELSE 0 END - (CASE WHEN OLD.ref_count > 0 THEN OLD.ref_count ELSE 0 END), CASE WHEN NEW.ref_count > 0 THEN NEW.plain_size ELSE 0 END - (CASE WHEN OLD.ref_count > 0 THEN OLD.plain_size ELSE 0 END), CASE WHEN NEW.ref_count > 0 THEN NEW.stored_size ELSE 0 END - (CASE WHEN OLD.ref_count > 0 THEN OLD.stored_size ELSE 0 END), CASE WHEN NEW.ref_count > 0 THEN NEW.ref_count * NEW.plain_size ELSE 0 END - (CASE WHEN OLD.ref_count > 0 THEN OLD.ref_count * OLD.plain_size ELSE 0 END) FROM DUAL WHERE NEW.ref_count <> OLD.ref_count OR NEW.plain_size <> OLD.plain_size OR NEW.stored_size <> OLD.stored_size;
+
+CREATE TRIGGER build_logs_totals_insert AFTER INSERT ON build_logs
+FOR EACH ROW INSERT INTO store_deltas (document_bytes)
+    SELECT NEW.stored_size FROM DUAL;
+
+CREATE TRIGGER build_logs_totals_delete AFTER DELETE ON build_logs
+FOR EACH ROW INSERT INTO store_deltas (document_bytes)
+    SELECT -OLD.stored_size FROM DUAL;
+
+CREATE TRIGGER build_logs_totals_update AFTER UPDATE ON build_logs
+FOR EACH ROW INSERT INTO store_deltas (document_bytes)
+    SELECT NEW.stored_size - OLD.stored_size FROM DUAL WHERE NEW.stored_size <> OLD.stored_size;
+
+CREATE TRIGGER realisations_totals_insert AFTER INSERT ON realisations
+FOR EACH ROW INSERT INTO store_deltas (document_bytes)
+    SELECT NEW.stored_size FROM DUAL;
+
+CREATE TRIGGER realisations_totals_delete AFTER DELETE ON realisations
+FOR EACH ROW INSERT INTO store_deltas (document_bytes)
+    SELECT -OLD.stored_size FROM DUAL;
+
+CREATE TRIGGER realisations_totals_update AFTER UPDATE ON realisations
+FOR EACH ROW INSERT INTO store_deltas (document_bytes)
+    SELECT NEW.stored_size - OLD.stored_size FROM DUAL WHERE NEW.stored_size <> OLD.stored_size;
