@@ -193,6 +193,8 @@ impl Database {
             report.stored_bytes += rows.iter().map(|r| stored_size(r.1)).sum::<u64>();
         }
         tx.commit().await?;
+        // The triggers counted every row: fold their record, as a server would.
+        self.fold_totals().await?;
         report.paths = spec.paths;
         report.elapsed = started.elapsed();
         Ok(report)

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use crate::dialect::{opt_text, text};
 use crate::repo::{corrupt, now_secs, to_i64, to_u64};
-use crate::{CachedNarInfo, Database, DbError, NarOrigin};
+use crate::{CachedNarInfo, Database, DbError, NarOrigin, NarRecord};
 
 const T: &str = "narinfos";
 
@@ -18,6 +18,33 @@ impl Database {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| narinfo_from_row(&r)).transpose()
+    }
+
+    /// A narinfo with the record of its NAR when that is stored: what rendering a narinfo needs,
+    /// in one query instead of two (a narinfo hit that misses the memo costs one round trip).
+    pub async fn narinfo_and_nar(
+        &self,
+        hash: &StorePathHash,
+    ) -> Result<Option<(CachedNarInfo, Option<NarRecord>)>, DbError> {
+        let row = sqlx::query(&self.sql(
+            "SELECT i.*, n.nar_hash AS stored_nar_hash, n.whole_key, n.whole_size, \
+             n.whole_delete_after, n.chunk_count, n.spliced_hash, n.spliced_size \
+             FROM narinfos i LEFT JOIN nars n ON n.nar_hash = i.nar_hash WHERE i.hash = ?",
+        ))
+        .bind(hash.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let cached = narinfo_from_row(&row)?;
+        // The NAR's columns share the narinfo's `nar_hash` and `nar_size` (the join's key, and
+        // a size verified equal when the NAR was stored).
+        let nar = match opt_text(&row, "stored_nar_hash")? {
+            Some(_) => Some(crate::nars::nar_from_row(&row)?),
+            None => None,
+        };
+        Ok(Some((cached, nar)))
     }
 
     /// A narinfo of this NAR that says where to download it from, if any does.
@@ -215,7 +242,12 @@ pub(crate) mod tests {
             let other = NarKey::new(Sha256Hash::digest(b"other"), Compression::Xz);
             assert_eq!(db.nar_hash_for_url(&other).await.unwrap(), None);
 
-            // The one-query form a NAR request uses: the URL's NAR, then its record once stored.
+            // The one-query forms: a narinfo with its NAR's record once stored; a NAR request's
+            // URL with the NAR it names and that record.
+            assert_eq!(
+                db.narinfo_and_nar(&hash).await.unwrap(),
+                Some((info.clone(), None))
+            );
             assert_eq!(db.nar_by_url(&other).await.unwrap(), None);
             assert_eq!(
                 db.nar_by_url(&info.url_key).await.unwrap(),
@@ -232,8 +264,14 @@ pub(crate) mod tests {
             assert_eq!(record.whole, Some(whole));
             assert_eq!(
                 db.nar_by_url(&info.url_key).await.unwrap(),
-                Some((nar_hash, Some(record)))
+                Some((nar_hash, Some(record.clone())))
             );
+            assert_eq!(
+                db.narinfo_and_nar(&hash).await.unwrap(),
+                Some((info.clone(), Some(record)))
+            );
+            let unknown = StorePathHash::from_bytes([9; 20]);
+            assert_eq!(db.narinfo_and_nar(&unknown).await.unwrap(), None);
         }
     }
 

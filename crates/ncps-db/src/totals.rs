@@ -151,9 +151,21 @@ impl Database {
         Ok(self.store_counts().await?.stored_bytes())
     }
 
-    /// Folds the running totals' rows into one (at most 10,000 at a time); returns how many
-    /// rows it folded. Rows another transaction is still writing are left for the next fold.
+    /// Folds the running totals' rows into one, 10,000 per transaction so writers are never
+    /// held up for long; returns how many rows it folded. Rows another transaction is still
+    /// writing are left for the next fold.
     pub async fn fold_totals(&self) -> Result<u64, DbError> {
+        let mut folded = 0;
+        loop {
+            let batch = self.fold_some_totals().await?;
+            folded += batch;
+            if batch < FOLD_ROWS as u64 {
+                return Ok(folded);
+            }
+        }
+    }
+
+    async fn fold_some_totals(&self) -> Result<u64, DbError> {
         let mut tx = self.begin().await?;
         let sql = format!(
             "SELECT id, {} FROM store_deltas ORDER BY id LIMIT {FOLD_ROWS}{}",

@@ -20,8 +20,11 @@ const TTL: Duration = Duration::from_secs(10);
 /// Past this age an entry is not served at all, even while its refresh runs (a stuck database
 /// must not keep an old answer alive).
 const MAX_AGE: Duration = Duration::from_secs(30);
-/// Entries kept at most; the map is emptied when full (a burst refills what it needs).
-const CAPACITY: usize = 100_000;
+/// Rendered bytes kept at most (about 25,000 narinfos, several closures of a fleet's burst);
+/// the map is emptied when full (a burst refills what it needs). A bound in bytes, not entries,
+/// so the memo's share of the server's memory is known: under uniform random lookups over a
+/// million paths, 100,000 entries had cost about 100 MB.
+const BUDGET_BYTES: usize = 16 << 20;
 
 struct Entry {
     text: Bytes,
@@ -39,13 +42,33 @@ pub(crate) enum Memoized {
 
 /// Recently rendered narinfos.
 #[derive(Default)]
-pub(crate) struct NarInfoMemo(Mutex<HashMap<StorePathHash, Entry>>);
+pub(crate) struct NarInfoMemo(Mutex<Entries>);
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<StorePathHash, Entry>,
+    /// The rendered bytes the map holds.
+    bytes: usize,
+}
+
+impl Entries {
+    fn remove(&mut self, hash: &StorePathHash) {
+        if let Some(old) = self.map.remove(hash) {
+            self.bytes -= old.text.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
 
 impl NarInfoMemo {
     /// The remembered rendering, unless there is none or it is too old to serve.
     pub fn get(&self, hash: &StorePathHash) -> Option<Memoized> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.get_mut(hash)?;
+        let mut entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.map.get_mut(hash)?;
         let age = entry.at.elapsed();
         if age < TTL || (entry.refreshing && age < MAX_AGE) {
             return Some(Memoized::Fresh(entry.text.clone()));
@@ -59,16 +82,18 @@ impl NarInfoMemo {
 
     /// Remembers a rendering.
     pub fn put(&self, hash: StorePathHash, text: Bytes) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= CAPACITY {
-            map.clear();
+        let mut entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(&hash);
+        if entries.bytes + text.len() > BUDGET_BYTES {
+            entries.clear();
         }
+        entries.bytes += text.len();
         let entry = Entry {
             text,
             at: Instant::now(),
             refreshing: false,
         };
-        map.insert(hash, entry);
+        entries.map.insert(hash, entry);
     }
 
     /// Forgets a narinfo this process deleted or evicted.
@@ -111,13 +136,35 @@ mod tests {
     }
 
     #[test]
+    fn the_memo_holds_at_most_its_budget_of_bytes() {
+        let memo = NarInfoMemo::default();
+        let text = Bytes::from(vec![b'x'; 1000]);
+        let entries = BUDGET_BYTES / 1000;
+        for i in 0..=entries as u32 {
+            let mut bytes = [0u8; 20];
+            bytes[..4].copy_from_slice(&i.to_le_bytes());
+            memo.put(StorePathHash::from_bytes(bytes), text.clone());
+            // Replacing an entry does not count it twice.
+            memo.put(StorePathHash::from_bytes(bytes), text.clone());
+            let held = memo.0.lock().unwrap();
+            assert!(held.bytes <= BUDGET_BYTES);
+            assert_eq!(held.bytes, held.map.len() * 1000);
+        }
+        assert_eq!(
+            memo.0.lock().unwrap().map.len(),
+            1,
+            "emptied when full, then refilled"
+        );
+    }
+
+    #[test]
     fn an_expired_entry_is_refreshed_by_one_caller_while_served() {
         let memo = NarInfoMemo::default();
         let h = StorePathHash::from_bytes([2; 20]);
         memo.put(h, Bytes::from_static(b"old"));
         let age = |memo: &NarInfoMemo, by: Duration| {
-            let mut map = memo.0.lock().unwrap();
-            let entry = map.get_mut(&h).unwrap();
+            let mut entries = memo.0.lock().unwrap();
+            let entry = entries.map.get_mut(&h).unwrap();
             entry.at = Instant::now() - by;
         };
         age(&memo, TTL + Duration::from_secs(1));

@@ -154,20 +154,27 @@ impl Reader {
             };
             return Ok((text, Outcome::Hit));
         }
-        let (cached, outcome) = match self.0.db.narinfo(hash).await? {
-            Some(cached) => (cached, Outcome::Hit),
-            None if fetch => (self.0.ingest.fetch_narinfo(hash).await?, Outcome::Miss),
+        let ((cached, stored), outcome) = match self.0.db.narinfo_and_nar(hash).await? {
+            Some(found) => (found, Outcome::Hit),
+            None if fetch => {
+                let cached = self.0.ingest.fetch_narinfo(hash).await?;
+                let stored = self.0.db.nar(&cached.narinfo.nar_hash).await?;
+                ((cached, stored), Outcome::Miss)
+            }
             None => return Err(CacheError::NotFound),
         };
         self.0.access.narinfo(*hash);
-        Ok((self.render(hash, cached).await?, outcome))
+        Ok((self.render(hash, cached, stored.as_ref()), outcome))
     }
 
     /// Re-renders a memoized narinfo from the database; a narinfo gone (evicted, deleted
     /// elsewhere) or a failing database drops the entry, so the next request takes the full path.
     async fn refresh_memo(&self, hash: StorePathHash) {
-        let refreshed = match self.0.db.narinfo(&hash).await {
-            Ok(Some(cached)) => self.render(&hash, cached).await.map(|_| true),
+        let refreshed: Result<bool, CacheError> = match self.0.db.narinfo_and_nar(&hash).await {
+            Ok(Some((cached, stored))) => {
+                self.render(&hash, cached, stored.as_ref());
+                Ok(true)
+            }
             Ok(None) => Ok(false),
             Err(e) => Err(e.into()),
         };
@@ -182,17 +189,17 @@ impl Reader {
     /// The narinfo as served: FileHash/FileSize from the serve plan of its URL, our signature.
     /// Only a narinfo whose NAR form is settled (FileHash known) is remembered; one still being
     /// downloaded or chunked gains FileHash/FileSize soon, and its memo entry is dropped.
-    async fn render(
+    fn render(
         &self,
         hash: &StorePathHash,
         cached: CachedNarInfo,
-    ) -> Result<Bytes, CacheError> {
-        let stored = self.0.db.nar(&cached.narinfo.nar_hash).await?;
+        stored: Option<&NarRecord>,
+    ) -> Bytes {
         let mut narinfo = cached.narinfo;
         let plan = plan(
             &cached.url_key,
             (narinfo.nar_hash, narinfo.nar_size),
-            stored.as_ref(),
+            stored,
             cached.origin.as_ref(),
             self.0.chunking,
         );
@@ -206,7 +213,7 @@ impl Reader {
         } else {
             self.0.memo.forget(hash);
         }
-        Ok(text)
+        text
     }
 
     /// The NAR a URL names: one we handed out, one an upload waiting for its narinfo was
