@@ -19,6 +19,13 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// Chunks whose reference count has just reached zero (their grace period not started yet).
+/// Always combined with a list of chunk hashes: the `+` keeps SQLite, which has no statistics
+/// to tell it that almost every chunk has no `unreferenced_since`, from walking that index
+/// (every referenced chunk) instead of looking the listed hashes up; PostgreSQL and MySQL read
+/// `+x` as `x`.
+pub(crate) const LOST_LAST_REFERENCE: &str = "ref_count <= 0 AND +unreferenced_since IS NULL";
+
 impl Database {
     /// Records the complete, ordered chunk list of a NAR in one transaction: chunk rows are
     /// created or gain references, the list is written in multi-row statements, and the NAR's
@@ -458,11 +465,10 @@ async fn release_chunks(
     .bind(&nar)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(&dialect.sql(
-        "UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 \
-         AND unreferenced_since IS NULL \
-         AND hash IN (SELECT chunk_hash FROM nar_chunks WHERE nar_hash = ?)",
-    ))
+    sqlx::query(&dialect.sql(&format!(
+        "UPDATE chunks SET unreferenced_since = ? WHERE {LOST_LAST_REFERENCE} \
+         AND hash IN (SELECT chunk_hash FROM nar_chunks WHERE nar_hash = ?)"
+    )))
     .bind(now_secs())
     .bind(&nar)
     .execute(&mut **tx)
@@ -504,6 +510,37 @@ mod tests {
             plain_size: 100 + u64::from(i),
             stored_size: 50 + u64::from(i),
         }
+    }
+
+    /// Releasing a NAR's chunks looks its chunks up by hash: SQLite, without statistics, would
+    /// otherwise walk the index of chunks with no `unreferenced_since` (every referenced chunk:
+    /// millions in a large cache) for each NAR evicted (issue 18).
+    #[tokio::test]
+    async fn chunks_losing_their_last_reference_are_found_by_hash() {
+        use crate::repo::test_support::{Engine, TestDb};
+        let db = TestDb::new(Engine::Sqlite).await;
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT 1 FROM chunks WHERE {LOST_LAST_REFERENCE} \
+             AND hash IN (SELECT chunk_hash FROM nar_chunks WHERE nar_hash = 'x')"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&db.pool).await.unwrap();
+        let detail: Vec<String> = rows
+            .iter()
+            .map(|r| sqlx::Row::try_get::<String, _>(r, "detail").unwrap())
+            .collect();
+        assert!(
+            detail
+                .iter()
+                .any(|d| d.contains("chunks USING") && d.contains("(hash=?)")),
+            "{detail:?}"
+        );
+        assert!(
+            !detail
+                .iter()
+                .any(|d| d.contains("chunks_unreferenced_since")),
+            "{detail:?}"
+        );
+        db.cleanup().await;
     }
 
     /// A failure while the list is written is an error, not taken for a concurrent commit

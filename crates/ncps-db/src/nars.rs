@@ -4,6 +4,7 @@ use ncps_nix::{NarKey, Sha256Hash};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::chunks::LOST_LAST_REFERENCE;
 use crate::dialect::{bind_all, opt_text, placeholders};
 use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
@@ -134,8 +135,7 @@ impl Database {
         // The chunks these NARs held last: their bytes are freed (the collector deletes the
         // objects after the grace period; stored bytes count referenced chunks only).
         let sql = format!(
-            "SELECT {} FROM chunks WHERE ref_count <= 0 AND unreferenced_since IS NULL \
-             AND hash IN {in_gone}",
+            "SELECT {} FROM chunks WHERE {LOST_LAST_REFERENCE} AND hash IN {in_gone}",
             self.dialect.bigint("COALESCE(SUM(stored_size), 0)")
         );
         let sql = self.sql(&sql);
@@ -147,8 +147,8 @@ impl Database {
             q.fetch_one(&mut **tx).await?
         };
         let sql = format!(
-            "UPDATE chunks SET unreferenced_since = ? WHERE ref_count <= 0 \
-             AND unreferenced_since IS NULL AND hash IN {in_gone}"
+            "UPDATE chunks SET unreferenced_since = ? WHERE {LOST_LAST_REFERENCE} \
+             AND hash IN {in_gone}"
         );
         let sql = self.sql(&sql);
         bind_all(sqlx::query(&sql).bind(now_secs()), &gone)
