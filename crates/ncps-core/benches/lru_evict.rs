@@ -76,7 +76,7 @@ async fn main() {
                 .map(|i| whole_file_size(spec.seed, i))
                 .sum()
         };
-        let sums_before = db.full_table_sums();
+        let sums_before = db.full_scans();
         let report = cache
             .maintenance()
             .evict_lru(stored.saturating_sub(bytes))
@@ -94,7 +94,7 @@ async fn main() {
             "lru_evict engine={engine} N={n} chunked={chunked} fraction={fraction} evicted={evict} \
              evict={secs:.3}s evicted_per_s={:.0} whole_table_sums={}",
             evict as f64 / secs,
-            db.full_table_sums() - sums_before,
+            db.full_scans() - sums_before,
         );
     }
 }

@@ -171,6 +171,10 @@ impl Database {
     /// after its narinfo was evicted) the way eviction does; returns them, so the caller
     /// deletes their whole files.
     pub async fn reclaim_unused_nars(&self, limit: u32) -> Result<Vec<NarRecord>, DbError> {
+        // Reads every NAR when none is unused: counted, so callers can keep it off paths that
+        // must not grow with the cache.
+        self.full_scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sql = format!("SELECT nar_hash FROM nars WHERE {NAR_UNUSED} LIMIT ?");
         let unused: Vec<String> = sqlx::query_scalar(&self.sql(&sql))
             .bind(i64::from(limit))

@@ -98,8 +98,8 @@ pub struct Database {
     pub(crate) dialect: Dialect,
     /// SQLite only: this process's writers take turns here (see [`WriteTx`]).
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
-    /// Whole-table sums run so far (see [`Database::full_table_sums`]).
-    pub(crate) full_sums: Arc<std::sync::atomic::AtomicU64>,
+    /// Statements run so far that read every NAR or chunk row (see [`Database::full_scans`]).
+    pub(crate) full_scans: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A write transaction. On SQLite it also holds this process's writer gate: SQLite lets one
@@ -336,7 +336,7 @@ impl Database {
             pool,
             dialect,
             write_gate,
-            full_sums: Arc::default(),
+            full_scans: Arc::default(),
         })
     }
 

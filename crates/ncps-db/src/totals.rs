@@ -221,14 +221,14 @@ impl Database {
     }
 
     /// The same figures as [`Self::store_counts`], summed from the tables themselves: every
-    /// NAR and chunk row is read, so only fsck asks (counted by [`Self::full_table_sums`]).
+    /// NAR and chunk row is read, so only fsck asks (counted by [`Self::full_scans`]).
     pub async fn measure_totals(&self) -> Result<StoreCounts, DbError> {
         let mut conn = self.pool.acquire().await?;
         self.measure_on(&mut conn).await
     }
 
     async fn measure_on(&self, conn: &mut AnyConnection) -> Result<StoreCounts, DbError> {
-        self.full_sums
+        self.full_scans
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let d = self.dialect;
         let sum = |expr: &str| d.bigint(&format!("COALESCE(SUM({expr}), 0)"));
@@ -252,10 +252,11 @@ impl Database {
         values_of(&row)
     }
 
-    /// How many whole-table sums ([`Self::measure_totals`]) this handle has run: work that
+    /// How many statements this handle has run that read every NAR or chunk row (the tables'
+    /// sums of [`Self::measure_totals`], the search of [`Self::reclaim_unused_nars`]): work that
     /// must not grow with the cache (an eviction run, a scrape) is checked against this count.
-    pub fn full_table_sums(&self) -> u64 {
-        self.full_sums.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn full_scans(&self) -> u64 {
+        self.full_scans.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets the running totals to `measured` (fsck's repair of totals that drifted, e.g. after

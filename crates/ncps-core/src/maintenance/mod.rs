@@ -65,6 +65,19 @@ struct State {
     figures: std::sync::Mutex<Option<StorageFigures>>,
     /// How long the last measurement took: the next waits in proportion.
     measure_took: std::sync::Mutex<std::time::Duration>,
+    /// Whether a NAR may have been left unused since the last complete search for them (see
+    /// [`Maintenance::reclaim_unused_nars`]).
+    unused: UnusedNars,
+}
+
+/// Generations of "something may have left a NAR unused": bumped by this process's deletions
+/// and evictions, recorded by each complete search. Equal: no search is needed before an
+/// eviction (the reclaim job searches every 5 minutes anyway, for what other processes did).
+#[derive(Default)]
+struct UnusedNars {
+    changed: std::sync::atomic::AtomicU64,
+    /// The `changed` generation the last complete search started at, plus one (0: none yet).
+    searched: std::sync::atomic::AtomicU64,
 }
 
 /// What storage held when last measured.
@@ -114,6 +127,7 @@ impl Maintenance {
             gauges_measured: tokio::sync::Mutex::new(None),
             figures: std::sync::Mutex::new(None),
             measure_took: std::sync::Mutex::new(std::time::Duration::ZERO),
+            unused: UnusedNars::default(),
         }))
     }
 

@@ -1,5 +1,6 @@
 //! `DELETE` of narinfos and NARs, and the end of uploads whose narinfo never came.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ncps_nix::{NarKey, StorePathHash};
@@ -11,8 +12,9 @@ use crate::CacheError;
 const PER_ROUND: u32 = 500;
 
 impl Maintenance {
-    /// Forgets a narinfo (DELETE); its NAR stays until deleted or evicted.
+    /// Forgets a narinfo (DELETE); its NAR stays until deleted, evicted or reclaimed.
     pub async fn delete_narinfo(&self, hash: &StorePathHash) -> Result<(), CacheError> {
+        self.note_nars_may_be_unused();
         self.0.reader.forget_narinfo(hash);
         if self.0.db.delete_narinfo(hash).await? {
             Ok(())
@@ -42,10 +44,24 @@ impl Maintenance {
         Ok(())
     }
 
+    /// Notes that a NAR may have been left unused (a narinfo deleted, paths evicted while
+    /// their downloads may still finish), so the next eviction searches for them first.
+    pub(super) fn note_nars_may_be_unused(&self) {
+        self.0.unused.changed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether every NAR this process may have left unused has been searched for since.
+    pub(super) fn no_unused_nars_known(&self) -> bool {
+        let unused = &self.0.unused;
+        unused.searched.load(Ordering::SeqCst) == unused.changed.load(Ordering::SeqCst) + 1
+    }
+
     /// Removes every NAR nothing uses (no narinfo describes it, no upload waits for it) and
-    /// deletes its whole file; returns how many went. Eviction calls it first, so NARs left by
-    /// a deleted narinfo never count against the size limit for long.
+    /// deletes its whole file; returns how many went. The search reads every NAR, so it runs
+    /// in the reclaim job, and before an eviction only when this process may have left some
+    /// since the last search.
     pub async fn reclaim_unused_nars(&self) -> Result<u64, CacheError> {
+        let generation = self.0.unused.changed.load(Ordering::SeqCst);
         let mut reclaimed = 0;
         loop {
             let removed = self.0.db.reclaim_unused_nars(PER_ROUND).await?;
@@ -57,6 +73,10 @@ impl Maintenance {
             }
             reclaimed += removed.len() as u64;
             if removed.len() < PER_ROUND as usize {
+                self.0
+                    .unused
+                    .searched
+                    .store(generation + 1, Ordering::SeqCst);
                 return Ok(reclaimed);
             }
         }
