@@ -15,6 +15,9 @@ pub enum DbError {
     /// Applying migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A migration needs something of the server it lacks; nothing was applied.
+    #[error("cannot apply the database migrations: {0}")]
+    MigrationRefused(String),
     /// Another process kept the migration lock too long (MySQL/MariaDB).
     #[error("cannot take the database migration lock: {0}")]
     MigrationLock(String),

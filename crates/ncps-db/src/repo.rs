@@ -233,6 +233,47 @@ fn init_sqlite(
     })
 }
 
+/// Migration 0006 creates triggers (the running totals). With binary logging on, MySQL and
+/// MariaDB let only a user with SUPER create them, unless `log_bin_trust_function_creators` is
+/// set; a refusal halfway would leave the migration half applied (MySQL commits each DDL
+/// statement), so the server is asked first and told what to change, before anything runs.
+async fn mysql_trigger_refusal(conn: &mut AnyConnection) -> Result<(), DbError> {
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'store_deltas'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if pending > 0 {
+        return Ok(()); // applied already
+    }
+    let (log_bin, trusted): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(@@log_bin AS SIGNED), CAST(@@log_bin_trust_function_creators AS SIGNED)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if log_bin == 0 || trusted != 0 {
+        return Ok(());
+    }
+    let superuser: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.USER_PRIVILEGES \
+         WHERE PRIVILEGE_TYPE = 'SUPER' \
+         AND GRANTEE = CONCAT('''', REPLACE(CURRENT_USER(), '@', '''@'''), '''')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if superuser > 0 {
+        return Ok(());
+    }
+    Err(DbError::MigrationRefused(
+        "this version keeps its running totals with triggers, and with binary logging on this \
+         server lets only a user with the SUPER privilege create triggers; set \
+         log_bin_trust_function_creators = 1 (SET GLOBAL, the server's configuration, or your \
+         provider's parameter group) or grant SUPER, then start ncps again (nothing was changed)"
+            .into(),
+    ))
+}
+
 /// Sets up a new MySQL/MariaDB connection. The pinned-closure walk recurses once per
 /// reference it visits, and MySQL stops recursive queries after 1000 rounds by default; the
 /// walk always ends (every round shortens a row's list), so the limit is lifted, under
@@ -460,6 +501,11 @@ impl Database {
                          {MYSQL_MIGRATION_LOCK_WAIT_SECS} s"
                     )));
                 }
+                let refused = mysql_trigger_refusal(&mut conn).await;
+                if let Err(e) = refused {
+                    let _ = conn.close().await;
+                    return Err(e);
+                }
                 if let Err(e) = MYSQL_MIGRATIONS.run_direct(&mut *conn).await {
                     // Ending the session releases the lock.
                     let _ = conn.close().await;
@@ -516,7 +562,7 @@ pub(crate) mod test_support {
 
     impl Engine {
         /// The administrator URL of the engine's test server (SQLite has none).
-        fn server_url(self) -> String {
+        pub fn server_url(self) -> String {
             match self {
                 Engine::Sqlite => unreachable!("SQLite needs no server"),
                 Engine::Postgres => ncps_test_services::postgres_url(),
@@ -526,7 +572,7 @@ pub(crate) mod test_support {
     }
 
     /// A database name no other test (or test process) uses.
-    fn unique_name() -> String {
+    pub fn unique_name() -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -860,6 +906,83 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_opens_mysql() {
         concurrent_opens_and_reopening(Engine::Mysql).await;
+    }
+
+    /// With binary logging on (as on MySQL 8 and managed servers), a user without SUPER may
+    /// not create triggers unless `log_bin_trust_function_creators` is set: the migrations say
+    /// so before changing anything, and go through once it is set.
+    #[tokio::test]
+    async fn trigger_privileges_mysql() {
+        let fresh = FreshUrl::new(Engine::Mysql).await;
+        let mut admin =
+            <sqlx::AnyConnection as sqlx::Connection>::connect(&Engine::Mysql.server_url())
+                .await
+                .unwrap();
+        let log_bin: i64 = sqlx::query_scalar("SELECT CAST(@@log_bin AS SIGNED)")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            log_bin, 1,
+            "this test needs a server with binary logging on (scripts/test starts one)"
+        );
+        let user = super::test_support::unique_name();
+        let database = fresh.url.rsplit('/').next().unwrap().to_string();
+        // At every host form: MariaDB's anonymous `''@'localhost'` would otherwise win for a
+        // connection from 127.0.0.1.
+        let hosts = ["%", "localhost", "127.0.0.1"];
+        for host in hosts {
+            for statement in [
+                format!("CREATE USER '{user}'@'{host}' IDENTIFIED BY 'pw'"),
+                format!("GRANT ALL ON {database}.* TO '{user}'@'{host}'"),
+            ] {
+                sqlx::raw_sql(&statement).execute(&mut admin).await.unwrap();
+            }
+        }
+        sqlx::raw_sql("SET GLOBAL log_bin_trust_function_creators = 0")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = fresh.url.replacen("root@", &format!("{user}:pw@"), 1);
+        let refused = Database::open(&url).await.map(|_| ()).unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            matches!(refused, DbError::MigrationRefused(_))
+                && message.contains("log_bin_trust_function_creators")
+                && message.contains("nothing was changed"),
+            "{message}"
+        );
+        let tables: i64 = sqlx::query_scalar(&format!(
+            "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = '{database}'"
+        ))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(tables, 0, "nothing was created");
+        sqlx::raw_sql("SET GLOBAL log_bin_trust_function_creators = 1")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let opened = Database::open(&url).await;
+        sqlx::raw_sql("SET GLOBAL log_bin_trust_function_creators = 0")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let db = opened.expect("the migrations go through once triggers are allowed");
+        assert_eq!(
+            db.store_counts().await.unwrap(),
+            crate::StoreCounts::default()
+        );
+        db.pool.close().await;
+        for host in hosts {
+            sqlx::raw_sql(&format!("DROP USER '{user}'@'{host}'"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        let _ = sqlx::Connection::close(admin).await;
+        fresh.cleanup().await;
     }
 
     /// `ncps migrate --dry-run`'s plan: on a fresh database every migration is pending and
