@@ -241,23 +241,23 @@ impl Maintenance {
             loop {
                 tick.tick().await;
                 let started = std::time::Instant::now();
-                let result = this.collect_chunks(jobs.gc_grace).await;
-                match &result {
-                    Ok(r) => this.0.metrics.job_finished(
-                        "chunk_gc",
-                        started.elapsed(),
-                        None,
-                        r.chunks_deleted,
-                        format!("{} deleted", plural(r.chunks_deleted, "unreferenced chunk")),
-                    ),
-                    Err(e) => this.0.metrics.job_failed("chunk_gc", started.elapsed(), e),
-                }
-                match result {
-                    Ok(r) if r.chunks_deleted > 0 => {
-                        info!(chunks = r.chunks_deleted, "collected unreferenced chunks")
+                match this.collect_chunks(jobs.gc_grace).await {
+                    Ok(r) => {
+                        this.0.metrics.job_finished(
+                            "chunk_gc",
+                            started.elapsed(),
+                            None,
+                            r.chunks_deleted,
+                            format!("{} deleted", plural(r.chunks_deleted, "unreferenced chunk")),
+                        );
+                        if r.chunks_deleted > 0 {
+                            info!(chunks = r.chunks_deleted, "collected unreferenced chunks");
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => error!(error = %e, "chunk garbage collection failed"),
+                    Err(e) => {
+                        this.0.metrics.job_failed("chunk_gc", started.elapsed(), &e);
+                        error!(error = %e, "chunk garbage collection failed");
+                    }
                 }
             }
         });

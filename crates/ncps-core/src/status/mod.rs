@@ -152,6 +152,11 @@ impl Status {
                 tick.tick().await;
                 let maintenance = &this.0.maintenance;
                 if tokio::time::Instant::now() >= measure_at {
+                    // The running totals' rows are folded here, off every request's path (a
+                    // scrape only reads them).
+                    if let Err(e) = maintenance.fold_totals().await {
+                        warn!(error = %e, "folding the running totals failed");
+                    }
                     if let Err(e) = maintenance.measure_storage().await {
                         warn!(error = %e, "measuring storage for the status page failed");
                     }
@@ -181,7 +186,11 @@ impl Status {
             nar: lookups(&m.nar_requests),
             bytes_served: m.nar_bytes_served.get(),
             bytes_fetched: m.nar_bytes_fetched.get(),
-            stored_bytes: self.0.maintenance.storage_figures().map(|f| f.stored_bytes),
+            stored_bytes: self
+                .0
+                .maintenance
+                .storage_figures()
+                .map(|f| f.counts.stored_bytes()),
             downloads_in_flight: u64::try_from(m.downloads_in_flight.get()).unwrap_or(0),
             upstream_latency: m.upstream_latency_totals(),
         }
@@ -207,7 +216,7 @@ impl Status {
             .filter(|&n| n > 0);
         let figures = self.0.maintenance.storage_figures();
         let storage = figures.map(|f| StorageReport {
-            stored_bytes: f.stored_bytes,
+            stored_bytes: f.counts.stored_bytes(),
             max_size,
             narinfos: f.counts.narinfos,
             nars: f.counts.nars,
