@@ -144,19 +144,22 @@ fn chunks_of(seed: u64, i: u64, nar_size: u64, average: u64) -> Vec<FixtureChunk
     let count = nar_size.div_ceil(average).max(1);
     (0..count)
         .map(|k| {
-            let plain = if k + 1 == count {
-                nar_size - average * (count - 1)
-            } else {
-                average
-            };
             let shared = mix(seed ^ mix(i ^ mix(k + 1_000))) % 100 < SHARED_PERCENT;
-            let name = if shared {
-                format!("shared {seed} {}", mix(i ^ k) % SHARED_CHUNKS)
+            // A shared chunk's size must not depend on who uses it: the pool's are `average`;
+            // a NAR's own last chunk holds what is left.
+            let (name, plain) = if shared {
+                (
+                    format!("shared {seed} {}", mix(i ^ k) % SHARED_CHUNKS),
+                    average,
+                )
+            } else if k + 1 == count {
+                (
+                    format!("chunk {seed} {i} {k}"),
+                    nar_size - average * (count - 1),
+                )
             } else {
-                format!("chunk {seed} {i} {k}")
+                (format!("chunk {seed} {i} {k}"), average)
             };
-            // A shared chunk's size must not depend on who uses it: the pool's are `average`.
-            let plain = if shared { average } else { plain };
             (ChunkHash::digest(name.as_bytes()), plain, shared)
         })
         .collect()
