@@ -55,13 +55,14 @@ pub struct OutcomeLabels {
     pub outcome: Outcome,
 }
 
-/// Labels of HTTP request counters.
+/// Labels of HTTP request counters. Static strings: a request costs no allocation for its
+/// labels, and only a fixed set of values can ever make a time series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The route (`narinfo`, `nar`, `nix-cache-info`, …), never the raw path.
-    pub route: String,
-    /// The HTTP method.
-    pub method: String,
+    pub route: &'static str,
+    /// The HTTP method: a standard one, or `other` (never a client's invented name).
+    pub method: &'static str,
     /// The status code.
     pub status: u16,
 }

@@ -1,7 +1,7 @@
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use ncps_core::{Cache, RequestLabels};
@@ -32,13 +32,35 @@ fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// The method as a metric label: the standard methods by name, any other as `other`, so a
+/// client inventing methods cannot create time series without bound.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: &[Method] = &[
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", Method::as_str)
+}
+
 /// One span per request (`http.request`, exported as a server span by `--otel-enabled`; it
 /// ends with the response headers), one log line per request (method, path, route, status,
 /// bytes, duration, and whether the cache had it), and the request counters.
 pub async fn log_request(State(cache): State<Cache>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let route = route_of(&path);
+    // The URI shares its bytes: keeping it costs no copy of the path.
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let route = route_of(path);
     let span = info_span!(
         "http.request",
         otel.name = %format_args!("{method} {route}"),
@@ -67,8 +89,8 @@ pub async fn log_request(State(cache): State<Cache>, request: Request, next: Nex
     }
     let _in_span = span.enter();
     let labels = RequestLabels {
-        route: route.to_string(),
-        method: method.to_string(),
+        route,
+        method: method_label(&method),
         status,
     };
     let metrics = cache.metrics();
@@ -91,7 +113,18 @@ pub async fn log_request(State(cache): State<Cache>, request: Request, next: Nex
 
 #[cfg(test)]
 mod tests {
-    use super::route_of;
+    use super::{method_label, route_of};
+    use axum::http::Method;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        for invented in ["FOOBAR", "X1", "PROPFIND"] {
+            let method = Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{invented}");
+        }
+    }
 
     #[test]
     fn routes_are_bounded_labels() {
