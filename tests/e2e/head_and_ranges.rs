@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::harness::{Compression, Fixture, FixtureOptions, NarInfo, http};
+use crate::harness::{Compression, Fixture, FixtureOptions, NarInfo, eventually, http};
 
 /// HEAD and GET of `url` agree: same status; a length stated by HEAD is the one GET states and
 /// delivers; a HEAD without a length has a GET without one. Returns the GET.
@@ -142,6 +142,15 @@ async fn chunked_nars_head_matches_get_and_ranges_work() {
         .verify_nar_content("zstd", &fetched.body)
         .expect("downloaded frames");
 
+    // The chunk list is committed just after the download has been streamed; until then the
+    // NAR is being stored and its length is not known yet.
+    eventually("the chunked NAR stored", || async {
+        match http::head(&url).await.content_length() {
+            Some(_) => Ok(()),
+            None => Err("HEAD states no length yet".to_string()),
+        }
+    })
+    .await;
     // The spliced frames, now stored: known length, ranges honoured.
     let spliced = head_matches_get(&url)
         .await
