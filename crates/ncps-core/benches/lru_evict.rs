@@ -10,8 +10,10 @@
 //! job's search for unused NARs runs, timed apart (it reads every NAR; eviction itself no
 //! longer does). With `CHUNKED=1` the NARs are chunk lists (about 10 references each, 30%
 //! shared), and each run frees that share of the stored bytes instead (a path's share of
-//! shared chunks has no exact size). On a server database the tables are not emptied: the URL
-//! must name an empty (throwaway) database.
+//! shared chunks has no exact size); after the runs the chunk collector deletes every chunk
+//! the evictions left unreferenced (grace period zero), timed, with the peak RSS of that
+//! collection alone (its memory must not grow with the number of chunks). On a server
+//! database the tables are not emptied: the URL must name an empty (throwaway) database.
 //!
 //!   cargo bench -p ncps-core --bench lru_evict
 //!   N=10000 NCPS_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
@@ -109,4 +111,43 @@ async fn main() {
             db.full_scans() - sums_before,
         );
     }
+    if chunked {
+        let (waiting, _) = db.unreferenced_chunk_totals().await.expect("chunk totals");
+        reset_peak_rss();
+        let started = std::time::Instant::now();
+        let report = cache
+            .maintenance()
+            .collect_chunks(std::time::Duration::ZERO)
+            .await
+            .expect("collect chunks");
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(
+            report.chunks_deleted, waiting,
+            "every unreferenced chunk collected"
+        );
+        println!(
+            "chunk_gc engine={engine} N={n} deleted={} gc={secs:.3}s deleted_per_s={:.0} \
+             peak_rss_during_gc_kib={}",
+            report.chunks_deleted,
+            report.chunks_deleted as f64 / secs,
+            peak_rss_kib()
+        );
+    }
+}
+
+/// Starts a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak RSS since the last reset, in KiB (0 where /proc does not say).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
