@@ -1,6 +1,6 @@
 # nginx for the benchmarks that compare ncps with it (scripts/bench, scripts/bench-narinfo):
-# one configuration, so every comparison measures the same nginx. Needs log/die/wait_http and
-# PIDS (an array of processes the caller stops on exit) from the sourcing script.
+# one configuration, so every comparison measures the same nginx. Needs wait_http
+# (scripts/lib/bench.sh) and PIDS (an array of processes the caller stops on exit).
 
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
