@@ -2,14 +2,15 @@
 //! nothing, and removing them with the condition re-checked in the same statement, so a row
 //! that a running server made valid meanwhile is never removed.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use ncps_nix::{ChunkHash, NarKey, Sha256Hash, StorePathHash};
 use sqlx::Row;
 
-use crate::dialect::text;
+use crate::dialect::{placeholders, text};
 use crate::nars::{NAR_UNUSED, nar_from_row};
-use crate::repo::{corrupt, now_secs};
+use crate::repo::{ROWS_PER_STATEMENT, corrupt, now_secs};
 use crate::{Database, DbError, NarRecord};
 
 /// A narinfo that cannot be served: no upstream origin is recorded for it or for any other
@@ -137,30 +138,40 @@ impl Database {
         Ok(found.is_some())
     }
 
-    /// A NAR's chunk list in order, straight from `nar_chunks` (unlike
-    /// [`Database::nar_chunks`], entries whose chunk row is missing are kept and flagged).
+    /// The chunk lists of `nars` in order, straight from `nar_chunks` (unlike
+    /// [`Database::nar_chunks`], entries whose chunk row is missing are kept and flagged): one
+    /// statement per page of NARs, so a walk over a million chunk lists is not a million
+    /// round trips. A NAR without entries is absent from the map.
     pub async fn chunk_list_entries(
         &self,
-        nar_hash: &Sha256Hash,
-    ) -> Result<Vec<ChunkListEntry>, DbError> {
-        // `IS NOT NULL` is a boolean on PostgreSQL and an integer elsewhere; CASE is an
-        // integer everywhere.
-        let rows = sqlx::query(&self.sql(
-            "SELECT n.chunk_hash, CASE WHEN c.hash IS NULL THEN 0 ELSE 1 END AS has_row \
-             FROM nar_chunks n LEFT JOIN chunks c ON c.hash = n.chunk_hash \
-             WHERE n.nar_hash = ? ORDER BY n.seq",
-        ))
-        .bind(nar_hash.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ChunkListEntry {
-                    hash: chunk_hash(&text(r, "chunk_hash")?)?,
+        nars: &[Sha256Hash],
+    ) -> Result<HashMap<Sha256Hash, Vec<ChunkListEntry>>, DbError> {
+        let mut lists: HashMap<Sha256Hash, Vec<ChunkListEntry>> = HashMap::new();
+        for batch in nars.chunks(ROWS_PER_STATEMENT) {
+            // `IS NOT NULL` is a boolean on PostgreSQL and an integer elsewhere; CASE is an
+            // integer everywhere.
+            let sql = format!(
+                "SELECT n.nar_hash, n.chunk_hash, \
+                 CASE WHEN c.hash IS NULL THEN 0 ELSE 1 END AS has_row \
+                 FROM nar_chunks n LEFT JOIN chunks c ON c.hash = n.chunk_hash \
+                 WHERE n.nar_hash IN {} ORDER BY n.nar_hash, n.seq",
+                placeholders(batch.len())
+            );
+            let sql = self.sql(&sql);
+            let mut query = sqlx::query(&sql);
+            for nar in batch {
+                query = query.bind(nar.to_string());
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                let nar = Sha256Hash::from_str(&text(&r, "nar_hash")?)
+                    .map_err(|e| corrupt("nar_chunks", e))?;
+                lists.entry(nar).or_default().push(ChunkListEntry {
+                    hash: chunk_hash(&text(&r, "chunk_hash")?)?,
                     has_row: r.try_get::<i64, _>("has_row")? != 0,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(lists)
     }
 
     /// Chunk rows in hash order, `limit` at a time after `after`.
@@ -528,11 +539,14 @@ mod tests {
             db.commit_held(&b, 1, &[chunk(2), chunk(3)], spliced)
                 .await
                 .unwrap();
-            let entries = db.chunk_list_entries(&a).await.unwrap();
+            let lists = db.chunk_list_entries(&[a, b, spliced]).await.unwrap();
+            assert_eq!(lists.len(), 2, "a NAR without a list is absent");
+            let entries = &lists[&a];
             assert_eq!(
                 entries.iter().map(|e| e.hash).collect::<Vec<_>>(),
                 [chunk(1).hash, chunk(2).hash, chunk(1).hash]
             );
+            assert_eq!(lists[&b].len(), 2);
             assert!(entries.iter().all(|e| e.has_row));
             let mut users = db.nars_using_chunk(&chunk(2).hash).await.unwrap();
             users.sort();
@@ -553,7 +567,7 @@ mod tests {
                 .execute(&db.pool)
                 .await
                 .unwrap();
-            let entries = db.chunk_list_entries(&a).await.unwrap();
+            let entries = db.chunk_list_entries(&[a]).await.unwrap().remove(&a).unwrap();
             assert_eq!(
                 entries.iter().map(|e| e.has_row).collect::<Vec<_>>(),
                 [true, false, true]

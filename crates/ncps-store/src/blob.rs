@@ -538,29 +538,39 @@ fn stored_object<K>(
 }
 
 impl BlobStore {
-    /// Every stored whole NAR file with its size and age, read from storage alone (no
-    /// database), for fsck. Objects under `nar/` whose name is not a NAR file name are skipped,
-    /// never reported. Collected, because fsck compares the whole listing, taken before it
-    /// reads the database, against the rows; order is unspecified.
-    pub async fn list_nars(&self) -> Result<Vec<StoredObject<NarKey>>, StoreError> {
+    /// The stored whole NAR files that `keep` selects, with their sizes and ages, read from
+    /// storage alone (no database), for fsck. NAR files share one flat directory, so a caller
+    /// that must bound its memory lists them in several passes, each keeping one share of the
+    /// keys. Objects under `nar/` whose name is not a NAR file name are skipped, never
+    /// reported; order is unspecified.
+    pub async fn list_nars_where(
+        &self,
+        keep: impl Fn(&NarKey) -> bool,
+    ) -> Result<Vec<StoredObject<NarKey>>, StoreError> {
         let listing = self
             .inner
             .list(Some(&ObjectPath::from("nar")))
             .filter_map(|item| {
                 futures::future::ready(stored_object(item, |location| {
                     let name = location.strip_prefix("nar/")?;
-                    NarKey::parse_file_name(name).ok()
+                    NarKey::parse_file_name(name).ok().filter(&keep)
                 }))
             });
         futures::TryStreamExt::try_collect(listing).await
     }
 
-    /// Every stored chunk with its size and age (see [`BlobStore::list_chunks`]), for fsck to
-    /// tell a leftover chunk from one whose NAR is still being committed.
-    pub async fn list_chunk_objects(&self) -> Result<Vec<StoredObject<ChunkHash>>, StoreError> {
+    /// The stored chunks whose hash starts with the byte `prefix` (one of the 256 directories
+    /// under `chunks/`, see [`chunk_storage_key`]), with sizes and ages: fsck compares storage
+    /// and rows one directory at a time, so its memory is that of one directory whatever the
+    /// number of chunks. Order is unspecified.
+    pub async fn list_chunk_directory(
+        &self,
+        prefix: u8,
+    ) -> Result<Vec<StoredObject<ChunkHash>>, StoreError> {
+        let directory = ObjectPath::from_iter([CHUNK_DIR, format!("{prefix:02x}").as_str()]);
         let listing = self
             .inner
-            .list(Some(&ObjectPath::from(CHUNK_DIR)))
+            .list(Some(&directory))
             .filter_map(|item| futures::future::ready(stored_object(item, chunk_from_storage_key)));
         futures::TryStreamExt::try_collect(listing).await
     }
@@ -598,17 +608,28 @@ mod list_tests {
             .await
             .unwrap();
 
-        let nars = store.list_nars().await.unwrap();
+        let nars = store.list_nars_where(|_| true).await.unwrap();
         assert_eq!(nars.len(), 1);
         assert_eq!((nars[0].key, nars[0].size), (key, 5));
         let age = nars[0].last_modified.elapsed().unwrap_or_default();
         assert!(age < std::time::Duration::from_secs(600), "{age:?}");
-        let chunks = store.list_chunk_objects().await.unwrap();
+        assert!(
+            store
+                .list_nars_where(|k| *k != key)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let prefix = chunk.as_bytes()[0];
+        let chunks = store.list_chunk_directory(prefix).await.unwrap();
         assert_eq!(chunks.len(), 1);
         assert_eq!((chunks[0].key, chunks[0].size), (chunk, 5));
+        let other = store.list_chunk_directory(prefix.wrapping_add(1)).await;
+        assert!(other.unwrap().is_empty(), "another directory lists nothing");
 
         let empty = BlobStore::local(&dir.path().join("empty")).unwrap();
-        assert!(empty.list_nars().await.unwrap().is_empty());
+        assert!(empty.list_nars_where(|_| true).await.unwrap().is_empty());
+        assert!(empty.list_chunk_directory(0).await.unwrap().is_empty());
     }
 }
 

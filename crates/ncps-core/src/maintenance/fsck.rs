@@ -7,6 +7,12 @@
 //! stored or an upstream is recorded for it); every NAR URL names something; no file of a
 //! write killed half-way is left (staging files in storage, temporary files).
 //!
+//! Memory stays bounded whatever the cache holds: chunks are compared one storage directory
+//! (1/256 of the hashes) at a time with the rows of that hash range, read in one ordered walk;
+//! whole NAR files, which share one flat directory, are listed in as many passes as it takes
+//! to hold at most [`NAR_FILES_PER_PASS`] of them at once, each pass keeping one share of the
+//! file hashes; every other check reads the database in pages or asks it for the problems only.
+//!
 //! Safe beside a running server: storage is listed before the database is read, so an object
 //! written and recorded meanwhile is never a stray; anything found missing is looked up again
 //! before it is reported; objects and narinfos younger than `--min-age` are reported but left
@@ -23,7 +29,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use ncps_db::{Database, NarRecord, WholeFile, now_secs};
+use ncps_db::{ChunkListEntry, ChunkRow, Database, NarRecord, WholeFile, now_secs};
 use ncps_nix::{ChunkHash, NarKey, Sha256Hash};
 use ncps_store::chunk::chunk_storage_key;
 use ncps_store::{BlobStore, StoredObject};
@@ -39,6 +45,9 @@ type Result<T> = std::result::Result<T, CacheError>;
 const PAGE: u32 = 500;
 /// How often progress is reported during long walks.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Whole NAR files one pass over storage holds in memory by default (about 100 bytes each):
+/// a cache of a million NAR files is checked in five passes of about 20 MB.
+pub const NAR_FILES_PER_PASS: u64 = 200_000;
 
 /// How fsck runs.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +58,9 @@ pub struct FsckOptions {
     pub verify_hashes: bool,
     /// Findings younger than this may be a write in progress: reported, left alone.
     pub min_age: Duration,
+    /// Most whole NAR files held in memory at once (see the module documentation); normally
+    /// [`NAR_FILES_PER_PASS`].
+    pub nar_files_per_pass: u64,
 }
 
 /// Where fsck's lines go.
@@ -100,6 +112,7 @@ impl Maintenance {
             summary: FsckSummary::default(),
             repaired_away: HashSet::new(),
             lost_chunks: HashSet::new(),
+            lost_rows: HashMap::new(),
         };
         fsck.run().await?;
         Ok(fsck.summary)
@@ -108,31 +121,10 @@ impl Maintenance {
 
 impl Fsck<'_> {
     async fn run(&mut self) -> Result<()> {
-        self.out.progress("fsck: listing storage");
-        let nars: HashMap<NarKey, StoredObject<NarKey>> = self
-            .store
-            .list_nars()
-            .await?
-            .into_iter()
-            .map(|o| (o.key, o))
-            .collect();
-        let chunks: HashMap<ChunkHash, StoredObject<ChunkHash>> = self
-            .store
-            .list_chunk_objects()
-            .await?
-            .into_iter()
-            .map(|o| (o.key, o))
-            .collect();
-        self.out.progress(&format!(
-            "fsck: {} NAR files and {} chunks in storage",
-            nars.len(),
-            chunks.len()
-        ));
-        let recorded = self.check_nars(&nars, &chunks).await?;
-        self.check_chunk_rows(&chunks).await?;
+        self.check_chunk_directories().await?;
+        self.check_nars().await?;
+        self.report_lost_chunks().await?;
         self.check_chunk_ref_counts().await?;
-        self.check_stray_nars(&nars, &recorded).await?;
-        self.check_stray_chunks(&chunks).await?;
         self.check_narinfos().await?;
         self.check_nar_urls().await?;
         self.check_leftover_files().await?;
@@ -156,6 +148,51 @@ struct Fsck<'a> {
     /// Chunks a chunk list names that are not in storage: their rows are reported even once
     /// this run's repairs left them without a reference.
     lost_chunks: HashSet<ChunkHash>,
+    /// Chunk rows whose object is not in storage, found by the walk over the directories and
+    /// reported once the chunk lists have been checked (problems only: bounded by them).
+    lost_rows: HashMap<ChunkHash, ChunkRow>,
+}
+
+/// The chunk rows in hash order, read a page at a time and handed out one storage directory
+/// (leading hash byte) at a time, so the directories are checked in one walk over the rows.
+#[derive(Default)]
+struct ChunkRowWalk {
+    page: std::collections::VecDeque<ChunkRow>,
+    after: Option<ChunkHash>,
+    finished: bool,
+}
+
+impl ChunkRowWalk {
+    /// The next row of `directory`, or `None` once the rows reach the next directory. A row
+    /// of an earlier directory (a database ordering text unlike bytes) is handed out too: it
+    /// is not in this directory's listing, so storage is asked about it directly.
+    async fn next_in(&mut self, db: &Database, directory: u8) -> Result<Option<ChunkRow>> {
+        if self.page.is_empty() && !self.finished {
+            let page = db.chunks_after(self.after.as_ref(), PAGE).await?;
+            self.after = page.last().map(|row| row.hash).or(self.after);
+            self.finished = page.len() < PAGE as usize;
+            self.page.extend(page);
+        }
+        let in_directory = self
+            .page
+            .front()
+            .is_some_and(|row| row.hash.as_bytes()[0] <= directory);
+        Ok(if in_directory {
+            self.page.pop_front()
+        } else {
+            None
+        })
+    }
+}
+
+/// Which pass of the NAR check holds `key`: the file hash's leading bytes, uniform over
+/// `passes`.
+fn nar_pass(key: &NarKey, passes: u64) -> u64 {
+    let bytes = key.hash.as_bytes();
+    let lead = u64::from_be_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ]);
+    lead % passes
 }
 
 /// How a NAR's loss is healed, for the repair line.
@@ -220,47 +257,82 @@ impl Fsck<'_> {
         None
     }
 
-    /// Walks every stored NAR; returns the whole-file keys recorded.
-    async fn check_nars(
-        &mut self,
-        nars: &HashMap<NarKey, StoredObject<NarKey>>,
-        chunks: &HashMap<ChunkHash, StoredObject<ChunkHash>>,
-    ) -> Result<HashSet<NarKey>> {
-        let mut recorded = HashSet::new();
-        let mut after: Option<Sha256Hash> = None;
+    /// Walks every stored NAR: whole files against the listing of NAR files, one pass per
+    /// share of the file hashes (see the module documentation), each pass ending with the
+    /// files of its share that no row records; chunk lists in the first pass.
+    async fn check_nars(&mut self) -> Result<()> {
+        let total = self.db.store_counts().await?.nars;
+        let passes = total
+            .div_ceil(self.options.nar_files_per_pass.max(1))
+            .max(1);
+        self.out.nars_to_check(total);
         let (mut checked, mut bytes) = (0u64, 0u64);
-        self.out.nars_to_check(self.db.store_counts().await?.nars);
         let started = Instant::now();
         let mut last_report = Instant::now();
-        loop {
-            let page = self.db.nars_after(after.as_ref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.nar_hash);
-            for record in page {
-                let mut read = 0;
-                if let Some(whole) = record.whole {
-                    recorded.insert(whole.key);
-                    read = self.check_whole_file(&record, whole, nars).await?;
-                    bytes += read;
-                }
-                if record.chunked.is_some() {
-                    self.check_chunk_list(&record, chunks).await?;
-                }
-                checked += 1;
-                self.out.nar_checked(read);
-                if last_report.elapsed() >= PROGRESS_EVERY {
-                    last_report = Instant::now();
-                    let secs = started.elapsed().as_secs_f64().max(0.001);
-                    self.out.progress(&format!(
-                        "fsck: checked {checked} NARs ({} read, {:.1} MB/s)",
-                        format_size(bytes),
-                        bytes as f64 / 1e6 / secs
-                    ));
+        for pass in 0..passes {
+            let in_pass = |key: &NarKey| nar_pass(key, passes) == pass;
+            let mut listed: HashMap<NarKey, StoredObject<NarKey>> = self
+                .store
+                .list_nars_where(in_pass)
+                .await?
+                .into_iter()
+                .map(|o| (o.key, o))
+                .collect();
+            self.out.progress(&format!(
+                "fsck: NAR files, pass {} of {passes}: {} in storage",
+                pass + 1,
+                listed.len()
+            ));
+            let mut after: Option<Sha256Hash> = None;
+            loop {
+                let page = self.db.nars_after(after.as_ref(), PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.nar_hash);
+                let mut chunk_lists = if pass == 0 {
+                    let chunked: Vec<Sha256Hash> = page
+                        .iter()
+                        .filter(|r| r.chunked.is_some())
+                        .map(|r| r.nar_hash)
+                        .collect();
+                    self.db.chunk_list_entries(&chunked).await?
+                } else {
+                    HashMap::new()
+                };
+                for record in page {
+                    let mut read = 0;
+                    // Each NAR counts once: in the pass of its whole file, else the first.
+                    let mut done = pass == 0 && record.whole.is_none();
+                    if let Some(whole) = record.whole.filter(|w| in_pass(&w.key)) {
+                        let stored = listed.remove(&whole.key);
+                        read = self.check_whole_file(&record, whole, stored).await?;
+                        bytes += read;
+                        done = true;
+                    }
+                    if pass == 0 && record.chunked.is_some() {
+                        let entries = chunk_lists.remove(&record.nar_hash).unwrap_or_default();
+                        self.check_chunk_list(&record, entries).await?;
+                    }
+                    if !done {
+                        continue;
+                    }
+                    checked += 1;
+                    self.out.nar_checked(read);
+                    if last_report.elapsed() >= PROGRESS_EVERY {
+                        last_report = Instant::now();
+                        let secs = started.elapsed().as_secs_f64().max(0.001);
+                        self.out.progress(&format!(
+                            "fsck: checked {checked} NARs ({} read, {:.1} MB/s)",
+                            format_size(bytes),
+                            bytes as f64 / 1e6 / secs
+                        ));
+                    }
                 }
             }
+            self.check_stray_nars(listed.into_values().collect())
+                .await?;
         }
         self.out.progress(&format!("fsck: checked {checked} NARs"));
-        Ok(recorded)
+        Ok(())
     }
 
     /// Presence, size and (optionally) hashes of a whole file; returns the bytes read.
@@ -268,10 +340,10 @@ impl Fsck<'_> {
         &mut self,
         record: &NarRecord,
         whole: WholeFile,
-        nars: &HashMap<NarKey, StoredObject<NarKey>>,
+        listed: Option<StoredObject<NarKey>>,
     ) -> Result<u64> {
         let nar = record.nar_hash;
-        let size = match nars.get(&whole.key) {
+        let size = match listed {
             Some(o) => Some(o.size),
             // Not listed: maybe stored after the listing; ask storage itself.
             None => self.store.nar_size(&whole.key).await?,
@@ -338,17 +410,17 @@ impl Fsck<'_> {
         Ok(read)
     }
 
-    /// Completeness of a chunk list and presence of its chunks.
+    /// Completeness of a chunk list and presence of its chunks: a chunk with a row was found
+    /// in storage or not by [`Fsck::check_chunk_directories`]; one without a row is looked up.
     async fn check_chunk_list(
         &mut self,
         record: &NarRecord,
-        chunks: &HashMap<ChunkHash, StoredObject<ChunkHash>>,
+        entries: Vec<ChunkListEntry>,
     ) -> Result<()> {
         let Some(form) = record.chunked else {
             return Ok(());
         };
         let nar = record.nar_hash;
-        let entries = self.db.chunk_list_entries(&nar).await?;
         let mut faults = Vec::new();
         if entries.len() as u64 != form.chunk_count {
             faults.push(format!(
@@ -363,10 +435,12 @@ impl Fsck<'_> {
         }
         let mut missing = HashSet::new();
         for entry in &entries {
-            if !chunks.contains_key(&entry.hash)
-                && !missing.contains(&entry.hash)
-                && !self.store.has_chunk(&entry.hash).await?
-            {
+            let lost = if entry.has_row {
+                self.lost_rows.contains_key(&entry.hash)
+            } else {
+                !missing.contains(&entry.hash) && !self.store.has_chunk(&entry.hash).await?
+            };
+            if lost {
                 missing.insert(entry.hash);
             }
         }
@@ -403,23 +477,52 @@ impl Fsck<'_> {
         Ok(())
     }
 
-    /// Every chunk row has its object.
-    async fn check_chunk_rows(
-        &mut self,
-        chunks: &HashMap<ChunkHash, StoredObject<ChunkHash>>,
-    ) -> Result<()> {
-        let mut after: Option<ChunkHash> = None;
-        let mut lost = Vec::new();
-        loop {
-            let page = self.db.chunks_after(after.as_ref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.hash);
-            for row in page {
-                if !chunks.contains_key(&row.hash) && !self.store.has_chunk(&row.hash).await? {
-                    lost.push(row);
+    /// Every chunk row has its object and every chunk object its row, one storage directory
+    /// at a time against the rows of its hash range: rows without an object are kept for
+    /// [`Fsck::report_lost_chunks`]; objects without a row are strays.
+    async fn check_chunk_directories(&mut self) -> Result<()> {
+        let mut rows = ChunkRowWalk::default();
+        let (mut rows_checked, mut objects) = (0u64, 0u64);
+        let mut last_report = Instant::now();
+        for directory in 0..=u8::MAX {
+            // Listed before its rows are read: an object written and recorded meanwhile has
+            // its row read, and is no stray.
+            let mut listed: HashMap<ChunkHash, StoredObject<ChunkHash>> = self
+                .store
+                .list_chunk_directory(directory)
+                .await?
+                .into_iter()
+                .map(|o| (o.key, o))
+                .collect();
+            objects += listed.len() as u64;
+            while let Some(row) = rows.next_in(&self.db, directory).await? {
+                rows_checked += 1;
+                // Not listed: maybe stored after the listing; ask storage itself.
+                if listed.remove(&row.hash).is_none() && !self.store.has_chunk(&row.hash).await? {
+                    self.lost_rows.insert(row.hash, row);
                 }
             }
+            self.check_stray_chunks(listed.into_values().collect())
+                .await?;
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                self.out.progress(&format!(
+                    "fsck: chunks: {} of 256 directories, {rows_checked} rows, {objects} objects",
+                    u32::from(directory) + 1
+                ));
+            }
         }
+        self.out.progress(&format!(
+            "fsck: chunks: {rows_checked} rows, {objects} objects in storage"
+        ));
+        Ok(())
+    }
+
+    /// Chunk rows whose object is lost, once the chunk lists have been checked: the NARs
+    /// still using one lose their chunk list, and the row goes.
+    async fn report_lost_chunks(&mut self) -> Result<()> {
+        let mut lost: Vec<ChunkRow> = std::mem::take(&mut self.lost_rows).into_values().collect();
+        lost.sort_by_key(|row| row.hash);
         for row in lost {
             let users = self.db.nars_using_chunk(&row.hash).await?;
             if users.is_empty() && row.ref_count <= 0 && !self.lost_chunks.contains(&row.hash) {
@@ -492,15 +595,7 @@ impl Fsck<'_> {
     }
 
     /// Whole files no row records.
-    async fn check_stray_nars(
-        &mut self,
-        nars: &HashMap<NarKey, StoredObject<NarKey>>,
-        recorded: &HashSet<NarKey>,
-    ) -> Result<()> {
-        let mut strays: Vec<&StoredObject<NarKey>> = nars
-            .values()
-            .filter(|o| !recorded.contains(&o.key))
-            .collect();
+    async fn check_stray_nars(&mut self, mut strays: Vec<StoredObject<NarKey>>) -> Result<()> {
         strays.sort_by_key(|o| o.key.file_name());
         for object in strays {
             // Recorded after our walk passed its NAR: not a stray.
@@ -529,11 +624,7 @@ impl Fsck<'_> {
     }
 
     /// Chunk objects no row records.
-    async fn check_stray_chunks(
-        &mut self,
-        chunks: &HashMap<ChunkHash, StoredObject<ChunkHash>>,
-    ) -> Result<()> {
-        let mut all: Vec<&StoredObject<ChunkHash>> = chunks.values().collect();
+    async fn check_stray_chunks(&mut self, mut all: Vec<StoredObject<ChunkHash>>) -> Result<()> {
         all.sort_by_key(|o| o.key);
         for batch in all.chunks(PAGE as usize) {
             let hashes: Vec<ChunkHash> = batch.iter().map(|o| o.key).collect();
@@ -671,9 +762,13 @@ impl Fsck<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::time::Duration;
 
-    use ncps_nix::ChunkHash;
+    use bytes::Bytes;
+    use ncps_nix::{ChunkHash, Compression, NarKey, Sha256Hash};
+    use ncps_store::BlobStore;
+    use ncps_store::chunk::chunk_storage_key;
 
     use super::{FsckOptions, FsckOutput};
     use crate::test_support::local_cache;
@@ -703,12 +798,11 @@ mod tests {
         };
         assert!(db.hold_chunks(&[held]).await.unwrap().is_empty());
         let mut lines = Lines::default();
-        let options = FsckOptions {
-            repair: true,
-            verify_hashes: false,
-            min_age: Duration::ZERO,
-        };
-        let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
+        let summary = cache
+            .maintenance()
+            .fsck(options(true), &mut lines)
+            .await
+            .unwrap();
         assert_eq!(summary.problems, 0, "{:?}", lines.0);
         assert_eq!(
             db.known_chunks(&[held.hash]).await.unwrap(),
@@ -771,16 +865,134 @@ mod tests {
         assert_eq!(run(false).await.0.problems, 0);
     }
 
-    /// Runs fsck over `cache` (hashes not verified, every finding judged whatever its age):
-    /// its summary and lines.
-    async fn run_fsck(cache: crate::Cache, repair: bool) -> (super::FsckSummary, Vec<String>) {
+    /// fsck holds storage listings a share at a time (issue 18): whole NAR files in several
+    /// passes, chunks one directory at a time. Every object is still checked exactly once: with
+    /// everything stored there is no problem, and a lost whole file, a stray NAR file, a lost
+    /// chunk and a stray chunk are each reported once, whichever pass or directory holds them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn listings_held_a_share_at_a_time_check_every_object_once() {
+        use ncps_db::fixtures::FixtureSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let root = dir.path().join("store");
+        let store = BlobStore::local(&root).unwrap();
+        db.fill_fixture(&FixtureSpec::new(60)).await.unwrap();
+        let chunked = FixtureSpec {
+            chunked: true,
+            seed: 2,
+            ..FixtureSpec::new(60)
+        };
+        db.fill_fixture(&chunked).await.unwrap();
+        // Every recorded object stored: whole files as sparse files of their recorded size.
+        std::fs::create_dir_all(root.join("nar")).unwrap();
+        let mut whole_files = Vec::new();
+        let mut after = None;
+        while let Some(last) = {
+            let page = db.nars_after(after.as_ref(), 500).await.unwrap();
+            whole_files.extend(page.iter().filter_map(|r| r.whole));
+            page.last().map(|r| r.nar_hash)
+        } {
+            after = Some(last);
+        }
+        for whole in &whole_files {
+            let file = std::fs::File::create(root.join("nar").join(whole.key.file_name()));
+            file.unwrap().set_len(whole.size).unwrap();
+        }
+        let mut chunks = Vec::new();
+        let mut after = None;
+        while let Some(last) = {
+            let page = db.chunks_after(after.as_ref(), 500).await.unwrap();
+            chunks.extend(page.iter().copied());
+            page.last().map(|r| r.hash)
+        } {
+            after = Some(last);
+        }
+        for row in &chunks {
+            store
+                .put_chunk(&row.hash, Bytes::from_static(b"frame"))
+                .await
+                .unwrap();
+        }
+        let directories: HashSet<u8> = chunks.iter().map(|r| r.hash.as_bytes()[0]).collect();
+        assert!(
+            directories.len() > 100,
+            "chunks in {} directories",
+            directories.len()
+        );
+        let (summary, lines) = fsck_in_passes(&cache, 7).await;
+        assert_eq!(summary.problems, 0, "{lines:?}");
+
+        let lost_file = whole_files[whole_files.len() / 2];
+        std::fs::remove_file(root.join("nar").join(lost_file.key.file_name())).unwrap();
+        let stray_file = NarKey::new(Sha256Hash::digest(b"stray"), Compression::Xz);
+        std::fs::write(root.join("nar").join(stray_file.file_name()), b"stray").unwrap();
+        let lost_chunk = chunks.iter().find(|r| r.ref_count == 1).unwrap().hash;
+        std::fs::remove_file(root.join(chunk_storage_key(&lost_chunk))).unwrap();
+        let stray_chunk = ChunkHash::digest(b"stray");
+        store
+            .put_chunk(&stray_chunk, Bytes::from_static(b"frame"))
+            .await
+            .unwrap();
+
+        let (summary, lines) = fsck_in_passes(&cache, 7).await;
+        let expected = [
+            format!("missing: NAR {}", whole_files_nar(&db, lost_file.key).await),
+            format!("stray: {stray_file} "),
+            "broken chunk list".to_owned(),
+            format!("missing: chunk {}", chunk_storage_key(&lost_chunk)),
+            format!("stray: chunk {}", chunk_storage_key(&stray_chunk)),
+        ];
+        for line in &expected {
+            let found = lines.iter().filter(|l| l.contains(line.as_str())).count();
+            assert_eq!(found, 1, "{line:?} found {found} times in {lines:#?}");
+        }
+        assert_eq!(summary.problems, 5, "{lines:#?}");
+    }
+
+    /// The NAR whose whole file is `key`.
+    async fn whole_files_nar(db: &ncps_db::Database, key: NarKey) -> String {
+        let mut after = None;
+        loop {
+            let page = db.nars_after(after.as_ref(), 500).await.unwrap();
+            if let Some(r) = page.iter().find(|r| r.whole.map(|w| w.key) == Some(key)) {
+                return r.nar_hash.to_string();
+            }
+            after = Some(page.last().expect("a NAR with that file").nar_hash);
+        }
+    }
+
+    /// fsck without repairs, holding at most `files_per_pass` NAR files at once.
+    async fn fsck_in_passes(
+        cache: &crate::Cache,
+        files_per_pass: u64,
+    ) -> (super::FsckSummary, Vec<String>) {
         let mut lines = Lines::default();
         let options = FsckOptions {
+            nar_files_per_pass: files_per_pass,
+            ..options(false)
+        };
+        let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
+        (summary, lines.0)
+    }
+
+    /// Hashes not verified, every finding judged whatever its age.
+    fn options(repair: bool) -> FsckOptions {
+        FsckOptions {
             repair,
             verify_hashes: false,
             min_age: Duration::ZERO,
-        };
-        let summary = cache.maintenance().fsck(options, &mut lines).await.unwrap();
+            nar_files_per_pass: super::NAR_FILES_PER_PASS,
+        }
+    }
+
+    /// Runs fsck over `cache` (see [`options`]): its summary and lines.
+    async fn run_fsck(cache: crate::Cache, repair: bool) -> (super::FsckSummary, Vec<String>) {
+        let mut lines = Lines::default();
+        let summary = cache
+            .maintenance()
+            .fsck(options(repair), &mut lines)
+            .await
+            .unwrap();
         (summary, lines.0)
     }
 }

@@ -36,7 +36,7 @@ use crate::locks::LockService;
 use crate::metrics::Metrics;
 use crate::reader::Reader;
 
-pub use fsck::{FsckOptions, FsckOutput, FsckSummary};
+pub use fsck::{FsckOptions, FsckOutput, FsckSummary, NAR_FILES_PER_PASS};
 pub use gc::GcReport;
 pub use human::{format_age, format_size, plural};
 pub use import::{FileCheck, Imported, files_source};

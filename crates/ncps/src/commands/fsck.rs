@@ -4,7 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // findings and progress are its interface
 
 use anyhow::{Result, bail};
-use ncps_core::maintenance::{FsckOptions, FsckOutput, FsckSummary};
+use ncps_core::maintenance::{FsckOptions, FsckOutput, FsckSummary, NAR_FILES_PER_PASS};
 
 use crate::cli::FsckArgs;
 use crate::progress::Progress;
@@ -50,6 +50,7 @@ pub async fn run(args: FsckArgs) -> Result<()> {
         repair,
         verify_hashes: args.verify_hashes,
         min_age: args.min_age,
+        nar_files_per_pass: NAR_FILES_PER_PASS,
     };
     let mut out = Terminal { progress: None };
     let summary = maintenance.fsck(options, &mut out).await;
