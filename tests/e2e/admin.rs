@@ -39,23 +39,26 @@ async fn insert_orphan_narinfo(config: &NcpsConfig) -> String {
     let store_path =
         StorePath::parse_base_name(&format!("{}-e2e-orphan", random_store_hash())).unwrap();
     let absolute = store_path.to_absolute();
-    db.insert_narinfo(&ncps_db::CachedNarInfo {
-        narinfo: NarInfo {
-            store_path,
-            url: url_key.url(),
-            compression: Nc::Xz,
-            file_hash: None,
-            file_size: None,
-            nar_hash,
-            nar_size: 1234,
-            references: vec![],
-            deriver: None,
-            sigs: vec![],
-            ca: None,
+    db.insert_narinfo(
+        &ncps_db::CachedNarInfo {
+            narinfo: NarInfo {
+                store_path,
+                url: url_key.url(),
+                compression: Nc::Xz,
+                file_hash: None,
+                file_size: None,
+                nar_hash,
+                nar_size: 1234,
+                references: vec![],
+                deriver: None,
+                sigs: vec![],
+                ca: None,
+            },
+            url_key,
+            origin: None,
         },
-        url_key,
-        origin: None,
-    })
+        None,
+    )
     .await
     .expect("insert narinfo");
     absolute

@@ -87,3 +87,53 @@ async fn tampered_narinfo_is_refused_until_fixed() {
         .substitute_ok(&fx.ncps.url(), &ncps_key, &fx.closure)
         .await;
 }
+
+/// Narinfos are signed once, when stored, and the signature is kept with the key that made it
+/// (issue 18). After the signing key changes (its file replaced: same name, new key material),
+/// every stored narinfo is served signed by the new key and never with the stored signature:
+/// a client that trusts only the new key substitutes the whole closure from what is stored,
+/// with the upstream gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_signing_key_re_signs_stored_narinfos() {
+    let mut fx = Fixture::new(Compression::Xz).await;
+    let old_key = fx.ncps.pubkey().await;
+    fx.env
+        .client()
+        .substitute_ok(&fx.ncps.url(), &old_key, &fx.closure)
+        .await;
+    let stored_sigs = |fx: &Fixture| {
+        fx.config
+            .sqlite_count("SELECT COUNT(*) FROM narinfos WHERE own_sig IS NOT NULL")
+    };
+    assert_eq!(stored_sigs(&fx), fx.closure.paths.len() as u64);
+    let before = fx.ncps_narinfo(&fx.closure.top).await;
+
+    let status = fx.ncps.terminate().await;
+    assert!(status.success(), "ncps exited with {status} on SIGTERM");
+    fx.upstream.stop().await;
+    std::fs::remove_file(fx.config.data_dir.join("secret.key")).unwrap();
+    fx.ncps = fx.env.ncps(&fx.config).await;
+    let new_key = fx.ncps.pubkey().await;
+    let name = |key: &str| key.split_once(':').unwrap().0.to_owned();
+    assert_ne!(new_key, old_key);
+    assert_eq!(name(&new_key), name(&old_key));
+
+    let after = fx.ncps_narinfo(&fx.closure.top).await;
+    let ours = |info: &crate::harness::narinfo::NarInfo| -> Vec<String> {
+        info.all("Sig")
+            .into_iter()
+            .filter(|s| name(s) == name(&new_key))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(ours(&after).len(), 1, "{}", after.text);
+    assert_ne!(
+        ours(&after),
+        ours(&before),
+        "the stored signature was served"
+    );
+    fx.env
+        .client()
+        .substitute_ok(&fx.ncps.url(), &new_key, &fx.closure)
+        .await;
+}

@@ -29,6 +29,7 @@ mod plan;
 mod range;
 mod reader;
 mod schedule;
+mod signer;
 pub mod status;
 mod temp;
 #[cfg(test)]

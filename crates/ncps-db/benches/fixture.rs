@@ -2,6 +2,9 @@
 //! (`scripts/bench-scale`), and writes the request path of every narinfo, shuffled, for a load
 //! generator that must not find them in any memo.
 //!
+//! With `SECRET_KEY_FILE` (a Nix secret key, e.g. from `ncps generate-key`), each narinfo is
+//! stored with a signature by that key, as `ncps serve` with that key stores it.
+//!
 //!   NCPS_BENCH_DATABASE_URL=sqlite:/tmp/x/db.sqlite?mode=rwc N=1000000 CHUNKED=1 \
 //!     PATHS_FILE=/tmp/x/paths cargo bench -p ncps-db --features fixtures --bench fixture
 
@@ -9,6 +12,7 @@ use std::io::Write;
 
 use ncps_db::Database;
 use ncps_db::fixtures::{FixtureSpec, store_path_hash};
+use ncps_nix::SecretKey;
 
 #[tokio::main]
 #[allow(clippy::print_stdout)] // a bench reports on stdout
@@ -16,8 +20,13 @@ async fn main() {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let url = env("NCPS_BENCH_DATABASE_URL").expect("NCPS_BENCH_DATABASE_URL names the database");
     let n: u64 = env("N").map_or(1_000_000, |v| v.parse().expect("N is a number"));
+    let signed_by = env("SECRET_KEY_FILE").map(|file| {
+        let text = std::fs::read_to_string(&file).expect("read SECRET_KEY_FILE");
+        SecretKey::parse(text.trim()).expect("SECRET_KEY_FILE holds a Nix secret key")
+    });
     let spec = FixtureSpec {
         chunked: env("CHUNKED").is_some_and(|v| v != "0"),
+        signed_by,
         ..FixtureSpec::new(n)
     };
     let db = Database::open(&url).await.expect("open database");

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use ncps_nix::{ChunkHash, Compression, NarKey, Sha256Hash, StorePathHash};
+use ncps_nix::{ChunkHash, Compression, NarKey, SecretKey, Sha256Hash, StorePathHash};
 
 use crate::dialect::values_rows;
 use crate::repo::to_i64;
@@ -45,6 +45,9 @@ pub struct FixtureSpec {
     pub seed: u64,
     /// `last_accessed_at` of path 0; path `i` was used at `first_access + i`.
     pub first_access: i64,
+    /// The key whose signature is stored with each narinfo, as a server with that key stores
+    /// it (`None`: no stored signature, as in a cache filled before signatures were stored).
+    pub signed_by: Option<SecretKey>,
 }
 
 impl FixtureSpec {
@@ -56,6 +59,7 @@ impl FixtureSpec {
             average_chunk: 16 * 1024,
             seed: 1,
             first_access: crate::now_secs() - 86_400,
+            signed_by: None,
         }
     }
 }
@@ -218,9 +222,13 @@ impl Database {
             // narinfos and their URLs
             let mut sql = String::from(
                 "INSERT INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, \
-                 sigs, created_at, last_accessed_at) VALUES ",
+                 sigs, created_at, last_accessed_at, own_sig, own_sig_key) VALUES ",
             );
-            sql.push_str(&values_rows(batch.len(), 9));
+            sql.push_str(&values_rows(batch.len(), 11));
+            let public = spec
+                .signed_by
+                .as_ref()
+                .map(|k| k.public_key().to_nix_string());
             let sql = self.sql(&sql).into_owned();
             let mut q = sqlx::query(&sql);
             for &i in batch {
@@ -229,6 +237,18 @@ impl Database {
                     .into_iter()
                     .map(|r| store_path_name(seed, r))
                     .collect();
+                let own_sig = spec.signed_by.as_ref().map(|key| {
+                    let mut full: Vec<String> =
+                        refs.iter().map(|r| format!("/nix/store/{r}")).collect();
+                    full.sort_unstable();
+                    full.dedup();
+                    key.sign(&format!(
+                        "1;/nix/store/{};{nar};{};{}",
+                        store_path_name(seed, i),
+                        nar_size(seed, i),
+                        full.join(",")
+                    ))
+                });
                 q = q
                     .bind(store_path_hash(seed, i).to_string())
                     .bind(format!("/nix/store/{}", store_path_name(seed, i)))
@@ -238,7 +258,9 @@ impl Database {
                     .bind(refs.join(" "))
                     .bind(format!("fixture-upstream-1:{}", "A".repeat(86) + "=="))
                     .bind(now)
-                    .bind(spec.first_access + to_i64(i));
+                    .bind(spec.first_access + to_i64(i))
+                    .bind(own_sig)
+                    .bind(public.clone());
             }
             q.execute(&mut *tx).await?;
             let mut sql = String::from("INSERT INTO nar_urls (url_key, nar_hash) VALUES ");
@@ -392,7 +414,10 @@ mod tests {
             let mut stored = 0;
             for chunked in [false, true] {
                 let seed = u64::from(chunked) + 7;
-                let spec = FixtureSpec { chunked, seed, ..FixtureSpec::new(1_200) };
+                // One of the two stores our signatures, as a server signing with `key` does.
+                let key = ncps_nix::SecretKey::generate("fixture-cache-1").unwrap();
+                let signed_by = chunked.then(|| key.clone());
+                let spec = FixtureSpec { chunked, seed, signed_by, ..FixtureSpec::new(1_200) };
                 let before = db.store_counts().await.unwrap();
                 let report = db.fill_fixture(&spec).await.unwrap();
                 stored += report.stored_bytes;
@@ -412,6 +437,16 @@ mod tests {
                 assert_eq!(info.narinfo.references.len(), references(seed, i).len());
                 let record = db.nar(&nar_hash(seed, i)).await.unwrap().unwrap();
                 assert_eq!(record.chunked.is_some(), chunked);
+                let (_, _, own) =
+                    db.narinfo_and_nar(&store_path_hash(seed, i)).await.unwrap().unwrap();
+                match own {
+                    Some(own) => {
+                        let public = key.public_key();
+                        assert_eq!(own.key, public.to_nix_string());
+                        assert!(public.verify(&info.narinfo.fingerprint(), &own.sig), "{own:?}");
+                    }
+                    None => assert!(!chunked, "no stored signature"),
+                }
             }
             assert_eq!(db.stored_bytes().await.unwrap(), stored);
         }

@@ -415,24 +415,24 @@ mod tests {
     db_test! {
         async fn orphans_are_found_and_removed_only_while_orphaned(db) {
             // Fetchable from upstream: fine.
-            db.insert_narinfo(&narinfo("fetched", b"a", true))
+            db.insert_narinfo(&narinfo("fetched", b"a", true), None)
                 .await
                 .unwrap();
             // Uploaded, NAR stored: fine.
             let stored = narinfo("stored", b"b", false);
-            db.insert_narinfo(&stored).await.unwrap();
+            db.insert_narinfo(&stored, None).await.unwrap();
             db.record_whole_file(&stored.narinfo.nar_hash, 1, whole(b"b"), None)
                 .await
                 .unwrap();
             // Uploaded, NAR lost, but another narinfo of the same NAR has an origin: fine.
-            db.insert_narinfo(&narinfo("twin", b"a", false))
+            db.insert_narinfo(&narinfo("twin", b"a", false), None)
                 .await
                 .unwrap();
             // Uploaded, NAR lost: orphans.
             let lost = narinfo("lost", b"c", false);
-            db.insert_narinfo(&lost).await.unwrap();
+            db.insert_narinfo(&lost, None).await.unwrap();
             let revived = narinfo("revived", b"d", false);
-            db.insert_narinfo(&revived).await.unwrap();
+            db.insert_narinfo(&revived, None).await.unwrap();
 
             let orphans = db.orphan_narinfos().await.unwrap();
             let mut names: Vec<&str> = orphans.iter().map(|o| o.store_path.as_str()).collect();
@@ -474,7 +474,7 @@ mod tests {
     db_test! {
         async fn unreferenced_nars_and_whole_keys(db) {
             let info = narinfo("described", b"a", true);
-            db.insert_narinfo(&info).await.unwrap();
+            db.insert_narinfo(&info, None).await.unwrap();
             db.record_whole_file(&info.narinfo.nar_hash, 1, whole(b"a"), None)
                 .await
                 .unwrap();

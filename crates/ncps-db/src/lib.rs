@@ -62,7 +62,9 @@ pub use go_data::{GoBuildTrace, GoNarFile, GoNarInfo};
 pub use lru::{DocumentEntry, DocumentKey, LruEntry};
 pub use nars::Removed;
 pub use pins::Pin;
-pub use records::{CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, WholeFile};
+pub use records::{
+    CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, OwnSignature, WholeFile,
+};
 pub use repo::{Database, PlannedMigration, PoolOptions, now_secs, redact as redact_url};
 pub use totals::StoreCounts;
 pub use uploads::UploadedNar;

@@ -233,7 +233,7 @@ mod tests {
                     Sha256Hash::digest(&i.to_le_bytes())
                 };
                 info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
-                db.insert_narinfo(&info).await.unwrap();
+                db.insert_narinfo(&info, None).await.unwrap();
                 let whole = WholeFile {
                     key: NarKey::new(info.narinfo.nar_hash, Compression::Xz),
                     size: 1000,
@@ -307,7 +307,7 @@ mod tests {
                 info.narinfo.store_path = path(i);
                 info.narinfo.nar_hash = Sha256Hash::digest(&i.to_le_bytes());
                 info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
-                db.insert_narinfo(&info).await.unwrap();
+                db.insert_narinfo(&info, None).await.unwrap();
                 db.record_whole_file(
                     &info.narinfo.nar_hash,
                     10,

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use crate::dialect::{opt_text, text};
 use crate::repo::{corrupt, now_secs, to_i64, to_u64};
-use crate::{CachedNarInfo, Database, DbError, NarOrigin, NarRecord};
+use crate::{CachedNarInfo, Database, DbError, NarOrigin, NarRecord, OwnSignature};
 
 const T: &str = "narinfos";
 
@@ -20,12 +20,13 @@ impl Database {
         row.map(|r| narinfo_from_row(&r)).transpose()
     }
 
-    /// A narinfo with the record of its NAR when that is stored: what rendering a narinfo needs,
-    /// in one query instead of two (a narinfo hit that misses the memo costs one round trip).
+    /// A narinfo with the record of its NAR when that is stored and our stored signature of
+    /// it: what rendering a narinfo needs, in one query (a narinfo hit that misses the memo
+    /// costs one round trip).
     pub async fn narinfo_and_nar(
         &self,
         hash: &StorePathHash,
-    ) -> Result<Option<(CachedNarInfo, Option<NarRecord>)>, DbError> {
+    ) -> Result<Option<(CachedNarInfo, Option<NarRecord>, Option<OwnSignature>)>, DbError> {
         let row = sqlx::query(&self.sql(
             "SELECT i.*, n.nar_hash AS stored_nar_hash, n.whole_key, n.whole_size, \
              n.whole_delete_after, n.chunk_count, n.spliced_hash, n.spliced_size \
@@ -44,7 +45,11 @@ impl Database {
             Some(_) => Some(crate::nars::nar_from_row(&row)?),
             None => None,
         };
-        Ok(Some((cached, nar)))
+        let own = match (opt_text(&row, "own_sig")?, opt_text(&row, "own_sig_key")?) {
+            (Some(sig), Some(key)) => Some(OwnSignature { sig, key }),
+            _ => None,
+        };
+        Ok(Some((cached, nar, own)))
     }
 
     /// A narinfo of this NAR that says where to download it from, if any does.
@@ -64,8 +69,13 @@ impl Database {
 
     /// Records a narinfo and the NAR URL it hands out, in one transaction. When one for the same
     /// store path already exists (a concurrent fetch won the race) the existing row is kept, so
-    /// a narinfo once served never changes its URL. `true` when this call inserted it.
-    pub async fn insert_narinfo(&self, info: &CachedNarInfo) -> Result<bool, DbError> {
+    /// a narinfo once served never changes its URL. `own` is our signature of it, stored so a
+    /// hit need not sign. `true` when this call inserted it.
+    pub async fn insert_narinfo(
+        &self,
+        info: &CachedNarInfo,
+        own: Option<&OwnSignature>,
+    ) -> Result<bool, DbError> {
         let n = &info.narinfo;
         let refs: Vec<String> = n.references.iter().map(StorePath::base_name).collect();
         let origin = info.origin.as_ref();
@@ -73,8 +83,8 @@ impl Database {
         let insert_narinfo = self.dialect.insert_or_ignore(
             "INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, deriver, \
              sigs, ca, upstream_url, upstream_nar_url, upstream_compression, upstream_file_hash, \
-             upstream_file_size, created_at, last_accessed_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             upstream_file_size, created_at, last_accessed_at, own_sig, own_sig_key) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             "hash",
         );
         let insert_url = self
@@ -98,6 +108,8 @@ impl Database {
             .bind(origin.and_then(|o| o.file_size).map(to_i64))
             .bind(now)
             .bind(now)
+            .bind(own.map(|o| o.sig.clone()))
+            .bind(own.map(|o| o.key.clone()))
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -227,8 +239,8 @@ pub(crate) mod tests {
             let info = sample();
             let hash = *info.narinfo.store_path.hash();
             assert!(db.narinfo(&hash).await.unwrap().is_none());
-            assert!(db.insert_narinfo(&info).await.unwrap());
-            assert!(!db.insert_narinfo(&info).await.unwrap()); // idempotent
+            assert!(db.insert_narinfo(&info, None).await.unwrap());
+            assert!(!db.insert_narinfo(&info, None).await.unwrap()); // idempotent
             assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
             let nar_hash = info.narinfo.nar_hash;
             assert_eq!(
@@ -246,7 +258,7 @@ pub(crate) mod tests {
             // URL with the NAR it names and that record.
             assert_eq!(
                 db.narinfo_and_nar(&hash).await.unwrap(),
-                Some((info.clone(), None))
+                Some((info.clone(), None, None))
             );
             assert_eq!(db.nar_by_url(&other).await.unwrap(), None);
             assert_eq!(
@@ -268,10 +280,27 @@ pub(crate) mod tests {
             );
             assert_eq!(
                 db.narinfo_and_nar(&hash).await.unwrap(),
-                Some((info.clone(), Some(record)))
+                Some((info.clone(), Some(record), None))
             );
             let unknown = StorePathHash::from_bytes([9; 20]);
             assert_eq!(db.narinfo_and_nar(&unknown).await.unwrap(), None);
+        }
+    }
+
+    db_test! {
+        /// Our signature is stored with the narinfo, with the key that made it, and read back
+        /// with it; the narinfo's own signatures stay the upstream's.
+        async fn our_signature_is_stored_with_its_key(db) {
+            let info = sample();
+            let hash = *info.narinfo.store_path.hash();
+            let own = OwnSignature {
+                sig: "ours-1:c2lnbmF0dXJl".to_owned(),
+                key: "ours-1:cHVibGlj".to_owned(),
+            };
+            assert!(db.insert_narinfo(&info, Some(&own)).await.unwrap());
+            let (cached, _, stored) = db.narinfo_and_nar(&hash).await.unwrap().unwrap();
+            assert_eq!(cached, info, "the upstream's signatures only");
+            assert_eq!(stored, Some(own));
         }
     }
 
@@ -288,7 +317,7 @@ pub(crate) mod tests {
                     StorePath::parse_base_name(&format!("{hash}-dependency-number-{i}")).unwrap()
                 })
                 .collect();
-            db.insert_narinfo(&info).await.unwrap();
+            db.insert_narinfo(&info, None).await.unwrap();
             let hash = *info.narinfo.store_path.hash();
             assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
 
@@ -299,7 +328,7 @@ pub(crate) mod tests {
             bare.narinfo.deriver = None;
             bare.narinfo.sigs.clear();
             bare.origin = None;
-            db.insert_narinfo(&bare).await.unwrap();
+            db.insert_narinfo(&bare, None).await.unwrap();
             let hash = *bare.narinfo.store_path.hash();
             assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), bare);
         }
@@ -309,11 +338,11 @@ pub(crate) mod tests {
         async fn a_deleted_narinfo_is_gone_and_says_so_once(db) {
             let info = sample();
             let hash = *info.narinfo.store_path.hash();
-            db.insert_narinfo(&info).await.unwrap();
+            db.insert_narinfo(&info, None).await.unwrap();
             let mut other = sample();
             other.narinfo.store_path =
                 StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-other").unwrap();
-            db.insert_narinfo(&other).await.unwrap();
+            db.insert_narinfo(&other, None).await.unwrap();
             assert!(db.delete_narinfo(&hash).await.unwrap());
             assert!(db.narinfo(&hash).await.unwrap().is_none());
             assert!(!db.delete_narinfo(&hash).await.unwrap());

@@ -483,7 +483,7 @@ mod tests {
                     .unwrap();
             }
             described.narinfo.nar_hash = used;
-            db.insert_narinfo(&described).await.unwrap();
+            db.insert_narinfo(&described, None).await.unwrap();
             let upload = crate::UploadedNar {
                 key: whole(b"up-file").key,
                 nar_hash: uploaded,

@@ -133,7 +133,7 @@ mod tests {
         let mut info: CachedNarInfo = sample();
         info.narinfo.store_path = path(label);
         info.narinfo.references = refs.iter().map(|r| path(r)).collect();
-        db.insert_narinfo(&info).await.unwrap();
+        db.insert_narinfo(&info, None).await.unwrap();
     }
 
     fn hashes(labels: &[&str]) -> HashSet<StorePathHash> {

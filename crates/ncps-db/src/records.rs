@@ -29,6 +29,16 @@ pub struct CachedNarInfo {
     pub origin: Option<NarOrigin>,
 }
 
+/// Our signature of a narinfo, made when it was stored, and the public key that made it: the
+/// signature is served only while that key is still the one signing (see ncps-core's signer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnSignature {
+    /// The `Sig:` value, `name:base64`.
+    pub sig: String,
+    /// The public key that verifies it, in Nix's `name:base64` form.
+    pub key: String,
+}
+
 /// The whole-file form of a stored NAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WholeFile {

@@ -153,7 +153,7 @@ mod tests {
             // Neither eviction of another path nor fsck's list counts it as unused.
             let mut other = sample();
             other.narinfo.nar_hash = u.nar_hash;
-            db.insert_narinfo(&other).await.unwrap();
+            db.insert_narinfo(&other, None).await.unwrap();
             let evicted = db.evict(&[*other.narinfo.store_path.hash()]).await.unwrap();
             assert_eq!(evicted, crate::Removed::default());
             assert!(db.nar(&u.nar_hash).await.unwrap().is_some());
@@ -171,7 +171,7 @@ mod tests {
             }
             let mut info = sample();
             info.narinfo.nar_hash = published.nar_hash;
-            db.insert_narinfo(&info).await.unwrap();
+            db.insert_narinfo(&info, None).await.unwrap();
 
             let removed = db.drop_uploads(&[published.key, refused.key]).await.unwrap();
             assert_eq!(removed.len(), 1);

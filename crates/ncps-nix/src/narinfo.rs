@@ -119,7 +119,14 @@ impl NarInfo {
     /// Adds our signature, replacing an older one by a key of the same name.
     pub fn sign(&mut self, key: &SecretKey) {
         let sig = key.sign(&self.fingerprint());
-        self.sigs.retain(|s| sig_key_name(s) != Some(key.name()));
+        self.put_sig(sig);
+    }
+
+    /// Adds a signature made earlier (`name:base64`), replacing one by a key of the same name,
+    /// as [`NarInfo::sign`] does with a fresh one.
+    pub fn put_sig(&mut self, sig: String) {
+        let name = sig_key_name(&sig).map(str::to_owned);
+        self.sigs.retain(|s| sig_key_name(s) != name.as_deref());
         self.sigs.push(sig);
     }
 

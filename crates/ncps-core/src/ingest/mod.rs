@@ -29,6 +29,7 @@ use crate::codec::can_decode;
 use crate::config::{CacheConfig, CdcConfig};
 use crate::locks::{LocalLocks, LockService};
 use crate::metrics::Metrics;
+use crate::signer::Signer;
 use crate::temp::TempFiles;
 
 pub use chunking::ChunkSettings;
@@ -69,6 +70,8 @@ struct State {
     prefetch: bool,
     /// NARs stored whole, for the lazy-chunking workers.
     chunk_queue: ChunkQueue,
+    /// Signs each narinfo as it is recorded.
+    signer: Signer,
 }
 
 impl Ingest {
@@ -82,6 +85,7 @@ impl Ingest {
     ) -> Self {
         let temp = TempFiles::new(config.temp_dir.clone());
         Self(Arc::new(State {
+            signer: Signer::new(config),
             db,
             store,
             upstreams,
@@ -137,9 +141,7 @@ impl Ingest {
         };
         let cached = self.as_served(upstream, Some(origin));
         let inserted = self
-            .0
-            .db
-            .insert_narinfo(&cached)
+            .record_narinfo(&cached)
             .instrument(tracing::info_span!("db.insert_narinfo"))
             .await?;
         info!(store_path = %cached.narinfo.store_path, upstream = %cached.origin.as_ref().map_or("", |o| &o.upstream_url), "cached narinfo");
@@ -161,6 +163,13 @@ impl Ingest {
             });
         }
         Ok(stored)
+    }
+
+    /// Records a narinfo (see [`Database::insert_narinfo`]) with our signature of it, so hits
+    /// need not sign. Every narinfo this cache stores is recorded here.
+    pub(crate) async fn record_narinfo(&self, cached: &CachedNarInfo) -> Result<bool, CacheError> {
+        let own = self.0.signer.for_storage(&cached.narinfo);
+        Ok(self.0.db.insert_narinfo(cached, own.as_ref()).await?)
     }
 
     /// A narinfo as we record it: our NAR URL and its compression, FileHash/FileSize left for

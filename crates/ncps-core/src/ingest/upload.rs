@@ -259,7 +259,7 @@ impl Ingest {
         };
         let store_path = with_file_hash.store_path.clone();
         let cached = self.as_served(with_file_hash, None);
-        self.0.db.insert_narinfo(&cached).await?;
+        self.record_narinfo(&cached).await?;
         info!(%store_path, "published uploaded path");
         Ok(())
     }

@@ -110,7 +110,7 @@ impl Maintenance {
             url_key,
             origin: None,
         };
-        db.insert_narinfo(&cached).await?;
+        self.0.ingest.record_narinfo(&cached).await?;
         Ok(outcome)
     }
 

@@ -233,7 +233,7 @@ mod tests {
         let base = now_secs() + 10;
         for i in 0..5 {
             let p = path(i);
-            db.insert_narinfo(&p).await.unwrap();
+            db.insert_narinfo(&p, None).await.unwrap();
             let whole = WholeFile {
                 key: p.url_key,
                 size: FILE_SIZE,

@@ -17,10 +17,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use ncps_db::{CachedNarInfo, ChunkRef, Database, NarRecord, WholeFile};
-use ncps_nix::{
-    CacheInfo, Compression, NarKey, PublicKey, STORE_DIR, SecretKey, Sha256Hash, StorePathHash,
-};
+use ncps_db::{CachedNarInfo, ChunkRef, Database, NarRecord, OwnSignature, WholeFile};
+use ncps_nix::{CacheInfo, Compression, NarKey, PublicKey, STORE_DIR, Sha256Hash, StorePathHash};
 use ncps_store::{BlobStore, ByteRange, ChunkHash};
 use tracing::{Instrument, debug, error, warn};
 
@@ -29,6 +27,7 @@ use crate::conversions::{CONVERSION_STALL, Conversions};
 use crate::ingest::{Download, Fetch, Ingest};
 use crate::metrics::{Metrics, Outcome};
 use crate::plan::{Chunking, ServePlan, Source, plan};
+use crate::signer::Signer;
 use crate::{CacheError, RangeRequest};
 
 use access::AccessLog;
@@ -62,9 +61,8 @@ struct State {
     store: BlobStore,
     ingest: Ingest,
     metrics: Arc<Metrics>,
-    secret_key: SecretKey,
     public_key: PublicKey,
-    sign_narinfo: bool,
+    signer: Signer,
     priority: u32,
     chunking: Chunking,
     memo: NarInfoMemo,
@@ -86,9 +84,8 @@ impl Reader {
             store,
             ingest,
             metrics,
-            secret_key: config.secret_key.clone(),
             public_key: config.secret_key.public_key(),
-            sign_narinfo: config.sign_narinfo,
+            signer: Signer::new(config),
             priority: config.priority,
             chunking: config.chunking(),
             memo: NarInfoMemo::default(),
@@ -154,25 +151,28 @@ impl Reader {
             };
             return Ok((text, Outcome::Hit));
         }
-        let ((cached, stored), outcome) = match self.0.db.narinfo_and_nar(hash).await? {
+        let ((cached, stored, own), outcome) = match self.0.db.narinfo_and_nar(hash).await? {
             Some(found) => (found, Outcome::Hit),
             None if fetch => {
                 let cached = self.0.ingest.fetch_narinfo(hash).await?;
                 let stored = self.0.db.nar(&cached.narinfo.nar_hash).await?;
-                ((cached, stored), Outcome::Miss)
+                ((cached, stored, None), Outcome::Miss)
             }
             None => return Err(CacheError::NotFound),
         };
         self.0.access.narinfo(*hash);
-        Ok((self.render(hash, cached, stored.as_ref()), outcome))
+        Ok((
+            self.render(hash, cached, stored.as_ref(), own.as_ref()),
+            outcome,
+        ))
     }
 
     /// Re-renders a memoized narinfo from the database; a narinfo gone (evicted, deleted
     /// elsewhere) or a failing database drops the entry, so the next request takes the full path.
     async fn refresh_memo(&self, hash: StorePathHash) {
         let refreshed: Result<bool, CacheError> = match self.0.db.narinfo_and_nar(&hash).await {
-            Ok(Some((cached, stored))) => {
-                self.render(&hash, cached, stored.as_ref());
+            Ok(Some((cached, stored, own))) => {
+                self.render(&hash, cached, stored.as_ref(), own.as_ref());
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -186,7 +186,8 @@ impl Reader {
         }
     }
 
-    /// The narinfo as served: FileHash/FileSize from the serve plan of its URL, our signature.
+    /// The narinfo as served: FileHash/FileSize from the serve plan of its URL, our signature
+    /// (`own`, the one stored with it, when our current key made it).
     /// Only a narinfo whose NAR form is settled (FileHash known) is remembered; one still being
     /// downloaded or chunked gains FileHash/FileSize soon, and its memo entry is dropped.
     fn render(
@@ -194,6 +195,7 @@ impl Reader {
         hash: &StorePathHash,
         cached: CachedNarInfo,
         stored: Option<&NarRecord>,
+        own: Option<&OwnSignature>,
     ) -> Bytes {
         let mut narinfo = cached.narinfo;
         let plan = plan(
@@ -204,9 +206,7 @@ impl Reader {
             self.0.chunking,
         );
         (narinfo.file_hash, narinfo.file_size) = plan.file_info();
-        if self.0.sign_narinfo {
-            narinfo.sign(&self.0.secret_key);
-        }
+        self.0.signer.sign(&mut narinfo, own);
         let text = Bytes::from(narinfo.render());
         if narinfo.file_hash.is_some() {
             self.0.memo.put(*hash, text.clone());
