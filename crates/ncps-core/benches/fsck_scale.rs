@@ -14,6 +14,8 @@
 //!
 //!   N=100000 CHUNKED=1 cargo bench -p ncps-core --bench fsck_scale
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -43,11 +45,8 @@ impl FsckOutput for Findings {
 #[tokio::main]
 #[allow(clippy::print_stdout)] // a bench reports on stdout
 async fn main() {
-    let n: u64 = std::env::var("N")
-        .ok()
-        .map(|v| v.parse().expect("N is a number"))
-        .unwrap_or(100_000);
-    let chunked = std::env::var("CHUNKED").is_ok_and(|v| !v.is_empty() && v != "0");
+    let n = support::env_number("N", 100_000);
+    let chunked = support::env_flag("CHUNKED");
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = match std::env::var_os("FSCK_DATA_DIR") {
         Some(kept) => {
@@ -86,8 +85,8 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let baseline = rss_kib("VmRSS");
-    let _ = std::fs::write("/proc/self/clear_refs", "5"); // resets VmHWM to the current RSS
+    let baseline = support::status_kib("VmRSS");
+    support::reset_peak_rss();
     let mut findings = Findings::default();
     let options = FsckOptions {
         repair: false,
@@ -108,7 +107,7 @@ async fn main() {
          chunk_references_per_s={:.0} rss_before_kib={baseline} peak_rss_kib={}",
         n as f64 / secs,
         filled.chunk_references as f64 / secs,
-        rss_kib("VmHWM")
+        support::status_kib("VmHWM")
     );
 }
 
@@ -145,16 +144,4 @@ async fn store_every_object(db: &Database, root: &Path) -> u64 {
         }
     }
     written
-}
-
-/// A `/proc/self/status` figure in KiB (0 where /proc does not say).
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

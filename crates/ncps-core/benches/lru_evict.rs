@@ -19,6 +19,8 @@
 //!   N=10000 NCPS_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //!     cargo bench -p ncps-core --bench lru_evict
 
+mod support;
+
 use ncps_core::{Cache, CacheConfig};
 use ncps_db::Database;
 use ncps_db::fixtures::{FixtureSpec, whole_file_size};
@@ -29,10 +31,7 @@ use ncps_upstream::{UpstreamOptions, Upstreams};
 #[tokio::main]
 #[allow(clippy::print_stdout)] // a bench reports on stdout
 async fn main() {
-    let n: u64 = std::env::var("N")
-        .ok()
-        .map(|v| v.parse().expect("N is a number"))
-        .unwrap_or(100_000);
+    let n = support::env_number("N", 100_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let url = std::env::var("NCPS_BENCH_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite:{}", dir.path().join("db.sqlite").display()));
@@ -56,7 +55,7 @@ async fn main() {
         before, 0,
         "the database already holds NARs; point NCPS_BENCH_DATABASE_URL at an empty database"
     );
-    let chunked = std::env::var("CHUNKED").is_ok_and(|v| !v.is_empty() && v != "0");
+    let chunked = support::env_flag("CHUNKED");
     let spec = FixtureSpec {
         chunked,
         ..FixtureSpec::new(n)
@@ -113,7 +112,7 @@ async fn main() {
     }
     if chunked {
         let (waiting, _) = db.unreferenced_chunk_totals().await.expect("chunk totals");
-        reset_peak_rss();
+        support::reset_peak_rss();
         let started = std::time::Instant::now();
         let report = cache
             .maintenance()
@@ -130,24 +129,7 @@ async fn main() {
              peak_rss_during_gc_kib={}",
             report.chunks_deleted,
             report.chunks_deleted as f64 / secs,
-            peak_rss_kib()
+            support::status_kib("VmHWM")
         );
     }
-}
-
-/// Starts a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The process's peak RSS since the last reset, in KiB (0 where /proc does not say).
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

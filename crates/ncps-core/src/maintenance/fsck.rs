@@ -185,6 +185,14 @@ impl ChunkRowWalk {
     }
 }
 
+/// A storage listing by key, so the rows walked can take their objects out of it: what is
+/// left once the rows are done is stray.
+fn by_key<K: Copy + Eq + std::hash::Hash>(
+    objects: Vec<StoredObject<K>>,
+) -> HashMap<K, StoredObject<K>> {
+    objects.into_iter().map(|o| (o.key, o)).collect()
+}
+
 /// Which pass of the NAR check holds `key`: the file hash's leading bytes, uniform over
 /// `passes`.
 fn nar_pass(key: &NarKey, passes: u64) -> u64 {
@@ -271,13 +279,7 @@ impl Fsck<'_> {
         let mut last_report = Instant::now();
         for pass in 0..passes {
             let in_pass = |key: &NarKey| nar_pass(key, passes) == pass;
-            let mut listed: HashMap<NarKey, StoredObject<NarKey>> = self
-                .store
-                .list_nars_where(in_pass)
-                .await?
-                .into_iter()
-                .map(|o| (o.key, o))
-                .collect();
+            let mut listed = by_key(self.store.list_nars_where(in_pass).await?);
             self.out.progress(&format!(
                 "fsck: NAR files, pass {} of {passes}: {} in storage",
                 pass + 1,
@@ -487,13 +489,7 @@ impl Fsck<'_> {
         for directory in 0..=u8::MAX {
             // Listed before its rows are read: an object written and recorded meanwhile has
             // its row read, and is no stray.
-            let mut listed: HashMap<ChunkHash, StoredObject<ChunkHash>> = self
-                .store
-                .list_chunk_directory(directory)
-                .await?
-                .into_iter()
-                .map(|o| (o.key, o))
-                .collect();
+            let mut listed = by_key(self.store.list_chunk_directory(directory).await?);
             objects += listed.len() as u64;
             while let Some(row) = rows.next_in(&self.db, directory).await? {
                 rows_checked += 1;
