@@ -540,6 +540,12 @@ async fn changing_chunk_sizes_is_refused() {
         .client()
         .substitute_ok(&fx.ncps.url(), &ncps_key, &fx.closure)
         .await;
+    // The client has its bytes once they are streamed; the chunk lists are committed just
+    // after. Stopped before that, the restart below would have nothing stored to serve.
+    eventually("FileHash/FileSize in every narinfo", || {
+        closure_is_chunked(&fx)
+    })
+    .await;
     let status = fx.ncps.terminate().await;
     assert!(status.success(), "ncps exited with {status} on SIGTERM");
 

@@ -188,13 +188,18 @@ impl Maintenance {
 
 #[cfg(test)]
 mod tests {
-    use ncps_db::{CachedNarInfo, Database, WholeFile, now_secs};
+    use ncps_db::{CachedNarInfo, Database, WholeFile};
     use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath};
 
     use crate::Cache;
     use crate::test_support::local_cache_with;
 
     const FILE_SIZE: u64 = 1000;
+
+    /// When path 0 was last used (2096): later than any write's own "now", so every touch below
+    /// takes effect, and fixed, so the set-up and a test agree on it (two reads of the clock a
+    /// second apart once made a test's "used with path 2" land on path 3).
+    const BASE: i64 = 4_000_000_000;
 
     /// Store path `i` (0..10), its NAR stored as a whole file of `FILE_SIZE` bytes.
     fn path(i: u8) -> CachedNarInfo {
@@ -230,7 +235,7 @@ mod tests {
         configure: impl FnOnce(&mut crate::CacheConfig),
     ) -> (Cache, Database) {
         let (cache, db) = local_cache_with(dir, configure).await;
-        let base = now_secs() + 10;
+        let base = BASE;
         for i in 0..5 {
             let p = path(i);
             db.insert_narinfo(&p, None).await.unwrap();
@@ -348,7 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cache, db) = cache(dir.path()).await;
         // Path 0 was the oldest; used now, the next oldest unpinned (2) goes instead.
-        db.touch_narinfos(&[*path(0).narinfo.store_path.hash()], now_secs() + 100)
+        db.touch_narinfos(&[*path(0).narinfo.store_path.hash()], BASE + 100)
             .await
             .unwrap();
         cache.maintenance().evict_lru(4 * FILE_SIZE).await.unwrap();
@@ -383,7 +388,7 @@ mod tests {
         use ncps_db::DocumentKey;
         let dir = tempfile::tempdir().unwrap();
         let (cache, db) = cache(dir.path()).await;
-        let base = now_secs() + 10;
+        let base = BASE;
         let drv = "00000000000000000000000000000000-x.drv";
         let id = "realisations/sha256:ab!out.doi";
         db.put_build_log(drv, &[b'l'; FILE_SIZE as usize])
