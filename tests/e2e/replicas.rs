@@ -610,15 +610,24 @@ async fn large_nars_go_to_s3_in_parts_and_come_back_in_ranges() {
     env.client()
         .substitute_ok(&writer.url(), &key, closure)
         .await;
-    let narinfo = crate::harness::NarInfo::parse(
-        &http::get(&writer.url_for(&format!(
-            "{}.narinfo",
-            crate::harness::narinfo::store_hash(&closure.blob)
-        )))
-        .await
-        .expect_status(200, "narinfo")
-        .text(),
-    );
+    // The client has its bytes once they are streamed; the upload to S3 is committed just
+    // after, and FileHash appears in the narinfo once it is. The writer is killed below.
+    let narinfo_url = writer.url_for(&format!(
+        "{}.narinfo",
+        crate::harness::narinfo::store_hash(&closure.blob)
+    ));
+    let narinfo = eventually_within("the blob's NAR stored", Duration::from_secs(30), || async {
+        let text = http::get(&narinfo_url)
+            .await
+            .expect_status(200, "narinfo")
+            .text();
+        let narinfo = crate::harness::NarInfo::parse(&text);
+        match narinfo.get("FileHash") {
+            Some(_) => Ok(narinfo),
+            None => Err(format!("not stored yet:\n{text}")),
+        }
+    })
+    .await;
     let size: u64 = narinfo.field("FileSize").parse().expect("FileSize");
     assert!(
         size > 8 * 1024 * 1024,

@@ -127,6 +127,16 @@ impl Database {
         rows.iter().map(nar_from_row).collect()
     }
 
+    /// How many NARs are stored as whole files: how many files fsck expects under `nar/`,
+    /// which decides how many passes it lists them in (one full read of `nars`).
+    pub async fn whole_file_count(&self) -> Result<u64, DbError> {
+        let count: i64 =
+            sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM nars WHERE whole_key IS NOT NULL"))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// Whether a whole file with this storage key is recorded for any NAR: a stored file no
     /// row names is a leftover.
     pub async fn whole_file_recorded(&self, key: &NarKey) -> Result<bool, DbError> {
@@ -488,6 +498,7 @@ mod tests {
             assert!(unref[0].created_at > 0);
             assert!(db.whole_file_recorded(&whole(b"a").key).await.unwrap());
             assert!(!db.whole_file_recorded(&whole(b"zz").key).await.unwrap());
+            assert_eq!(db.whole_file_count().await.unwrap(), 2);
         }
     }
 

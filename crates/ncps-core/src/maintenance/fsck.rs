@@ -270,7 +270,10 @@ impl Fsck<'_> {
     /// files of its share that no row records; chunk lists in the first pass.
     async fn check_nars(&mut self) -> Result<()> {
         let total = self.db.store_counts().await?.nars;
-        let passes = total
+        let passes = self
+            .db
+            .whole_file_count()
+            .await?
             .div_ceil(self.options.nar_files_per_pass.max(1))
             .max(1);
         self.out.nars_to_check(total);
