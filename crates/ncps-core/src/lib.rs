@@ -86,8 +86,10 @@ impl Cache {
             ..config
         };
         let queue = ChunkQueue::default();
+        let signer = signer::Signer::new(&config);
         let ingest = Ingest::new(
             &config,
+            signer.clone(),
             db.clone(),
             store.clone(),
             upstreams.clone(),
@@ -96,6 +98,7 @@ impl Cache {
         );
         let reader = Reader::new(
             &config,
+            signer,
             db.clone(),
             store.clone(),
             ingest.clone(),

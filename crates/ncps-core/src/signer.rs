@@ -15,8 +15,8 @@ use ncps_nix::{NarInfo, SecretKey};
 
 use crate::config::CacheConfig;
 
-/// Signs narinfos for storage and for serving; cheap to clone. Held by the ingest (which stores
-/// narinfos) and the reader (which serves them).
+/// Signs narinfos for storage and for serving; cheap to clone. Built once by the cache and
+/// shared by the ingest (which stores narinfos) and the reader (which serves them).
 #[derive(Clone)]
 pub(crate) struct Signer(Option<Arc<Key>>);
 

@@ -16,7 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use ncps_nix::{ChunkHash, Compression, NarKey, SecretKey, Sha256Hash, StorePathHash};
+use ncps_nix::{
+    ChunkHash, Compression, NarKey, SecretKey, Sha256Hash, StorePath, StorePathHash, fingerprint,
+};
 
 use crate::dialect::values_rows;
 use crate::repo::to_i64;
@@ -238,16 +240,10 @@ impl Database {
                     .map(|r| store_path_name(seed, r))
                     .collect();
                 let own_sig = spec.signed_by.as_ref().map(|key| {
-                    let mut full: Vec<String> =
-                        refs.iter().map(|r| format!("/nix/store/{r}")).collect();
-                    full.sort_unstable();
-                    full.dedup();
-                    key.sign(&format!(
-                        "1;/nix/store/{};{nar};{};{}",
-                        store_path_name(seed, i),
-                        nar_size(seed, i),
-                        full.join(",")
-                    ))
+                    let path = |name: &str| StorePath::parse_base_name(name).expect("a store path");
+                    let refs: Vec<StorePath> = refs.iter().map(|r| path(r)).collect();
+                    let own = path(&store_path_name(seed, i));
+                    key.sign(&fingerprint(&own, &nar, nar_size(seed, i), &refs))
                 });
                 q = q
                     .bind(store_path_hash(seed, i).to_string())

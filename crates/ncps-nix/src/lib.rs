@@ -22,7 +22,7 @@ pub use chunk_hash::{ChunkHash, ChunkHashError};
 pub use compression::{Compression, CompressionError};
 pub use hash::{HashError, Sha256Hash};
 pub use nar_url::{NarKey, NarKeyError};
-pub use narinfo::{NarInfo, NarInfoError};
+pub use narinfo::{NarInfo, NarInfoError, fingerprint};
 pub use nixbase32::Nixbase32Error;
 pub use realisation::{SignedJson, SignedJsonError};
 pub use signing::{PublicKey, SecretKey, SigningError};

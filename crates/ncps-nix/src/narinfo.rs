@@ -104,15 +104,11 @@ impl NarInfo {
     /// References are sorted and deduplicated by their printed path, as Nix keeps them in a
     /// sorted set, so the order in the file does not matter.
     pub fn fingerprint(&self) -> String {
-        let mut refs: Vec<String> = self.references.iter().map(StorePath::to_absolute).collect();
-        refs.sort_unstable();
-        refs.dedup();
-        format!(
-            "1;{};{};{};{}",
-            self.store_path,
-            self.nar_hash,
+        fingerprint(
+            &self.store_path,
+            &self.nar_hash,
             self.nar_size,
-            refs.join(",")
+            &self.references,
         )
     }
 
@@ -145,6 +141,20 @@ impl NarInfo {
 }
 
 /// The key name of a `<name>:<base64>` signature.
+/// The string a narinfo's signatures sign, from the fields it covers (see
+/// [`NarInfo::fingerprint`]), for callers that hold those fields without a whole narinfo.
+pub fn fingerprint(
+    store_path: &StorePath,
+    nar_hash: &Sha256Hash,
+    nar_size: u64,
+    references: &[StorePath],
+) -> String {
+    let mut refs: Vec<String> = references.iter().map(StorePath::to_absolute).collect();
+    refs.sort_unstable();
+    refs.dedup();
+    format!("1;{store_path};{nar_hash};{nar_size};{}", refs.join(","))
+}
+
 fn sig_key_name(sig: &str) -> Option<&str> {
     sig.split_once(':').map(|(name, _)| name)
 }

@@ -77,6 +77,7 @@ struct State {
 impl Ingest {
     pub(crate) fn new(
         config: &CacheConfig,
+        signer: Signer,
         db: Database,
         store: BlobStore,
         upstreams: Upstreams,
@@ -85,7 +86,7 @@ impl Ingest {
     ) -> Self {
         let temp = TempFiles::new(config.temp_dir.clone());
         Self(Arc::new(State {
-            signer: Signer::new(config),
+            signer,
             db,
             store,
             upstreams,

@@ -196,11 +196,12 @@ fn by_key<K: Copy + Eq + std::hash::Hash>(
 /// Which pass of the NAR check holds `key`: the file hash's leading bytes, uniform over
 /// `passes`.
 fn nar_pass(key: &NarKey, passes: u64) -> u64 {
-    let bytes = key.hash.as_bytes();
-    let lead = u64::from_be_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ]);
-    lead % passes
+    let (lead, _) = key
+        .hash
+        .as_bytes()
+        .split_first_chunk::<8>()
+        .expect("32 bytes");
+    u64::from_be_bytes(*lead) % passes
 }
 
 /// How a NAR's loss is healed, for the repair line.

@@ -74,6 +74,7 @@ struct State {
 impl Reader {
     pub(crate) fn new(
         config: &CacheConfig,
+        signer: Signer,
         db: Database,
         store: BlobStore,
         ingest: Ingest,
@@ -85,7 +86,7 @@ impl Reader {
             ingest,
             metrics,
             public_key: config.secret_key.public_key(),
-            signer: Signer::new(config),
+            signer,
             priority: config.priority,
             chunking: config.chunking(),
             memo: NarInfoMemo::default(),
