@@ -49,6 +49,8 @@ pub use locks::{LocalLocks, LockError, LockGuard, LockService};
 pub use maintenance::{GcReport, JobsConfig, LruConfig, LruReport, Maintenance};
 pub use metrics::{Metrics, Outcome, RequestLabels};
 pub use ncps_store::ByteRange;
+/// For the connection writer: stored bytes it may send with `sendfile` (see [`ncps_store::file_behind`]).
+pub use ncps_store::{FileSpan, file_behind};
 pub use range::RangeRequest;
 pub use reader::{NarBody, Reader};
 pub use schedule::{Schedule, ScheduleError, parse_duration, spawn_scheduled};

@@ -28,6 +28,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
+use crate::sendfile::SendfileStream;
+
 /// What one client may hold of the server.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
@@ -128,9 +130,10 @@ pub async fn serve(
     }
 }
 
-/// A TCP stream whose writes fail with `TimedOut` once the peer has taken nothing for `stall`.
+/// A client connection whose writes fail with `TimedOut` once the peer has taken nothing for
+/// `stall`.
 struct WriteStallLimit {
-    tcp: TcpStream,
+    tcp: SendfileStream,
     stall: Duration,
     /// Armed while a write waits for the peer.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -139,7 +142,7 @@ struct WriteStallLimit {
 impl WriteStallLimit {
     fn new(tcp: TcpStream, stall: Duration) -> Self {
         Self {
-            tcp,
+            tcp: SendfileStream::new(tcp),
             stall,
             deadline: None,
         }

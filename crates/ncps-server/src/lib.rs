@@ -10,6 +10,7 @@ mod error;
 mod headers;
 mod logging;
 mod routes;
+mod sendfile;
 
 use std::sync::Arc;
 

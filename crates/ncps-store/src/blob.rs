@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::StoreError;
 use crate::chunk::{CHUNK_DIR, ChunkHash, chunk_from_storage_key, chunk_storage_key};
-use crate::local::{LocalDir, OpenFile, positional_reads};
+use crate::local::{LocalDir, OpenFile, positional_reads, sendable_reads};
 
 /// Size of the pieces a file is streamed to the backend in: large enough for S3's 5 MiB minimum
 /// multipart part, small enough to keep memory flat.
@@ -298,7 +298,7 @@ impl BlobStore {
             }
             return Ok(Some(BlobRead {
                 total_size: size,
-                stream: positional_reads(file, path, span),
+                stream: sendable_reads(file, path, span),
             }));
         }
         let options = GetOptions {

@@ -8,7 +8,9 @@ mod blob;
 pub mod chunk;
 mod error;
 mod local;
+mod mapped;
 
 pub use blob::{AzureConfig, BlobRead, BlobStore, ByteRange, GcsConfig, S3Config, StoredObject};
 pub use chunk::{ChunkError, ChunkHash, ChunkParams, Chunker, ChunkingSummary};
 pub use error::StoreError;
+pub use mapped::{FileSpan, file_behind};

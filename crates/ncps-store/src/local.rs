@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use ncps_nix::NarKey;
 
-use crate::StoreError;
 use crate::chunk::{ChunkHash, chunk_storage_key};
+use crate::{StoreError, mapped};
 
 /// Size of the pieces a stored file is sent in. Each piece is read straight into the buffer that
 /// goes to the socket (no intermediate copy); large enough for the kernel's read-ahead and few
@@ -78,8 +78,41 @@ pub(crate) fn positional_reads(
     path: PathBuf,
     range: Range<u64>,
 ) -> BoxStream<'static, Result<Bytes, StoreError>> {
-    let file = Arc::new(file);
-    let path: Arc<Path> = path.into();
+    pieces(Arc::new(file), path.into(), range)
+}
+
+/// Streams `range` of a stored file for sending: windows mapped in place where the file is in
+/// the page cache (which a connection can pass to `sendfile`, see [`crate::mapped`]), positional
+/// reads elsewhere and for small spans.
+pub(crate) fn sendable_reads(
+    file: std::fs::File,
+    path: PathBuf,
+    range: Range<u64>,
+) -> BoxStream<'static, Result<Bytes, StoreError>> {
+    let (file, path): (Arc<std::fs::File>, Arc<Path>) = (Arc::new(file), path.into());
+    if range.end - range.start < mapped::MAP_FROM {
+        return pieces(file, path, range);
+    }
+    let end = range.end;
+    futures::stream::iter((range.start..end).step_by(mapped::WINDOW as usize))
+        .map(move |start| {
+            let window = start..(start + mapped::WINDOW).min(end);
+            let len = (window.end - window.start) as usize;
+            match mapped::resident_window(&file, start, len) {
+                Some(bytes) => futures::stream::once(async { Ok(bytes) }).boxed(),
+                None => pieces(Arc::clone(&file), Arc::clone(&path), window),
+            }
+        })
+        .flatten()
+        .boxed()
+}
+
+/// `range` of `file` in [`FILE_PIECE`]s, each read on the blocking pool, [`PIECES_AHEAD`] ahead.
+fn pieces(
+    file: Arc<std::fs::File>,
+    path: Arc<Path>,
+    range: Range<u64>,
+) -> BoxStream<'static, Result<Bytes, StoreError>> {
     let end = range.end;
     let offsets = (range.start..end).step_by(FILE_PIECE as usize);
     futures::stream::iter(offsets)
