@@ -2,7 +2,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use ncps_nix::NarKey;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -138,6 +138,9 @@ fn names_http_endpoint(key_file: &str) -> bool {
 fn nar_path(key: &NarKey) -> ObjectPath {
     ObjectPath::from_iter(["nar", key.file_name().as_str()])
 }
+
+/// Chunk writes in flight at once to a remote store: enough to hide its latency.
+const CHUNK_UPLOADS_AT_ONCE: usize = 8;
 
 fn chunk_path(hash: &ChunkHash) -> ObjectPath {
     // The key is built from hex digits only, so it is always a valid object path.
@@ -425,6 +428,27 @@ impl BlobStore {
             .put(&chunk_path(hash), PutPayload::from_bytes(frame))
             .await?;
         Ok(())
+    }
+
+    /// Stores the frames of `chunks` whose chunk is not stored yet (see [`Self::put_chunk`]):
+    /// on local storage in one blocking call, elsewhere a few requests at a time.
+    pub async fn put_missing_chunks(
+        &self,
+        chunks: Vec<(ChunkHash, Bytes)>,
+    ) -> Result<(), StoreError> {
+        if let Some(local) = &self.local {
+            return local.put_missing_chunks(chunks).await;
+        }
+        futures::stream::iter(chunks)
+            .map(|(hash, frame)| async move {
+                if !self.has_chunk(&hash).await? {
+                    self.put_chunk(&hash, frame).await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .buffer_unordered(CHUNK_UPLOADS_AT_ONCE)
+            .try_collect::<()>()
+            .await
     }
 
     /// Whether a chunk is stored; costs one metadata request. Used to skip uploads of chunks
@@ -884,6 +908,53 @@ mod chunk_tests {
     use super::*;
     use crate::chunk::{compress_chunk, decompress_chunk};
     use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn missing_chunks_are_written_in_one_call_and_stored_ones_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = BlobStore::local(&root).unwrap();
+        let chunks: Vec<(ChunkHash, Bytes)> = (0..40u32)
+            .map(|i| {
+                let plain = format!("chunk {i}").repeat(50).into_bytes();
+                (
+                    ChunkHash::digest(&plain),
+                    compress_chunk(&plain, 3).unwrap(),
+                )
+            })
+            .collect();
+        // One already stored, with bytes a rewrite would change.
+        let (kept, _) = &chunks[7];
+        store
+            .put_chunk(kept, Bytes::from_static(b"stored"))
+            .await
+            .unwrap();
+
+        store.put_missing_chunks(chunks.clone()).await.unwrap();
+        for (hash, frame) in &chunks {
+            let read = store.read_chunk(hash).await.unwrap().expect("stored");
+            if hash == kept {
+                assert_eq!(
+                    read,
+                    Bytes::from_static(b"stored"),
+                    "a stored chunk was rewritten"
+                );
+            } else {
+                assert_eq!(&read, frame);
+            }
+        }
+        // Twice is fine, and no staging file is left behind.
+        store.put_missing_chunks(chunks.clone()).await.unwrap();
+        let listed: Vec<_> = store.list_chunks().try_collect().await.unwrap();
+        assert_eq!(listed.len(), chunks.len());
+        assert!(
+            store
+                .staging_files(std::time::Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[tokio::test]
     async fn chunk_put_has_read_delete_list() {

@@ -22,6 +22,14 @@ pub enum StoreError {
         /// What the file system said.
         source: std::io::Error,
     },
+    /// Writing a file of local storage failed (a full or read-only disk, permissions).
+    #[error("writing {path}: {source}")]
+    WriteFile {
+        /// The file or directory that was being written.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
     /// A chunk could not be made or read back (bad parameters, corrupt frame).
     #[error(transparent)]
     Chunk(#[from] crate::chunk::ChunkError),

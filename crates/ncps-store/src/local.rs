@@ -59,6 +59,15 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// A unique staging name beside `path`, in object_store's form (`<name>#<digits>`), which
+/// listings skip and the staging sweep removes should the process die before the rename.
+fn staging_name(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("chunk");
+    path.with_file_name(format!("{name}#{}{n:010}", std::process::id()))
+}
+
 /// `Ok(None)` for a file that is not there, so "not stored" is not an error.
 fn unless_missing<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
     match result {
@@ -332,6 +341,42 @@ impl LocalDir {
             Ok(found)
         })
         .await
+    }
+
+    /// Stores each frame whose chunk is not stored yet, all in one blocking call: an ingest
+    /// writes thousands of chunks per gigabyte, and a metadata request plus a write through
+    /// object_store cost two blocking hand-offs each. Each file appears atomically (written
+    /// under a staging name, renamed into place), as object_store's would; a chunk written by a
+    /// concurrent ingest meanwhile is simply replaced by the same bytes.
+    pub async fn put_missing_chunks(
+        &self,
+        chunks: Vec<(ChunkHash, Bytes)>,
+    ) -> Result<(), StoreError> {
+        let files: Vec<(PathBuf, Bytes)> = chunks
+            .into_iter()
+            .map(|(hash, frame)| (self.chunk_file(&hash), frame))
+            .collect();
+        let dir = self.root.join(crate::chunk::CHUNK_DIR);
+        let result = tokio::task::spawn_blocking(move || {
+            for (path, frame) in &files {
+                if unless_missing(std::fs::metadata(path))?.is_some() {
+                    continue;
+                }
+                let staged = staging_name(path);
+                if let Err(e) = std::fs::write(&staged, frame) {
+                    if e.kind() != ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                    std::fs::create_dir_all(path.parent().expect("chunks live in a directory"))?;
+                    std::fs::write(&staged, frame)?;
+                }
+                std::fs::rename(&staged, path)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("file task failed: {e}"))));
+        result.map_err(|source| StoreError::WriteFile { path: dir, source })
     }
 
     /// Whether every one of `hashes` is stored; one blocking call for the whole list.

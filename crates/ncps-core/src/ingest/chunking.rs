@@ -10,18 +10,17 @@
 //! one the collector is about to delete, and a chunk written may be one whose old copy it is
 //! deleting. Once held, the collector leaves a chunk alone until the list naming it commits.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{BoxStream, StreamExt};
 use ncps_db::{ChunkRef, Database};
 use ncps_nix::{Compression, Sha256Hash};
 use ncps_store::chunk::{Chunk, ChunkError, ChunkParams, Chunker, ChunkingSummary};
 use ncps_store::{BlobStore, StoreError};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::download::Download;
@@ -29,8 +28,6 @@ use super::verify::Expected;
 use crate::CacheError;
 use crate::codec::{Codec, StreamReader};
 
-/// Chunk uploads in flight at once per NAR: enough to hide a remote store's latency.
-const UPLOAD_CONCURRENCY: usize = 8;
 /// Chunks queued between the chunker thread and the uploader.
 const CHUNK_QUEUE: usize = 8;
 /// Most chunks held in one database round trip (fewer when the chunker is slower than storage).
@@ -62,16 +59,30 @@ pub(crate) struct Chunked {
 /// A client-visible copy of the frames: the download's file, followed by its readers.
 pub(crate) struct FrameSink {
     pub download: Arc<Download>,
-    pub file: tokio::fs::File,
+    /// `None` only while a batch is being written on a blocking thread.
+    pub file: Option<std::fs::File>,
     pub written: u64,
 }
 
 impl FrameSink {
-    async fn append(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.file.write_all(frame).await?;
-        // tokio's File finishes writes in the background; flush so readers can see the bytes.
-        self.file.flush().await?;
-        self.written += frame.len() as u64;
+    /// Appends a batch of frames in one blocking call (one hand-off per batch, not one write,
+    /// flush and hand-off per frame), then tells the readers.
+    async fn append(&mut self, frames: Vec<Bytes>) -> io::Result<()> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("an earlier append failed"))?;
+        let appended: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        let file = tokio::task::spawn_blocking(move || {
+            for frame in &frames {
+                file.write_all(frame)?;
+            }
+            Ok::<_, io::Error>(file)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.file = Some(file);
+        self.written += appended;
         self.download.advance(self.written);
         Ok(())
     }
@@ -155,11 +166,11 @@ async fn chunk_nar(
     .boxed();
     let mut refs = Vec::new();
     while let Some(batch) = uploads.next().await {
-        for chunk in batch? {
-            if let Some(sink) = sink.as_mut() {
-                sink.append(&chunk.frame).await?;
-            }
-            refs.push(chunk_ref(&chunk));
+        let batch = batch?;
+        refs.extend(batch.iter().map(chunk_ref));
+        if let Some(sink) = sink.as_mut() {
+            sink.append(batch.into_iter().map(|c| c.frame).collect())
+                .await?;
         }
     }
     drop(uploads);
@@ -205,22 +216,8 @@ async fn hold_and_store(
         tokio::time::sleep(Duration::from_millis(100)).await;
         pending.retain(|c| claimed.contains(&c.hash));
     }
-    let writes: Vec<_> = batch
-        .iter()
-        .map(|chunk| {
-            let (store, hash, frame) = (store.clone(), chunk.hash, chunk.frame.clone());
-            async move {
-                if !store.has_chunk(&hash).await? {
-                    store.put_chunk(&hash, frame).await?;
-                }
-                Ok::<_, CacheError>(())
-            }
-        })
-        .collect();
-    futures::stream::iter(writes)
-        .buffer_unordered(UPLOAD_CONCURRENCY)
-        .try_collect::<()>()
-        .await
+    let frames = batch.iter().map(|c| (c.hash, c.frame.clone())).collect();
+    Ok(store.put_missing_chunks(frames).await?)
 }
 
 /// Chunks the NAR in `source` (compressed with `expected.compression`), stores every chunk,
@@ -273,4 +270,92 @@ pub(crate) async fn chunk_verified(
         ));
     }
     Ok(chunked)
+}
+
+#[cfg(test)]
+mod tests {
+    use ncps_store::chunk::ChunkParams;
+
+    use super::*;
+
+    /// An incompressible NAR of `len` bytes.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    fn pieces(file: &[u8]) -> BoxStream<'static, io::Result<Bytes>> {
+        let pieces: Vec<io::Result<Bytes>> = file
+            .chunks(64 * 1024)
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect();
+        futures::stream::iter(pieces).boxed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_nar_is_chunked_and_checked_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&format!(
+            "sqlite:{}",
+            dir.path().join("db.sqlite").display()
+        ))
+        .await
+        .unwrap();
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        // Several batches of chunks, so frames and chunk files are written batch by batch.
+        let nar = noise(8 << 20);
+        let file = zstd::encode_all(&nar[..], 1).unwrap();
+        let expected = Expected::exactly(
+            Compression::Zstd,
+            Some(Sha256Hash::digest(&file)),
+            Some(file.len() as u64),
+            Sha256Hash::digest(&nar),
+            nar.len() as u64,
+        );
+        let settings = ChunkSettings {
+            params: ChunkParams::default(),
+            zstd_level: 1,
+        };
+
+        let chunked = chunk_verified(&store, &db, pieces(&file), &expected, settings, None)
+            .await
+            .expect("a matching NAR is chunked");
+        assert_eq!(
+            (chunked.source_hash, chunked.source_size),
+            (Sha256Hash::digest(&file), file.len() as u64),
+            "the source file's tally"
+        );
+        let mut plain = Vec::with_capacity(nar.len());
+        for chunk in &chunked.refs {
+            let frame = store
+                .read_chunk(&chunk.hash)
+                .await
+                .unwrap()
+                .expect("stored");
+            plain.extend_from_slice(&zstd::decode_all(&frame[..]).unwrap());
+        }
+        assert!(plain == nar, "the stored chunks, in order, are not the NAR");
+
+        let wrong_file = Expected {
+            file_hash: Some(Sha256Hash::digest(b"another file")),
+            ..expected.clone()
+        };
+        let refused = chunk_verified(&store, &db, pieces(&file), &wrong_file, settings, None).await;
+        assert!(
+            matches!(&refused, Err(CacheError::Integrity(m)) if m.contains("FileHash")),
+            "{:?}",
+            refused.err()
+        );
+        let mut cut = file.clone();
+        cut.truncate(file.len() - 1000);
+        let refused = chunk_verified(&store, &db, pieces(&cut), &expected, settings, None).await;
+        assert!(refused.is_err(), "a file cut short was accepted");
+    }
 }
