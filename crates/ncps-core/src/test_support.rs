@@ -30,3 +30,17 @@ pub(crate) async fn local_cache_with(
     configure(&mut config);
     (Cache::new(config, db.clone(), store, upstreams), db)
 }
+
+/// `len` bytes no compressor can shrink (xorshift64), the same on every run: for tests whose
+/// files must stay large once compressed.
+pub(crate) fn incompressible(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

@@ -22,12 +22,26 @@ use tokio::net::TcpStream;
 /// A client connection that sends mapped stored-file bytes with `sendfile`.
 pub(crate) struct SendfileStream {
     tcp: TcpStream,
+    /// Set once the kernel refused `sendfile` for a stored file (a file system without it):
+    /// from then on this connection writes windows like any other bytes.
+    sendfile_refused: bool,
 }
 
 impl SendfileStream {
     /// Wraps an accepted connection.
     pub(crate) fn new(tcp: TcpStream) -> Self {
-        Self { tcp }
+        Self {
+            tcp,
+            sendfile_refused: false,
+        }
+    }
+
+    /// Where `slice` comes from, when it is to be sent with `sendfile`.
+    fn mapped(&self, slice: &[u8]) -> Option<FileSpan> {
+        if self.sendfile_refused {
+            return None;
+        }
+        file_behind(slice)
     }
 
     /// Writes `slices` in order, as far as the socket takes them without waiting; the count
@@ -40,13 +54,19 @@ impl SendfileStream {
         let mut written = 0;
         let mut rest = slices;
         while let Some(first) = rest.first() {
-            let (step, asked, taken) = match file_behind(first) {
-                Some(span) => (self.poll_sendfile(cx, &span, first.len()), first.len(), 1),
+            let (step, asked, taken) = match self.mapped(first) {
+                Some(span) => match self.poll_sendfile(cx, &span, first.len()) {
+                    Poll::Ready(Err(e)) if unsupported(&e) => {
+                        self.sendfile_refused = true;
+                        continue; // the same slice again, written like any other
+                    }
+                    step => (step, first.len(), 1),
+                },
                 None => {
                     // The run of ordinary slices up to the next mapped one, in one writev.
                     let run = rest
                         .iter()
-                        .position(|s| file_behind(s).is_some())
+                        .position(|s| self.mapped(s).is_some())
                         .unwrap_or(rest.len());
                     let asked = rest[..run].iter().map(|s| s.len()).sum();
                     let step = Pin::new(&mut self.tcp).poll_write_vectored(cx, &rest[..run]);
@@ -102,6 +122,15 @@ impl SendfileStream {
             }
         }
     }
+}
+
+/// Whether `sendfile` failed because it cannot be used here (the file's file system or the
+/// kernel), not because of this connection.
+fn unsupported(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP].contains(&Errno::from_raw_os_error(code))
+    })
 }
 
 impl AsyncRead for SendfileStream {

@@ -2,9 +2,9 @@
 //! stored chunks, in one streaming pass with bounded memory.
 //!
 //! A blocking thread decompresses and cuts the NAR with FastCDC, compressing each chunk as its
-//! own zstd frame; the async side holds the chunks against the collector, uploads those that
-//! storage does not have yet (a few at a time, in order) and, when a client is waiting, appends
-//! each frame to the download's file so the client receives the NAR as the chunks are produced.
+//! own zstd frame; the async side holds the chunks against the collector a batch at a time,
+//! writes those storage does not have yet and, when a client is waiting, appends the batch's
+//! frames to the download's file so the client receives the NAR as the chunks are produced.
 //!
 //! Holding comes first ([`ncps_db::Database::hold_chunks`]): a chunk found in storage may be
 //! one the collector is about to delete, and a chunk written may be one whose old copy it is
@@ -274,22 +274,8 @@ pub(crate) async fn chunk_verified(
 
 #[cfg(test)]
 mod tests {
-    use ncps_store::chunk::ChunkParams;
-
     use super::*;
-
-    /// An incompressible NAR of `len` bytes.
-    fn noise(len: usize) -> Vec<u8> {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
+    use crate::test_support::incompressible;
 
     fn pieces(file: &[u8]) -> BoxStream<'static, io::Result<Bytes>> {
         let pieces: Vec<io::Result<Bytes>> = file
@@ -310,7 +296,7 @@ mod tests {
         .unwrap();
         let store = BlobStore::local(&dir.path().join("store")).unwrap();
         // Several batches of chunks, so frames and chunk files are written batch by batch.
-        let nar = noise(8 << 20);
+        let nar = incompressible(8 << 20);
         let file = zstd::encode_all(&nar[..], 1).unwrap();
         let expected = Expected::exactly(
             Compression::Zstd,

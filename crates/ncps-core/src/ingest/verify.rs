@@ -447,15 +447,7 @@ mod tests {
     #[test]
     fn the_two_halves_on_their_threads_refuse_what_one_thread_refuses() {
         // Incompressible, so the file is far above the size checked on the calling task.
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let nar: Vec<u8> = (0..400_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let nar = crate::test_support::incompressible(400_000);
         let zst = zstd::encode_all(&nar[..], 3).unwrap();
         assert!(zst.len() as u64 > INLINE_INGEST_LIMIT);
         let exp = expected(Compression::Zstd, &zst, &nar);
