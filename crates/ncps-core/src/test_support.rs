@@ -31,16 +31,16 @@ pub(crate) async fn local_cache_with(
     (Cache::new(config, db.clone(), store, upstreams), db)
 }
 
-/// `len` bytes no compressor can shrink (xorshift64), the same on every run: for tests whose
-/// files must stay large once compressed.
-pub(crate) fn incompressible(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
+/// `len` pseudo-random bytes (xorshift64 seeded by `seed`), the same on every run: NARs that
+/// differ by seed and that no compressor can shrink.
+pub(crate) fn noise(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u64::from(seed) + 1;
     (0..len)
         .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
         })
         .collect()
 }

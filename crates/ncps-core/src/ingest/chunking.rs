@@ -275,7 +275,7 @@ pub(crate) async fn chunk_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::incompressible;
+    use crate::test_support::noise;
 
     fn pieces(file: &[u8]) -> BoxStream<'static, io::Result<Bytes>> {
         let pieces: Vec<io::Result<Bytes>> = file
@@ -296,7 +296,7 @@ mod tests {
         .unwrap();
         let store = BlobStore::local(&dir.path().join("store")).unwrap();
         // Several batches of chunks, so frames and chunk files are written batch by batch.
-        let nar = incompressible(8 << 20);
+        let nar = noise(1, 8 << 20);
         let file = zstd::encode_all(&nar[..], 1).unwrap();
         let expected = Expected::exactly(
             Compression::Zstd,

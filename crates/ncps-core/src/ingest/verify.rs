@@ -447,7 +447,7 @@ mod tests {
     #[test]
     fn the_two_halves_on_their_threads_refuse_what_one_thread_refuses() {
         // Incompressible, so the file is far above the size checked on the calling task.
-        let nar = crate::test_support::incompressible(400_000);
+        let nar = crate::test_support::noise(2, 400_000);
         let zst = zstd::encode_all(&nar[..], 3).unwrap();
         assert!(zst.len() as u64 > INLINE_INGEST_LIMIT);
         let exp = expected(Compression::Zstd, &zst, &nar);

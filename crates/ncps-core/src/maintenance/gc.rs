@@ -87,15 +87,7 @@ mod tests {
 
     /// A NAR of `len` pseudo-random bytes seeded by `seed`.
     fn nar(seed: u8, len: usize) -> Vec<u8> {
-        let mut x = u64::from(seed) + 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_support::noise(seed, len)
     }
 
     const SETTINGS: ChunkSettings = ChunkSettings {
