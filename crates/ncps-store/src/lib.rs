@@ -13,4 +13,4 @@ mod mapped;
 pub use blob::{AzureConfig, BlobRead, BlobStore, ByteRange, GcsConfig, S3Config, StoredObject};
 pub use chunk::{ChunkError, ChunkHash, ChunkParams, Chunker, ChunkingSummary};
 pub use error::StoreError;
-pub use mapped::{FileSpan, file_behind};
+pub use mapped::{FileSpan, file_behind, growing_file_window};

@@ -130,6 +130,18 @@ pub(crate) fn resident_window(file: &Arc<File>, offset: u64, len: usize) -> Opti
     Some(Bytes::from_owner(Window { map }))
 }
 
+/// The next window of a file that is still being appended to (a download in progress): up to
+/// [`WINDOW`] of the `available` bytes from `offset`, mapped and registered as
+/// [`resident_window`] does; `None` when fewer than [`MAP_FROM`] bytes are available (a reader
+/// close behind the writer reads small pieces) or the window is better read. The bytes below
+/// `offset + available` must be written and never written again: appends beyond them are fine.
+pub fn growing_file_window(file: &Arc<File>, offset: u64, available: u64) -> Option<Bytes> {
+    if available < MAP_FROM {
+        return None;
+    }
+    resident_window(file, offset, available.min(WINDOW) as usize)
+}
+
 /// Whether every page of `map` (mapped from file offset `offset`) is in the page cache; `None`
 /// when the kernel cannot say.
 fn all_pages_resident(map: &Mmap, offset: u64) -> Option<bool> {

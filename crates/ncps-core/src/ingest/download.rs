@@ -164,10 +164,20 @@ impl Reader {
         }
     }
 
-    /// Reads the next piece: opening the file (first time) and reading happen in one blocking
-    /// call, at an explicit offset, into the buffer that is sent.
+    /// Reads the next piece: a window mapped from the file when the writer is at least a window
+    /// ahead and its pages are in the page cache (the connection sends it with `sendfile`, see
+    /// [`ncps_store::growing_file_window`]); otherwise opening the file (first time) and reading
+    /// happen in one blocking call, at an explicit offset, into the buffer that is sent.
     async fn read(&mut self, available: u64) -> io::Result<Bytes> {
         use std::os::unix::fs::FileExt;
+        if let Some(window) = self
+            .file
+            .as_ref()
+            .and_then(|file| ncps_store::growing_file_window(file, self.pos, available))
+        {
+            self.pos += window.len() as u64;
+            return Ok(window);
+        }
         let file = self.file.clone();
         let path = self.download.path().to_path_buf();
         let offset = self.pos;
@@ -297,7 +307,8 @@ mod tests {
         let joined = downloads.join(&key()).unwrap();
         assert!(Arc::ptr_eq(&dl, &joined));
         let early = tokio::spawn(joined.clone().reader().try_collect::<Vec<Bytes>>());
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        // Large enough that a reader starting behind the writer gets mapped windows.
+        let data: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
         writer_dl.set(Progress::Running {
             written: 0,
             total: Some(data.len() as u64),
@@ -314,8 +325,16 @@ mod tests {
         downloads.remove(&writer_dl);
         assert!(downloads.join(&key()).is_none());
         let late = dl.reader().try_collect::<Vec<Bytes>>().await.unwrap();
-        assert_eq!(late.concat(), data);
-        assert_eq!(early.await.unwrap().unwrap().concat(), data);
+        assert!(late.concat() == data, "a late reader saw other bytes");
+        assert!(
+            late.iter()
+                .any(|piece| ncps_store::file_behind(piece).is_some()),
+            "a reader a whole file behind got no window to send with sendfile"
+        );
+        assert!(
+            early.await.unwrap().unwrap().concat() == data,
+            "a reader following the writer saw other bytes"
+        );
     }
 
     #[tokio::test]
