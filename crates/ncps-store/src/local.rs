@@ -50,13 +50,34 @@ async fn blocking<T: Send + 'static>(
     path: &Path,
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let result = tokio::task::spawn_blocking(work)
+    on_blocking_pool(work)
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("file task failed: {e}"))));
-    result.map_err(|source| StoreError::ReadFile {
-        path: path.to_path_buf(),
-        source,
-    })
+        .map_err(|source| StoreError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// [`blocking`] for work that writes: `path` names it in errors as a write.
+async fn blocking_write<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    on_blocking_pool(work)
+        .await
+        .map_err(|source| StoreError::WriteFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Runs `work` on the blocking pool; a task that panicked is an I/O error.
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("file task failed: {e}"))))
 }
 
 /// A unique staging name beside `path`, in object_store's form (`<name>#<digits>`), which
@@ -197,10 +218,7 @@ impl LocalDir {
             match std::fs::hard_link(&source, &dest) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    // Named like object_store's staging files, so listings skip it and the
-                    // staging sweep removes it should we be killed before the rename.
-                    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("nar");
-                    let staged = dir.join(format!("{name}#{}", std::process::id()));
+                    let staged = staging_name(&dest);
                     let _ = std::fs::remove_file(&staged);
                     if std::fs::hard_link(&source, &staged).is_err() {
                         return Ok(false);
@@ -357,7 +375,7 @@ impl LocalDir {
             .map(|(hash, frame)| (self.chunk_file(&hash), frame))
             .collect();
         let dir = self.root.join(crate::chunk::CHUNK_DIR);
-        let result = tokio::task::spawn_blocking(move || {
+        blocking_write(&dir, move || {
             for (path, frame) in &files {
                 if unless_missing(std::fs::metadata(path))?.is_some() {
                     continue;
@@ -375,8 +393,6 @@ impl LocalDir {
             Ok(())
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("file task failed: {e}"))));
-        result.map_err(|source| StoreError::WriteFile { path: dir, source })
     }
 
     /// Whether every one of `hashes` is stored; one blocking call for the whole list.

@@ -59,8 +59,7 @@ pub(crate) struct Chunked {
 /// A client-visible copy of the frames: the download's file, followed by its readers.
 pub(crate) struct FrameSink {
     pub download: Arc<Download>,
-    /// `None` only while a batch is being written on a blocking thread.
-    pub file: Option<std::fs::File>,
+    pub file: Arc<std::fs::File>,
     pub written: u64,
 }
 
@@ -68,20 +67,15 @@ impl FrameSink {
     /// Appends a batch of frames in one blocking call (one hand-off per batch, not one write,
     /// flush and hand-off per frame), then tells the readers.
     async fn append(&mut self, frames: Vec<Bytes>) -> io::Result<()> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("an earlier append failed"))?;
+        let file = Arc::clone(&self.file);
         let appended: u64 = frames.iter().map(|f| f.len() as u64).sum();
-        let file = tokio::task::spawn_blocking(move || {
-            for frame in &frames {
-                file.write_all(frame)?;
-            }
-            Ok::<_, io::Error>(file)
+        tokio::task::spawn_blocking(move || {
+            frames
+                .iter()
+                .try_for_each(|frame| (&*file).write_all(frame))
         })
         .await
         .map_err(io::Error::other)??;
-        self.file = Some(file);
         self.written += appended;
         self.download.advance(self.written);
         Ok(())

@@ -141,7 +141,7 @@ impl Ingest {
         let response = self.open_upstream(download, false).await?;
         let sink = FrameSink {
             download: download.clone(),
-            file: Some(file),
+            file: Arc::new(file),
             written: 0,
         };
         let chunked = chunk_verified(
