@@ -58,19 +58,6 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
-/// [`blocking`] for work that writes: `path` names it in errors as a write.
-async fn blocking_write<T: Send + 'static>(
-    path: &Path,
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, StoreError> {
-    on_blocking_pool(work)
-        .await
-        .map_err(|source| StoreError::WriteFile {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
 /// Runs `work` on the blocking pool; a task that panicked is an I/O error.
 async fn on_blocking_pool<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -375,7 +362,7 @@ impl LocalDir {
             .map(|(hash, frame)| (self.chunk_file(&hash), frame))
             .collect();
         let dir = self.root.join(crate::chunk::CHUNK_DIR);
-        blocking_write(&dir, move || {
+        on_blocking_pool(move || {
             for (path, frame) in &files {
                 if unless_missing(std::fs::metadata(path))?.is_some() {
                     continue;
@@ -393,6 +380,7 @@ impl LocalDir {
             Ok(())
         })
         .await
+        .map_err(|source| StoreError::WriteFile { path: dir, source })
     }
 
     /// Whether every one of `hashes` is stored; one blocking call for the whole list.
