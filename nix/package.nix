@@ -18,6 +18,7 @@
 
 let
   cargoToml = builtins.fromTOML (builtins.readFile ../Cargo.toml);
+  cargoConfig = builtins.fromTOML (builtins.readFile ../.cargo/config.toml);
 in
 rustPlatform.buildRustPackage {
   pname = "ncps";
@@ -37,6 +38,10 @@ rustPlatform.buildRustPackage {
   };
 
   cargoLock.lockFile = ../Cargo.lock;
+
+  # How the bundled SQLite is compiled (see .cargo/config.toml, which nixpkgs' cargo set-up
+  # may not keep).
+  inherit (cargoConfig.env) LIBSQLITE3_FLAGS;
 
   nativeBuildInputs = [ pkg-config ];
 

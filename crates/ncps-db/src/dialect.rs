@@ -13,6 +13,7 @@ use sqlx::ValueRef;
 use sqlx::any::{AnyRow, AnyTypeInfoKind};
 
 use crate::DbError;
+use crate::columns::{Columns, decode_error};
 
 /// Which SQL engine a [`crate::Database`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,24 +184,16 @@ pub(crate) fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>, DbE
     }
     if raw.type_info().kind() == AnyTypeInfoKind::Blob {
         let bytes: Vec<u8> = row.try_get(column)?;
-        return String::from_utf8(bytes).map(Some).map_err(|e| {
-            DbError::Sqlx(sqlx::Error::ColumnDecode {
-                index: column.to_string(),
-                source: Box::new(e),
-            })
-        });
+        return String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| decode_error(column, Box::new(e)));
     }
     Ok(Some(row.try_get(column)?))
 }
 
 /// A non-null text column (see [`opt_text`]).
 pub(crate) fn text(row: &AnyRow, column: &str) -> Result<String, DbError> {
-    opt_text(row, column)?.ok_or_else(|| {
-        DbError::Sqlx(sqlx::Error::ColumnDecode {
-            index: column.to_string(),
-            source: "unexpected NULL".into(),
-        })
-    })
+    Columns::text(row, column)
 }
 
 /// Binds each of `items`, in order (the SQL has a `?` for each, from [`placeholders`]).

@@ -4,7 +4,9 @@
 //! chunks), which NAR URL names which NAR, and where a NAR that is not stored yet comes from.
 //! SQLite is the embedded default; PostgreSQL and MySQL/MariaDB serve shared deployments. One
 //! code path serves all three: sqlx's `Any` driver, every query written once, and a small
-//! dialect layer for the few spellings that differ (placeholders, upserts, casts).
+//! dialect layer for the few spellings that differ (placeholders, upserts, casts). The one
+//! exception is the hottest read on SQLite, a narinfo hit, which `direct` runs on the caller's
+//! thread and which falls back to the pool whenever SQLite cannot answer at once.
 
 /// Declares a test that runs once per engine: `db_test! { async fn name(db) { … } }` makes
 /// `name::sqlite`, `name::postgres` and `name::mysql`, each with a fresh, migrated database
@@ -33,8 +35,10 @@ macro_rules! db_test {
 }
 
 mod chunks;
+mod columns;
 mod connect;
 mod dialect;
+mod direct;
 mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
@@ -60,6 +64,7 @@ pub use fsck::{
 };
 pub use go_data::{GoBuildTrace, GoNarFile, GoNarInfo};
 pub use lru::{DocumentEntry, DocumentKey, LruEntry};
+pub use narinfos::NarinfoAndNar;
 pub use nars::Removed;
 pub use pins::Pin;
 pub use records::{

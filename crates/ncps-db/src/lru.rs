@@ -11,6 +11,12 @@ use crate::dialect::{bind_all, placeholders, text};
 use crate::repo::{ROWS_PER_STATEMENT, corrupt, to_u64};
 use crate::{Database, DbError, Removed};
 
+/// Access times recorded per write transaction: a flush of many accesses commits a few times
+/// rather than once per statement (each commit makes every other SQLite connection drop its
+/// page cache, and pages the statements share are written once per commit), while other
+/// writers still get their turn between transactions of a long flush.
+const TOUCHES_PER_TRANSACTION: usize = 4 * ROWS_PER_STATEMENT;
+
 /// A narinfo in least-recently-used order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LruEntry {
@@ -129,15 +135,19 @@ impl Database {
         keys: &[String],
         at: i64,
     ) -> Result<(), DbError> {
-        for batch in keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE {table} SET last_accessed_at = ? WHERE last_accessed_at < ? \
-                 AND {column} IN {}",
-                placeholders(batch.len())
-            );
-            let sql = self.sql(&sql);
-            let q = sqlx::query(&sql).bind(at).bind(at);
-            bind_all(q, batch).execute(&self.pool).await?;
+        for slice in keys.chunks(TOUCHES_PER_TRANSACTION) {
+            let mut tx = self.begin().await?;
+            for batch in slice.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "UPDATE {table} SET last_accessed_at = ? WHERE last_accessed_at < ? \
+                     AND {column} IN {}",
+                    placeholders(batch.len())
+                );
+                let sql = self.sql(&sql);
+                let q = sqlx::query(&sql).bind(at).bind(at);
+                bind_all(q, batch).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         }
         Ok(())
     }

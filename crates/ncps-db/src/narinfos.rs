@@ -1,14 +1,22 @@
 use std::str::FromStr;
 
 use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath, StorePathHash};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
-use crate::dialect::{opt_text, text};
+use crate::columns::{Columns, NamedRow};
+use crate::direct::Answer;
 use crate::repo::{corrupt, now_secs, to_i64, to_u64};
 use crate::{CachedNarInfo, Database, DbError, NarOrigin, NarRecord, OwnSignature};
 
 const T: &str = "narinfos";
+
+/// A narinfo, the record of its NAR when stored, and our stored signature of it.
+pub type NarinfoAndNar = (CachedNarInfo, Option<NarRecord>, Option<OwnSignature>);
+
+/// The narinfo of a store path hash joined with its NAR's record (see
+/// [`Database::narinfo_and_nar`]); read through the pool and directly, hence one text.
+const NARINFO_AND_NAR: &str = "SELECT i.*, n.nar_hash AS stored_nar_hash, n.whole_key, \
+     n.whole_size, n.whole_delete_after, n.chunk_count, n.spliced_hash, n.spliced_size \
+     FROM narinfos i LEFT JOIN nars n ON n.nar_hash = i.nar_hash WHERE i.hash = ?";
 
 impl Database {
     /// Looks up the narinfo of a store path hash.
@@ -22,34 +30,30 @@ impl Database {
 
     /// A narinfo with the record of its NAR when that is stored and our stored signature of
     /// it: what rendering a narinfo needs, in one query (a narinfo hit that misses the memo
-    /// costs one round trip).
+    /// costs one round trip; on SQLite, one lookup on the caller's thread — see `direct.rs`).
     pub async fn narinfo_and_nar(
         &self,
         hash: &StorePathHash,
-    ) -> Result<Option<(CachedNarInfo, Option<NarRecord>, Option<OwnSignature>)>, DbError> {
-        let row = sqlx::query(&self.sql(
-            "SELECT i.*, n.nar_hash AS stored_nar_hash, n.whole_key, n.whole_size, \
-             n.whole_delete_after, n.chunk_count, n.spliced_hash, n.spliced_size \
-             FROM narinfos i LEFT JOIN nars n ON n.nar_hash = i.nar_hash WHERE i.hash = ?",
-        ))
-        .bind(hash.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let cached = narinfo_from_row(&row)?;
-        // The NAR's columns share the narinfo's `nar_hash` and `nar_size` (the join's key, and
-        // a size verified equal when the NAR was stored).
-        let nar = match opt_text(&row, "stored_nar_hash")? {
-            Some(_) => Some(crate::nars::nar_from_row(&row)?),
-            None => None,
-        };
-        let own = match (opt_text(&row, "own_sig")?, opt_text(&row, "own_sig_key")?) {
-            (Some(sig), Some(key)) => Some(OwnSignature { sig, key }),
-            _ => None,
-        };
-        Ok(Some((cached, nar, own)))
+    ) -> Result<Option<NarinfoAndNar>, DbError> {
+        let hash = hash.to_string();
+        if let Some(direct) = &self.direct {
+            let answer = direct.read(|conn| {
+                let mut statement = conn.prepare_cached(NARINFO_AND_NAR)?;
+                let mut rows = statement.query([&hash])?;
+                match rows.next()? {
+                    Some(row) => Ok(Some(narinfo_and_nar_from_row(&NamedRow::new(row))?)),
+                    None => Ok(None),
+                }
+            });
+            if let Answer::Done(result) = answer {
+                return result;
+            }
+        }
+        let row = sqlx::query(&self.sql(NARINFO_AND_NAR))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(narinfo_and_nar_from_row).transpose()
     }
 
     /// A narinfo of this NAR that says where to download it from, if any does.
@@ -144,31 +148,49 @@ impl Database {
     }
 }
 
-fn narinfo_from_row(row: &AnyRow) -> Result<CachedNarInfo, DbError> {
+/// Decodes a row of [`NARINFO_AND_NAR`].
+fn narinfo_and_nar_from_row(row: &impl Columns) -> Result<NarinfoAndNar, DbError> {
+    let cached = narinfo_from_row(row)?;
+    // The NAR's columns share the narinfo's `nar_hash` and `nar_size` (the join's key, and
+    // a size verified equal when the NAR was stored).
+    let nar = match row.opt_text("stored_nar_hash")? {
+        Some(_) => Some(crate::nars::nar_from_row(row)?),
+        None => None,
+    };
+    let own = match (row.opt_text("own_sig")?, row.opt_text("own_sig_key")?) {
+        (Some(sig), Some(key)) => Some(OwnSignature { sig, key }),
+        _ => None,
+    };
+    Ok((cached, nar, own))
+}
+
+fn narinfo_from_row(row: &impl Columns) -> Result<CachedNarInfo, DbError> {
     let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
     let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
-        opt_text(row, col)?
+        row.opt_text(col)?
             .map(|h| Sha256Hash::from_str(&h))
             .transpose()
             .map_err(|e| bad(&e))
     };
-    let url_key = NarKey::parse_file_name(&text(row, "url_key")?).map_err(|e| bad(&e))?;
-    let store_path = StorePath::parse(&text(row, "store_path")?).map_err(|e| bad(&e))?;
+    let url_key = NarKey::parse_file_name(&row.text("url_key")?).map_err(|e| bad(&e))?;
+    let store_path = StorePath::parse(&row.text("store_path")?).map_err(|e| bad(&e))?;
     let nar_hash = hash("nar_hash")?.ok_or_else(|| bad(&"missing nar_hash"))?;
-    let nar_size = to_u64(T, row.try_get("nar_size")?)?;
-    let references = text(row, "refs")?
+    let nar_size = to_u64(T, row.i64("nar_size")?)?;
+    let references = row
+        .text("refs")?
         .split_whitespace()
         .map(StorePath::parse_base_name)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&e))?;
-    let sigs = text(row, "sigs")?
+    let sigs = row
+        .text("sigs")?
         .lines()
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    let upstream_url = opt_text(row, "upstream_url")?;
-    let upstream_nar_url = opt_text(row, "upstream_nar_url")?;
-    let upstream_compression = opt_text(row, "upstream_compression")?;
+    let upstream_url = row.opt_text("upstream_url")?;
+    let upstream_nar_url = row.opt_text("upstream_nar_url")?;
+    let upstream_compression = row.opt_text("upstream_compression")?;
     let origin = match (upstream_url, upstream_nar_url, upstream_compression) {
         (Some(upstream_url), Some(nar_url), Some(compression)) => Some(NarOrigin {
             upstream_url,
@@ -176,7 +198,7 @@ fn narinfo_from_row(row: &AnyRow) -> Result<CachedNarInfo, DbError> {
             compression: Compression::parse(&compression).map_err(|e| bad(&e))?,
             file_hash: hash("upstream_file_hash")?,
             file_size: row
-                .try_get::<Option<i64>, _>("upstream_file_size")?
+                .opt_i64("upstream_file_size")?
                 .map(|n| to_u64(T, n))
                 .transpose()?,
         }),
@@ -192,9 +214,9 @@ fn narinfo_from_row(row: &AnyRow) -> Result<CachedNarInfo, DbError> {
             nar_hash,
             nar_size,
             references,
-            deriver: opt_text(row, "deriver")?,
+            deriver: row.opt_text("deriver")?,
             sigs,
-            ca: opt_text(row, "ca")?,
+            ca: row.opt_text("ca")?,
         },
         url_key,
         origin,
@@ -204,6 +226,7 @@ fn narinfo_from_row(row: &AnyRow) -> Result<CachedNarInfo, DbError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::repo::test_support::{Engine, TestDb};
 
     pub fn sample() -> CachedNarInfo {
         let nar_hash = Sha256Hash::digest(b"nar");
@@ -349,5 +372,98 @@ pub(crate) mod tests {
             let kept = other.narinfo.store_path.hash();
             assert!(db.narinfo(kept).await.unwrap().is_some());
         }
+    }
+
+    /// Every narinfo of a database, read directly and through the pool: the two agree, and
+    /// the direct reads were answered directly.
+    async fn direct_and_pool_reads_agree(db: &Database, hashes: &[StorePathHash]) {
+        let direct = db.direct.as_ref().expect("SQLite reads directly");
+        let pool = db.pool_only();
+        let before = direct.answered();
+        for hash in hashes {
+            let read = db.narinfo_and_nar(hash).await.unwrap();
+            assert_eq!(read, pool.narinfo_and_nar(hash).await.unwrap(), "{hash}");
+        }
+        assert_eq!(direct.answered() - before, hashes.len() as u64);
+    }
+
+    /// SQLite answers narinfo hits on the caller's thread, with the same answer as the pool
+    /// for every shape of row: whole file, chunked, our signature or none, an upstream origin or
+    /// none, optional fields empty, unknown paths; a row that does not decode is an error.
+    #[tokio::test]
+    async fn sqlite_hits_are_read_directly_with_the_pools_answer() {
+        use crate::fixtures::{FixtureSpec, store_path_hash};
+        let db = TestDb::new(Engine::Sqlite).await;
+        let key = ncps_nix::SecretKey::generate("direct-1").unwrap();
+        let mut hashes = Vec::new();
+        for (chunked, seed) in [(false, 3), (true, 4)] {
+            let signed_by = chunked.then(|| key.clone());
+            let spec = FixtureSpec {
+                chunked,
+                seed,
+                signed_by,
+                ..FixtureSpec::new(200)
+            };
+            db.fill_fixture(&spec).await.unwrap();
+            hashes.extend((0..200).map(|i| store_path_hash(seed, i)));
+        }
+        let full = sample();
+        let mut bare = sample();
+        bare.narinfo.store_path =
+            StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-bare").unwrap();
+        bare.narinfo.references.clear();
+        bare.narinfo.deriver = None;
+        bare.narinfo.sigs.clear();
+        bare.narinfo.ca =
+            Some("fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s".into());
+        bare.origin = None;
+        for info in [&full, &bare] {
+            db.insert_narinfo(info, None).await.unwrap();
+            hashes.push(*info.narinfo.store_path.hash());
+        }
+        hashes.push(StorePathHash::from_bytes([9; 20]));
+        direct_and_pool_reads_agree(&db, &hashes).await;
+        let (cached, nar, own) = db.narinfo_and_nar(&hashes[250]).await.unwrap().unwrap();
+        assert!(
+            nar.unwrap().chunked.is_some() && own.is_some(),
+            "{cached:?}"
+        );
+
+        let broken = *full.narinfo.store_path.hash();
+        sqlx::query("UPDATE narinfos SET store_path = 'not a store path' WHERE hash = ?")
+            .bind(broken.to_string())
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let answered = db.direct.as_ref().unwrap().answered();
+        let err = db.narinfo_and_nar(&broken).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DbError::CorruptRow {
+                    table: "narinfos",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(db.direct.as_ref().unwrap().answered(), answered, "no retry");
+        db.cleanup().await;
+    }
+
+    /// When the direct reader cannot answer (here it cannot even open the file), the pool
+    /// answers instead.
+    #[tokio::test]
+    async fn the_pool_answers_what_sqlite_cannot_answer_directly() {
+        let db = TestDb::new(Engine::Sqlite).await;
+        let info = sample();
+        let hash = *info.narinfo.store_path.hash();
+        db.insert_narinfo(&info, None).await.unwrap();
+        let missing = tempfile::tempdir().unwrap().path().join("gone.sqlite");
+        let unreadable = db.reading_directly_from(missing);
+        let read = unreadable.narinfo_and_nar(&hash).await.unwrap();
+        assert_eq!(read, Some((info, None, None)));
+        assert_eq!(unreadable.direct.as_ref().unwrap().answered(), 0);
+        db.cleanup().await;
     }
 }

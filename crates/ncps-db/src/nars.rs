@@ -2,9 +2,9 @@ use std::str::FromStr;
 
 use ncps_nix::{NarKey, Sha256Hash};
 use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::chunks::LOST_LAST_REFERENCE;
+use crate::columns::Columns;
 use crate::dialect::{bind_all, opt_text, placeholders};
 use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
@@ -338,20 +338,18 @@ impl Database {
     }
 }
 
-pub(crate) fn nar_from_row(row: &AnyRow) -> Result<NarRecord, DbError> {
+pub(crate) fn nar_from_row(row: &impl Columns) -> Result<NarRecord, DbError> {
     let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
     let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
-        opt_text(row, col)?
+        row.opt_text(col)?
             .map(|h| Sha256Hash::from_str(&h))
             .transpose()
             .map_err(|e| bad(&e))
     };
     let size = |col: &str| -> Result<Option<u64>, DbError> {
-        row.try_get::<Option<i64>, _>(col)?
-            .map(|n| to_u64(T, n))
-            .transpose()
+        row.opt_i64(col)?.map(|n| to_u64(T, n)).transpose()
     };
-    let whole = match (opt_text(row, "whole_key")?, size("whole_size")?) {
+    let whole = match (row.opt_text("whole_key")?, size("whole_size")?) {
         (Some(key), Some(size)) => Some(WholeFile {
             key: NarKey::parse_file_name(&key).map_err(|e| bad(&e))?,
             size,
@@ -370,7 +368,7 @@ pub(crate) fn nar_from_row(row: &AnyRow) -> Result<NarRecord, DbError> {
         nar_hash: hash("nar_hash")?.ok_or_else(|| bad(&"missing nar_hash"))?,
         nar_size: size("nar_size")?.unwrap_or(0),
         whole,
-        whole_delete_after: row.try_get("whole_delete_after")?,
+        whole_delete_after: row.opt_i64("whole_delete_after")?,
         chunked,
     })
 }

@@ -8,6 +8,7 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
 use crate::dialect::Dialect;
+use crate::direct::DirectReader;
 use crate::{DatabaseUrl, DbError, parse_database_url};
 
 /// Migrations embedded in the binary, one set per engine (same versions, same tables), so a
@@ -100,6 +101,8 @@ pub struct Database {
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Statements run so far that read every NAR or chunk row (see [`Database::full_scans`]).
     pub(crate) full_scans: Arc<std::sync::atomic::AtomicU64>,
+    /// SQLite only: narinfo hits read on the caller's thread (see `direct.rs`).
+    pub(crate) direct: Option<Arc<DirectReader>>,
 }
 
 /// A write transaction. On SQLite it also holds this process's writer gate: SQLite lets one
@@ -329,6 +332,7 @@ impl Database {
             url: redact(url),
             reason,
         };
+        let mut direct = None;
         let (dialect, connect) = match parse_database_url(url)? {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -339,6 +343,7 @@ impl Database {
                     .map_err(|e| invalid(format!("cannot resolve {}: {e}", path.display())))?;
                 let connect = AnyConnectOptions::from_str(&sqlite_url(&path))
                     .map_err(|e| invalid(e.to_string()))?;
+                direct = Some(Arc::new(DirectReader::new(path)));
                 (Dialect::Sqlite, connect)
             }
             DatabaseUrl::Postgres(url) => (
@@ -378,7 +383,26 @@ impl Database {
             dialect,
             write_gate,
             full_scans: Arc::default(),
+            direct,
         })
+    }
+
+    /// This database read through the pool only, never directly (tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn pool_only(&self) -> Self {
+        Self {
+            direct: None,
+            ..self.clone()
+        }
+    }
+
+    /// This database with its direct reads from the file at `path` (tests make them fail).
+    #[cfg(test)]
+    pub(crate) fn reading_directly_from(&self, path: std::path::PathBuf) -> Self {
+        Self {
+            direct: Some(Arc::new(DirectReader::new(path))),
+            ..self.clone()
+        }
     }
 
     /// The migrations this binary knows, each with whether it is applied: what `ncps migrate

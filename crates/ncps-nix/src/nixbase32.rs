@@ -60,10 +60,24 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// Marks a byte that is not a digit in [`DIGIT_VALUES`].
+const NOT_A_DIGIT: u8 = u8::MAX;
+
+/// Each byte's digit value, or [`NOT_A_DIGIT`]: every store path and hash served is decoded,
+/// so this is one load per character rather than a search of the alphabet.
+const DIGIT_VALUES: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut value = 0;
+    while value < ALPHABET.len() {
+        table[ALPHABET[value] as usize] = value as u8;
+        value += 1;
+    }
+    table
+};
+
 /// Value of one nixbase32 digit, if it is one.
 fn digit_value(c: u8) -> Option<u8> {
-    // Position in the alphabet; the alphabet is tiny, a linear scan is fine.
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    Some(DIGIT_VALUES[usize::from(c)]).filter(|&v| v != NOT_A_DIGIT)
 }
 
 /// Decodes a nixbase32 string, rejecting anything `encode` could not have produced.
@@ -103,6 +117,14 @@ pub fn decode(s: &str) -> Result<Vec<u8>, Nixbase32Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exactly_the_alphabet_are_digits_each_its_position() {
+        for byte in 0..=u8::MAX {
+            let position = ALPHABET.iter().position(|&a| a == byte).map(|p| p as u8);
+            assert_eq!(digit_value(byte), position, "byte {byte}");
+        }
+    }
 
     #[test]
     fn lengths() {

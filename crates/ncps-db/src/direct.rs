@@ -1,0 +1,214 @@
+//! Reads of an SQLite database on the caller's own thread, for the hottest lookup (a narinfo hit
+//! the memo does not answer).
+//!
+//! sqlx runs every SQLite statement on a worker thread of its own and hands the query and each
+//! row across threads; for a one-row lookup of a few microseconds those hand-offs (two thread
+//! wake-ups, the pool's bookkeeping, converting the row for the `Any` driver) cost several times
+//! the lookup. Here the statement runs where it is asked for, on a connection kept for this use.
+//!
+//! What keeps this safe on a runtime thread: the connections only read (`query_only`), and never
+//! wait for a lock (busy timeout 0) — whenever SQLite cannot answer at once, or anything else
+//! goes wrong in the engine, the caller is told to ask the pool instead ([`Answer::AskThePool`]),
+//! which waits and reports errors as every other query does. In WAL mode readers do not wait
+//! for writers, so this is rare. What remains is reading the pages of one lookup (an index and
+//! two rows), from the page cache on a warm cache and from disk otherwise — the same a file
+//! cache such as nginx's does on its event loop.
+//!
+//! Owned by [`crate::Database`], which decides which reads come here (SQLite only).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::DbError;
+
+/// Connections kept between reads; as many reads as run at once get one (one per runtime thread
+/// at most, plus admin callers), so more than this only happens in bursts and is not kept.
+const KEPT_CONNECTIONS: usize = 8;
+
+/// Statements kept prepared per connection (rusqlite's cache is keyed by the SQL text).
+const PREPARED_STATEMENTS: usize = 8;
+
+/// The direct reader of one SQLite database file.
+#[derive(Debug)]
+pub(crate) struct DirectReader {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// Reads answered here (tests check that the fast path is taken).
+    answered: AtomicU64,
+}
+
+/// What a direct read came to.
+pub(crate) enum Answer<T> {
+    /// The read's result (a row that does not decode is an error here, as on the pool).
+    Done(Result<T, DbError>),
+    /// SQLite could not answer at once (busy, or an engine error): ask the pool.
+    AskThePool,
+}
+
+/// Why a read failed: the engine (then the pool is asked) or a row that does not decode (then
+/// that is the answer).
+pub(crate) enum ReadFailure {
+    /// SQLite refused or failed.
+    Engine(rusqlite::Error),
+    /// The row's contents are wrong.
+    Row(DbError),
+}
+
+impl From<rusqlite::Error> for ReadFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Engine(e)
+    }
+}
+
+impl From<DbError> for ReadFailure {
+    fn from(e: DbError) -> Self {
+        Self::Row(e)
+    }
+}
+
+impl DirectReader {
+    /// A reader of the database file at `path` (which the pool has opened and migrated).
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            answered: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `read` on one of the kept connections (opening one if none is free).
+    pub(crate) fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, ReadFailure>,
+    ) -> Answer<T> {
+        let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match taken.map_or_else(|| self.open(), Ok) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e, path = %self.path.display(), "direct SQLite read: cannot open; asking the pool");
+                return Answer::AskThePool;
+            }
+        };
+        let outcome = read(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < KEPT_CONNECTIONS {
+            idle.push(conn);
+        }
+        drop(idle);
+        match outcome {
+            Ok(value) => {
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                Answer::Done(Ok(value))
+            }
+            Err(ReadFailure::Row(e)) => Answer::Done(Err(e)),
+            Err(ReadFailure::Engine(e)) => {
+                tracing::debug!(error = %e, "direct SQLite read failed; asking the pool");
+                Answer::AskThePool
+            }
+        }
+    }
+
+    /// Reads answered here so far.
+    #[cfg(test)]
+    pub(crate) fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Opens a connection that only reads and never waits for a lock. The file must exist: the
+    /// pool created it. (Opened for writing and told not to write: an SQLite connection opened
+    /// read-only cannot always use the WAL's shared-memory index.)
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+        Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A database in WAL mode (as the pool makes it) with one row.
+    fn database() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('row');",
+        )
+        .unwrap();
+        (dir, path)
+    }
+
+    fn read_row(reader: &DirectReader) -> Answer<String> {
+        reader.read(|conn| Ok(conn.query_row("SELECT v FROM t", [], |row| row.get(0))?))
+    }
+
+    /// A read never waits for a lock on the caller's thread: while another connection holds
+    /// the database exclusively, the reader says at once to ask the pool; afterwards it reads.
+    #[test]
+    fn a_locked_database_is_not_waited_for() {
+        let (_dir, path) = database();
+        let reader = DirectReader::new(path.clone());
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE t SET v = v;",
+            )
+            .unwrap();
+            locked_tx.send(()).unwrap();
+            // Held until the reader has been refused (or 30 s, should it wait after all).
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+            conn.execute_batch("COMMIT").unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let started = Instant::now();
+        assert!(matches!(read_row(&reader), Answer::AskThePool));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for the lock"
+        );
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(matches!(read_row(&reader), Answer::Done(Ok(v)) if v == "row"));
+        assert_eq!(reader.answered(), 1);
+    }
+
+    /// The bundled SQLite is compiled as `.cargo/config.toml` says: without the process-wide
+    /// page-cache mutex and allocation statistics. A build that lost those flags (another build
+    /// tool, a changed config) fails here.
+    #[test]
+    fn sqlite_is_built_without_its_process_wide_locks() {
+        let conn = Connection::open_in_memory().unwrap();
+        let used = |option: &str| -> bool {
+            conn.query_row("SELECT sqlite_compileoption_used(?1)", [option], |row| {
+                row.get(0)
+            })
+            .unwrap()
+        };
+        assert!(!used("ENABLE_MEMORY_MANAGEMENT"));
+        assert!(used("DEFAULT_MEMSTATUS=0"));
+    }
+
+    /// The reader's connections cannot change the database.
+    #[test]
+    fn direct_connections_only_read() {
+        let (_dir, path) = database();
+        let reader = DirectReader::new(path);
+        let write = reader.read(|conn| Ok(conn.execute("DELETE FROM t", [])?));
+        assert!(matches!(write, Answer::AskThePool));
+        assert!(matches!(read_row(&reader), Answer::Done(Ok(v)) if v == "row"));
+    }
+}
