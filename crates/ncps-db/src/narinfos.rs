@@ -257,6 +257,19 @@ pub(crate) mod tests {
         }
     }
 
+    /// Another path with every optional field empty: no references, deriver, signatures or
+    /// origin.
+    fn bare() -> CachedNarInfo {
+        let mut bare = sample();
+        bare.narinfo.store_path =
+            StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-bare").unwrap();
+        bare.narinfo.references.clear();
+        bare.narinfo.deriver = None;
+        bare.narinfo.sigs.clear();
+        bare.origin = None;
+        bare
+    }
+
     db_test! {
         async fn narinfo_round_trip_and_url_resolution(db) {
             let info = sample();
@@ -344,13 +357,7 @@ pub(crate) mod tests {
             let hash = *info.narinfo.store_path.hash();
             assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), info);
 
-            let mut bare = sample();
-            bare.narinfo.store_path =
-                StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-bare").unwrap();
-            bare.narinfo.references.clear();
-            bare.narinfo.deriver = None;
-            bare.narinfo.sigs.clear();
-            bare.origin = None;
+            let bare = bare();
             db.insert_narinfo(&bare, None).await.unwrap();
             let hash = *bare.narinfo.store_path.hash();
             assert_eq!(db.narinfo(&hash).await.unwrap().unwrap(), bare);
@@ -408,15 +415,9 @@ pub(crate) mod tests {
             hashes.extend((0..200).map(|i| store_path_hash(seed, i)));
         }
         let full = sample();
-        let mut bare = sample();
-        bare.narinfo.store_path =
-            StorePath::parse_base_name("0xyg5hmq2ycg6pbl6n4hppvwfjq9bsy5-bare").unwrap();
-        bare.narinfo.references.clear();
-        bare.narinfo.deriver = None;
-        bare.narinfo.sigs.clear();
+        let mut bare = bare();
         bare.narinfo.ca =
             Some("fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s".into());
-        bare.origin = None;
         for info in [&full, &bare] {
             db.insert_narinfo(info, None).await.unwrap();
             hashes.push(*info.narinfo.store_path.hash());
