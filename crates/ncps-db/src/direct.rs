@@ -18,6 +18,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OpenFlags};
@@ -36,8 +37,17 @@ const PREPARED_STATEMENTS: usize = 8;
 pub(crate) struct DirectReader {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    /// Reads answered here (tests check that the fast path is taken).
+    /// Which way reads went (tests check the path taken).
+    #[cfg(test)]
+    taken: PathsTaken,
+}
+
+/// Reads answered with a value here, and reads passed on to the pool.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct PathsTaken {
     answered: AtomicU64,
+    passed_on: AtomicU64,
 }
 
 /// What a direct read came to.
@@ -75,12 +85,28 @@ impl DirectReader {
         Self {
             path,
             idle: Mutex::new(Vec::new()),
-            answered: AtomicU64::new(0),
+            #[cfg(test)]
+            taken: PathsTaken::default(),
         }
     }
 
     /// Runs `read` on one of the kept connections (opening one if none is free).
     pub(crate) fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, ReadFailure>,
+    ) -> Answer<T> {
+        let answer = self.read_on_a_connection(read);
+        #[cfg(test)]
+        match &answer {
+            Answer::Done(Ok(_)) => self.taken.answered.fetch_add(1, Ordering::Relaxed),
+            Answer::Done(Err(_)) => 0,
+            Answer::AskThePool => self.taken.passed_on.fetch_add(1, Ordering::Relaxed),
+        };
+        answer
+    }
+
+    /// See [`DirectReader::read`].
+    fn read_on_a_connection<T>(
         &self,
         read: impl FnOnce(&Connection) -> Result<T, ReadFailure>,
     ) -> Answer<T> {
@@ -99,10 +125,7 @@ impl DirectReader {
         }
         drop(idle);
         match outcome {
-            Ok(value) => {
-                self.answered.fetch_add(1, Ordering::Relaxed);
-                Answer::Done(Ok(value))
-            }
+            Ok(value) => Answer::Done(Ok(value)),
             Err(ReadFailure::Row(e)) => Answer::Done(Err(e)),
             Err(ReadFailure::Engine(e)) => {
                 tracing::debug!(error = %e, "direct SQLite read failed; asking the pool");
@@ -111,10 +134,16 @@ impl DirectReader {
         }
     }
 
-    /// Reads answered here so far.
+    /// Reads answered with a value here so far.
     #[cfg(test)]
     pub(crate) fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
+        self.taken.answered.load(Ordering::Relaxed)
+    }
+
+    /// Reads passed on to the pool so far.
+    #[cfg(test)]
+    pub(crate) fn passed_on(&self) -> u64 {
+        self.taken.passed_on.load(Ordering::Relaxed)
     }
 
     /// Opens a connection that only reads and never waits for a lock. The file must exist: the

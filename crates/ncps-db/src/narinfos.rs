@@ -396,7 +396,8 @@ pub(crate) mod tests {
 
     /// SQLite answers narinfo hits on the caller's thread, with the same answer as the pool
     /// for every shape of row: whole file, chunked, our signature or none, an upstream origin or
-    /// none, optional fields empty, unknown paths; a row that does not decode is an error.
+    /// none, optional fields empty, unknown paths; a row that does not decode is an error, given
+    /// directly (not passed on to the pool, which would read it again).
     #[tokio::test]
     async fn sqlite_hits_are_read_directly_with_the_pools_answer() {
         use crate::fixtures::{FixtureSpec, store_path_hash};
@@ -436,7 +437,7 @@ pub(crate) mod tests {
             .execute(&db.pool)
             .await
             .unwrap();
-        let answered = db.direct.as_ref().unwrap().answered();
+        let passed_on = db.direct.as_ref().unwrap().passed_on();
         let err = db.narinfo_and_nar(&broken).await.unwrap_err();
         assert!(
             matches!(
@@ -448,7 +449,11 @@ pub(crate) mod tests {
             ),
             "{err}"
         );
-        assert_eq!(db.direct.as_ref().unwrap().answered(), answered, "no retry");
+        assert_eq!(
+            db.direct.as_ref().unwrap().passed_on(),
+            passed_on,
+            "a corrupt row is the answer, not a reason to ask the pool"
+        );
         db.cleanup().await;
     }
 
