@@ -44,3 +44,25 @@ pub(crate) fn noise(seed: u8, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// `len` bytes of text that zstd shrinks more at a high level than at level 1 (numbered lines
+/// of words, each a little different), the same on every run.
+pub(crate) fn compressible(len: usize) -> Vec<u8> {
+    let words = [
+        "store", "path", "narinfo", "chunk", "frame", "closure", "deriver",
+    ];
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0usize;
+    while out.len() < len {
+        let line = format!(
+            "{i:>8} {} {} {}\n",
+            words[i % 7],
+            words[(i / 7) % 7],
+            words[(i * 31 / 5) % 7]
+        );
+        out.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}

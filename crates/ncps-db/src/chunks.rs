@@ -26,6 +26,16 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// `+x` as `x`.
 pub(crate) const LOST_LAST_REFERENCE: &str = "ref_count <= 0 AND +unreferenced_since IS NULL";
 
+/// What [`Database::hold_chunks`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Chunks the collector has claimed and is deleting: not held; wait and hold them again.
+    pub claimed: Vec<ChunkHash>,
+    /// Held chunks whose row records a frame at another zstd level than the holder's: if the
+    /// holder writes one of these (its object is missing), it writes it at that level.
+    pub other_levels: HashMap<ChunkHash, i32>,
+}
+
 impl Database {
     /// Records the complete, ordered chunk list of a NAR in one transaction: chunk rows are
     /// created or gain references, the list is written in multi-row statements, and the NAR's
@@ -214,18 +224,21 @@ impl Database {
     }
 
     /// Holds `chunks` for an ingest that is about to write them or rely on stored copies:
-    /// each gets a row (with no reference when new) whose grace period starts now, so the
-    /// collector cannot claim it before the ingest commits its list (within the grace period).
-    /// Returns the chunks it could not hold because the collector has claimed them and is
-    /// deleting them: the caller waits for that to finish and holds them again.
-    pub async fn hold_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<ChunkHash>, DbError> {
+    /// each gets a row (with no reference when new, recording that its frame is compressed at
+    /// `zstd_level`) whose grace period starts now, so the collector cannot claim it before the
+    /// ingest commits its list (within the grace period). Returns the chunks it could not hold
+    /// because the collector has claimed them and is deleting them (the caller waits for that
+    /// to finish and holds them again), and the chunks whose row records another level: a
+    /// frame of such a chunk must be written at that level, so that whoever writes it writes
+    /// the bytes whose size the row records.
+    pub async fn hold_chunks(&self, chunks: &[ChunkRef], zstd_level: i32) -> Result<Held, DbError> {
         let distinct = distinct_sorted(chunks);
-        crate::repo::retry_deadlocks(|| self.hold_sorted(&distinct)).await
+        crate::repo::retry_deadlocks(|| self.hold_sorted(&distinct, zstd_level)).await
     }
 
-    async fn hold_sorted(&self, chunks: &[ChunkRef]) -> Result<Vec<ChunkHash>, DbError> {
+    async fn hold_sorted(&self, chunks: &[ChunkRef], zstd_level: i32) -> Result<Held, DbError> {
         let now = now_secs();
-        let mut claimed = Vec::new();
+        let mut held = Held::default();
         let mut tx = self.begin().await?;
         for batch in chunks.chunks(ROWS_PER_STATEMENT) {
             let list = placeholders(batch.len());
@@ -241,9 +254,9 @@ impl Database {
             refresh.execute(&mut *tx).await?;
             let insert = self.dialect.insert_or_ignore(
                 &format!(
-                    "INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since) \
-                     VALUES {}",
-                    values_rows(batch.len(), 5)
+                    "INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since, \
+                     zstd_level) VALUES {}",
+                    values_rows(batch.len(), 6)
                 ),
                 "hash",
             );
@@ -255,22 +268,31 @@ impl Database {
                     .bind(to_i64(c.plain_size))
                     .bind(to_i64(c.stored_size))
                     .bind(0_i64)
-                    .bind(now);
+                    .bind(now)
+                    .bind(i64::from(zstd_level));
             }
             add.execute(&mut *tx).await?;
-            let sql = format!("SELECT hash FROM chunks WHERE collecting <> 0 AND hash IN {list}");
+            let sql = format!(
+                "SELECT hash, collecting, zstd_level FROM chunks WHERE hash IN {list} \
+                 AND (collecting <> 0 OR zstd_level <> ?)"
+            );
             let sql = self.sql(&sql);
-            let mut find = sqlx::query_scalar(&sql);
+            let mut find = sqlx::query(&sql);
             for c in batch {
                 find = find.bind(c.hash.to_string());
             }
-            let hashes: Vec<String> = find.fetch_all(&mut *tx).await?;
-            for h in hashes {
-                claimed.push(chunk_hash(&h)?);
+            for row in find.bind(i64::from(zstd_level)).fetch_all(&mut *tx).await? {
+                let hash = chunk_hash(&text(&row, "hash")?)?;
+                if row.try_get::<i64, _>("collecting")? != 0 {
+                    held.claimed.push(hash);
+                } else if let Some(level) = row.try_get::<Option<i64>, _>("zstd_level")? {
+                    let level = i32::try_from(level).map_err(|e| corrupt(T, e))?;
+                    held.other_levels.insert(hash, level);
+                }
             }
         }
         tx.commit().await?;
-        Ok(claimed)
+        Ok(held)
     }
 
     /// Chunks without references since before `before` (seconds since epoch) and not claimed
@@ -490,7 +512,7 @@ impl Database {
         chunks: &[ChunkRef],
         spliced_hash: Sha256Hash,
     ) -> Result<bool, DbError> {
-        let claimed = self.hold_chunks(chunks).await?;
+        let claimed = self.hold_chunks(chunks, 1).await?.claimed;
         assert!(
             claimed.is_empty(),
             "chunks claimed by the collector: {claimed:?}"
@@ -611,14 +633,14 @@ mod tests {
             assert_eq!(db.unreferenced_chunks(before, 10).await.unwrap().len(), 2);
 
             // The ingest holds c first: its grace period starts again, the claim fails.
-            assert!(db.hold_chunks(&[c]).await.unwrap().is_empty());
+            assert!(db.hold_chunks(&[c], 1).await.unwrap().claimed.is_empty());
             assert!(!db.claim_unreferenced_chunk(&c.hash, before).await.unwrap());
             assert_eq!(db.unreferenced_chunks(before, 10).await.unwrap(), vec![d.hash]);
 
             // The collector claims d first: the ingest is told to wait, and its list naming d
             // cannot be committed while d is being deleted.
             assert!(db.claim_unreferenced_chunk(&d.hash, before).await.unwrap());
-            assert_eq!(db.hold_chunks(&[c, d]).await.unwrap(), vec![d.hash]);
+            assert_eq!(db.hold_chunks(&[c, d], 1).await.unwrap().claimed, vec![d.hash]);
             let refused = db.commit_chunks(&b, 100, &[c, d], Sha256Hash::digest(b"s")).await;
             assert!(matches!(refused, Err(DbError::ChunksNotHeld(1))), "{refused:?}");
             assert!(db.nar(&b).await.unwrap().is_none());
@@ -626,19 +648,39 @@ mod tests {
             // Once the collector deleted d, holding it again makes a fresh row: the ingest
             // writes d's object itself and commits.
             db.forget_collected_chunk(&d.hash).await.unwrap();
-            assert!(db.hold_chunks(&[c, d]).await.unwrap().is_empty());
+            assert!(db.hold_chunks(&[c, d], 1).await.unwrap().claimed.is_empty());
             assert!(db.commit_chunks(&b, 100, &[c, d], Sha256Hash::digest(b"s")).await.unwrap());
             assert_eq!(db.nar_chunks(&b).await.unwrap(), vec![c, d]);
         }
     }
 
     db_test! {
+        async fn holding_a_chunk_recorded_at_another_level_names_that_level(db) {
+            let (c, d) = (chunk(20), chunk(21));
+            let held = db.hold_chunks(&[c], 8).await.unwrap();
+            assert_eq!(held, Held::default(), "a new row is the holder's");
+            // Another writer at level 1 holds c (recorded at 8) and a new chunk d.
+            let held = db.hold_chunks(&[c, d], 1).await.unwrap();
+            assert!(held.claimed.is_empty());
+            assert_eq!(held.other_levels, HashMap::from([(c.hash, 8)]));
+            // d is recorded at 1 now; a writer at 1 finds nothing to change.
+            assert_eq!(db.hold_chunks(&[d], 1).await.unwrap(), Held::default());
+            // Rows from before levels were recorded say nothing.
+            sqlx::query(&db.sql("UPDATE chunks SET zstd_level = NULL"))
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            assert_eq!(db.hold_chunks(&[c, d], 3).await.unwrap(), Held::default());
+        }
+    }
+
+    db_test! {
         async fn a_stray_is_claimed_only_while_no_ingest_holds_it(db) {
             let (c, d) = (chunk(10), chunk(11));
-            assert!(db.hold_chunks(&[c]).await.unwrap().is_empty());
+            assert!(db.hold_chunks(&[c], 1).await.unwrap().claimed.is_empty());
             assert!(!db.claim_stray_chunk(&c.hash).await.unwrap(), "a held chunk is no stray");
             assert!(db.claim_stray_chunk(&d.hash).await.unwrap());
-            assert_eq!(db.hold_chunks(&[d]).await.unwrap(), vec![d.hash]);
+            assert_eq!(db.hold_chunks(&[d], 1).await.unwrap().claimed, vec![d.hash]);
             db.forget_collected_chunk(&d.hash).await.unwrap();
             assert!(db.known_chunks(&[d.hash]).await.unwrap().is_empty());
         }

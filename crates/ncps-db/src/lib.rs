@@ -56,6 +56,7 @@ mod settings;
 mod totals;
 mod uploads;
 
+pub use chunks::Held;
 pub use connect::{DatabaseUrl, parse_database_url};
 pub use error::DbError;
 pub use fsck::{

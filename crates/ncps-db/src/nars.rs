@@ -448,7 +448,7 @@ mod tests {
                 .await
                 .unwrap();
             // Chunked after being stored whole: the whole file is marked in the same commit.
-            assert!(db.hold_chunks(&[chunk]).await.unwrap().is_empty());
+            assert!(db.hold_chunks(&[chunk], 1).await.unwrap().claimed.is_empty());
             for (nar, at) in [(&due, 100), (&later, 300)] {
                 db.commit_chunks_replacing_whole(nar, 3, &[chunk], Sha256Hash::digest(b"s"), at)
                     .await

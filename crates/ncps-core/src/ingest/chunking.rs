@@ -10,6 +10,7 @@
 //! one the collector is about to delete, and a chunk written may be one whose old copy it is
 //! deleting. Once held, the collector leaves a chunk alone until the list naming it commits.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +19,9 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use ncps_db::{ChunkRef, Database};
 use ncps_nix::{Compression, Sha256Hash};
-use ncps_store::chunk::{Chunk, ChunkError, ChunkParams, Chunker, ChunkingSummary};
+use ncps_store::chunk::{
+    Chunk, ChunkError, ChunkParams, Chunker, ChunkingSummary, compress_chunk, decompress_chunk,
+};
 use ncps_store::{BlobStore, StoreError};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -152,7 +155,7 @@ async fn chunk_nar(
     .map(move |batch| {
         let (store, db) = (store.clone(), db.clone());
         async move {
-            hold_and_store(&store, &db, &batch).await?;
+            hold_and_store(&store, &db, &batch, settings.zstd_level).await?;
             Ok::<_, CacheError>(batch)
         }
     })
@@ -188,30 +191,56 @@ fn chunk_ref(chunk: &Chunk) -> ChunkRef {
 }
 
 /// Holds `batch` against the collector, waiting while it finishes deleting chunks it had
-/// claimed, then writes the chunks storage does not have.
+/// claimed, then writes the chunks storage does not have. A chunk whose row records another
+/// zstd level than `zstd_level` (another writer made it first: eager and lazy chunking, a
+/// migration beside a server) is written at the row's level, so its object always has the size
+/// the row records whoever writes it.
 async fn hold_and_store(
     store: &BlobStore,
     db: &Database,
     batch: &[Chunk],
+    zstd_level: i32,
 ) -> Result<(), CacheError> {
     let mut pending: Vec<ChunkRef> = batch.iter().map(chunk_ref).collect();
+    let mut other_levels = HashMap::new();
     let give_up = Instant::now() + CLAIMED_CHUNK_WAIT;
     loop {
-        let claimed = db.hold_chunks(&pending).await?;
-        if claimed.is_empty() {
+        let held = db.hold_chunks(&pending, zstd_level).await?;
+        other_levels.extend(held.other_levels);
+        if held.claimed.is_empty() {
             break;
         }
         if Instant::now() >= give_up {
             return Err(CacheError::Busy(format!(
                 "{} chunks of this NAR are being deleted by the chunk collector",
-                claimed.len()
+                held.claimed.len()
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        pending.retain(|c| claimed.contains(&c.hash));
+        pending.retain(|c| held.claimed.contains(&c.hash));
     }
-    let frames = batch.iter().map(|c| (c.hash, c.frame.clone())).collect();
+    let mut frames = Vec::with_capacity(batch.len());
+    for c in batch {
+        let frame = match other_levels.get(&c.hash) {
+            Some(&level) if !store.has_chunk(&c.hash).await? => frame_at_level(c, level).await?,
+            _ => c.frame.clone(),
+        };
+        frames.push((c.hash, frame));
+    }
     Ok(store.put_missing_chunks(frames).await?)
+}
+
+/// `chunk`'s frame compressed at zstd `level` instead of the chunker's (checked against the
+/// chunk's address on the way).
+async fn frame_at_level(chunk: &Chunk, level: i32) -> Result<Bytes, CacheError> {
+    let (hash, frame) = (chunk.hash, chunk.frame.clone());
+    tokio::task::spawn_blocking(move || {
+        let plain = decompress_chunk(&hash, &frame)?;
+        compress_chunk(&plain, level)
+    })
+    .await
+    .map_err(io::Error::other)?
+    .map_err(chunk_error)
 }
 
 /// Chunks the NAR in `source` (compressed with `expected.compression`), stores every chunk,
@@ -269,7 +298,7 @@ pub(crate) async fn chunk_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::noise;
+    use crate::test_support::{compressible, noise};
 
     fn pieces(file: &[u8]) -> BoxStream<'static, io::Result<Bytes>> {
         let pieces: Vec<io::Result<Bytes>> = file
@@ -337,5 +366,68 @@ mod tests {
         cut.truncate(file.len() - 1000);
         let refused = chunk_verified(&store, &db, pieces(&cut), &expected, settings, None).await;
         assert!(refused.is_err(), "a file cut short was accepted");
+    }
+
+    /// A writer killed after holding its chunks (rows recorded at its level, objects never
+    /// written) is followed by one at another level: the second writes every frame at the level
+    /// the rows record, so each object has the size its row says and the spliced NAR is whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_recorded_at_another_level_are_written_at_that_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&format!(
+            "sqlite:{}",
+            dir.path().join("db.sqlite").display()
+        ))
+        .await
+        .unwrap();
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        let nar = compressible(300_000);
+        let expected = Expected::exactly(
+            Compression::None,
+            None,
+            None,
+            Sha256Hash::digest(&nar),
+            nar.len() as u64,
+        );
+        let at = |zstd_level| ChunkSettings {
+            params: ChunkParams {
+                min: 1024,
+                avg: 4096,
+                max: 16384,
+            },
+            zstd_level,
+        };
+        let first = chunk_verified(&store, &db, pieces(&nar), &expected, at(19), None)
+            .await
+            .unwrap();
+        for c in &first.refs {
+            store.delete_chunk(&c.hash).await.unwrap();
+        }
+
+        let second = chunk_verified(&store, &db, pieces(&nar), &expected, at(1), None)
+            .await
+            .unwrap();
+        assert!(
+            db.commit_chunks(
+                &expected.nar_hash.unwrap(),
+                nar.len() as u64,
+                &second.refs,
+                second.summary.file_hash
+            )
+            .await
+            .unwrap()
+        );
+        let rows = db.nar_chunks(&expected.nar_hash.unwrap()).await.unwrap();
+        assert!(rows.len() > 5, "{} chunks", rows.len());
+        for row in &rows {
+            let frame = store.read_chunk(&row.hash).await.unwrap().expect("stored");
+            let plain = decompress_chunk(&row.hash, &frame).unwrap();
+            assert_eq!(
+                frame.len() as u64,
+                row.stored_size,
+                "the object is not the frame its row records"
+            );
+            assert_eq!(frame, compress_chunk(&plain, 19).unwrap());
+        }
     }
 }

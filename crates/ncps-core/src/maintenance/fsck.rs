@@ -796,7 +796,7 @@ mod tests {
             plain_size: 10,
             stored_size: 5,
         };
-        assert!(db.hold_chunks(&[held]).await.unwrap().is_empty());
+        assert!(db.hold_chunks(&[held], 1).await.unwrap().claimed.is_empty());
         let mut lines = Lines::default();
         let summary = cache
             .maintenance()
