@@ -136,6 +136,7 @@ rec {
     (flag "cache-cdc-zstd-level" cdc.zstdLevel)
     (bool "cache-cdc-lazy-chunking-enabled" false cdc.lazyChunking)
     (flag "cache-cdc-background-workers" cdc.backgroundWorkers)
+    (flag "cache-cdc-lazy-zstd-level" cdc.lazyZstdLevel)
     (flag "cache-cdc-delete-delay" cdc.deleteDelay)
     (flag "cache-cdc-lazy-recovery-schedule" cdc.lazyRecoverySchedule)
     (flag "cache-cdc-lazy-recovery-batch-size" cdc.lazyRecoveryBatchSize)

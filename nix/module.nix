@@ -305,6 +305,11 @@ in
         default = null;
         description = "Background chunking workers in lazy mode (`--cache-cdc-background-workers`; default 1).";
       };
+      lazyZstdLevel = mkOption {
+        type = types.nullOr (types.ints.between 1 19);
+        default = null;
+        description = "zstd level of the chunks lazy chunking makes in the background (`--cache-cdc-lazy-zstd-level`; default 8).";
+      };
       deleteDelay = nullOrStr "How long a whole file is kept once its chunks are complete (`--cache-cdc-delete-delay`; default 24h)." "1h";
       lazyRecoverySchedule = nullOrStr "When interrupted lazy chunking is resumed (`--cache-cdc-lazy-recovery-schedule`; default `@every 5m`)." "@every 10m";
       lazyRecoveryBatchSize = mkOption {

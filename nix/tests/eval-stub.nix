@@ -284,6 +284,7 @@ let
       zstdLevel = 3;
       lazyChunking = true;
       backgroundWorkers = 2;
+      lazyZstdLevel = 9;
       deleteDelay = "1h";
       lazyRecoverySchedule = "@every 10m";
       lazyRecoveryBatchSize = 50;
@@ -343,6 +344,7 @@ let
     "--cache-cdc-zstd-level=3"
     "--cache-cdc-lazy-chunking-enabled=true"
     "--cache-cdc-background-workers=2"
+    "--cache-cdc-lazy-zstd-level=9"
     "--cache-cdc-delete-delay=1h"
     "--cache-cdc-lazy-recovery-schedule=@every 10m"
     "--cache-cdc-lazy-recovery-batch-size=50"

@@ -353,7 +353,7 @@ async fn lazy_chunking_recovers_after_kill_9() {
     let options = FixtureOptions::new(Compression::Zstd)
         .blob_bytes(48_000_000)
         .ncps_args(LAZY_CDC)
-        .ncps_args(&["--cache-cdc-zstd-level", "19"]);
+        .ncps_args(&["--cache-cdc-lazy-zstd-level", "19"]);
     let mut fx = Fixture::with(options).await;
     let ncps_key = fx.ncps.pubkey().await;
     let blob_nar_hash = fx

@@ -19,12 +19,24 @@ pub struct CdcConfig {
     pub lazy: bool,
     /// How long a whole file is kept after its chunks are complete (lazy mode).
     pub delete_delay: Duration,
+    /// zstd level of the chunks lazy chunking makes: no client waits for them, so it may be
+    /// higher than the eager level (`chunking`), storing less for more background CPU.
+    pub lazy_zstd_level: i32,
 }
 
 impl CdcConfig {
     /// The chunking applied while a NAR arrives, when chunking is eager.
     pub(crate) fn eager(&self) -> Option<ChunkSettings> {
         (!self.lazy).then_some(self.chunking)
+    }
+
+    /// The chunking of NARs already stored whole, done in the background (lazy mode): the same
+    /// cut points, so chunks dedup against eagerly made ones, at the lazy level.
+    pub(crate) fn background(&self) -> ChunkSettings {
+        ChunkSettings {
+            zstd_level: self.lazy_zstd_level,
+            ..self.chunking
+        }
     }
 }
 

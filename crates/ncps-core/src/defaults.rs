@@ -13,6 +13,10 @@ pub const CDC_DELETE_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// zstd level of each chunk's frame: level 1 is the only one that keeps ingest above
 /// 300 MB/s per core (see docs/benchmarks.md).
 pub const CDC_ZSTD_LEVEL: i32 = 1;
+/// zstd level of the chunks lazy chunking makes. No client waits for them (it was served the
+/// whole file), so they can afford a level that stores less: 8, attic's level, stores less
+/// than attic on the comparison in docs/benchmarks.md, on one core per background worker.
+pub const CDC_LAZY_ZSTD_LEVEL: i32 = 8;
 /// Concurrent lazy-chunking workers.
 pub const CDC_BACKGROUND_WORKERS: usize = 1;
 /// When interrupted lazy chunking is looked for (cron or `@every <duration>`).

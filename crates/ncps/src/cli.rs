@@ -359,6 +359,17 @@ pub struct CdcJobArgs {
     )]
     pub cache_cdc_background_workers: usize,
 
+    /// zstd level of the chunks lazy chunking makes in the background. No client waits for
+    /// them, so the default compresses harder than --cache-cdc-zstd-level: less storage for CPU
+    /// spent on at most --cache-cdc-background-workers cores.
+    #[arg(
+        long,
+        env = "CACHE_CDC_LAZY_ZSTD_LEVEL",
+        default_value_t = defaults::CDC_LAZY_ZSTD_LEVEL,
+        value_parser = clap::value_parser!(i32).range(1..=19)
+    )]
+    pub cache_cdc_lazy_zstd_level: i32,
+
     /// How long a whole file is kept after its chunks are complete (Go duration).
     #[arg(
         long,
@@ -849,6 +860,7 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "cache_cdc_background_workers",
         "cache.cdc.background-workers",
     ),
+    ("cache_cdc_lazy_zstd_level", "cache.cdc.lazy-zstd-level"),
     ("cache_cdc_delete_delay", "cache.cdc.delete-delay"),
     (
         "cache_cdc_lazy_recovery_schedule",
@@ -1666,6 +1678,10 @@ mod tests {
             defaults::CDC_BACKGROUND_WORKERS
         );
         assert_eq!(jobs.cache_cdc_delete_delay, defaults::CDC_DELETE_DELAY);
+        assert_eq!(
+            jobs.cache_cdc_lazy_zstd_level,
+            defaults::CDC_LAZY_ZSTD_LEVEL
+        );
         assert_eq!(
             jobs.cache_cdc_lazy_recovery_schedule,
             defaults::CDC_LAZY_RECOVERY_SCHEDULE

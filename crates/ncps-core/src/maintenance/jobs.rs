@@ -82,7 +82,7 @@ impl Maintenance {
         if cdc.lazy {
             let busy = Arc::new(Mutex::new(HashSet::new()));
             for _ in 0..jobs.chunk_workers.max(1) {
-                tokio::spawn(self.clone().chunk_worker(busy.clone(), cdc.chunking));
+                tokio::spawn(self.clone().chunk_worker(busy.clone(), cdc.background()));
             }
         }
         let this = self.clone();
@@ -307,4 +307,100 @@ fn lru_summary(report: &LruReport, max_size: u64) -> String {
         format_size(report.bytes_after),
         format_size(max_size)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use ncps_db::WholeFile;
+    use ncps_nix::{Compression, NarKey, Sha256Hash};
+    use ncps_store::BlobStore;
+    use ncps_store::chunk::{ChunkParams, compress_chunk, decompress_chunk};
+
+    use super::JobsConfig;
+    use crate::CdcConfig;
+    use crate::ingest::ChunkSettings;
+    use crate::schedule::Schedule;
+    use crate::test_support::{compressible, local_cache_with};
+
+    /// The background workers chunk at the lazy level, not at the eager one: every frame
+    /// they store is the chunk compressed at `lazy_zstd_level`, smaller than at level 1.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lazy_chunking_compresses_at_the_lazy_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let cdc = CdcConfig {
+            chunking: ChunkSettings {
+                params: ChunkParams {
+                    min: 1024,
+                    avg: 4096,
+                    max: 16384,
+                },
+                zstd_level: 1,
+            },
+            lazy: true,
+            delete_delay: Duration::from_secs(3600),
+            lazy_zstd_level: 19,
+        };
+        let (cache, db) = local_cache_with(dir.path(), |c| c.cdc = Some(cdc)).await;
+        // A NAR stored whole (uncompressed), as an ingest in lazy mode leaves it.
+        let nar = compressible(200_000);
+        let nar_hash = Sha256Hash::digest(&nar);
+        let key = NarKey::new(Sha256Hash::digest(&nar), Compression::None);
+        let file = dir.path().join("whole.nar");
+        std::fs::write(&file, &nar).unwrap();
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        store.put_nar_from_file(&key, &file).await.unwrap();
+        let whole = WholeFile {
+            key,
+            size: nar.len() as u64,
+        };
+        db.record_whole_file(&nar_hash, nar.len() as u64, whole, None)
+            .await
+            .unwrap();
+
+        // The recovery job's first run (at start) queues it for the worker.
+        cache.maintenance().spawn_jobs(JobsConfig {
+            chunk_workers: 1,
+            recovery_schedule: Schedule::parse("@every 1h", "UTC").unwrap(),
+            recovery_batch: 10,
+            gc_interval: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(3600),
+            lru: None,
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db
+            .nar(&nar_hash)
+            .await
+            .unwrap()
+            .and_then(|r| r.chunked)
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "the NAR was never chunked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let chunks = db.nar_chunks(&nar_hash).await.unwrap();
+        assert!(chunks.len() > 5, "{} chunks", chunks.len());
+        let (mut stored, mut at_level_1) = (0, 0);
+        for c in &chunks {
+            let frame = store
+                .read_chunk(&c.hash)
+                .await
+                .unwrap()
+                .expect("chunk stored");
+            let plain = decompress_chunk(&c.hash, &frame).unwrap();
+            assert_eq!(
+                frame,
+                compress_chunk(&plain, 19).unwrap(),
+                "a frame not at the lazy level"
+            );
+            stored += frame.len();
+            at_level_1 += compress_chunk(&plain, 1).unwrap().len();
+        }
+        assert!(
+            stored < at_level_1,
+            "{stored} bytes stored, {at_level_1} at level 1: the lazy level saved nothing"
+        );
+    }
 }

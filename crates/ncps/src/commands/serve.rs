@@ -68,6 +68,7 @@ pub async fn run(args: ServeArgs, prometheus: bool) -> Result<()> {
             chunking: setup::chunk_settings(&parts.db, &args.cdc).await?,
             lazy: args.cdc_jobs.cache_cdc_lazy_chunking_enabled,
             delete_delay: args.cdc_jobs.cache_cdc_delete_delay,
+            lazy_zstd_level: args.cdc_jobs.cache_cdc_lazy_zstd_level,
         })
     } else {
         None
