@@ -293,6 +293,12 @@ pub struct StorageArgs {
     pub cache_storage_azure_endpoint: Option<String>,
 }
 
+/// The zstd levels a chunk may be compressed at, for both chunking levels: zstd's regular
+/// levels, 1 to 19 (20 to 22 are its "ultra" levels, slower still for no gain on chunks).
+fn zstd_levels() -> clap::builder::RangedI64ValueParser<i32> {
+    clap::value_parser!(i32).range(1..=19)
+}
+
 /// Content-defined chunking.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Chunking")]
@@ -329,7 +335,7 @@ pub struct CdcArgs {
         long,
         env = "CACHE_CDC_ZSTD_LEVEL",
         default_value_t = defaults::CDC_ZSTD_LEVEL,
-        value_parser = clap::value_parser!(i32).range(1..=19)
+        value_parser = zstd_levels()
     )]
     pub cache_cdc_zstd_level: i32,
 }
@@ -366,7 +372,7 @@ pub struct CdcJobArgs {
         long,
         env = "CACHE_CDC_LAZY_ZSTD_LEVEL",
         default_value_t = defaults::CDC_LAZY_ZSTD_LEVEL,
-        value_parser = clap::value_parser!(i32).range(1..=19)
+        value_parser = zstd_levels()
     )]
     pub cache_cdc_lazy_zstd_level: i32,
 
