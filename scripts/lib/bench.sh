@@ -1,5 +1,10 @@
-# Helpers shared by the benchmarks that start servers (scripts/bench, scripts/bench-narinfo).
+# Helpers shared by the benchmarks that start servers (scripts/bench, scripts/bench-narinfo,
+# scripts/bench-harmonia, scripts/bench-attic, scripts/bench-dedup…).
 # Needs die from the sourcing script.
+
+free_port() { # a TCP port free on 127.0.0.1 now
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
 
 wait_http() { # url: until anything answers (any status)
   for _ in $(seq 200); do

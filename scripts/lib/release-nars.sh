@@ -5,11 +5,11 @@
 # serves on 127.0.0.1. Also the helpers that run ncps against that upstream.
 #
 # Needs from the sourcing script: WORK (a scratch directory), PAIRS ("pkg:v1:v2 …"), BIG_DIR,
-# NCPS (the binary), PIDS (an array the script kills on exit) and NIX_CONFIG exported.
+# NCPS (the binary), PIDS (an array the script kills on exit), NIX_CONFIG exported, and
+# free_port (scripts/lib/bench.sh).
 # build_release_nars sets PAIR_PATHS (pkg → its two store paths), BIG, ALL (every path: BIG
 # first, then each pair's) and UP_PORT.
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 
 declare -A PAIR_PATHS

@@ -16,15 +16,20 @@ pub(crate) async fn local_cache(dir: &Path) -> (Cache, Database) {
     local_cache_with(dir, |_| {}).await
 }
 
+/// The database and storage of [`local_cache`] below `dir`, without a cache around them.
+pub(crate) async fn local_db_and_store(dir: &Path) -> (Database, BlobStore) {
+    let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
+        .await
+        .unwrap();
+    (db, BlobStore::local(&dir.join("store")).unwrap())
+}
+
 /// [`local_cache`] with its configuration changed by `configure` first.
 pub(crate) async fn local_cache_with(
     dir: &Path,
     configure: impl FnOnce(&mut CacheConfig),
 ) -> (Cache, Database) {
-    let db = Database::open(&format!("sqlite:{}", dir.join("db.sqlite").display()))
-        .await
-        .unwrap();
-    let store = BlobStore::local(&dir.join("store")).unwrap();
+    let (db, store) = local_db_and_store(dir).await;
     let upstreams = Upstreams::new(&[], vec![], &UpstreamOptions::default()).unwrap();
     let mut config = CacheConfig::new(SecretKey::generate("test").unwrap(), dir.join("tmp"));
     configure(&mut config);

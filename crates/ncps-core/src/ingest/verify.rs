@@ -44,6 +44,18 @@ impl Expected {
             max_size: u64::MAX,
         }
     }
+
+    /// The promises of an uncompressed NAR with these bytes (tests that chunk plain NARs).
+    #[cfg(test)]
+    pub(crate) fn plain_nar(nar: &[u8]) -> Self {
+        Self::exactly(
+            Compression::None,
+            None,
+            None,
+            Sha256Hash::digest(nar),
+            nar.len() as u64,
+        )
+    }
 }
 
 /// What was measured on a file that passed every check.

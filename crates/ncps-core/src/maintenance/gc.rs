@@ -76,7 +76,7 @@ mod tests {
 
     use bytes::Bytes;
     use futures::StreamExt;
-    use ncps_nix::{Compression, Sha256Hash};
+    use ncps_nix::Sha256Hash;
     use ncps_store::chunk::ChunkParams;
 
     use ncps_db::Database;
@@ -101,13 +101,7 @@ mod tests {
 
     /// Chunks a plain NAR into `store`, as an ingest does (holding its chunks first).
     async fn chunk_bytes(store: BlobStore, db: Database, bytes: Vec<u8>) -> Chunked {
-        let expected = Expected::exactly(
-            Compression::None,
-            None,
-            None,
-            Sha256Hash::digest(&bytes),
-            bytes.len() as u64,
-        );
+        let expected = Expected::plain_nar(&bytes);
         let source = futures::stream::iter([Ok(Bytes::from(bytes))]).boxed();
         chunk_verified(&store, &db, source, &expected, SETTINGS, None)
             .await

@@ -343,23 +343,23 @@ mod tests {
             lazy_zstd_level: 19,
         };
         let (cache, db) = local_cache_with(dir.path(), |c| c.cdc = Some(cdc)).await;
-        // A NAR stored whole (uncompressed), as an ingest in lazy mode leaves it.
+        // A NAR stored whole (uncompressed) by an ingest in lazy mode, which queues it for
+        // the background workers.
         let nar = compressible(200_000);
         let nar_hash = Sha256Hash::digest(&nar);
-        let key = NarKey::new(Sha256Hash::digest(&nar), Compression::None);
+        let key = NarKey::new(nar_hash, Compression::None);
         let file = dir.path().join("whole.nar");
         std::fs::write(&file, &nar).unwrap();
-        let store = BlobStore::local(&dir.path().join("store")).unwrap();
-        store.put_nar_from_file(&key, &file).await.unwrap();
         let whole = WholeFile {
             key,
             size: nar.len() as u64,
         };
-        db.record_whole_file(&nar_hash, nar.len() as u64, whole, None)
+        cache
+            .ingest()
+            .commit_whole_file(&nar_hash, nar.len() as u64, whole, &file)
             .await
             .unwrap();
 
-        // The recovery job's first run (at start) queues it for the worker.
         cache.maintenance().spawn_jobs(JobsConfig {
             chunk_workers: 1,
             recovery_schedule: Schedule::parse("@every 1h", "UTC").unwrap(),
@@ -380,6 +380,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
         let chunks = db.nar_chunks(&nar_hash).await.unwrap();
         assert!(chunks.len() > 5, "{} chunks", chunks.len());
         let (mut stored, mut at_level_1) = (0, 0);
