@@ -3,7 +3,7 @@
 min / median / max per server over the runs, and the ncps/nginx ratio (computed per run, so
 both servers of a run saw the same machine load), with the targets of the step-8 issue.
 
-    report.py results.txt   (env: NARINFO_CONNS, NAR_CONNS, CONCURRENT, LARGE_MB, SECS, CLOSURE_PATHS)
+    report.py results.txt   (env: NARINFO_CONNS, NAR_CONNS, SMALL_NAR_CONNS, CONCURRENT, LARGE_MB, SECS, CLOSURE_PATHS)
 """
 import os
 import statistics
@@ -17,6 +17,7 @@ for line in open(sys.argv[1]):
 
 narinfo_conns = os.environ["NARINFO_CONNS"].split()
 nar_conns = os.environ["NAR_CONNS"].split()
+small_nar_conns = os.environ["SMALL_NAR_CONNS"].split()
 many = os.environ["CONCURRENT"]
 large = os.environ["LARGE_MB"]
 closure_paths = os.environ["CLOSURE_PATHS"]
@@ -75,6 +76,12 @@ for c in narinfo_conns:
     rows.append((f"warm narinfo, {c} conn: p50", f"ni_c{c}_p50_ncps", f"ni_c{c}_p50_nginx", us, None))
     rows.append((f"warm narinfo, {c} conn: p99", f"ni_c{c}_p99_ncps", f"ni_c{c}_p99_nginx",
                  us, ("le", 1.5) if gated else None))
+for c in small_nar_conns:
+    for form, server in (("whole file", "ncps"), ("chunked", "cdc")):
+        rows.append((f"warm small NARs, {c} conn: requests/s, {form}", f"snar_c{c}_rps_{server}",
+                     f"snar_c{c}_rps_nginx", rps, None))
+        rows.append((f"warm small NARs, {c} conn: p99, {form}", f"snar_c{c}_p99_{server}",
+                     f"snar_c{c}_p99_nginx", us, None))
 for c in nar_conns:
     rows.append((f"warm NAR ({large} MB), {c} conn: MB/s, whole file", f"nar_c{c}_mbps_ncps",
                  f"nar_c{c}_mbps_nginx", mbs, ("ge", 0.9)))

@@ -1,5 +1,6 @@
-//! Reads of an SQLite database on the caller's own thread, for the hottest lookup (a narinfo hit
-//! the memo does not answer).
+//! Reads of an SQLite database on the caller's own thread, for the one-row lookups every request
+//! makes: a narinfo hit the memo does not answer, a NAR by the URL asked for or by its hash, a
+//! download's origin (see [`crate::Database::optional_row`]).
 //!
 //! sqlx runs every SQLite statement on a worker thread of its own and hands the query and each
 //! row across threads; for a one-row lookup of a few microseconds those hand-offs (two thread
@@ -14,7 +15,8 @@
 //! two rows), from the page cache on a warm cache and from disk otherwise — the same a file
 //! cache such as nginx's does on its event loop.
 //!
-//! Owned by [`crate::Database`], which decides which reads come here (SQLite only).
+//! Owned by [`crate::Database`], whose `optional_row` is the one way reads come here (SQLite
+//! only).
 
 use std::path::PathBuf;
 use std::sync::Mutex;

@@ -2,8 +2,7 @@ use std::str::FromStr;
 
 use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath, StorePathHash};
 
-use crate::columns::{Columns, NamedRow};
-use crate::direct::Answer;
+use crate::columns::Columns;
 use crate::repo::{corrupt, now_secs, to_i64, to_u64};
 use crate::{CachedNarInfo, Database, DbError, NarOrigin, NarRecord, OwnSignature};
 
@@ -35,40 +34,24 @@ impl Database {
         &self,
         hash: &StorePathHash,
     ) -> Result<Option<NarinfoAndNar>, DbError> {
-        let hash = hash.to_string();
-        if let Some(direct) = &self.direct {
-            let answer = direct.read(|conn| {
-                let mut statement = conn.prepare_cached(NARINFO_AND_NAR)?;
-                let mut rows = statement.query([&hash])?;
-                match rows.next()? {
-                    Some(row) => Ok(Some(narinfo_and_nar_from_row(&NamedRow::new(row))?)),
-                    None => Ok(None),
-                }
-            });
-            if let Answer::Done(result) = answer {
-                return result;
-            }
-        }
-        let row = sqlx::query(&self.sql(NARINFO_AND_NAR))
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(narinfo_and_nar_from_row).transpose()
+        self.optional_row(NARINFO_AND_NAR, hash.to_string(), |row| {
+            narinfo_and_nar_from_row(row)
+        })
+        .await
     }
 
-    /// A narinfo of this NAR that says where to download it from, if any does.
+    /// A narinfo of this NAR that says where to download it from, if any does (every NAR
+    /// download asks).
     pub async fn narinfo_with_origin(
         &self,
         nar_hash: &Sha256Hash,
     ) -> Result<Option<CachedNarInfo>, DbError> {
-        let row =
-            sqlx::query(&self.sql(
-                "SELECT * FROM narinfos WHERE nar_hash = ? AND upstream_url IS NOT NULL LIMIT 1",
-            ))
-            .bind(nar_hash.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| narinfo_from_row(&r)).transpose()
+        self.optional_row(
+            "SELECT * FROM narinfos WHERE nar_hash = ? AND upstream_url IS NOT NULL LIMIT 1",
+            nar_hash.to_string(),
+            |row| narinfo_from_row(row),
+        )
+        .await
     }
 
     /// Records a narinfo and the NAR URL it hands out, in one transaction. When one for the same
@@ -149,7 +132,7 @@ impl Database {
 }
 
 /// Decodes a row of [`NARINFO_AND_NAR`].
-fn narinfo_and_nar_from_row(row: &impl Columns) -> Result<NarinfoAndNar, DbError> {
+fn narinfo_and_nar_from_row(row: &(impl Columns + ?Sized)) -> Result<NarinfoAndNar, DbError> {
     let cached = narinfo_from_row(row)?;
     // The NAR's columns share the narinfo's `nar_hash` and `nar_size` (the join's key, and
     // a size verified equal when the NAR was stored).
@@ -164,7 +147,7 @@ fn narinfo_and_nar_from_row(row: &impl Columns) -> Result<NarinfoAndNar, DbError
     Ok((cached, nar, own))
 }
 
-fn narinfo_from_row(row: &impl Columns) -> Result<CachedNarInfo, DbError> {
+fn narinfo_from_row(row: &(impl Columns + ?Sized)) -> Result<CachedNarInfo, DbError> {
     let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
     let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
         row.opt_text(col)?
@@ -381,21 +364,34 @@ pub(crate) mod tests {
         }
     }
 
-    /// Every narinfo of a database, read directly and through the pool: the two agree, and
-    /// the direct reads were answered directly.
+    /// Every narinfo of a database and its NAR, read directly and through the pool by every
+    /// read a request makes (the narinfo hit; the NAR by URL, by hash, and its origin): the two
+    /// agree, and the direct reads were answered directly.
     async fn direct_and_pool_reads_agree(db: &Database, hashes: &[StorePathHash]) {
         let direct = db.direct.as_ref().expect("SQLite reads directly");
         let pool = db.pool_only();
         let before = direct.answered();
+        let mut reads = 0;
         for hash in hashes {
             let read = db.narinfo_and_nar(hash).await.unwrap();
             assert_eq!(read, pool.narinfo_and_nar(hash).await.unwrap(), "{hash}");
+            reads += 1;
+            let Some((cached, _, _)) = read else { continue };
+            let nar_hash = cached.narinfo.nar_hash;
+            let by_url = db.nar_by_url(&cached.url_key).await.unwrap();
+            assert_eq!(by_url, pool.nar_by_url(&cached.url_key).await.unwrap());
+            assert_eq!(by_url.map(|(named, _)| named), Some(nar_hash), "{hash}");
+            let nar = db.nar(&nar_hash).await.unwrap();
+            assert_eq!(nar, pool.nar(&nar_hash).await.unwrap(), "{hash}");
+            let origin = db.narinfo_with_origin(&nar_hash).await.unwrap();
+            assert_eq!(origin, pool.narinfo_with_origin(&nar_hash).await.unwrap());
+            reads += 3;
         }
-        assert_eq!(direct.answered() - before, hashes.len() as u64);
+        assert_eq!(direct.answered() - before, reads);
     }
 
-    /// SQLite answers narinfo hits on the caller's thread, with the same answer as the pool
-    /// for every shape of row: whole file, chunked, our signature or none, an upstream origin or
+    /// SQLite answers narinfo hits and NAR lookups on the caller's thread, with the same answer
+    /// as the pool for every shape of row: whole file, chunked, our signature or none, an upstream origin or
     /// none, optional fields empty, unknown paths; a row that does not decode is an error, given
     /// directly (not passed on to the pool, which would read it again).
     #[tokio::test]

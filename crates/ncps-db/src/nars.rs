@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use crate::chunks::LOST_LAST_REFERENCE;
 use crate::columns::Columns;
-use crate::dialect::{bind_all, opt_text, placeholders};
+use crate::dialect::{bind_all, placeholders};
 use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
 
@@ -30,11 +30,12 @@ pub struct Removed {
 impl Database {
     /// A stored NAR, in whichever forms it is stored.
     pub async fn nar(&self, nar_hash: &Sha256Hash) -> Result<Option<NarRecord>, DbError> {
-        let row = sqlx::query(&self.sql("SELECT * FROM nars WHERE nar_hash = ?"))
-            .bind(nar_hash.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| nar_from_row(&r)).transpose()
+        self.optional_row(
+            "SELECT * FROM nars WHERE nar_hash = ?",
+            nar_hash.to_string(),
+            |row| nar_from_row(row),
+        )
+        .await
     }
 
     /// The NAR a URL we handed out names, with its record when it is stored: what a NAR request
@@ -43,23 +44,21 @@ impl Database {
         &self,
         key: &NarKey,
     ) -> Result<Option<(Sha256Hash, Option<NarRecord>)>, DbError> {
-        let row = sqlx::query(&self.sql(
+        self.optional_row(
             "SELECT u.nar_hash AS url_nar_hash, n.* FROM nar_urls u \
              LEFT JOIN nars n ON n.nar_hash = u.nar_hash WHERE u.url_key = ?",
-        ))
-        .bind(key.file_name())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let named = opt_text(&row, "url_nar_hash")?.unwrap_or_default();
-        let nar_hash = Sha256Hash::from_str(&named).map_err(|e| corrupt("nar_urls", e))?;
-        let record = match opt_text(&row, "nar_hash")? {
-            Some(_) => Some(nar_from_row(&row)?),
-            None => None,
-        };
-        Ok(Some((nar_hash, record)))
+            key.file_name(),
+            |row| {
+                let named = row.text("url_nar_hash")?;
+                let nar_hash = Sha256Hash::from_str(&named).map_err(|e| corrupt("nar_urls", e))?;
+                let record = match row.opt_text("nar_hash")? {
+                    Some(_) => Some(nar_from_row(row)?),
+                    None => None,
+                };
+                Ok((nar_hash, record))
+            },
+        )
+        .await
     }
 
     /// Deletes the rows of `table` whose `key_column` is one of `keys` (narinfos, waiting
@@ -338,7 +337,7 @@ impl Database {
     }
 }
 
-pub(crate) fn nar_from_row(row: &impl Columns) -> Result<NarRecord, DbError> {
+pub(crate) fn nar_from_row(row: &(impl Columns + ?Sized)) -> Result<NarRecord, DbError> {
     let bad = |e: &dyn std::fmt::Display| corrupt(T, e);
     let hash = |col: &str| -> Result<Option<Sha256Hash>, DbError> {
         row.opt_text(col)?

@@ -7,8 +7,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
+use crate::columns::{Columns, NamedRow};
 use crate::dialect::Dialect;
-use crate::direct::DirectReader;
+use crate::direct::{Answer, DirectReader};
 use crate::{DatabaseUrl, DbError, parse_database_url};
 
 /// Migrations embedded in the binary, one set per engine (same versions, same tables), so a
@@ -101,7 +102,8 @@ pub struct Database {
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Statements run so far that read every NAR or chunk row (see [`Database::full_scans`]).
     pub(crate) full_scans: Arc<std::sync::atomic::AtomicU64>,
-    /// SQLite only: narinfo hits read on the caller's thread (see `direct.rs`).
+    /// SQLite only: the hot one-row reads, on the caller's thread (see `direct.rs` and
+    /// [`Database::optional_row`]).
     pub(crate) direct: Option<Arc<DirectReader>>,
 }
 
@@ -546,6 +548,37 @@ impl Database {
     /// `sql` (written with `?` placeholders) in this engine's spelling.
     pub(crate) fn sql<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
         self.dialect.sql(sql)
+    }
+
+    /// The row `sql` selects by one text `key` (the first row, if several), decoded. The reads
+    /// every request makes (narinfo hits, a NAR's URL and record, a download's origin) come
+    /// here: on SQLite they run on the caller's thread whenever SQLite answers at once (see
+    /// `direct.rs`), otherwise through the pool. `decode` takes either kind of row, so both
+    /// paths decode by the same rules.
+    pub(crate) async fn optional_row<T>(
+        &self,
+        sql: &str,
+        key: String,
+        decode: impl Fn(&dyn Columns) -> Result<T, DbError>,
+    ) -> Result<Option<T>, DbError> {
+        if let Some(direct) = &self.direct {
+            let answer = direct.read(|conn| {
+                let mut statement = conn.prepare_cached(sql)?;
+                let mut rows = statement.query([&key])?;
+                match rows.next()? {
+                    Some(row) => Ok(Some(decode(&NamedRow::new(row))?)),
+                    None => Ok(None),
+                }
+            });
+            if let Answer::Done(result) = answer {
+                return result;
+            }
+        }
+        let row = sqlx::query(&self.sql(sql))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(|row| decode(row)).transpose()
     }
 
     /// Starts a transaction that will write (see [`Dialect::begin_write`] and [`WriteTx`]).
