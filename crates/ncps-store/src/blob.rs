@@ -883,6 +883,71 @@ mod tests {
         }
     }
 
+    /// Drops a stored file from the page cache, so reading it would wait for the disk.
+    fn evict(path: &std::path::Path) {
+        let file = std::fs::File::open(path).unwrap();
+        file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+
+    /// A stored NAR partly in the page cache comes back whole and in order: the cached start
+    /// of a piece is read on the runtime thread, the rest from the first byte that is not on
+    /// the blocking pool; likewise a run of chunk frames whose middle one is not cached.
+    #[tokio::test]
+    async fn stored_bytes_partly_in_the_page_cache_are_read_whole() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = BlobStore::local(&root).unwrap();
+        let data: Vec<u8> = (0..400_000usize).map(|i| (i * 13 % 251) as u8).collect();
+        let file = dir.path().join("download");
+        std::fs::write(&file, &data).unwrap();
+        let key = key_for(&data);
+        store.put_nar_from_file(&key, &file).await.unwrap();
+        let stored = root.join("nar").join(key.file_name().as_str());
+        // Only the start of the first piece in the page cache (read back without read-ahead).
+        evict(&stored);
+        let warm = std::fs::File::open(&stored).unwrap();
+        rustix::fs::fadvise(&warm, 0, None, rustix::fs::Advice::Random).unwrap();
+        warm.read_exact_at(&mut [0u8; 1000], 0).unwrap();
+        let mut first_piece = vec![0u8; 128 * 1024];
+        let cached = crate::nowait::read_at(&warm, &mut first_piece, 0);
+        assert!(
+            cached > 0 && cached < first_piece.len(),
+            "the first piece is not partly cached ({cached} bytes)"
+        );
+        let whole = store.read_nar(&key, None).await.unwrap().unwrap();
+        assert_eq!(collect(whole).await, data);
+        evict(&stored);
+        let range = ByteRange {
+            start: 5000,
+            end: 390_000,
+        };
+        let part = store.read_nar(&key, Some(range)).await.unwrap().unwrap();
+        assert_eq!(collect(part).await, &data[5000..390_000]);
+
+        let frames: Vec<Bytes> = (0..4u8)
+            .map(|i| Bytes::from(vec![i; 5000 + usize::from(i)]))
+            .collect();
+        let hashes: Vec<ChunkHash> = (0..4u8).map(|i| ChunkHash::digest(&[i])).collect();
+        for (h, f) in hashes.iter().zip(&frames).take(3) {
+            store.put_chunk(h, f.clone()).await.unwrap();
+        }
+        evict(&root.join(crate::chunk::chunk_storage_key(&hashes[1])));
+        let run: Vec<(ChunkHash, u64)> = hashes
+            .iter()
+            .zip(&frames)
+            .map(|(h, f)| (*h, f.len() as u64))
+            .collect();
+        let read = store.read_chunks(&run).await.unwrap();
+        let expected: Vec<Option<Bytes>> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (i < 3).then(|| f.clone()))
+            .collect();
+        assert_eq!(read, expected);
+    }
+
     #[tokio::test]
     async fn a_local_put_links_the_file_and_keeps_it_valid() {
         let dir = tempfile::tempdir().unwrap();

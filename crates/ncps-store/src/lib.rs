@@ -9,6 +9,7 @@ pub mod chunk;
 mod error;
 mod local;
 mod mapped;
+mod nowait;
 
 pub use blob::{AzureConfig, BlobRead, BlobStore, ByteRange, GcsConfig, S3Config, StoredObject};
 pub use chunk::{ChunkError, ChunkHash, ChunkParams, Chunker, ChunkingSummary};

@@ -18,7 +18,7 @@ use futures::stream::{BoxStream, StreamExt};
 use ncps_nix::NarKey;
 
 use crate::chunk::{ChunkHash, chunk_storage_key};
-use crate::{StoreError, mapped};
+use crate::{StoreError, mapped, nowait};
 
 /// Size of the pieces a stored file is sent in. Each piece is read straight into the buffer that
 /// goes to the socket (no intermediate copy); large enough for the kernel's read-ahead and few
@@ -124,7 +124,8 @@ pub(crate) fn sendable_reads(
         .boxed()
 }
 
-/// `range` of `file` in [`FILE_PIECE`]s, each read on the blocking pool, [`PIECES_AHEAD`] ahead.
+/// `range` of `file` in [`FILE_PIECE`]s, [`PIECES_AHEAD`] ahead: each read here when the page
+/// cache holds it (see [`nowait`]), its remainder otherwise on the blocking pool.
 fn pieces(
     file: Arc<std::fs::File>,
     path: Arc<Path>,
@@ -142,8 +143,12 @@ fn pieces(
             // their pieces over a dozen arenas.
             let mut buf = vec![0u8; len];
             async move {
+                let cached = nowait::read_at(&file, &mut buf, offset);
+                if cached == len {
+                    return Ok(Bytes::from(buf));
+                }
                 blocking(&path, move || {
-                    file.read_exact_at(&mut buf, offset)?;
+                    file.read_exact_at(&mut buf[cached..], offset + cached as u64)?;
                     Ok(Bytes::from(buf))
                 })
                 .await
@@ -151,6 +156,52 @@ fn pieces(
         })
         .buffered(PIECES_AHEAD)
         .boxed()
+}
+
+/// Whether a read may wait for the disk (on the blocking pool) or must not (on a runtime thread).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Yes,
+    No,
+}
+
+/// Reads the frames of a run of chunk `files` (path, stored size) into their places in `buf`,
+/// from the first one not yet in `found` (whether each is stored), pushing to `found` as it
+/// goes. Without waiting, it stops at the first frame not wholly in memory.
+fn read_frames(
+    files: &[(PathBuf, usize)],
+    buf: &mut [u8],
+    found: &mut Vec<bool>,
+    waiting: Waiting,
+) -> std::io::Result<()> {
+    let start: usize = files[..found.len()].iter().map(|(_, size)| size).sum();
+    let mut rest = &mut buf[start..];
+    for (file, size) in &files[found.len()..] {
+        let (frame, tail) = rest.split_at_mut(*size);
+        rest = tail;
+        let named = |e: std::io::Error| {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            std::io::Error::new(e.kind(), format!("chunk {name}: {e}"))
+        };
+        let present = if waiting == Waiting::No {
+            let Some(opened) = nowait::open(file) else {
+                return Ok(());
+            };
+            match unless_missing(opened).map_err(named)? {
+                Some(f) if nowait::read_at(&f, frame, 0) == frame.len() => true,
+                Some(_) => return Ok(()),
+                None => false,
+            }
+        } else {
+            let read = |f: std::fs::File| f.read_exact_at(frame, 0);
+            unless_missing(std::fs::File::open(file))
+                .and_then(|f| f.map(read).transpose())
+                .map_err(named)?
+                .is_some()
+        };
+        found.push(present);
+    }
+    Ok(())
 }
 
 impl LocalDir {
@@ -170,19 +221,25 @@ impl LocalDir {
     }
 
     /// Opens a stored NAR: the file, its size and its path, or `None` when it is not stored.
+    /// Opened here when its directory entry is in memory (see [`nowait`]), otherwise on the
+    /// blocking pool.
     pub async fn open_nar(&self, key: &NarKey) -> Result<Option<OpenFile>, StoreError> {
         let path = self.nar_file(key);
+        let with_size = |file: std::fs::File, path: PathBuf| -> std::io::Result<OpenFile> {
+            // The inode of an open file is in memory: its size costs no disk access.
+            let size = file.metadata()?.len();
+            Ok(OpenFile { file, size, path })
+        };
+        if let Some(opened) = nowait::open(&path) {
+            let open = unless_missing(opened)
+                .and_then(|file| file.map(|file| with_size(file, path.clone())).transpose());
+            return open.map_err(|source| StoreError::ReadFile { path, source });
+        }
         let open = path.clone();
         blocking(&path, move || {
-            let Some(file) = unless_missing(std::fs::File::open(&open))? else {
-                return Ok(None);
-            };
-            let size = file.metadata()?.len();
-            Ok(Some(OpenFile {
-                file,
-                size,
-                path: open,
-            }))
+            unless_missing(std::fs::File::open(&open))?
+                .map(|file| with_size(file, open))
+                .transpose()
         })
         .await
     }
@@ -222,7 +279,8 @@ impl LocalDir {
 
     /// The stored frames of `chunks` (hash and stored size), in order, `None` for each one not
     /// stored: one buffer for the whole run (allocated on the calling worker, see
-    /// [`positional_reads`]) filled in one blocking call, each frame a slice of it.
+    /// [`positional_reads`]), filled here while the frames are in memory (see [`nowait`]) and
+    /// from the first one that is not in one blocking call, each frame a slice of it.
     pub async fn read_chunks(
         &self,
         chunks: &[(ChunkHash, u64)],
@@ -235,25 +293,19 @@ impl LocalDir {
         let mut buf = Vec::with_capacity(total.div_ceil(RUN_ALLOC_STEP) * RUN_ALLOC_STEP);
         buf.resize(total, 0u8);
         let dir = self.root.join(crate::chunk::CHUNK_DIR);
-        let (buf, found) = blocking(&dir, move || {
-            let mut found = Vec::with_capacity(files.len());
-            let mut rest = &mut buf[..];
-            for (file, size) in &files {
-                let (frame, tail) = rest.split_at_mut(*size);
-                rest = tail;
-                let read = |f: std::fs::File| f.read_exact_at(frame, 0);
-                let present = unless_missing(std::fs::File::open(file))
-                    .and_then(|f| f.map(read).transpose())
-                    .map_err(|e| {
-                        let name = file.file_name().unwrap_or_default().to_string_lossy();
-                        std::io::Error::new(e.kind(), format!("chunk {name}: {e}"))
-                    })?
-                    .is_some();
-                found.push(present);
+        let mut found = Vec::with_capacity(files.len());
+        let in_memory = read_frames(&files, &mut buf, &mut found, Waiting::No);
+        let (buf, found) = match in_memory {
+            Ok(()) if found.len() == files.len() => (buf, found),
+            Ok(()) => {
+                blocking(&dir, move || {
+                    read_frames(&files, &mut buf, &mut found, Waiting::Yes)?;
+                    Ok((buf, found))
+                })
+                .await?
             }
-            Ok((buf, found))
-        })
-        .await?;
+            Err(source) => return Err(StoreError::ReadFile { path: dir, source }),
+        };
         let buf = Bytes::from(buf);
         let mut offset = 0;
         Ok(chunks
