@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ncps_db::{CachedNarInfo, Database, NarOrigin, WholeFile};
+use ncps_db::{CachedNarInfo, Database, NarOrigin, OwnSignature, WholeFile};
 use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePathHash};
 use ncps_store::BlobStore;
 use ncps_upstream::Upstreams;
@@ -40,6 +40,14 @@ pub(crate) use upload::UPLOAD_WAITS_FOR_NARINFO;
 pub(crate) use upload::file_source;
 pub use upload::{MAX_NARINFO_UPLOAD, UploadConfig};
 pub(crate) use verify::{Expected, write_verified};
+
+/// What [`Ingest::record_narinfo`] did.
+pub(crate) struct Recorded {
+    /// Whether this call inserted the row (`false`: the path had one already, which stays).
+    pub inserted: bool,
+    /// Our signature, as recorded with the row when this call inserted it.
+    pub own: Option<OwnSignature>,
+}
 
 /// Where a NAR that is not stored comes from.
 pub(crate) enum Fetch {
@@ -113,12 +121,14 @@ impl Ingest {
         &self.0.temp
     }
 
-    /// Finds a narinfo upstream, checks it and records it with our NAR URL.
+    /// Finds a narinfo upstream, checks it and records it with our NAR URL. Returns it with our
+    /// signature as recorded (so the first rendering need not sign again), `None` when another
+    /// request recorded the path first.
     #[tracing::instrument(name = "cache.fetch_narinfo", skip_all, fields(hash = %hash))]
     pub(crate) async fn fetch_narinfo(
         &self,
         hash: &StorePathHash,
-    ) -> Result<CachedNarInfo, CacheError> {
+    ) -> Result<(CachedNarInfo, Option<OwnSignature>), CacheError> {
         let started = std::time::Instant::now();
         let asked = self.0.upstreams.find_narinfo(hash).await;
         self.0
@@ -141,17 +151,17 @@ impl Ingest {
             file_size: upstream.file_size,
         };
         let cached = self.as_served(upstream, Some(origin));
-        let inserted = self
+        let recorded = self
             .record_narinfo(&cached)
             .instrument(tracing::info_span!("db.insert_narinfo"))
             .await?;
         info!(store_path = %cached.narinfo.store_path, upstream = %cached.origin.as_ref().map_or("", |o| &o.upstream_url), "cached narinfo");
         // When a concurrent request stored the same path first, its row is what every client
         // must see.
-        let stored = if inserted {
-            cached
+        let (stored, own) = if recorded.inserted {
+            (cached, recorded.own)
         } else {
-            self.0.db.narinfo(hash).await?.unwrap_or(cached)
+            (self.0.db.narinfo(hash).await?.unwrap_or(cached), None)
         };
         if self.0.prefetch {
             // The client's NAR request usually follows at once: have the download under way.
@@ -163,14 +173,18 @@ impl Ingest {
                 }
             });
         }
-        Ok(stored)
+        Ok((stored, own))
     }
 
     /// Records a narinfo (see [`Database::insert_narinfo`]) with our signature of it, so hits
     /// need not sign. Every narinfo this cache stores is recorded here.
-    pub(crate) async fn record_narinfo(&self, cached: &CachedNarInfo) -> Result<bool, CacheError> {
+    pub(crate) async fn record_narinfo(
+        &self,
+        cached: &CachedNarInfo,
+    ) -> Result<Recorded, CacheError> {
         let own = self.0.signer.for_storage(&cached.narinfo);
-        Ok(self.0.db.insert_narinfo(cached, own.as_ref()).await?)
+        let inserted = self.0.db.insert_narinfo(cached, own.as_ref()).await?;
+        Ok(Recorded { inserted, own })
     }
 
     /// A narinfo as we record it: our NAR URL and its compression, FileHash/FileSize left for

@@ -155,9 +155,9 @@ impl Reader {
         let ((cached, stored, own), outcome) = match self.0.db.narinfo_and_nar(hash).await? {
             Some(found) => (found, Outcome::Hit),
             None if fetch => {
-                let cached = self.0.ingest.fetch_narinfo(hash).await?;
+                let (cached, own) = self.0.ingest.fetch_narinfo(hash).await?;
                 let stored = self.0.db.nar(&cached.narinfo.nar_hash).await?;
-                ((cached, stored, None), Outcome::Miss)
+                ((cached, stored, own), Outcome::Miss)
             }
             None => return Err(CacheError::NotFound),
         };
