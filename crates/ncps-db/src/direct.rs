@@ -44,6 +44,94 @@ pub(crate) struct DirectReader {
     taken: PathsTaken,
 }
 
+/// The connection this process writes a cold path's rows through on SQLite (see
+/// [`crate::Database::write_directly`]): one, since this process's writers take turns at the
+/// write gate anyway. Opened on first use; dropped after an engine error, so a connection left
+/// in a bad state is not reused.
+#[derive(Debug)]
+pub(crate) struct DirectWriter {
+    path: PathBuf,
+    conn: Mutex<Option<Connection>>,
+    /// Transactions committed here (tests check the path taken).
+    #[cfg(test)]
+    committed: AtomicU64,
+}
+
+/// A value bound to a statement, so one list of values serves the direct writer and the pool.
+#[derive(Clone, Debug)]
+pub(crate) enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Value::Text(text) => text.to_sql(),
+            Value::Int(n) => n.to_sql(),
+        }
+    }
+}
+
+impl DirectWriter {
+    /// A writer of the database file at `path` (which the pool has opened and migrated).
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            conn: Mutex::new(None),
+            #[cfg(test)]
+            committed: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `work` in one immediate transaction, committed when it returns `Ok` and rolled back
+    /// otherwise. Blocks (on SQLite's lock, held by another process, for up to the busy
+    /// timeout): run it on the blocking pool, holding the write gate.
+    pub(crate) fn transaction<T>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(self.open()?),
+        };
+        let outcome = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        match &outcome {
+            Err(DbError::Sqlite(_)) => *slot = None,
+            #[cfg(test)]
+            Ok(_) => {
+                self.committed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Transactions committed here so far.
+    #[cfg(test)]
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// A connection set up as the pool's are (busy timeout, WAL, `synchronous`, foreign keys).
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(crate::repo::SQLITE_BUSY_TIMEOUT)?;
+        conn.execute_batch(crate::repo::SQLITE_PRAGMAS)?;
+        conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+        Ok(conn)
+    }
+}
+
 /// Reads answered with a value here, and reads passed on to the pool.
 #[cfg(test)]
 #[derive(Debug, Default)]
@@ -156,7 +244,7 @@ impl DirectReader {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(std::time::Duration::ZERO)?;
+        conn.busy_timeout(crate::repo::SQLITE_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "query_only", true)?;
         conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
         Ok(conn)

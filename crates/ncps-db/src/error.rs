@@ -12,6 +12,9 @@ pub enum DbError {
     /// The engine reported an error.
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// SQLite reported an error to this process's direct writer (see `direct.rs`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Applying migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -42,7 +45,32 @@ impl DbError {
     pub fn is_disk_full(&self) -> bool {
         /// SQLite's primary result code for a full disk.
         const SQLITE_FULL: &str = "13";
-        matches!(self, DbError::Sqlx(sqlx::Error::Database(db))
-            if db.code().as_deref() == Some(SQLITE_FULL))
+        match self {
+            DbError::Sqlx(sqlx::Error::Database(db)) => db.code().as_deref() == Some(SQLITE_FULL),
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk is recognised whichever way SQLite was written to (the pool, or the
+    /// direct writer), and nothing else is taken for one.
+    #[test]
+    fn a_full_disk_is_recognised_from_either_sqlite_path() {
+        let failure = |code| {
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(failure(rusqlite::ffi::SQLITE_FULL).is_disk_full());
+        assert!(!failure(rusqlite::ffi::SQLITE_BUSY).is_disk_full());
+        assert!(!DbError::ChunksNotHeld(1).is_disk_full());
     }
 }

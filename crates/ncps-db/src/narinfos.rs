@@ -3,7 +3,8 @@ use std::str::FromStr;
 use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath, StorePathHash};
 
 use crate::columns::Columns;
-use crate::repo::{corrupt, now_secs, to_i64, to_u64};
+use crate::direct::Value;
+use crate::repo::{bind_values, corrupt, now_secs, to_i64, to_u64};
 use crate::{CachedNarInfo, Database, DbError, NarOrigin, NarRecord, OwnSignature};
 
 const T: &str = "narinfos";
@@ -67,6 +68,28 @@ impl Database {
         let refs: Vec<String> = n.references.iter().map(StorePath::base_name).collect();
         let origin = info.origin.as_ref();
         let now = now_secs();
+        let text = |s: String| Value::Text(Some(s));
+        let narinfo = vec![
+            text(n.store_path.hash().to_string()),
+            text(n.store_path.to_absolute()),
+            text(info.url_key.file_name()),
+            text(n.nar_hash.to_string()),
+            Value::Int(Some(to_i64(n.nar_size))),
+            text(refs.join(" ")),
+            Value::Text(n.deriver.clone()),
+            text(n.sigs.join("\n")),
+            Value::Text(n.ca.clone()),
+            Value::Text(origin.map(|o| o.upstream_url.clone())),
+            Value::Text(origin.map(|o| o.nar_url.clone())),
+            Value::Text(origin.map(|o| o.compression.as_str().to_string())),
+            Value::Text(origin.and_then(|o| o.file_hash).map(|h| h.to_string())),
+            Value::Int(origin.and_then(|o| o.file_size).map(to_i64)),
+            Value::Int(Some(now)),
+            Value::Int(Some(now)),
+            Value::Text(own.map(|o| o.sig.clone())),
+            Value::Text(own.map(|o| o.key.clone())),
+        ];
+        let url = vec![text(info.url_key.file_name()), text(n.nar_hash.to_string())];
         let insert_narinfo = self.dialect.insert_or_ignore(
             "INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, deriver, \
              sigs, ca, upstream_url, upstream_nar_url, upstream_compression, upstream_file_hash, \
@@ -77,33 +100,27 @@ impl Database {
         let insert_url = self
             .dialect
             .insert_or_ignore("INTO nar_urls (url_key, nar_hash) VALUES (?, ?)", "url_key");
+        let (narinfo_sql, url_sql) = (insert_narinfo.clone(), insert_url.clone());
+        let (narinfo_values, url_values) = (narinfo.clone(), url.clone());
+        let direct = self.write_directly(move |tx| {
+            let params = rusqlite::params_from_iter;
+            let inserted = tx
+                .prepare_cached(&narinfo_sql)?
+                .execute(params(&narinfo_values))?
+                > 0;
+            tx.prepare_cached(&url_sql)?.execute(params(&url_values))?;
+            Ok(inserted)
+        });
+        if let Some(done) = direct.await {
+            return done;
+        }
         let mut tx = self.begin().await?;
-        let inserted = sqlx::query(&self.sql(&insert_narinfo))
-            .bind(n.store_path.hash().to_string())
-            .bind(n.store_path.to_absolute())
-            .bind(info.url_key.file_name())
-            .bind(n.nar_hash.to_string())
-            .bind(to_i64(n.nar_size))
-            .bind(refs.join(" "))
-            .bind(n.deriver.clone())
-            .bind(n.sigs.join("\n"))
-            .bind(n.ca.clone())
-            .bind(origin.map(|o| o.upstream_url.clone()))
-            .bind(origin.map(|o| o.nar_url.clone()))
-            .bind(origin.map(|o| o.compression.as_str()))
-            .bind(origin.and_then(|o| o.file_hash).map(|h| h.to_string()))
-            .bind(origin.and_then(|o| o.file_size).map(to_i64))
-            .bind(now)
-            .bind(now)
-            .bind(own.map(|o| o.sig.clone()))
-            .bind(own.map(|o| o.key.clone()))
+        let inserted = bind_values(sqlx::query(&self.sql(&insert_narinfo)), &narinfo)
             .execute(&mut *tx)
             .await?
             .rows_affected()
             > 0;
-        sqlx::query(&self.sql(&insert_url))
-            .bind(info.url_key.file_name())
-            .bind(n.nar_hash.to_string())
+        bind_values(sqlx::query(&self.sql(&insert_url)), &url)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -451,6 +468,77 @@ pub(crate) mod tests {
             "a corrupt row is the answer, not a reason to ask the pool"
         );
         db.cleanup().await;
+    }
+
+    /// On SQLite a cold path's rows (its narinfo with its URL, then its NAR's whole file) are
+    /// written by the direct writer, one transaction each, and read back the same through the
+    /// pool; another process holding SQLite's write lock is waited for, not an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_writes_a_cold_path_directly_and_waits_for_other_writers() {
+        use std::time::{Duration, Instant};
+
+        use crate::WholeFile;
+
+        let db = TestDb::new(Engine::Sqlite).await;
+        let writer = db.writer.clone().expect("SQLite writes directly");
+        let file: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&file).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            held_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            conn.execute_batch("COMMIT").unwrap();
+        });
+        held_rx.recv().unwrap();
+        let info = sample();
+        let started = Instant::now();
+        assert!(db.insert_narinfo(&info, None).await.unwrap());
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "wrote while another process held the lock"
+        );
+        holder.join().unwrap();
+        let n = &info.narinfo;
+        let whole = WholeFile {
+            key: NarKey::new(Sha256Hash::digest(b"file"), Compression::Xz),
+            size: 99,
+        };
+        db.record_whole_file(&n.nar_hash, n.nar_size, whole, None)
+            .await
+            .unwrap();
+        assert_eq!(writer.committed(), 2);
+
+        let pool = db.pool_only();
+        let (read, nar, own) = pool
+            .narinfo_and_nar(n.store_path.hash())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((read, own), (info.clone(), None));
+        assert_eq!(nar.unwrap().whole, Some(whole));
+        let by_url = pool.nar_by_url(&info.url_key).await.unwrap();
+        assert_eq!(by_url.map(|(named, _)| named), Some(n.nar_hash));
+        // Again: the row stays as it is, and says so.
+        assert!(!db.insert_narinfo(&bare_as(&info), None).await.unwrap());
+        let (kept, _, _) = pool
+            .narinfo_and_nar(n.store_path.hash())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept, info);
+        db.cleanup().await;
+    }
+
+    /// `info`'s path with every optional field empty (a second fetch that lost the race).
+    fn bare_as(info: &CachedNarInfo) -> CachedNarInfo {
+        let mut other = bare();
+        other.narinfo.store_path = info.narinfo.store_path.clone();
+        other
     }
 
     /// When the direct reader cannot answer (here it cannot even open the file), the pool

@@ -6,7 +6,8 @@ use sqlx::Row;
 use crate::chunks::LOST_LAST_REFERENCE;
 use crate::columns::Columns;
 use crate::dialect::{bind_all, placeholders};
-use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
+use crate::direct::Value;
+use crate::repo::{ROWS_PER_STATEMENT, WriteTx, bind_values, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
 
 const T: &str = "nars";
@@ -214,33 +215,48 @@ impl Database {
         delete_after: Option<i64>,
     ) -> Result<(), DbError> {
         let now = now_secs();
-        let nar = nar_hash.to_string();
+        let (nar, key, size) = (
+            Value::Text(Some(nar_hash.to_string())),
+            Value::Text(Some(whole.key.file_name())),
+            Value::Int(Some(to_i64(whole.size))),
+        );
+        let delete_after = Value::Int(delete_after);
+        let insert_values = vec![
+            nar.clone(),
+            Value::Int(Some(to_i64(nar_size))),
+            key.clone(),
+            size.clone(),
+            delete_after.clone(),
+            Value::Int(Some(now)),
+            Value::Int(Some(now)),
+        ];
+        let update_values = vec![key, size, delete_after, nar];
         let insert = self.dialect.insert_or_ignore(
             "INTO nars (nar_hash, nar_size, whole_key, whole_size, whole_delete_after, \
              created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             "nar_hash",
         );
+        // A NAR recorded already (its chunks, say) gains the whole file unless it has one.
+        const UPDATE: &str = "UPDATE nars SET whole_key = ?, whole_size = ?, \
+             whole_delete_after = ? WHERE nar_hash = ? AND whole_key IS NULL";
+        let (insert_sql, inserted, updated) =
+            (insert.clone(), insert_values.clone(), update_values.clone());
+        let direct = self.write_directly(move |tx| {
+            let params = rusqlite::params_from_iter;
+            tx.prepare_cached(&insert_sql)?.execute(params(&inserted))?;
+            tx.prepare_cached(UPDATE)?.execute(params(&updated))?;
+            Ok(())
+        });
+        if let Some(done) = direct.await {
+            return done;
+        }
         let mut tx = self.begin().await?;
-        sqlx::query(&self.sql(&insert))
-            .bind(&nar)
-            .bind(to_i64(nar_size))
-            .bind(whole.key.file_name())
-            .bind(to_i64(whole.size))
-            .bind(delete_after)
-            .bind(now)
-            .bind(now)
+        bind_values(sqlx::query(&self.sql(&insert)), &insert_values)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&self.sql(
-            "UPDATE nars SET whole_key = ?, whole_size = ?, whole_delete_after = ? \
-             WHERE nar_hash = ? AND whole_key IS NULL",
-        ))
-        .bind(whole.key.file_name())
-        .bind(to_i64(whole.size))
-        .bind(delete_after)
-        .bind(&nar)
-        .execute(&mut *tx)
-        .await?;
+        bind_values(sqlx::query(&self.sql(UPDATE)), &update_values)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

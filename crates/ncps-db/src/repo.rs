@@ -9,7 +9,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
 use crate::columns::{Columns, NamedRow};
 use crate::dialect::Dialect;
-use crate::direct::{Answer, DirectReader};
+use crate::direct::{Answer, DirectReader, DirectWriter, Value};
 use crate::{DatabaseUrl, DbError, parse_database_url};
 
 /// Migrations embedded in the binary, one set per engine (same versions, same tables), so a
@@ -22,13 +22,13 @@ static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrati
 
 /// How long a writer waits for SQLite's lock before giving up; long enough to ride out a burst
 /// of inserts, short enough that a stuck writer shows up as an error instead of a hang.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run on every new SQLite connection (with the busy timeout above): WAL (readers never wait
 /// for the writer) and `synchronous = NORMAL` (durable at checkpoints; WAL keeps the database
 /// consistent after a power cut, and losing the last moments of metadata only means those
 /// paths are fetched again).
-const SQLITE_PRAGMAS: &str =
+pub(crate) const SQLITE_PRAGMAS: &str =
     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 /// How long opening the database (and later, getting a connection) may take: a server that is
@@ -105,6 +105,8 @@ pub struct Database {
     /// SQLite only: the hot one-row reads, on the caller's thread (see `direct.rs` and
     /// [`Database::optional_row`]).
     pub(crate) direct: Option<Arc<DirectReader>>,
+    /// SQLite only: a cold path's writes, in one hand-off each (see [`Database::write_directly`]).
+    pub(crate) writer: Option<Arc<DirectWriter>>,
 }
 
 /// A write transaction. On SQLite it also holds this process's writer gate: SQLite lets one
@@ -171,6 +173,21 @@ where
             other => return other,
         }
     }
+}
+
+/// Binds `values` to `query` in order: the values the direct writer binds on SQLite, so both
+/// write paths take one list.
+pub(crate) fn bind_values<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    values: &'q [Value],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for value in values {
+        query = match value {
+            Value::Text(text) => query.bind(text.as_deref()),
+            Value::Int(n) => query.bind(*n),
+        };
+    }
+    query
 }
 
 pub(crate) fn corrupt(table: &'static str, reason: impl ToString) -> DbError {
@@ -335,6 +352,7 @@ impl Database {
             reason,
         };
         let mut direct = None;
+        let mut writer = None;
         let (dialect, connect) = match parse_database_url(url)? {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -345,7 +363,8 @@ impl Database {
                     .map_err(|e| invalid(format!("cannot resolve {}: {e}", path.display())))?;
                 let connect = AnyConnectOptions::from_str(&sqlite_url(&path))
                     .map_err(|e| invalid(e.to_string()))?;
-                direct = Some(Arc::new(DirectReader::new(path)));
+                direct = Some(Arc::new(DirectReader::new(path.clone())));
+                writer = Some(Arc::new(DirectWriter::new(path)));
                 (Dialect::Sqlite, connect)
             }
             DatabaseUrl::Postgres(url) => (
@@ -386,6 +405,7 @@ impl Database {
             write_gate,
             full_scans: Arc::default(),
             direct,
+            writer,
         })
     }
 
@@ -579,6 +599,33 @@ impl Database {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(|row| decode(row)).transpose()
+    }
+
+    /// Runs `work` as one write transaction on SQLite's direct writer (`direct.rs`), on the
+    /// blocking pool and holding the write gate: one hand-off for the whole transaction, where
+    /// sqlx takes one per statement (a cold path records its narinfo and its NAR this way).
+    /// `None` on the server engines, whose callers write through the pool. The transaction
+    /// runs to its end even if the caller stops waiting, and the gate is held until then.
+    pub(crate) async fn write_directly<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError> + Send + 'static,
+    ) -> Option<Result<T, DbError>> {
+        let writer = self.writer.clone()?;
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            writer.transaction(work)
+        })
+        .await;
+        Some(match done {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down before the task ran.
+            Err(_) => Err(DbError::Sqlx(sqlx::Error::PoolClosed)),
+        })
     }
 
     /// Starts a transaction that will write (see [`Dialect::begin_write`] and [`WriteTx`]).
