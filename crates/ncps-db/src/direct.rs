@@ -45,7 +45,7 @@ pub(crate) struct DirectReader {
 }
 
 /// The connection this process writes a cold path's rows through on SQLite (see
-/// [`crate::Database::write_directly`]): one, since this process's writers take turns at the
+/// [`crate::Database::write_statements`]): one, since this process's writers take turns at the
 /// write gate anyway. Opened on first use; dropped after an engine error, so a connection left
 /// in a bad state is not reused.
 #[derive(Debug)]

@@ -4,7 +4,7 @@ use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath, StorePathHas
 
 use crate::columns::Columns;
 use crate::direct::Value;
-use crate::repo::{bind_values, corrupt, now_secs, to_i64, to_u64};
+use crate::repo::{corrupt, now_secs, to_i64, to_u64};
 use crate::{CachedNarInfo, Database, DbError, NarOrigin, NarRecord, OwnSignature};
 
 const T: &str = "narinfos";
@@ -100,31 +100,10 @@ impl Database {
         let insert_url = self
             .dialect
             .insert_or_ignore("INTO nar_urls (url_key, nar_hash) VALUES (?, ?)", "url_key");
-        let (narinfo_sql, url_sql) = (insert_narinfo.clone(), insert_url.clone());
-        let (narinfo_values, url_values) = (narinfo.clone(), url.clone());
-        let direct = self.write_directly(move |tx| {
-            let params = rusqlite::params_from_iter;
-            let inserted = tx
-                .prepare_cached(&narinfo_sql)?
-                .execute(params(&narinfo_values))?
-                > 0;
-            tx.prepare_cached(&url_sql)?.execute(params(&url_values))?;
-            Ok(inserted)
-        });
-        if let Some(done) = direct.await {
-            return done;
-        }
-        let mut tx = self.begin().await?;
-        let inserted = bind_values(sqlx::query(&self.sql(&insert_narinfo)), &narinfo)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
-        bind_values(sqlx::query(&self.sql(&insert_url)), &url)
-            .execute(&mut *tx)
+        let changed = self
+            .write_statements(vec![(insert_narinfo, narinfo), (insert_url, url)])
             .await?;
-        tx.commit().await?;
-        Ok(inserted)
+        Ok(changed[0] > 0)
     }
 
     /// Forgets a narinfo; `false` when there was none.

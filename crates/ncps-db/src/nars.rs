@@ -7,7 +7,7 @@ use crate::chunks::LOST_LAST_REFERENCE;
 use crate::columns::Columns;
 use crate::dialect::{bind_all, placeholders};
 use crate::direct::Value;
-use crate::repo::{ROWS_PER_STATEMENT, WriteTx, bind_values, corrupt, now_secs, to_i64, to_u64};
+use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
 
 const T: &str = "nars";
@@ -237,27 +237,13 @@ impl Database {
             "nar_hash",
         );
         // A NAR recorded already (its chunks, say) gains the whole file unless it has one.
-        const UPDATE: &str = "UPDATE nars SET whole_key = ?, whole_size = ?, \
-             whole_delete_after = ? WHERE nar_hash = ? AND whole_key IS NULL";
-        let (insert_sql, inserted, updated) =
-            (insert.clone(), insert_values.clone(), update_values.clone());
-        let direct = self.write_directly(move |tx| {
-            let params = rusqlite::params_from_iter;
-            tx.prepare_cached(&insert_sql)?.execute(params(&inserted))?;
-            tx.prepare_cached(UPDATE)?.execute(params(&updated))?;
-            Ok(())
-        });
-        if let Some(done) = direct.await {
-            return done;
-        }
-        let mut tx = self.begin().await?;
-        bind_values(sqlx::query(&self.sql(&insert)), &insert_values)
-            .execute(&mut *tx)
-            .await?;
-        bind_values(sqlx::query(&self.sql(UPDATE)), &update_values)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let update = "UPDATE nars SET whole_key = ?, whole_size = ?, whole_delete_after = ? \
+             WHERE nar_hash = ? AND whole_key IS NULL";
+        self.write_statements(vec![
+            (insert, insert_values),
+            (update.to_string(), update_values),
+        ])
+        .await?;
         Ok(())
     }
 

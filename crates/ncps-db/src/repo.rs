@@ -105,7 +105,8 @@ pub struct Database {
     /// SQLite only: the hot one-row reads, on the caller's thread (see `direct.rs` and
     /// [`Database::optional_row`]).
     pub(crate) direct: Option<Arc<DirectReader>>,
-    /// SQLite only: a cold path's writes, in one hand-off each (see [`Database::write_directly`]).
+    /// SQLite only: a cold path's writes, in one hand-off each (see
+    /// [`Database::write_statements`]).
     pub(crate) writer: Option<Arc<DirectWriter>>,
 }
 
@@ -601,31 +602,51 @@ impl Database {
         row.as_ref().map(|row| decode(row)).transpose()
     }
 
-    /// Runs `work` as one write transaction on SQLite's direct writer (`direct.rs`), on the
-    /// blocking pool and holding the write gate: one hand-off for the whole transaction, where
-    /// sqlx takes one per statement (a cold path records its narinfo and its NAR this way).
-    /// `None` on the server engines, whose callers write through the pool. The transaction
-    /// runs to its end even if the caller stops waiting, and the gate is held until then.
-    pub(crate) async fn write_directly<T: Send + 'static>(
+    /// Runs `statements` (SQL written with `?` placeholders, and the values bound to it) in one
+    /// write transaction, and returns how many rows each changed. On SQLite through the direct
+    /// writer (`direct.rs`), on the blocking pool and holding the write gate: one hand-off for
+    /// the whole transaction, where sqlx takes one per statement (a cold path records its
+    /// narinfo and its NAR this way); it runs to its end even if the caller stops waiting. On
+    /// the server engines through the pool.
+    pub(crate) async fn write_statements(
         &self,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError> + Send + 'static,
-    ) -> Option<Result<T, DbError>> {
-        let writer = self.writer.clone()?;
+        statements: Vec<(String, Vec<Value>)>,
+    ) -> Result<Vec<u64>, DbError> {
+        let Some(writer) = self.writer.clone() else {
+            let mut tx = self.begin().await?;
+            let mut changed = Vec::with_capacity(statements.len());
+            for (sql, values) in &statements {
+                let done = bind_values(sqlx::query(&self.sql(sql)), values)
+                    .execute(&mut *tx)
+                    .await?;
+                changed.push(done.rows_affected());
+            }
+            tx.commit().await?;
+            return Ok(changed);
+        };
         let gate = match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
         };
         let done = tokio::task::spawn_blocking(move || {
             let _gate = gate;
-            writer.transaction(work)
+            writer.transaction(|tx| {
+                let mut changed = Vec::with_capacity(statements.len());
+                for (sql, values) in &statements {
+                    let mut statement = tx.prepare_cached(sql)?;
+                    let rows = statement.execute(rusqlite::params_from_iter(values))?;
+                    changed.push(rows as u64);
+                }
+                Ok(changed)
+            })
         })
         .await;
-        Some(match done {
+        match done {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Only when the runtime shuts down before the task ran.
             Err(_) => Err(DbError::Sqlx(sqlx::Error::PoolClosed)),
-        })
+        }
     }
 
     /// Starts a transaction that will write (see [`Dialect::begin_write`] and [`WriteTx`]).
