@@ -121,15 +121,23 @@ impl DirectWriter {
 
     /// A connection set up as the pool's are (busy timeout, WAL, `synchronous`, foreign keys).
     fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(crate::repo::SQLITE_BUSY_TIMEOUT)?;
+        let conn = connect(&self.path, crate::repo::SQLITE_BUSY_TIMEOUT)?;
         conn.execute_batch(crate::repo::SQLITE_PRAGMAS)?;
-        conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
         Ok(conn)
     }
+}
+
+/// A connection of this module to the database file at `path` (which the pool created),
+/// waiting at most `busy` for another connection's lock, with room for the few statements it
+/// runs kept prepared.
+fn connect(path: &std::path::Path, busy: std::time::Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy)?;
+    conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+    Ok(conn)
 }
 
 /// Reads answered with a value here, and reads passed on to the pool.
@@ -240,13 +248,8 @@ impl DirectReader {
     /// pool created it. (Opened for writing and told not to write: an SQLite connection opened
     /// read-only cannot always use the WAL's shared-memory index.)
     fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::ZERO)?;
+        let conn = connect(&self.path, std::time::Duration::ZERO)?;
         conn.pragma_update(None, "query_only", true)?;
-        conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
         Ok(conn)
     }
 }

@@ -624,10 +624,7 @@ impl Database {
             tx.commit().await?;
             return Ok(changed);
         };
-        let gate = match &self.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
-        };
+        let gate = self.take_write_gate().await;
         let done = tokio::task::spawn_blocking(move || {
             let _gate = gate;
             writer.transaction(|tx| {
@@ -649,12 +646,17 @@ impl Database {
         }
     }
 
-    /// Starts a transaction that will write (see [`Dialect::begin_write`] and [`WriteTx`]).
-    pub(crate) async fn begin(&self) -> Result<WriteTx, DbError> {
-        let gate = match &self.write_gate {
+    /// This process's turn to write (SQLite only; see [`WriteTx`]), held until dropped.
+    async fn take_write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    /// Starts a transaction that will write (see [`Dialect::begin_write`] and [`WriteTx`]).
+    pub(crate) async fn begin(&self) -> Result<WriteTx, DbError> {
+        let gate = self.take_write_gate().await;
         let tx = match self.dialect.begin_write() {
             Some(statement) => self.pool.begin_with(statement).await?,
             None => self.pool.begin().await?,

@@ -658,7 +658,7 @@ mod list_tests {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures::TryStreamExt;
     use ncps_nix::{Compression, Sha256Hash};
@@ -883,6 +883,26 @@ mod tests {
         }
     }
 
+    /// A run of `count` chunk frames (frame `i` is `len + i` bytes of `i`) as a chunk list
+    /// names them, every one stored except the last: the frames and the run.
+    pub(super) async fn run_missing_its_last(
+        store: &BlobStore,
+        count: u8,
+        len: usize,
+    ) -> (Vec<Bytes>, Vec<(ChunkHash, u64)>) {
+        let frames: Vec<Bytes> = (0..count)
+            .map(|i| Bytes::from(vec![i; len + usize::from(i)]))
+            .collect();
+        let run: Vec<(ChunkHash, u64)> = (0..count)
+            .zip(&frames)
+            .map(|(i, f)| (ChunkHash::digest(&[i]), f.len() as u64))
+            .collect();
+        for ((hash, _), frame) in run.iter().zip(&frames).take(frames.len() - 1) {
+            store.put_chunk(hash, frame.clone()).await.unwrap();
+        }
+        (frames, run)
+    }
+
     /// Drops a stored file from the page cache, so reading it would wait for the disk.
     fn evict(path: &std::path::Path) {
         let file = std::fs::File::open(path).unwrap();
@@ -926,19 +946,8 @@ mod tests {
         let part = store.read_nar(&key, Some(range)).await.unwrap().unwrap();
         assert_eq!(collect(part).await, &data[5000..390_000]);
 
-        let frames: Vec<Bytes> = (0..4u8)
-            .map(|i| Bytes::from(vec![i; 5000 + usize::from(i)]))
-            .collect();
-        let hashes: Vec<ChunkHash> = (0..4u8).map(|i| ChunkHash::digest(&[i])).collect();
-        for (h, f) in hashes.iter().zip(&frames).take(3) {
-            store.put_chunk(h, f.clone()).await.unwrap();
-        }
-        evict(&root.join(crate::chunk::chunk_storage_key(&hashes[1])));
-        let run: Vec<(ChunkHash, u64)> = hashes
-            .iter()
-            .zip(&frames)
-            .map(|(h, f)| (*h, f.len() as u64))
-            .collect();
+        let (frames, run) = run_missing_its_last(&store, 4, 5000).await;
+        evict(&root.join(crate::chunk::chunk_storage_key(&run[1].0)));
         let read = store.read_chunks(&run).await.unwrap();
         let expected: Vec<Option<Bytes>> = frames
             .iter()
@@ -1076,18 +1085,8 @@ mod chunk_tests {
         let remote = BlobStore::from_object_store(Arc::new(
             LocalFileSystem::new_with_prefix(&root).unwrap(),
         ));
-        let frames: Vec<Bytes> = (0..3u8)
-            .map(|i| Bytes::from(vec![i; 100 + usize::from(i)]))
-            .collect();
-        let hashes: Vec<ChunkHash> = (0..3u8).map(|i| ChunkHash::digest(&[i])).collect();
-        for (h, f) in hashes.iter().zip(&frames).take(2) {
-            local.put_chunk(h, f.clone()).await.unwrap();
-        }
-        let run: Vec<(ChunkHash, u64)> = hashes
-            .iter()
-            .zip(&frames)
-            .map(|(h, f)| (*h, f.len() as u64))
-            .collect();
+        let (frames, run) = super::tests::run_missing_its_last(&local, 3, 100).await;
+        let hashes: Vec<ChunkHash> = run.iter().map(|(hash, _)| *hash).collect();
         for store in [&local, &remote] {
             let read = store.read_chunks(&run).await.unwrap();
             assert_eq!(read[0].as_ref(), Some(&frames[0]));
