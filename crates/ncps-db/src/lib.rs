@@ -52,6 +52,7 @@ mod pins;
 mod realisations;
 mod records;
 mod repo;
+mod session;
 mod settings;
 mod totals;
 mod uploads;

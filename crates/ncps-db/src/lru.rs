@@ -371,4 +371,38 @@ mod tests {
             assert_eq!(db.stored_bytes().await.unwrap(), before + 300);
         }
     }
+
+    /// On SQLite a batch of evictions (its reads of which NARs went unused included) is one
+    /// transaction of the direct writer, not a statement at a time through sqlx's worker.
+    #[tokio::test]
+    async fn sqlite_evicts_a_batch_in_one_direct_transaction() {
+        use crate::repo::test_support::{Engine, TestDb};
+
+        let db = TestDb::new(Engine::Sqlite).await;
+        let writer = db.writer.clone().expect("SQLite writes directly");
+        let mut hashes = Vec::new();
+        for i in 0..3u32 {
+            let mut info = sample();
+            info.narinfo.store_path = path(i);
+            info.narinfo.nar_hash = Sha256Hash::digest(&i.to_le_bytes());
+            info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
+            db.insert_narinfo(&info, None).await.unwrap();
+            let whole = WholeFile {
+                key: NarKey::new(info.narinfo.nar_hash, Compression::Xz),
+                size: 1000,
+            };
+            db.record_whole_file(&info.narinfo.nar_hash, 5000, whole, None)
+                .await
+                .unwrap();
+            hashes.push(*info.narinfo.store_path.hash());
+        }
+        let before = writer.committed();
+        let removed = db.evict(&hashes[..2]).await.unwrap();
+        assert_eq!(writer.committed(), before + 1, "one direct transaction");
+        assert_eq!(removed.nars.len(), 2);
+        assert_eq!(removed.freed_bytes, 2000);
+        assert_eq!(db.stored_bytes().await.unwrap(), 1000);
+        assert!(db.narinfo(&hashes[0]).await.unwrap().is_none());
+        assert!(db.narinfo(&hashes[2]).await.unwrap().is_some());
+    }
 }

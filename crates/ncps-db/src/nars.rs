@@ -5,9 +5,10 @@ use sqlx::Row;
 
 use crate::chunks::LOST_LAST_REFERENCE;
 use crate::columns::Columns;
-use crate::dialect::{bind_all, placeholders};
+use crate::dialect::placeholders;
 use crate::direct::Value;
-use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
+use crate::repo::{ROWS_PER_STATEMENT, corrupt, now_secs, to_i64, to_u64};
+use crate::session::{Session, TransactionWork};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
 
 const T: &str = "nars";
@@ -67,104 +68,22 @@ impl Database {
     /// [unused](NAR_UNUSED). Returns the NARs removed, so the caller deletes their whole files.
     pub(crate) async fn delete_rows_and_unused_nars(
         &self,
-        table: &str,
-        key_column: &str,
+        table: &'static str,
+        key_column: &'static str,
         keys: &[String],
     ) -> Result<Removed, DbError> {
         let mut removed = Removed::default();
         for batch in keys.chunks(ROWS_PER_STATEMENT) {
-            let list = placeholders(batch.len());
-            let mut tx = self.begin().await?;
-            let sql = format!("SELECT DISTINCT nar_hash FROM {table} WHERE {key_column} IN {list}");
-            let sql = self.sql(&sql);
-            let nar_hashes: Vec<String> = {
-                let mut q = sqlx::query_scalar(&sql);
-                for key in batch {
-                    q = q.bind(key);
-                }
-                q.fetch_all(&mut *tx).await?
+            let work = DeleteRowsAndUnusedNars {
+                table,
+                key_column,
+                keys: batch.to_vec(),
             };
-            let sql = format!("DELETE FROM {table} WHERE {key_column} IN {list}");
-            let sql = self.sql(&sql);
-            bind_all(sqlx::query(&sql), batch).execute(&mut *tx).await?;
-            let unused = self.remove_unused_nars(&mut tx, &nar_hashes).await?;
-            tx.commit().await?;
+            let unused = self.in_transaction(work).await?;
             removed.nars.extend(unused.nars);
             removed.freed_bytes += unused.freed_bytes;
         }
         Ok(removed)
-    }
-
-    /// Removes, inside `tx`, each of `nar_hashes` that is [unused](NAR_UNUSED): its row, its URLs
-    /// and its chunk list (its chunks lose a reference each and become collectable at zero).
-    /// Returns the NARs removed, so the caller deletes their whole files once `tx` commits,
-    /// and the bytes that frees.
-    pub(crate) async fn remove_unused_nars(
-        &self,
-        tx: &mut WriteTx,
-        nar_hashes: &[String],
-    ) -> Result<Removed, DbError> {
-        if nar_hashes.is_empty() {
-            return Ok(Removed::default());
-        }
-        let sql = format!(
-            "SELECT * FROM nars WHERE {NAR_UNUSED} AND nar_hash IN {}",
-            placeholders(nar_hashes.len())
-        );
-        let sql = self.sql(&sql);
-        let rows = bind_all(sqlx::query(&sql), nar_hashes)
-            .fetch_all(&mut **tx)
-            .await?;
-        let unused: Vec<NarRecord> = rows.iter().map(nar_from_row).collect::<Result<_, _>>()?;
-        let gone: Vec<String> = unused.iter().map(|r| r.nar_hash.to_string()).collect();
-        if gone.is_empty() {
-            return Ok(Removed::default());
-        }
-        let whole_bytes: u64 = unused.iter().filter_map(|r| r.whole.map(|w| w.size)).sum();
-        let gone_list = placeholders(gone.len());
-        let in_gone = format!("(SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN {gone_list})");
-        let sql = format!(
-            "UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM nar_chunks n \
-             WHERE n.chunk_hash = chunks.hash AND n.nar_hash IN {gone_list}) \
-             WHERE hash IN {in_gone}"
-        );
-        let sql = self.sql(&sql);
-        bind_all(bind_all(sqlx::query(&sql), &gone), &gone)
-            .execute(&mut **tx)
-            .await?;
-        // The chunks these NARs held last: their bytes are freed (the collector deletes the
-        // objects after the grace period; stored bytes count referenced chunks only).
-        let sql = format!(
-            "SELECT {} FROM chunks WHERE {LOST_LAST_REFERENCE} AND hash IN {in_gone}",
-            self.dialect.bigint("COALESCE(SUM(stored_size), 0)")
-        );
-        let sql = self.sql(&sql);
-        let chunk_bytes: i64 = {
-            let mut q = sqlx::query_scalar(&sql);
-            for key in &gone {
-                q = q.bind(key);
-            }
-            q.fetch_one(&mut **tx).await?
-        };
-        let sql = format!(
-            "UPDATE chunks SET unreferenced_since = ? WHERE {LOST_LAST_REFERENCE} \
-             AND hash IN {in_gone}"
-        );
-        let sql = self.sql(&sql);
-        bind_all(sqlx::query(&sql).bind(now_secs()), &gone)
-            .execute(&mut **tx)
-            .await?;
-        for table in ["nar_chunks", "nar_urls", "nars"] {
-            let sql = format!("DELETE FROM {table} WHERE nar_hash IN {gone_list}");
-            let sql = self.sql(&sql);
-            bind_all(sqlx::query(&sql), &gone)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(Removed {
-            nars: unused,
-            freed_bytes: whole_bytes + to_u64("chunks", chunk_bytes)?,
-        })
     }
 
     /// Removes up to `limit` [unused](NAR_UNUSED) NARs (a narinfo deleted, or a NAR stored
@@ -180,10 +99,8 @@ impl Database {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        let mut tx = self.begin().await?;
         // Checked again inside the transaction: a narinfo may have come meanwhile.
-        let removed = self.remove_unused_nars(&mut tx, &unused).await?;
-        tx.commit().await?;
+        let removed = self.in_transaction(RemoveUnusedNars(unused)).await?;
         Ok(removed.nars)
     }
 
@@ -337,6 +254,106 @@ impl Database {
             .await?;
         rows.iter().map(nar_from_row).collect()
     }
+}
+
+/// Deletes rows that name NARs, and the NARs they leave [unused](NAR_UNUSED), in one
+/// transaction ([`Database::delete_rows_and_unused_nars`]).
+struct DeleteRowsAndUnusedNars {
+    table: &'static str,
+    key_column: &'static str,
+    keys: Vec<String>,
+}
+
+impl TransactionWork for DeleteRowsAndUnusedNars {
+    type Output = Removed;
+
+    async fn run<S: Session>(self, session: &mut S) -> Result<Removed, DbError> {
+        let (table, key_column) = (self.table, self.key_column);
+        let list = placeholders(self.keys.len());
+        let keys = texts(&self.keys);
+        let sql = format!("SELECT DISTINCT nar_hash FROM {table} WHERE {key_column} IN {list}");
+        let nar_hashes = session
+            .rows(&sql, &keys, |row| row.text("nar_hash"))
+            .await?;
+        let sql = format!("DELETE FROM {table} WHERE {key_column} IN {list}");
+        session.execute(&sql, &keys).await?;
+        remove_unused_nars(session, &nar_hashes).await
+    }
+}
+
+/// Removes the NARs of a list that are [unused](NAR_UNUSED), in one transaction.
+struct RemoveUnusedNars(Vec<String>);
+
+impl TransactionWork for RemoveUnusedNars {
+    type Output = Removed;
+
+    async fn run<S: Session>(self, session: &mut S) -> Result<Removed, DbError> {
+        remove_unused_nars(session, &self.0).await
+    }
+}
+
+/// Text values to bind, one per key.
+fn texts(keys: &[String]) -> Vec<Value> {
+    keys.iter()
+        .map(|key| Value::Text(Some(key.clone())))
+        .collect()
+}
+
+/// Removes, inside the session's transaction, each of `nar_hashes` that is
+/// [unused](NAR_UNUSED): its row, its URLs and its chunk list (its chunks lose a reference each
+/// and become collectable at zero). Returns the NARs removed, so the caller deletes their whole
+/// files once the transaction commits, and the bytes that frees.
+async fn remove_unused_nars<S: Session>(
+    session: &mut S,
+    nar_hashes: &[String],
+) -> Result<Removed, DbError> {
+    if nar_hashes.is_empty() {
+        return Ok(Removed::default());
+    }
+    let sql = format!(
+        "SELECT * FROM nars WHERE {NAR_UNUSED} AND nar_hash IN {}",
+        placeholders(nar_hashes.len())
+    );
+    let unused: Vec<NarRecord> = session
+        .rows(&sql, &texts(nar_hashes), |row| nar_from_row(row))
+        .await?;
+    let gone: Vec<String> = unused.iter().map(|r| r.nar_hash.to_string()).collect();
+    if gone.is_empty() {
+        return Ok(Removed::default());
+    }
+    let whole_bytes: u64 = unused.iter().filter_map(|r| r.whole.map(|w| w.size)).sum();
+    let gone_list = placeholders(gone.len());
+    let gone = texts(&gone);
+    let in_gone = format!("(SELECT chunk_hash FROM nar_chunks WHERE nar_hash IN {gone_list})");
+    let sql = format!(
+        "UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM nar_chunks n \
+         WHERE n.chunk_hash = chunks.hash AND n.nar_hash IN {gone_list}) \
+         WHERE hash IN {in_gone}"
+    );
+    session
+        .execute(&sql, &[gone.clone(), gone.clone()].concat())
+        .await?;
+    // The chunks these NARs held last: their bytes are freed (the collector deletes the
+    // objects after the grace period; stored bytes count referenced chunks only).
+    let sql = format!(
+        "SELECT {} AS bytes FROM chunks WHERE {LOST_LAST_REFERENCE} AND hash IN {in_gone}",
+        session.dialect().bigint("COALESCE(SUM(stored_size), 0)")
+    );
+    let chunk_bytes = session.rows(&sql, &gone, |row| row.i64("bytes")).await?;
+    let sql = format!(
+        "UPDATE chunks SET unreferenced_since = ? WHERE {LOST_LAST_REFERENCE} \
+         AND hash IN {in_gone}"
+    );
+    let since = [vec![Value::Int(Some(now_secs()))], gone.clone()].concat();
+    session.execute(&sql, &since).await?;
+    for table in ["nar_chunks", "nar_urls", "nars"] {
+        let sql = format!("DELETE FROM {table} WHERE nar_hash IN {gone_list}");
+        session.execute(&sql, &gone).await?;
+    }
+    Ok(Removed {
+        nars: unused,
+        freed_bytes: whole_bytes + to_u64("chunks", chunk_bytes.into_iter().sum())?,
+    })
 }
 
 pub(crate) fn nar_from_row(row: &(impl Columns + ?Sized)) -> Result<NarRecord, DbError> {

@@ -10,6 +10,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 use crate::columns::{Columns, NamedRow};
 use crate::dialect::Dialect;
 use crate::direct::{Answer, DirectReader, DirectWriter, Value};
+use crate::session::{Session, TransactionWork};
 use crate::{DatabaseUrl, DbError, parse_database_url};
 
 /// Migrations embedded in the binary, one set per engine (same versions, same tables), so a
@@ -189,6 +190,21 @@ pub(crate) fn bind_values<'q>(
         };
     }
     query
+}
+
+/// Statements with their values, run in order ([`Database::write_statements`]).
+struct Statements(Vec<(String, Vec<Value>)>);
+
+impl TransactionWork for Statements {
+    type Output = Vec<u64>;
+
+    async fn run<S: Session>(self, session: &mut S) -> Result<Vec<u64>, DbError> {
+        let mut changed = Vec::with_capacity(self.0.len());
+        for (sql, values) in &self.0 {
+            changed.push(session.execute(sql, values).await?);
+        }
+        Ok(changed)
+    }
 }
 
 pub(crate) fn corrupt(table: &'static str, reason: impl ToString) -> DbError {
@@ -603,51 +619,18 @@ impl Database {
     }
 
     /// Runs `statements` (SQL written with `?` placeholders, and the values bound to it) in one
-    /// write transaction, and returns how many rows each changed. On SQLite through the direct
-    /// writer (`direct.rs`), on the blocking pool and holding the write gate: one hand-off for
-    /// the whole transaction, where sqlx takes one per statement (a cold path records its
-    /// narinfo and its NAR this way); it runs to its end even if the caller stops waiting. On
-    /// the server engines through the pool.
+    /// write transaction, and returns how many rows each changed: one hand-off for the whole
+    /// transaction on SQLite (see [`Database::in_transaction`]; a cold path records its narinfo
+    /// and its NAR this way).
     pub(crate) async fn write_statements(
         &self,
         statements: Vec<(String, Vec<Value>)>,
     ) -> Result<Vec<u64>, DbError> {
-        let Some(writer) = self.writer.clone() else {
-            let mut tx = self.begin().await?;
-            let mut changed = Vec::with_capacity(statements.len());
-            for (sql, values) in &statements {
-                let done = bind_values(sqlx::query(&self.sql(sql)), values)
-                    .execute(&mut *tx)
-                    .await?;
-                changed.push(done.rows_affected());
-            }
-            tx.commit().await?;
-            return Ok(changed);
-        };
-        let gate = self.take_write_gate().await;
-        let done = tokio::task::spawn_blocking(move || {
-            let _gate = gate;
-            writer.transaction(|tx| {
-                let mut changed = Vec::with_capacity(statements.len());
-                for (sql, values) in &statements {
-                    let mut statement = tx.prepare_cached(sql)?;
-                    let rows = statement.execute(rusqlite::params_from_iter(values))?;
-                    changed.push(rows as u64);
-                }
-                Ok(changed)
-            })
-        })
-        .await;
-        match done {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only when the runtime shuts down before the task ran.
-            Err(_) => Err(DbError::Sqlx(sqlx::Error::PoolClosed)),
-        }
+        self.in_transaction(Statements(statements)).await
     }
 
     /// This process's turn to write (SQLite only; see [`WriteTx`]), held until dropped.
-    async fn take_write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub(crate) async fn take_write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,

@@ -413,10 +413,28 @@ impl BlobStore {
 
     /// Removes a NAR; removing one that is not there is not an error.
     pub async fn delete_nar(&self, key: &NarKey) -> Result<(), StoreError> {
-        match self.inner.delete(&nar_path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        self.delete_nars(std::slice::from_ref(key)).await
+    }
+
+    /// Removes NARs, many at once (an eviction batch frees hundreds): on local storage in one
+    /// blocking call, elsewhere through the backend's bulk deletion (S3's `DeleteObjects`,
+    /// Azure's batch requests; a few requests at a time where there is none), not one request
+    /// after another. Removing one that is not there is not an error.
+    pub async fn delete_nars(&self, keys: &[NarKey]) -> Result<(), StoreError> {
+        if let Some(local) = &self.local {
+            return local.delete_nars(keys).await;
         }
+        let paths: Vec<_> = keys.iter().map(|key| Ok(nar_path(key))).collect();
+        let mut deleted = self
+            .inner
+            .delete_stream(futures::stream::iter(paths).boxed());
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Stores a chunk's compressed frame under its hash. Idempotent: storing a chunk that is
@@ -974,6 +992,70 @@ pub(crate) mod tests {
         // A range past the end of the stored file is refused, not answered short.
         let past = ByteRange { start: 0, end: 100 };
         assert!(store.read_nar(&key, Some(past)).await.is_err());
+    }
+
+    /// Stores five NARs, deletes three of them and one that was never stored in one call, and
+    /// checks that exactly the other two are left.
+    pub(super) async fn deletes_many_nars_at_once(store: &BlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = Vec::new();
+        for i in 0..5u8 {
+            let data = vec![i; 100 + usize::from(i)];
+            let file = dir.path().join(format!("nar{i}"));
+            std::fs::write(&file, &data).unwrap();
+            let key = key_for(&data);
+            store.put_nar_from_file(&key, &file).await.unwrap();
+            keys.push(key);
+        }
+        let never_stored = key_for(b"never stored");
+        store
+            .delete_nars(&[keys[0], keys[2], never_stored, keys[4]])
+            .await
+            .unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            let kept = store.nar_size(key).await.unwrap().is_some();
+            assert_eq!(kept, i == 1 || i == 3, "NAR {i}");
+        }
+        store.delete_nars(&[]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn many_nars_are_deleted_at_once_locally_and_on_object_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        deletes_many_nars_at_once(&BlobStore::local(&dir.path().join("store")).unwrap()).await;
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        deletes_many_nars_at_once(&BlobStore::from_object_store(memory)).await;
+    }
+
+    mod services {
+        /// S3's bulk deletion (`DeleteObjects`), on Garage.
+        #[tokio::test]
+        async fn many_nars_are_deleted_at_once_on_s3() {
+            let s3 = ncps_test_services::s3();
+            let bucket = format!("ncps-store-{}-{}", std::process::id(), line!());
+            let garage = |args: &[&str]| {
+                let status = std::process::Command::new(ncps_test_services::tool("garage"))
+                    .args(["-c", s3.garage_config.as_str()])
+                    .args(args)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "garage {args:?}");
+            };
+            garage(&["bucket", "create", &bucket]);
+            garage(&[
+                "bucket", "allow", "--read", "--write", &bucket, "--key", &s3.key_id,
+            ]);
+            let store = super::BlobStore::s3(&super::S3Config {
+                bucket,
+                endpoint: Some(s3.endpoint.clone()),
+                region: Some("garage".into()),
+                access_key_id: Some(s3.key_id.clone()),
+                secret_access_key: Some(s3.secret.clone()),
+                force_path_style: true,
+            })
+            .unwrap();
+            super::deletes_many_nars_at_once(&store).await;
+        }
     }
 }
 

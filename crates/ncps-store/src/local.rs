@@ -319,6 +319,24 @@ impl LocalDir {
             .collect())
     }
 
+    /// Deletes stored NARs in one blocking call; one that is not there is not an error.
+    pub async fn delete_nars(&self, keys: &[NarKey]) -> Result<(), StoreError> {
+        let files: Vec<PathBuf> = keys.iter().map(|key| self.nar_file(key)).collect();
+        on_blocking_pool(move || {
+            for file in files {
+                if let Err(source) = unless_missing(std::fs::remove_file(&file)) {
+                    return Ok(Err(StoreError::WriteFile { path: file, source }));
+                }
+            }
+            Ok(Ok(()))
+        })
+        .await
+        .map_err(|source| StoreError::WriteFile {
+            path: self.root.clone(),
+            source,
+        })?
+    }
+
     /// Makes everything written below the root durable: one `syncfs` for the whole file
     /// system, rather than an fsync per chunk file (a NAR has thousands of chunks).
     pub async fn sync(&self) -> Result<(), StoreError> {

@@ -125,11 +125,12 @@ impl Maintenance {
                     let hashes: Vec<_> = rest[..take].iter().map(|e| e.hash).collect();
                     rest = &rest[take..];
                     let removed = db.evict(&hashes).await?;
-                    for record in &removed.nars {
-                        if let Some(whole) = record.whole {
-                            self.0.store.delete_nar(&whole.key).await?;
-                        }
-                    }
+                    let whole_files: Vec<_> = removed
+                        .nars
+                        .iter()
+                        .filter_map(|record| record.whole.map(|whole| whole.key))
+                        .collect();
+                    self.0.store.delete_nars(&whole_files).await?;
                     report.narinfos_evicted += hashes.len() as u64;
                     report.nars_removed += removed.nars.len() as u64;
                     stored = stored.saturating_sub(removed.freed_bytes);

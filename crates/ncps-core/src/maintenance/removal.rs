@@ -67,10 +67,12 @@ impl Maintenance {
             let removed = self.0.db.reclaim_unused_nars(PER_ROUND).await?;
             for record in &removed {
                 self.0.reader.forget_chunk_list(&record.nar_hash);
-                if let Some(whole) = record.whole {
-                    self.0.store.delete_nar(&whole.key).await?;
-                }
             }
+            let whole_files: Vec<_> = removed
+                .iter()
+                .filter_map(|record| record.whole.map(|whole| whole.key))
+                .collect();
+            self.0.store.delete_nars(&whole_files).await?;
             reclaimed += removed.len() as u64;
             if removed.len() < PER_ROUND as usize {
                 self.0
