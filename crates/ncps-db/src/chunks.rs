@@ -5,7 +5,9 @@ use ncps_nix::{ChunkHash, Sha256Hash};
 use sqlx::Row;
 
 use crate::dialect::{Dialect, placeholders, text, values_rows};
+use crate::direct::Value;
 use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
+use crate::session::{Session, TransactionWork};
 use crate::{ChunkRef, Database, DbError, NarRecord};
 
 const T: &str = "chunks";
@@ -14,9 +16,16 @@ fn chunk_hash(s: &str) -> Result<ChunkHash, DbError> {
     ChunkHash::from_str(s).map_err(|e| corrupt(T, e))
 }
 
-/// Whether `e` is a unique-key violation (any engine).
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+/// Whether `e` is a unique-key violation (any engine, either SQLite path).
+fn is_unique_violation(e: &DbError) -> bool {
+    match e {
+        DbError::Sqlx(sqlx::Error::Database(db)) => db.is_unique_violation(),
+        DbError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+            failure.extended_code,
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        ),
+        _ => false,
+    }
 }
 
 /// Chunks whose reference count has just reached zero (their grace period not started yet).
@@ -92,79 +101,14 @@ impl Database {
         spliced_hash: Sha256Hash,
         delete_whole_after: Option<i64>,
     ) -> Result<bool, DbError> {
-        let nar = nar_hash.to_string();
-        let mut tx = self.begin().await?;
-        let existing: Option<Option<i64>> =
-            sqlx::query_scalar(&self.sql("SELECT chunk_count FROM nars WHERE nar_hash = ?"))
-                .bind(&nar)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if matches!(existing, Some(Some(_))) {
-            return Ok(false);
-        }
-        require_held(self.dialect, &mut tx, chunks).await?;
-        upsert_chunks(self.dialect, &mut tx, chunks).await?;
-        for (batch_no, batch) in chunks.chunks(ROWS_PER_STATEMENT).enumerate() {
-            let first_seq = batch_no * ROWS_PER_STATEMENT;
-            let sql = format!(
-                "INSERT INTO nar_chunks (nar_hash, seq, chunk_hash) VALUES {}",
-                values_rows(batch.len(), 3)
-            );
-            let sql = self.sql(&sql);
-            let mut q = sqlx::query(&sql);
-            for (i, c) in batch.iter().enumerate() {
-                q = q
-                    .bind(&nar)
-                    .bind((first_seq + i) as i64)
-                    .bind(c.hash.to_string());
-            }
-            match q.execute(&mut *tx).await {
-                Ok(_) => {}
-                // A concurrent commit of the same NAR got there first.
-                Err(e) if is_unique_violation(&e) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let ours: u64 = chunks.iter().map(|c| c.stored_size).sum();
-        let sum = self.dialect.bigint("SUM(c.stored_size)");
-        let stored: Option<i64> = sqlx::query_scalar(&self.sql(&format!(
-            "SELECT {sum} FROM nar_chunks n JOIN chunks c ON c.hash = n.chunk_hash \
-             WHERE n.nar_hash = ?"
-        )))
-        .bind(&nar)
-        .fetch_one(&mut *tx)
-        .await?;
-        let stored = to_u64(T, stored.unwrap_or(0))?;
-        let spliced_hash = (stored == ours).then(|| spliced_hash.to_string());
-        let now = now_secs();
-        let upsert = self.dialect.upsert(
-            "INTO nars (nar_hash, nar_size, chunk_count, spliced_hash, spliced_size, \
-             created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            "nar_hash",
-            &["chunk_count", "spliced_hash", "spliced_size"],
-        );
-        sqlx::query(&self.sql(&upsert))
-            .bind(&nar)
-            .bind(to_i64(nar_size))
-            .bind(chunks.len() as i64)
-            .bind(spliced_hash)
-            .bind(to_i64(stored))
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(at) = delete_whole_after {
-            sqlx::query(&self.sql(
-                "UPDATE nars SET whole_delete_after = ? \
-                 WHERE nar_hash = ? AND whole_key IS NOT NULL",
-            ))
-            .bind(at)
-            .bind(&nar)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        self.in_transaction(CommitChunkList {
+            nar: nar_hash.to_string(),
+            nar_size,
+            chunks: chunks.to_vec(),
+            spliced_hash,
+            delete_whole_after,
+        })
+        .await
     }
 
     /// The ordered chunk list of a NAR, with each chunk's sizes as stored.
@@ -237,62 +181,11 @@ impl Database {
     }
 
     async fn hold_sorted(&self, chunks: &[ChunkRef], zstd_level: i32) -> Result<Held, DbError> {
-        let now = now_secs();
-        let mut held = Held::default();
-        let mut tx = self.begin().await?;
-        for batch in chunks.chunks(ROWS_PER_STATEMENT) {
-            let list = placeholders(batch.len());
-            let sql = format!(
-                "UPDATE chunks SET unreferenced_since = ? \
-                 WHERE ref_count <= 0 AND collecting = 0 AND hash IN {list}"
-            );
-            let sql = self.sql(&sql);
-            let mut refresh = sqlx::query(&sql).bind(now);
-            for c in batch {
-                refresh = refresh.bind(c.hash.to_string());
-            }
-            refresh.execute(&mut *tx).await?;
-            let insert = self.dialect.insert_or_ignore(
-                &format!(
-                    "INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since, \
-                     zstd_level) VALUES {}",
-                    values_rows(batch.len(), 6)
-                ),
-                "hash",
-            );
-            let insert = self.sql(&insert);
-            let mut add = sqlx::query(&insert);
-            for c in batch {
-                add = add
-                    .bind(c.hash.to_string())
-                    .bind(to_i64(c.plain_size))
-                    .bind(to_i64(c.stored_size))
-                    .bind(0_i64)
-                    .bind(now)
-                    .bind(i64::from(zstd_level));
-            }
-            add.execute(&mut *tx).await?;
-            let sql = format!(
-                "SELECT hash, collecting, zstd_level FROM chunks WHERE hash IN {list} \
-                 AND (collecting <> 0 OR zstd_level <> ?)"
-            );
-            let sql = self.sql(&sql);
-            let mut find = sqlx::query(&sql);
-            for c in batch {
-                find = find.bind(c.hash.to_string());
-            }
-            for row in find.bind(i64::from(zstd_level)).fetch_all(&mut *tx).await? {
-                let hash = chunk_hash(&text(&row, "hash")?)?;
-                if row.try_get::<i64, _>("collecting")? != 0 {
-                    held.claimed.push(hash);
-                } else if let Some(level) = row.try_get::<Option<i64>, _>("zstd_level")? {
-                    let level = i32::try_from(level).map_err(|e| corrupt(T, e))?;
-                    held.other_levels.insert(hash, level);
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(held)
+        self.in_transaction(HoldChunks {
+            chunks: chunks.to_vec(),
+            zstd_level,
+        })
+        .await
     }
 
     /// Chunks without references since before `before` (seconds since epoch) and not claimed
@@ -401,29 +294,195 @@ fn distinct_sorted(chunks: &[ChunkRef]) -> Vec<ChunkRef> {
     distinct
 }
 
+/// Records a NAR's complete chunk list ([`Database::commit_chunks`]), in one transaction.
+struct CommitChunkList {
+    nar: String,
+    nar_size: u64,
+    chunks: Vec<ChunkRef>,
+    spliced_hash: Sha256Hash,
+    delete_whole_after: Option<i64>,
+}
+
+impl TransactionWork for CommitChunkList {
+    /// Whether the list was recorded; `false` (rolled back) when the NAR had one already.
+    type Output = bool;
+
+    fn keep(recorded: &bool) -> bool {
+        *recorded
+    }
+
+    async fn run<S: Session>(self, session: &mut S) -> Result<bool, DbError> {
+        let nar = Value::Text(Some(self.nar.clone()));
+        let existing = session
+            .rows(
+                "SELECT chunk_count FROM nars WHERE nar_hash = ?",
+                std::slice::from_ref(&nar),
+                |row| row.opt_i64("chunk_count"),
+            )
+            .await?;
+        if matches!(existing.first(), Some(Some(_))) {
+            return Ok(false);
+        }
+        require_held(session, &self.chunks).await?;
+        upsert_chunks(session, &self.chunks).await?;
+        for (batch_no, batch) in self.chunks.chunks(ROWS_PER_STATEMENT).enumerate() {
+            let first_seq = batch_no * ROWS_PER_STATEMENT;
+            let sql = format!(
+                "INSERT INTO nar_chunks (nar_hash, seq, chunk_hash) VALUES {}",
+                values_rows(batch.len(), 3)
+            );
+            let mut values = Vec::with_capacity(batch.len() * 3);
+            for (i, c) in batch.iter().enumerate() {
+                values.push(nar.clone());
+                values.push(Value::Int(Some((first_seq + i) as i64)));
+                values.push(Value::Text(Some(c.hash.to_string())));
+            }
+            match session.execute(&sql, &values).await {
+                Ok(_) => {}
+                // A concurrent commit of the same NAR got there first.
+                Err(e) if is_unique_violation(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        let ours: u64 = self.chunks.iter().map(|c| c.stored_size).sum();
+        let sum = session.dialect().bigint("SUM(c.stored_size)");
+        let stored = session
+            .rows(
+                &format!(
+                    "SELECT {sum} AS stored FROM nar_chunks n \
+                     JOIN chunks c ON c.hash = n.chunk_hash WHERE n.nar_hash = ?"
+                ),
+                std::slice::from_ref(&nar),
+                |row| row.opt_i64("stored"),
+            )
+            .await?;
+        let stored = to_u64(T, stored.into_iter().flatten().sum())?;
+        let spliced_hash = (stored == ours).then(|| self.spliced_hash.to_string());
+        let now = now_secs();
+        let upsert = session.dialect().upsert(
+            "INTO nars (nar_hash, nar_size, chunk_count, spliced_hash, spliced_size, \
+             created_at, last_accessed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "nar_hash",
+            &["chunk_count", "spliced_hash", "spliced_size"],
+        );
+        let values = [
+            nar.clone(),
+            Value::Int(Some(to_i64(self.nar_size))),
+            Value::Int(Some(self.chunks.len() as i64)),
+            Value::Text(spliced_hash),
+            Value::Int(Some(to_i64(stored))),
+            Value::Int(Some(now)),
+            Value::Int(Some(now)),
+        ];
+        session.execute(&upsert, &values).await?;
+        if let Some(at) = self.delete_whole_after {
+            session
+                .execute(
+                    "UPDATE nars SET whole_delete_after = ? \
+                     WHERE nar_hash = ? AND whole_key IS NOT NULL",
+                    &[Value::Int(Some(at)), nar],
+                )
+                .await?;
+        }
+        Ok(true)
+    }
+}
+
+/// Holds chunks against the collector ([`Database::hold_chunks`]), in one transaction.
+struct HoldChunks {
+    /// Distinct, in hash order.
+    chunks: Vec<ChunkRef>,
+    zstd_level: i32,
+}
+
+impl TransactionWork for HoldChunks {
+    type Output = Held;
+
+    async fn run<S: Session>(self, session: &mut S) -> Result<Held, DbError> {
+        let now = now_secs();
+        let level = i64::from(self.zstd_level);
+        let mut held = Held::default();
+        for batch in self.chunks.chunks(ROWS_PER_STATEMENT) {
+            let list = placeholders(batch.len());
+            let hashes: Vec<Value> = batch
+                .iter()
+                .map(|c| Value::Text(Some(c.hash.to_string())))
+                .collect();
+            let sql = format!(
+                "UPDATE chunks SET unreferenced_since = ? \
+                 WHERE ref_count <= 0 AND collecting = 0 AND hash IN {list}"
+            );
+            let refresh = [vec![Value::Int(Some(now))], hashes.clone()].concat();
+            session.execute(&sql, &refresh).await?;
+            let insert = session.dialect().insert_or_ignore(
+                &format!(
+                    "INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since, \
+                     zstd_level) VALUES {}",
+                    values_rows(batch.len(), 6)
+                ),
+                "hash",
+            );
+            let mut rows = Vec::with_capacity(batch.len() * 6);
+            for (c, hash) in batch.iter().zip(&hashes) {
+                rows.extend([
+                    hash.clone(),
+                    Value::Int(Some(to_i64(c.plain_size))),
+                    Value::Int(Some(to_i64(c.stored_size))),
+                    Value::Int(Some(0)),
+                    Value::Int(Some(now)),
+                    Value::Int(Some(level)),
+                ]);
+            }
+            session.execute(&insert, &rows).await?;
+            let sql = format!(
+                "SELECT hash, collecting, zstd_level FROM chunks WHERE hash IN {list} \
+                 AND (collecting <> 0 OR zstd_level <> ?)"
+            );
+            let find = [hashes, vec![Value::Int(Some(level))]].concat();
+            let found = session
+                .rows(&sql, &find, |row| {
+                    Ok((
+                        row.text("hash")?,
+                        row.i64("collecting")?,
+                        row.opt_i64("zstd_level")?,
+                    ))
+                })
+                .await?;
+            for (hash, collecting, level) in found {
+                let hash = chunk_hash(&hash)?;
+                if collecting != 0 {
+                    held.claimed.push(hash);
+                } else if let Some(level) = level {
+                    let level = i32::try_from(level).map_err(|e| corrupt(T, e))?;
+                    held.other_levels.insert(hash, level);
+                }
+            }
+        }
+        Ok(held)
+    }
+}
+
 /// Fails unless every chunk of a list about to be committed is held: it has a row that the
 /// collector has not claimed. The rows are locked until the commit (the server engines; SQLite
 /// writes one transaction at a time), after which their references protect them. A chunk not
 /// held was collected while its ingest ran past the grace period: its object may be gone.
-async fn require_held(
-    dialect: Dialect,
-    tx: &mut WriteTx,
-    chunks: &[ChunkRef],
-) -> Result<(), DbError> {
+async fn require_held<S: Session>(session: &mut S, chunks: &[ChunkRef]) -> Result<(), DbError> {
     let distinct = distinct_sorted(chunks);
     let mut held = 0;
     for batch in distinct.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "SELECT hash FROM chunks WHERE collecting = 0 AND hash IN {} ORDER BY hash{}",
             placeholders(batch.len()),
-            dialect.lock_selected_rows()
+            session.dialect().lock_selected_rows()
         );
-        let sql = dialect.sql(&sql);
-        let mut q = sqlx::query_scalar::<_, String>(&sql);
-        for c in batch {
-            q = q.bind(c.hash.to_string());
-        }
-        held += q.fetch_all(&mut **tx).await?.len();
+        let hashes: Vec<Value> = batch
+            .iter()
+            .map(|c| Value::Text(Some(c.hash.to_string())))
+            .collect();
+        held += session
+            .rows(&sql, &hashes, |row| row.text("hash"))
+            .await?
+            .len();
     }
     match distinct.len() - held {
         0 => Ok(()),
@@ -434,11 +493,7 @@ async fn require_held(
 /// Inserts chunk rows or adds references to existing ones, in multi-row statements. Rows go
 /// in hash order, so two transactions upserting overlapping chunks lock them in the same
 /// order (PostgreSQL and InnoDB lock rows one by one, and opposite orders deadlock).
-async fn upsert_chunks(
-    dialect: Dialect,
-    tx: &mut WriteTx,
-    chunks: &[ChunkRef],
-) -> Result<(), DbError> {
+async fn upsert_chunks<S: Session>(session: &mut S, chunks: &[ChunkRef]) -> Result<(), DbError> {
     let mut counts: HashMap<ChunkHash, (ChunkRef, i64)> = HashMap::new();
     for c in chunks {
         counts.entry(c.hash).or_insert((*c, 0)).1 += 1;
@@ -448,6 +503,7 @@ async fn upsert_chunks(
         .map(|(c, n)| (c.hash.to_string(), c, n))
         .collect();
     distinct.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let dialect = session.dialect();
     for batch in distinct.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO chunks (hash, plain_size, stored_size, ref_count, unreferenced_since) \
@@ -456,17 +512,17 @@ async fn upsert_chunks(
             dialect.on_conflict_update("hash"),
             dialect.excluded("ref_count"),
         );
-        let sql = dialect.sql(&sql);
-        let mut q = sqlx::query(&sql);
+        let mut values = Vec::with_capacity(batch.len() * 5);
         for (hash, c, n) in batch {
-            q = q
-                .bind(hash)
-                .bind(to_i64(c.plain_size))
-                .bind(to_i64(c.stored_size))
-                .bind(*n)
-                .bind(None::<i64>);
+            values.extend([
+                Value::Text(Some(hash.clone())),
+                Value::Int(Some(to_i64(c.plain_size))),
+                Value::Int(Some(to_i64(c.stored_size))),
+                Value::Int(Some(*n)),
+                Value::Int(None),
+            ]);
         }
-        q.execute(&mut **tx).await?;
+        session.execute(&sql, &values).await?;
     }
     Ok(())
 }

@@ -84,12 +84,13 @@ impl DirectWriter {
         }
     }
 
-    /// Runs `work` in one immediate transaction, committed when it returns `Ok` and rolled back
-    /// otherwise. Blocks (on SQLite's lock, held by another process, for up to the busy
-    /// timeout): run it on the blocking pool, holding the write gate.
+    /// Runs `work` in one immediate transaction, committed when it returns `Ok` with a value
+    /// `keep` accepts, rolled back otherwise. Blocks (on SQLite's lock, held by another process,
+    /// for up to the busy timeout): run it on the blocking pool, holding the write gate.
     pub(crate) fn transaction<T>(
         &self,
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, DbError>,
+        keep: impl FnOnce(&T) -> bool,
     ) -> Result<T, DbError> {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let conn = match slot.as_mut() {
@@ -99,16 +100,17 @@ impl DirectWriter {
         let outcome = (|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let value = work(&tx)?;
-            tx.commit()?;
+            if keep(&value) {
+                tx.commit()?;
+                #[cfg(test)]
+                self.committed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tx.rollback()?;
+            }
             Ok(value)
         })();
-        match &outcome {
-            Err(DbError::Sqlite(_)) => *slot = None,
-            #[cfg(test)]
-            Ok(_) => {
-                self.committed.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+        if let Err(DbError::Sqlite(_)) = &outcome {
+            *slot = None;
         }
         outcome
     }

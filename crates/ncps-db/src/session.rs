@@ -38,7 +38,8 @@ pub(crate) trait Session {
     ) -> impl Future<Output = Result<Vec<T>, DbError>>;
 }
 
-/// Work done in one write transaction: committed when it returns `Ok`, rolled back otherwise.
+/// Work done in one write transaction: committed when it returns `Ok` (and [`Self::keep`]
+/// agrees), rolled back otherwise.
 pub(crate) trait TransactionWork: Send + 'static {
     /// What the work returns.
     type Output: Send + 'static;
@@ -48,6 +49,12 @@ pub(crate) trait TransactionWork: Send + 'static {
         self,
         session: &mut S,
     ) -> impl Future<Output = Result<Self::Output, DbError>>;
+
+    /// Whether what the work returned is to be committed (rolled back when not: the work found
+    /// it had nothing to do, or lost a race, after writing).
+    fn keep(_output: &Self::Output) -> bool {
+        true
+    }
 }
 
 /// A transaction of sqlx's pool.
@@ -137,13 +144,19 @@ impl Database {
                 dialect: self.dialect,
             };
             let output = work.run(&mut session).await?;
-            tx.commit().await?;
+            if W::keep(&output) {
+                tx.commit().await?;
+            }
+            // Dropped uncommitted otherwise: sqlx rolls it back.
             return Ok(output);
         };
         let gate = self.take_write_gate().await;
         let done = tokio::task::spawn_blocking(move || {
             let _gate = gate;
-            writer.transaction(|tx| run_to_end(work.run(&mut DirectSession { tx })))
+            writer.transaction(
+                |tx| run_to_end(work.run(&mut DirectSession { tx })),
+                W::keep,
+            )
         })
         .await;
         match done {
