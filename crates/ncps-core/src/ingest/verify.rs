@@ -1,6 +1,8 @@
 //! Checks a NAR file against its narinfo while it is written, in one pass: the compressed bytes
 //! are hashed (FileHash/FileSize) and decompressed on the fly to hash the plain NAR
-//! (NarHash/NarSize). Runs on a blocking thread; nothing is buffered beyond the decoder's window.
+//! (NarHash/NarSize). An uncompressed file is the NAR itself and is hashed once, its hash and
+//! size standing for both. Runs on a blocking thread; nothing is buffered beyond the decoder's
+//! window.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -105,11 +107,16 @@ struct FileSide {
 
 impl FileSide {
     fn new(file: std::fs::File, expected: &Expected) -> Self {
+        let mut limit = expected.file_size.unwrap_or(expected.max_size);
+        if expected.compression == Compression::None {
+            // The file is the NAR: NarSize bounds it as well.
+            limit = limit.min(expected.nar_size.unwrap_or(expected.max_size));
+        }
         Self {
             file,
             hasher: Sha256::new(),
             size: 0,
-            limit: expected.file_size.unwrap_or(expected.max_size),
+            limit,
         }
     }
 
@@ -118,7 +125,7 @@ impl FileSide {
         self.size += chunk.len() as u64;
         if self.size > self.limit {
             return Err(invalid(format!(
-                "file is larger than its FileSize of {} bytes",
+                "file is larger than the {} bytes its narinfo announces",
                 self.limit
             )));
         }
@@ -144,16 +151,21 @@ struct NarSide {
 }
 
 impl NarSide {
-    /// Fails when the compression cannot be verified.
-    fn new(expected: &Expected) -> io::Result<Self> {
+    /// The NAR half of a compressed file; `None` for an uncompressed one, which is the NAR (the
+    /// file half's hash is the NAR's: hashing the same bytes twice cost a second SHA-256 pass
+    /// per cold download). Fails when the compression cannot be verified.
+    fn new(expected: &Expected) -> io::Result<Option<Self>> {
+        if expected.compression == Compression::None {
+            return Ok(None);
+        }
         let sink = NarSink {
             hasher: Sha256::new(),
             size: 0,
             limit: expected.nar_size.unwrap_or(expected.max_size),
         };
-        Ok(Self {
+        Ok(Some(Self {
             decoder: Codec::require(expected.compression)?.write_decoder(sink)?,
-        })
+        }))
     }
 
     fn check(&mut self, chunk: &[u8]) -> io::Result<()> {
@@ -205,7 +217,7 @@ fn judge(exp: &Expected, file: (Sha256Hash, u64), nar: (Sha256Hash, u64)) -> io:
 /// caller's thread (small files; see [`write_verified`] for large ones).
 pub(crate) struct NarIngest {
     file: FileSide,
-    nar: NarSide,
+    nar: Option<NarSide>,
     expected: Expected,
 }
 
@@ -232,13 +244,20 @@ impl NarIngest {
 
     /// Feeds the same bytes through decompression and the NAR hash.
     pub fn check(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.nar.check(chunk)
+        match &mut self.nar {
+            Some(nar) => nar.check(chunk),
+            None => Ok(()),
+        }
     }
 
     /// Checks every promise of the narinfo now that the whole file was seen.
     pub fn finish(self) -> io::Result<Verified> {
-        let nar = self.nar.finish()?;
-        judge(&self.expected, self.file.finish(), nar)
+        let file = self.file.finish();
+        let nar = match self.nar {
+            Some(nar) => nar.finish()?,
+            None => file,
+        };
+        judge(&self.expected, file, nar)
     }
 }
 
@@ -278,7 +297,7 @@ async fn write_verified_inline(
 /// download's readers) how many bytes are on disk as they land.
 ///
 /// The two halves run on two blocking threads fed the same pieces: one writes and hashes the
-/// file, the other decompresses and hashes the NAR. Each is about as much work as the other
+/// file, the other decompresses and hashes the NAR (an uncompressed file has the first only). Each is about as much work as the other
 /// (a SHA-256 pass over a gigabyte is half a second here, and was 56% of a cold download's
 /// CPU with both passes and the decompression on one thread), so a cold NAR arrives at the
 /// speed of the slower half instead of the sum of both, and readers follow the writer, never
@@ -295,10 +314,9 @@ pub(crate) async fn write_verified(
     {
         return write_verified_inline(file, expected, source, progress).await;
     }
-    let mut nar_side = NarSide::new(&expected).map_err(CacheError::from_read)?;
+    let nar_side = NarSide::new(&expected).map_err(CacheError::from_read)?;
     let mut file_side = FileSide::new(file, &expected);
     let (file_tx, mut file_rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
-    let (nar_tx, mut nar_rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(Sha256Hash, u64)> {
         let mut written = 0u64;
         while let Some(chunk) = file_rx.blocking_recv() {
@@ -311,18 +329,31 @@ pub(crate) async fn write_verified(
         }
         Ok(file_side.finish())
     });
-    let checker = tokio::task::spawn_blocking(move || -> io::Result<(Sha256Hash, u64)> {
-        while let Some(chunk) = nar_rx.blocking_recv() {
-            nar_side.check(&chunk)?;
+    let (nar_tx, checker) = match nar_side {
+        Some(mut nar_side) => {
+            let (nar_tx, mut nar_rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
+            let checker = tokio::task::spawn_blocking(move || -> io::Result<(Sha256Hash, u64)> {
+                while let Some(chunk) = nar_rx.blocking_recv() {
+                    nar_side.check(&chunk)?;
+                }
+                nar_side.finish()
+            });
+            (Some(nar_tx), Some(checker))
         }
-        nar_side.finish()
-    });
+        None => (None, None),
+    };
     let mut source_error = None;
     while let Some(chunk) = source.next().await {
         match chunk {
             Ok(chunk) => {
-                let sent = tokio::join!(file_tx.send(chunk.clone()), nar_tx.send(chunk));
-                if sent.0.is_err() || sent.1.is_err() {
+                let sent = match &nar_tx {
+                    Some(nar_tx) => {
+                        let sent = tokio::join!(file_tx.send(chunk.clone()), nar_tx.send(chunk));
+                        sent.0.is_ok() && sent.1.is_ok()
+                    }
+                    None => file_tx.send(chunk).await.is_ok(),
+                };
+                if !sent {
                     break; // a half stopped; its error says why
                 }
             }
@@ -333,20 +364,28 @@ pub(crate) async fn write_verified(
         }
     }
     drop((file_tx, nar_tx));
-    let (file, nar) = tokio::join!(writer, checker);
-    let file = file
+    let file = writer
+        .await
         .map_err(io::Error::other)
         .map_err(CacheError::from_read)?;
-    let nar = nar
-        .map_err(io::Error::other)
-        .map_err(CacheError::from_read)?;
+    let nar = match checker {
+        Some(checker) => Some(
+            checker
+                .await
+                .map_err(io::Error::other)
+                .map_err(CacheError::from_read)?,
+        ),
+        None => None,
+    };
     if let Some(e) = source_error {
         return Err(CacheError::from_read(e));
     }
     // A half that failed stopped the other early: its error, not the other's short count.
     let (file, nar) = match (file, nar) {
-        (Err(e), _) | (_, Err(e)) => return Err(CacheError::from_read(e)),
-        (Ok(file), Ok(nar)) => (file, nar),
+        (Err(e), _) | (_, Some(Err(e))) => return Err(CacheError::from_read(e)),
+        (Ok(file), Some(Ok(nar))) => (file, nar),
+        // Uncompressed: the file is the NAR.
+        (Ok(file), None) => (file, file),
     };
     judge(&expected, file, nar).map_err(CacheError::from_read)
 }
@@ -495,6 +534,44 @@ mod tests {
             let two_threads = ingest_in_parallel(exp, file);
             assert!(one_thread.is_err(), "{name}: one thread accepted it");
             assert!(two_threads.is_err(), "{name}: two threads accepted it");
+        }
+    }
+
+    /// An uncompressed file is the NAR: one hash stands for both, and without a FileSize the
+    /// NarSize still stops an endless body at its first extra byte, whether the file is checked
+    /// on the calling task or on a blocking thread.
+    #[test]
+    fn an_uncompressed_file_is_checked_as_the_nar() {
+        for len in [1_000, 400_000] {
+            let nar = crate::test_support::noise(3, len);
+            let loose = Expected::exactly(
+                Compression::None,
+                None,
+                None,
+                Sha256Hash::digest(&nar),
+                nar.len() as u64,
+            );
+            for v in [
+                ingest(loose.clone(), &nar).unwrap(),
+                ingest_in_parallel(loose.clone(), &nar).unwrap(),
+            ] {
+                assert_eq!(v.file_hash, Sha256Hash::digest(&nar));
+                assert_eq!(v.nar_hash, v.file_hash);
+                assert_eq!((v.file_size, v.nar_size), (len as u64, len as u64));
+            }
+            let mut longer = nar.clone();
+            longer.push(0);
+            let one = ingest(loose.clone(), &longer).unwrap_err().to_string();
+            let two = ingest_in_parallel(loose.clone(), &longer)
+                .unwrap_err()
+                .to_string();
+            for err in [one, two] {
+                assert!(err.contains("larger than"), "{len}: {err}");
+            }
+            let mut flipped = nar.clone();
+            flipped[len / 2] ^= 1;
+            assert!(ingest(loose.clone(), &flipped).is_err());
+            assert!(ingest_in_parallel(loose, &flipped).is_err());
         }
     }
 
