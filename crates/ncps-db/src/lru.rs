@@ -229,29 +229,40 @@ mod tests {
         StorePath::parse_base_name(&format!("{}-p{i}", StorePathHash::from_bytes(bytes))).unwrap()
     }
 
+    /// Stores path `i` whose NAR `nar_hash` is kept as a 1,000-byte whole file; returns the
+    /// path's hash.
+    async fn store_path_with_whole_file(
+        db: &Database,
+        i: u32,
+        nar_hash: Sha256Hash,
+    ) -> StorePathHash {
+        let mut info = sample();
+        info.narinfo.store_path = path(i);
+        info.narinfo.nar_hash = nar_hash;
+        info.url_key = NarKey::new(nar_hash, Compression::Zstd);
+        db.insert_narinfo(&info, None).await.unwrap();
+        let whole = WholeFile {
+            key: NarKey::new(nar_hash, Compression::Xz),
+            size: 1000,
+        };
+        db.record_whole_file(&nar_hash, 5000, whole, None)
+            .await
+            .unwrap();
+        *info.narinfo.store_path.hash()
+    }
+
     db_test! {
         async fn eviction_follows_access_order_and_frees_shared_nars_last(db) {
             let shared = Sha256Hash::digest(b"shared");
             let mut hashes = Vec::new();
             for i in 0..4u32 {
-                let mut info = sample();
-                info.narinfo.store_path = path(i);
                 // paths 0 and 1 share one NAR; 2 and 3 have their own
-                info.narinfo.nar_hash = if i < 2 {
+                let nar_hash = if i < 2 {
                     shared
                 } else {
                     Sha256Hash::digest(&i.to_le_bytes())
                 };
-                info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
-                db.insert_narinfo(&info, None).await.unwrap();
-                let whole = WholeFile {
-                    key: NarKey::new(info.narinfo.nar_hash, Compression::Xz),
-                    size: 1000,
-                };
-                db.record_whole_file(&info.narinfo.nar_hash, 5000, whole, None)
-                    .await
-                    .unwrap();
-                hashes.push(*info.narinfo.store_path.hash());
+                hashes.push(store_path_with_whole_file(db, i, nar_hash).await);
             }
             let chunk = ChunkRef {
                 hash: ChunkHash::digest(b"c"),
@@ -382,19 +393,8 @@ mod tests {
         let writer = db.writer.clone().expect("SQLite writes directly");
         let mut hashes = Vec::new();
         for i in 0..3u32 {
-            let mut info = sample();
-            info.narinfo.store_path = path(i);
-            info.narinfo.nar_hash = Sha256Hash::digest(&i.to_le_bytes());
-            info.url_key = NarKey::new(info.narinfo.nar_hash, Compression::Zstd);
-            db.insert_narinfo(&info, None).await.unwrap();
-            let whole = WholeFile {
-                key: NarKey::new(info.narinfo.nar_hash, Compression::Xz),
-                size: 1000,
-            };
-            db.record_whole_file(&info.narinfo.nar_hash, 5000, whole, None)
-                .await
-                .unwrap();
-            hashes.push(*info.narinfo.store_path.hash());
+            let nar_hash = Sha256Hash::digest(&i.to_le_bytes());
+            hashes.push(store_path_with_whole_file(&db, i, nar_hash).await);
         }
         let before = writer.committed();
         let removed = db.evict(&hashes[..2]).await.unwrap();
