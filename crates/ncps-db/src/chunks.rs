@@ -214,15 +214,31 @@ impl Database {
         hash: &ChunkHash,
         before: i64,
     ) -> Result<bool, DbError> {
-        let done = sqlx::query(&self.sql(
-            "UPDATE chunks SET collecting = 1 WHERE hash = ? AND ref_count <= 0 \
-             AND collecting = 0 AND unreferenced_since IS NOT NULL AND unreferenced_since <= ?",
-        ))
-        .bind(hash.to_string())
-        .bind(before)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        let claimed = self
+            .claim_unreferenced_chunks(std::slice::from_ref(hash), before)
+            .await?;
+        Ok(!claimed.is_empty())
+    }
+
+    /// [`Database::claim_unreferenced_chunk`] for many chunks in one transaction (the collector
+    /// claims a batch, deletes their objects together, then forgets them together); returns
+    /// the chunks claimed.
+    pub async fn claim_unreferenced_chunks(
+        &self,
+        hashes: &[ChunkHash],
+        before: i64,
+    ) -> Result<Vec<ChunkHash>, DbError> {
+        let mut claimed = Vec::new();
+        for batch in hashes.chunks(ROWS_PER_STATEMENT) {
+            let work = ClaimUnreferenced {
+                hashes: batch.iter().map(ToString::to_string).collect(),
+                before,
+            };
+            for hash in self.in_transaction(work).await? {
+                claimed.push(chunk_hash(&hash)?);
+            }
+        }
+        Ok(claimed)
     }
 
     /// Claims a chunk object that has no row (a stray) for deletion, with a row that says so;
@@ -244,10 +260,23 @@ impl Database {
 
     /// Removes the row of a claimed chunk whose object is deleted, ending the claim.
     pub async fn forget_collected_chunk(&self, hash: &ChunkHash) -> Result<(), DbError> {
-        sqlx::query(&self.sql("DELETE FROM chunks WHERE hash = ? AND collecting <> 0"))
-            .bind(hash.to_string())
-            .execute(&self.pool)
-            .await?;
+        self.forget_collected_chunks(std::slice::from_ref(hash))
+            .await
+    }
+
+    /// [`Database::forget_collected_chunk`] for many chunks, a statement per batch.
+    pub async fn forget_collected_chunks(&self, hashes: &[ChunkHash]) -> Result<(), DbError> {
+        for batch in hashes.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM chunks WHERE collecting <> 0 AND hash IN {}",
+                placeholders(batch.len())
+            );
+            let values = batch
+                .iter()
+                .map(|hash| Value::Text(Some(hash.to_string())))
+                .collect();
+            self.write_statements(vec![(sql, values)]).await?;
+        }
         Ok(())
     }
 
@@ -385,6 +414,46 @@ impl TransactionWork for CommitChunkList {
                 .await?;
         }
         Ok(true)
+    }
+}
+
+/// Claims the chunks of a list that may be collected ([`Database::claim_unreferenced_chunks`]),
+/// in one transaction: the rows that qualify are read (locked on the server engines) and
+/// marked, so exactly the chunks returned are claimed.
+struct ClaimUnreferenced {
+    hashes: Vec<String>,
+    before: i64,
+}
+
+impl TransactionWork for ClaimUnreferenced {
+    type Output = Vec<String>;
+
+    async fn run<S: Session>(self, session: &mut S) -> Result<Vec<String>, DbError> {
+        let hashes: Vec<Value> = self
+            .hashes
+            .iter()
+            .map(|hash| Value::Text(Some(hash.clone())))
+            .collect();
+        let sql = format!(
+            "SELECT hash FROM chunks WHERE hash IN {} AND ref_count <= 0 AND collecting = 0 \
+             AND unreferenced_since IS NOT NULL AND unreferenced_since <= ? ORDER BY hash{}",
+            placeholders(hashes.len()),
+            session.dialect().lock_selected_rows()
+        );
+        let find = [hashes, vec![Value::Int(Some(self.before))]].concat();
+        let claimed = session.rows(&sql, &find, |row| row.text("hash")).await?;
+        if !claimed.is_empty() {
+            let sql = format!(
+                "UPDATE chunks SET collecting = 1 WHERE hash IN {}",
+                placeholders(claimed.len())
+            );
+            let values: Vec<Value> = claimed
+                .iter()
+                .map(|hash| Value::Text(Some(hash.clone())))
+                .collect();
+            session.execute(&sql, &values).await?;
+        }
+        Ok(claimed)
     }
 }
 
@@ -707,6 +776,47 @@ mod tests {
             assert!(db.hold_chunks(&[c, d], 1).await.unwrap().claimed.is_empty());
             assert!(db.commit_chunks(&b, 100, &[c, d], Sha256Hash::digest(b"s")).await.unwrap());
             assert_eq!(db.nar_chunks(&b).await.unwrap(), vec![c, d]);
+        }
+    }
+
+    db_test! {
+        async fn a_batch_claims_exactly_the_collectable_chunks_and_forgets_only_claimed_ones(db) {
+            // e: collectable. f: unreferenced too recently. g: referenced. h: claimed already.
+            // i: no row at all.
+            let (e, f, g, h, i) = (chunk(30), chunk(31), chunk(32), chunk(33), chunk(34));
+            let (a, b) = (Sha256Hash::digest(b"nar a"), Sha256Hash::digest(b"nar b"));
+            db.commit_held(&a, 100, &[e, f, h], Sha256Hash::digest(b"s"))
+                .await
+                .unwrap();
+            db.commit_held(&b, 100, &[g], Sha256Hash::digest(b"s"))
+                .await
+                .unwrap();
+            db.drop_chunk_list(&a).await.unwrap();
+            let long_ago = now_secs() - 3600;
+            sqlx::query(&db.sql("UPDATE chunks SET unreferenced_since = ? WHERE hash <> ?"))
+                .bind(long_ago)
+                .bind(f.hash.to_string())
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            let before = now_secs() - 60;
+            assert!(db.claim_unreferenced_chunk(&h.hash, before).await.unwrap());
+            let all = [e.hash, f.hash, g.hash, h.hash, i.hash];
+            assert_eq!(db.claim_unreferenced_chunks(&all, before).await.unwrap(), vec![e.hash]);
+            assert!(db.claim_unreferenced_chunks(&all, before).await.unwrap().is_empty());
+            let mut claimed = db.claimed_chunks(10).await.unwrap();
+            claimed.sort_by_key(ToString::to_string);
+            let mut expected = vec![e.hash, h.hash];
+            expected.sort_by_key(ToString::to_string);
+            assert_eq!(claimed, expected);
+            // Forgetting a batch removes the claimed rows in it, never a row that is not claimed.
+            db.forget_collected_chunks(&all).await.unwrap();
+            assert!(db.claimed_chunks(10).await.unwrap().is_empty());
+            let mut known = db.known_chunks(&all).await.unwrap();
+            known.sort_by_key(ToString::to_string);
+            let mut expected = vec![f.hash, g.hash];
+            expected.sort_by_key(ToString::to_string);
+            assert_eq!(known, expected);
         }
     }
 

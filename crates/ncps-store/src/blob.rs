@@ -421,13 +421,18 @@ impl BlobStore {
     /// Azure's batch requests; a few requests at a time where there is none), not one request
     /// after another. Removing one that is not there is not an error.
     pub async fn delete_nars(&self, keys: &[NarKey]) -> Result<(), StoreError> {
+        self.delete_objects(keys.iter().map(nar_path).collect())
+            .await
+    }
+
+    /// Removes objects by path, many at once (see [`Self::delete_nars`]); one that is not
+    /// there is not an error.
+    async fn delete_objects(&self, paths: Vec<ObjectPath>) -> Result<(), StoreError> {
         if let Some(local) = &self.local {
-            return local.delete_nars(keys).await;
+            return local.delete_files(&paths).await;
         }
-        let paths: Vec<_> = keys.iter().map(|key| Ok(nar_path(key))).collect();
-        let mut deleted = self
-            .inner
-            .delete_stream(futures::stream::iter(paths).boxed());
+        let paths = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut deleted = self.inner.delete_stream(paths);
         while let Some(result) = deleted.next().await {
             match result {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -528,10 +533,14 @@ impl BlobStore {
     /// Removes a chunk; removing one that is not there is not an error, so a sweep can be
     /// rerun after a crash.
     pub async fn delete_chunk(&self, hash: &ChunkHash) -> Result<(), StoreError> {
-        match self.inner.delete(&chunk_path(hash)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.delete_chunks(std::slice::from_ref(hash)).await
+    }
+
+    /// Removes chunks, many at once (the collector frees a batch at a time; see
+    /// [`Self::delete_nars`]); removing one that is not there is not an error.
+    pub async fn delete_chunks(&self, hashes: &[ChunkHash]) -> Result<(), StoreError> {
+        self.delete_objects(hashes.iter().map(chunk_path).collect())
+            .await
     }
 
     /// Every stored chunk, read from storage alone (no database), for garbage collection and
@@ -1064,6 +1073,38 @@ mod chunk_tests {
     use super::*;
     use crate::chunk::{compress_chunk, decompress_chunk};
     use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn many_chunks_are_deleted_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(&dir.path().join("store")).unwrap();
+        let memory = BlobStore::from_object_store(Arc::new(object_store::memory::InMemory::new()));
+        for store in [store, memory] {
+            let chunks: Vec<(ChunkHash, Bytes)> = (0..4u32)
+                .map(|i| {
+                    let plain = format!("chunk {i}").into_bytes();
+                    (
+                        ChunkHash::digest(&plain),
+                        compress_chunk(&plain, 1).unwrap(),
+                    )
+                })
+                .collect();
+            let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
+            store.put_missing_chunks(chunks).await.unwrap();
+            let never_stored = ChunkHash::digest(b"never stored");
+            store
+                .delete_chunks(&[hashes[0], never_stored, hashes[2]])
+                .await
+                .unwrap();
+            for (i, hash) in hashes.iter().enumerate() {
+                assert_eq!(
+                    store.has_chunk(hash).await.unwrap(),
+                    i % 2 == 1,
+                    "chunk {i}"
+                );
+            }
+        }
+    }
 
     #[tokio::test]
     async fn missing_chunks_are_written_in_one_call_and_stored_ones_left_alone() {

@@ -319,9 +319,13 @@ impl LocalDir {
             .collect())
     }
 
-    /// Deletes stored NARs in one blocking call; one that is not there is not an error.
-    pub async fn delete_nars(&self, keys: &[NarKey]) -> Result<(), StoreError> {
-        let files: Vec<PathBuf> = keys.iter().map(|key| self.nar_file(key)).collect();
+    /// Deletes stored objects (by their object_store paths, which name files below the root)
+    /// in one blocking call; one that is not there is not an error.
+    pub async fn delete_files(&self, paths: &[object_store::path::Path]) -> Result<(), StoreError> {
+        let files: Vec<PathBuf> = paths
+            .iter()
+            .map(|path| self.root.join(path.as_ref()))
+            .collect();
         on_blocking_pool(move || {
             for file in files {
                 if let Err(source) = unless_missing(std::fs::remove_file(&file)) {

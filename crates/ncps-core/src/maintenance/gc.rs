@@ -38,10 +38,8 @@ impl Maintenance {
             if leftovers.is_empty() {
                 break;
             }
-            for hash in leftovers {
-                self.delete_claimed(&hash).await?;
-                report.chunks_deleted += 1;
-            }
+            self.delete_claimed(&leftovers).await?;
+            report.chunks_deleted += leftovers.len() as u64;
         }
         loop {
             if global.is_lost() {
@@ -52,20 +50,17 @@ impl Maintenance {
             if batch.is_empty() {
                 return Ok(report);
             }
-            for hash in batch {
-                if self.0.db.claim_unreferenced_chunk(&hash, before).await? {
-                    self.delete_claimed(&hash).await?;
-                    report.chunks_deleted += 1;
-                }
-            }
+            let claimed = self.0.db.claim_unreferenced_chunks(&batch, before).await?;
+            self.delete_claimed(&claimed).await?;
+            report.chunks_deleted += claimed.len() as u64;
         }
     }
 
-    /// Deletes a claimed chunk: object first, then the row, whose disappearance tells waiting
-    /// ingests that they may write the chunk again.
-    async fn delete_claimed(&self, hash: &ChunkHash) -> Result<(), CacheError> {
-        self.0.store.delete_chunk(hash).await?;
-        self.0.db.forget_collected_chunk(hash).await?;
+    /// Deletes claimed chunks, a batch at a time: objects first, then the rows, whose
+    /// disappearance tells waiting ingests that they may write the chunks again.
+    async fn delete_claimed(&self, hashes: &[ChunkHash]) -> Result<(), CacheError> {
+        self.0.store.delete_chunks(hashes).await?;
+        self.0.db.forget_collected_chunks(hashes).await?;
         Ok(())
     }
 }
