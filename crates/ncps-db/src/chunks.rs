@@ -5,7 +5,7 @@ use ncps_nix::{ChunkHash, Sha256Hash};
 use sqlx::Row;
 
 use crate::dialect::{Dialect, placeholders, text, values_rows};
-use crate::direct::Value;
+use crate::direct::{Value, texts};
 use crate::repo::{ROWS_PER_STATEMENT, WriteTx, corrupt, now_secs, to_i64, to_u64};
 use crate::session::{Session, TransactionWork};
 use crate::{ChunkRef, Database, DbError, NarRecord};
@@ -271,11 +271,7 @@ impl Database {
                 "DELETE FROM chunks WHERE collecting <> 0 AND hash IN {}",
                 placeholders(batch.len())
             );
-            let values = batch
-                .iter()
-                .map(|hash| Value::Text(Some(hash.to_string())))
-                .collect();
-            self.write_statements(vec![(sql, values)]).await?;
+            self.write_statements(vec![(sql, texts(batch))]).await?;
         }
         Ok(())
     }
@@ -341,7 +337,7 @@ impl TransactionWork for CommitChunkList {
     }
 
     async fn run<S: Session>(self, session: &mut S) -> Result<bool, DbError> {
-        let nar = Value::Text(Some(self.nar.clone()));
+        let nar = Value::text(self.nar);
         let existing = session
             .rows(
                 "SELECT chunk_count FROM nars WHERE nar_hash = ?",
@@ -363,8 +359,8 @@ impl TransactionWork for CommitChunkList {
             let mut values = Vec::with_capacity(batch.len() * 3);
             for (i, c) in batch.iter().enumerate() {
                 values.push(nar.clone());
-                values.push(Value::Int(Some((first_seq + i) as i64)));
-                values.push(Value::Text(Some(c.hash.to_string())));
+                values.push(Value::int((first_seq + i) as i64));
+                values.push(Value::text(c.hash));
             }
             match session.execute(&sql, &values).await {
                 Ok(_) => {}
@@ -396,12 +392,12 @@ impl TransactionWork for CommitChunkList {
         );
         let values = [
             nar.clone(),
-            Value::Int(Some(to_i64(self.nar_size))),
-            Value::Int(Some(self.chunks.len() as i64)),
+            Value::int(to_i64(self.nar_size)),
+            Value::int(self.chunks.len() as i64),
             Value::Text(spliced_hash),
-            Value::Int(Some(to_i64(stored))),
-            Value::Int(Some(now)),
-            Value::Int(Some(now)),
+            Value::int(to_i64(stored)),
+            Value::int(now),
+            Value::int(now),
         ];
         session.execute(&upsert, &values).await?;
         if let Some(at) = self.delete_whole_after {
@@ -409,7 +405,7 @@ impl TransactionWork for CommitChunkList {
                 .execute(
                     "UPDATE nars SET whole_delete_after = ? \
                      WHERE nar_hash = ? AND whole_key IS NOT NULL",
-                    &[Value::Int(Some(at)), nar],
+                    &[Value::int(at), nar],
                 )
                 .await?;
         }
@@ -429,29 +425,21 @@ impl TransactionWork for ClaimUnreferenced {
     type Output = Vec<String>;
 
     async fn run<S: Session>(self, session: &mut S) -> Result<Vec<String>, DbError> {
-        let hashes: Vec<Value> = self
-            .hashes
-            .iter()
-            .map(|hash| Value::Text(Some(hash.clone())))
-            .collect();
+        let hashes = texts(&self.hashes);
         let sql = format!(
             "SELECT hash FROM chunks WHERE hash IN {} AND ref_count <= 0 AND collecting = 0 \
              AND unreferenced_since IS NOT NULL AND unreferenced_since <= ? ORDER BY hash{}",
             placeholders(hashes.len()),
             session.dialect().lock_selected_rows()
         );
-        let find = [hashes, vec![Value::Int(Some(self.before))]].concat();
+        let find = [hashes, vec![Value::int(self.before)]].concat();
         let claimed = session.rows(&sql, &find, |row| row.text("hash")).await?;
         if !claimed.is_empty() {
             let sql = format!(
                 "UPDATE chunks SET collecting = 1 WHERE hash IN {}",
                 placeholders(claimed.len())
             );
-            let values: Vec<Value> = claimed
-                .iter()
-                .map(|hash| Value::Text(Some(hash.clone())))
-                .collect();
-            session.execute(&sql, &values).await?;
+            session.execute(&sql, &texts(&claimed)).await?;
         }
         Ok(claimed)
     }
@@ -473,15 +461,12 @@ impl TransactionWork for HoldChunks {
         let mut held = Held::default();
         for batch in self.chunks.chunks(ROWS_PER_STATEMENT) {
             let list = placeholders(batch.len());
-            let hashes: Vec<Value> = batch
-                .iter()
-                .map(|c| Value::Text(Some(c.hash.to_string())))
-                .collect();
+            let hashes: Vec<Value> = batch.iter().map(|c| Value::text(c.hash)).collect();
             let sql = format!(
                 "UPDATE chunks SET unreferenced_since = ? \
                  WHERE ref_count <= 0 AND collecting = 0 AND hash IN {list}"
             );
-            let refresh = [vec![Value::Int(Some(now))], hashes.clone()].concat();
+            let refresh = [vec![Value::int(now)], hashes.clone()].concat();
             session.execute(&sql, &refresh).await?;
             let insert = session.dialect().insert_or_ignore(
                 &format!(
@@ -495,11 +480,11 @@ impl TransactionWork for HoldChunks {
             for (c, hash) in batch.iter().zip(&hashes) {
                 rows.extend([
                     hash.clone(),
-                    Value::Int(Some(to_i64(c.plain_size))),
-                    Value::Int(Some(to_i64(c.stored_size))),
-                    Value::Int(Some(0)),
-                    Value::Int(Some(now)),
-                    Value::Int(Some(level)),
+                    Value::int(to_i64(c.plain_size)),
+                    Value::int(to_i64(c.stored_size)),
+                    Value::int(0),
+                    Value::int(now),
+                    Value::int(level),
                 ]);
             }
             session.execute(&insert, &rows).await?;
@@ -507,7 +492,7 @@ impl TransactionWork for HoldChunks {
                 "SELECT hash, collecting, zstd_level FROM chunks WHERE hash IN {list} \
                  AND (collecting <> 0 OR zstd_level <> ?)"
             );
-            let find = [hashes, vec![Value::Int(Some(level))]].concat();
+            let find = [hashes, vec![Value::int(level)]].concat();
             let found = session
                 .rows(&sql, &find, |row| {
                     Ok((
@@ -544,10 +529,7 @@ async fn require_held<S: Session>(session: &mut S, chunks: &[ChunkRef]) -> Resul
             placeholders(batch.len()),
             session.dialect().lock_selected_rows()
         );
-        let hashes: Vec<Value> = batch
-            .iter()
-            .map(|c| Value::Text(Some(c.hash.to_string())))
-            .collect();
+        let hashes: Vec<Value> = batch.iter().map(|c| Value::text(c.hash)).collect();
         held += session
             .rows(&sql, &hashes, |row| row.text("hash"))
             .await?
@@ -584,10 +566,10 @@ async fn upsert_chunks<S: Session>(session: &mut S, chunks: &[ChunkRef]) -> Resu
         let mut values = Vec::with_capacity(batch.len() * 5);
         for (hash, c, n) in batch {
             values.extend([
-                Value::Text(Some(hash.clone())),
-                Value::Int(Some(to_i64(c.plain_size))),
-                Value::Int(Some(to_i64(c.stored_size))),
-                Value::Int(Some(*n)),
+                Value::text(hash),
+                Value::int(to_i64(c.plain_size)),
+                Value::int(to_i64(c.stored_size)),
+                Value::int(*n),
                 Value::Int(None),
             ]);
         }

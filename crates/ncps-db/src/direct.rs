@@ -44,8 +44,8 @@ pub(crate) struct DirectReader {
     taken: PathsTaken,
 }
 
-/// The connection this process writes a cold path's rows through on SQLite (see
-/// [`crate::Database::write_statements`]): one, since this process's writers take turns at the
+/// The connection this process runs its write transactions through on SQLite (see
+/// [`crate::Database::in_transaction`]): one, since this process's writers take turns at the
 /// write gate anyway. Opened on first use; dropped after an engine error, so a connection left
 /// in a bad state is not reused.
 #[derive(Debug)]
@@ -62,6 +62,23 @@ pub(crate) struct DirectWriter {
 pub(crate) enum Value {
     Text(Option<String>),
     Int(Option<i64>),
+}
+
+impl Value {
+    /// A text that is not NULL.
+    pub(crate) fn text(text: impl ToString) -> Self {
+        Value::Text(Some(text.to_string()))
+    }
+
+    /// An integer that is not NULL.
+    pub(crate) fn int(n: i64) -> Self {
+        Value::Int(Some(n))
+    }
+}
+
+/// Text values, one per item: the list an `IN (…)` binds.
+pub(crate) fn texts<T: std::fmt::Display>(items: &[T]) -> Vec<Value> {
+    items.iter().map(Value::text).collect()
 }
 
 impl rusqlite::ToSql for Value {

@@ -68,28 +68,30 @@ impl Database {
         let refs: Vec<String> = n.references.iter().map(StorePath::base_name).collect();
         let origin = info.origin.as_ref();
         let now = now_secs();
-        let text = |s: String| Value::Text(Some(s));
         let narinfo = vec![
-            text(n.store_path.hash().to_string()),
-            text(n.store_path.to_absolute()),
-            text(info.url_key.file_name()),
-            text(n.nar_hash.to_string()),
-            Value::Int(Some(to_i64(n.nar_size))),
-            text(refs.join(" ")),
+            Value::text(n.store_path.hash()),
+            Value::text(n.store_path.to_absolute()),
+            Value::text(info.url_key.file_name()),
+            Value::text(n.nar_hash),
+            Value::int(to_i64(n.nar_size)),
+            Value::text(refs.join(" ")),
             Value::Text(n.deriver.clone()),
-            text(n.sigs.join("\n")),
+            Value::text(n.sigs.join("\n")),
             Value::Text(n.ca.clone()),
             Value::Text(origin.map(|o| o.upstream_url.clone())),
             Value::Text(origin.map(|o| o.nar_url.clone())),
             Value::Text(origin.map(|o| o.compression.as_str().to_string())),
             Value::Text(origin.and_then(|o| o.file_hash).map(|h| h.to_string())),
             Value::Int(origin.and_then(|o| o.file_size).map(to_i64)),
-            Value::Int(Some(now)),
-            Value::Int(Some(now)),
+            Value::int(now),
+            Value::int(now),
             Value::Text(own.map(|o| o.sig.clone())),
             Value::Text(own.map(|o| o.key.clone())),
         ];
-        let url = vec![text(info.url_key.file_name()), text(n.nar_hash.to_string())];
+        let url = vec![
+            Value::text(info.url_key.file_name()),
+            Value::text(n.nar_hash),
+        ];
         let insert_narinfo = self.dialect.insert_or_ignore(
             "INTO narinfos (hash, store_path, url_key, nar_hash, nar_size, refs, deriver, \
              sigs, ca, upstream_url, upstream_nar_url, upstream_compression, upstream_file_hash, \

@@ -6,7 +6,7 @@ use sqlx::Row;
 use crate::chunks::LOST_LAST_REFERENCE;
 use crate::columns::Columns;
 use crate::dialect::placeholders;
-use crate::direct::Value;
+use crate::direct::{Value, texts};
 use crate::repo::{ROWS_PER_STATEMENT, corrupt, now_secs, to_i64, to_u64};
 use crate::session::{Session, TransactionWork};
 use crate::{ChunkedForm, Database, DbError, NarRecord, WholeFile};
@@ -133,19 +133,19 @@ impl Database {
     ) -> Result<(), DbError> {
         let now = now_secs();
         let (nar, key, size) = (
-            Value::Text(Some(nar_hash.to_string())),
-            Value::Text(Some(whole.key.file_name())),
-            Value::Int(Some(to_i64(whole.size))),
+            Value::text(nar_hash),
+            Value::text(whole.key.file_name()),
+            Value::int(to_i64(whole.size)),
         );
         let delete_after = Value::Int(delete_after);
         let insert_values = vec![
             nar.clone(),
-            Value::Int(Some(to_i64(nar_size))),
+            Value::int(to_i64(nar_size)),
             key.clone(),
             size.clone(),
             delete_after.clone(),
-            Value::Int(Some(now)),
-            Value::Int(Some(now)),
+            Value::int(now),
+            Value::int(now),
         ];
         let update_values = vec![key, size, delete_after, nar];
         let insert = self.dialect.insert_or_ignore(
@@ -292,13 +292,6 @@ impl TransactionWork for RemoveUnusedNars {
     }
 }
 
-/// Text values to bind, one per key.
-fn texts(keys: &[String]) -> Vec<Value> {
-    keys.iter()
-        .map(|key| Value::Text(Some(key.clone())))
-        .collect()
-}
-
 /// Removes, inside the session's transaction, each of `nar_hashes` that is
 /// [unused](NAR_UNUSED): its row, its URLs and its chunk list (its chunks lose a reference each
 /// and become collectable at zero). Returns the NARs removed, so the caller deletes their whole
@@ -344,7 +337,7 @@ async fn remove_unused_nars<S: Session>(
         "UPDATE chunks SET unreferenced_since = ? WHERE {LOST_LAST_REFERENCE} \
          AND hash IN {in_gone}"
     );
-    let since = [vec![Value::Int(Some(now_secs()))], gone.clone()].concat();
+    let since = [vec![Value::int(now_secs())], gone.clone()].concat();
     session.execute(&sql, &since).await?;
     for table in ["nar_chunks", "nar_urls", "nars"] {
         let sql = format!("DELETE FROM {table} WHERE nar_hash IN {gone_list}");

@@ -106,8 +106,8 @@ pub struct Database {
     /// SQLite only: the hot one-row reads, on the caller's thread (see `direct.rs` and
     /// [`Database::optional_row`]).
     pub(crate) direct: Option<Arc<DirectReader>>,
-    /// SQLite only: a cold path's writes, in one hand-off each (see
-    /// [`Database::write_statements`]).
+    /// SQLite only: write transactions in one hand-off each (see
+    /// [`Database::in_transaction`]).
     pub(crate) writer: Option<Arc<DirectWriter>>,
 }
 

@@ -329,25 +329,23 @@ pub(crate) async fn write_verified(
         }
         Ok(file_side.finish())
     });
-    let (nar_tx, checker) = match nar_side {
-        Some(mut nar_side) => {
-            let (nar_tx, mut nar_rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
-            let checker = tokio::task::spawn_blocking(move || -> io::Result<(Sha256Hash, u64)> {
-                while let Some(chunk) = nar_rx.blocking_recv() {
-                    nar_side.check(&chunk)?;
-                }
-                nar_side.finish()
-            });
-            (Some(nar_tx), Some(checker))
-        }
-        None => (None, None),
-    };
+    // The NAR half's queue and thread (a compressed file only).
+    let nar_half = nar_side.map(|mut nar_side| {
+        let (nar_tx, mut nar_rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
+        let checker = tokio::task::spawn_blocking(move || -> io::Result<(Sha256Hash, u64)> {
+            while let Some(chunk) = nar_rx.blocking_recv() {
+                nar_side.check(&chunk)?;
+            }
+            nar_side.finish()
+        });
+        (nar_tx, checker)
+    });
     let mut source_error = None;
     while let Some(chunk) = source.next().await {
         match chunk {
             Ok(chunk) => {
-                let sent = match &nar_tx {
-                    Some(nar_tx) => {
+                let sent = match &nar_half {
+                    Some((nar_tx, _)) => {
                         let sent = tokio::join!(file_tx.send(chunk.clone()), nar_tx.send(chunk));
                         sent.0.is_ok() && sent.1.is_ok()
                     }
@@ -363,18 +361,21 @@ pub(crate) async fn write_verified(
             }
         }
     }
-    drop((file_tx, nar_tx));
+    drop(file_tx);
     let file = writer
         .await
         .map_err(io::Error::other)
         .map_err(CacheError::from_read)?;
-    let nar = match checker {
-        Some(checker) => Some(
-            checker
-                .await
-                .map_err(io::Error::other)
-                .map_err(CacheError::from_read)?,
-        ),
+    let nar = match nar_half {
+        Some((nar_tx, checker)) => {
+            drop(nar_tx);
+            Some(
+                checker
+                    .await
+                    .map_err(io::Error::other)
+                    .map_err(CacheError::from_read)?,
+            )
+        }
         None => None,
     };
     if let Some(e) = source_error {
