@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::DbError;
+use crate::checkpoint::Checkpointer;
 
 /// Connections kept between reads; as many reads as run at once get one (one per runtime thread
 /// at most, plus admin callers), so more than this only happens in bursts and is not kept.
@@ -52,6 +53,8 @@ pub(crate) struct DirectReader {
 pub(crate) struct DirectWriter {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
+    /// Checkpoints the log this writer's commits (and the pool's) append to.
+    checkpoints: Checkpointer,
     /// Transactions committed here (tests check the path taken).
     #[cfg(test)]
     committed: AtomicU64,
@@ -91,14 +94,16 @@ impl rusqlite::ToSql for Value {
 }
 
 impl DirectWriter {
-    /// A writer of the database file at `path` (which the pool has opened and migrated).
-    pub(crate) fn new(path: PathBuf) -> Self {
-        Self {
+    /// A writer of the database file at `path` (which the pool has opened and migrated), with
+    /// the thread that checkpoints the file's log (see [`crate::checkpoint`]).
+    pub(crate) fn new(path: PathBuf) -> std::io::Result<Self> {
+        Ok(Self {
+            checkpoints: Checkpointer::start(path.clone())?,
             path,
             conn: Mutex::new(None),
             #[cfg(test)]
             committed: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Runs `work` in one immediate transaction, committed when it returns `Ok` with a value
@@ -119,6 +124,7 @@ impl DirectWriter {
             let value = work(&tx)?;
             if keep(&value) {
                 tx.commit()?;
+                self.checkpoints.committed();
                 #[cfg(test)]
                 self.committed.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -138,12 +144,24 @@ impl DirectWriter {
         self.committed.load(Ordering::Relaxed)
     }
 
-    /// A connection set up as the pool's are (busy timeout, WAL, `synchronous`, foreign keys).
     fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = connect(&self.path, crate::repo::SQLITE_BUSY_TIMEOUT)?;
-        conn.execute_batch(crate::repo::SQLITE_PRAGMAS)?;
-        Ok(conn)
+        open_configured(&self.path)
     }
+}
+
+/// A connection to the database file at `path` set up as the pool's are (busy timeout and
+/// [`crate::repo::SQLITE_PRAGMAS`]): the writer's and the checkpoint thread's.
+pub(crate) fn open_configured(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = connect(path, crate::repo::SQLITE_BUSY_TIMEOUT)?;
+    conn.execute_batch(crate::repo::SQLITE_PRAGMAS)?;
+    Ok(conn)
+}
+
+/// [`open_configured`], creating the file (tests start from nothing).
+#[cfg(test)]
+pub(crate) fn open_configured_creating(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    Connection::open(path)?.close().map_err(|(_, e)| e)?;
+    open_configured(path)
 }
 
 /// A connection of this module to the database file at `path` (which the pool created),

@@ -34,6 +34,7 @@ macro_rules! db_test {
     };
 }
 
+mod checkpoint;
 mod chunks;
 mod columns;
 mod connect;

@@ -26,11 +26,13 @@ static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrati
 pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run on every new SQLite connection (with the busy timeout above): WAL (readers never wait
-/// for the writer) and `synchronous = NORMAL` (durable at checkpoints; WAL keeps the database
+/// for the writer), `synchronous = NORMAL` (durable at checkpoints; WAL keeps the database
 /// consistent after a power cut, and losing the last moments of metadata only means those
-/// paths are fetched again).
-pub(crate) const SQLITE_PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+/// paths are fetched again), no checkpoint inside a commit (a thread of their own runs them,
+/// see [`crate::checkpoint`]) and a log trimmed back to 64 MiB once checkpointed.
+pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+     PRAGMA journal_size_limit = 67108864;";
 
 /// How long opening the database (and later, getting a connection) may take: a server that is
 /// still starting, e.g. next to ncps in the same compose file, gets this long to come up.
@@ -381,7 +383,7 @@ impl Database {
                 let connect = AnyConnectOptions::from_str(&sqlite_url(&path))
                     .map_err(|e| invalid(e.to_string()))?;
                 direct = Some(Arc::new(DirectReader::new(path.clone())));
-                writer = Some(Arc::new(DirectWriter::new(path)));
+                writer = Some(Arc::new(DirectWriter::new(path).map_err(sqlx::Error::Io)?));
                 (Dialect::Sqlite, connect)
             }
             DatabaseUrl::Postgres(url) => (
@@ -935,8 +937,8 @@ mod tests {
         }
     }
 
-    /// Every SQLite connection is in WAL mode with the busy timeout and `synchronous = NORMAL`,
-    /// whatever characters the path holds.
+    /// Every SQLite connection is in WAL mode with the busy timeout, `synchronous = NORMAL` and
+    /// no automatic checkpoint, whatever characters the path holds.
     #[tokio::test]
     async fn sqlite_connections_are_configured() {
         let dir = tempfile::tempdir().unwrap();
@@ -960,7 +962,12 @@ mod tests {
                 .fetch_one(&mut *conn)
                 .await
                 .unwrap();
+            let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
             assert_eq!((mode.as_str(), busy, sync), ("wal", 10_000, 1));
+            assert_eq!(autocheckpoint, 0, "a commit must not checkpoint");
             conns.push(conn); // keep it, so the next acquire opens another connection
         }
     }
