@@ -35,6 +35,15 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// frames evicted 5,800-7,000 paths/s, 16,384 frames 6,800-7,400).
 const RESTART_AT: i64 = 16384;
 
+/// How long a `RESTART` waits for the writer and for readers of the log before it gives up
+/// until the next round: writers wait while it is pending, so never long (a reader that reads
+/// for minutes, fsck say, would otherwise stall every writer for SQLite's busy timeout).
+const RESTART_PATIENCE: Duration = Duration::from_millis(100);
+
+/// How long after a `RESTART` that gave up the next one is tried: a long reader keeps making
+/// it give up, and each try holds writers up for [`RESTART_PATIENCE`].
+const RESTART_BACKOFF: Duration = Duration::from_secs(5);
+
 /// The name of the thread, as `top -H` and `/proc/<pid>/task/*/comm` show it (15 bytes at most).
 const THREAD_NAME: &str = "ncps-checkpoint";
 
@@ -75,6 +84,11 @@ impl Checkpointer {
 fn run(path: &Path, restart_at: i64, woken: &Receiver<()>) {
     let mut conn: Option<rusqlite::Connection> = None;
     let mut last = Instant::now();
+    let mut failing = false;
+    let mut restart = Restart {
+        at_frames: restart_at,
+        not_before: Instant::now(),
+    };
     loop {
         match woken.recv_timeout(IDLE_CHECK) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -84,39 +98,61 @@ fn run(path: &Path, restart_at: i64, woken: &Receiver<()>) {
             std::thread::sleep(wait);
         }
         last = Instant::now();
-        if let Err(error) = checkpoint(path, restart_at, &mut conn) {
-            // Busy (another process checkpoints, or holds the lock) or a failure of the
-            // connection, which is opened anew next time.
-            debug!(path = %path.display(), %error, "SQLite checkpoint did not run");
-            conn = None;
+        match checkpoint(path, &mut restart, &mut conn) {
+            Ok(()) => failing = false,
+            Err(error) => {
+                // The connection is opened anew next time. Said once per run of failures:
+                // while they last the log grows.
+                if !failing {
+                    warn!(path = %path.display(), %error, "SQLite checkpoint failed; retrying every second");
+                }
+                failing = true;
+                conn = None;
+            }
         }
     }
 }
 
 /// Copies what the log holds back into the database file, as far as readers allow, without
-/// waiting for anyone (`PASSIVE`). A log that still holds `restart_at` frames or more after
+/// waiting for anyone (`PASSIVE`). A log that still holds `restart.at_frames` frames or more after
 /// that is checkpointed once more with `RESTART`, which waits for the writer and for readers of
-/// the log (at most the busy timeout) so that the next commit starts the log from its
+/// the log (at most [`RESTART_PATIENCE`]) so that the next commit starts the log from its
 /// beginning: under back-to-back commits a passive checkpoint never finds the quiet moment in
-/// which a log restarts, and the log would grow without end.
+/// which a log restarts, and the log would grow without end. A `RESTART` that gave up (a
+/// reader still on the log) is tried again after [`RESTART_BACKOFF`].
 fn checkpoint(
     path: &Path,
-    restart_at: i64,
+    restart: &mut Restart,
     conn: &mut Option<rusqlite::Connection>,
 ) -> rusqlite::Result<()> {
     let conn = match conn {
         Some(conn) => conn,
-        None => conn.insert(crate::direct::open_configured(path)?),
+        None => {
+            let opened = crate::direct::open_configured(path)?;
+            opened.busy_timeout(RESTART_PATIENCE)?;
+            conn.insert(opened)
+        }
     };
     let (busy, logged, copied) = run_checkpoint(conn, "PASSIVE")?;
     if logged > 0 {
         debug!(path = %path.display(), busy, logged, copied, "SQLite checkpoint");
     }
-    if logged >= restart_at {
+    if logged >= restart.at_frames && Instant::now() >= restart.not_before {
         let (busy, logged, copied) = run_checkpoint(conn, "RESTART")?;
-        debug!(path = %path.display(), busy, logged, copied, "SQLite log restarted");
+        debug!(path = %path.display(), busy, logged, copied, "SQLite log restart");
+        if busy {
+            restart.not_before = Instant::now() + RESTART_BACKOFF;
+        }
     }
     Ok(())
+}
+
+/// When the checkpoint thread restarts the log.
+struct Restart {
+    /// Frames in the log from which on.
+    at_frames: i64,
+    /// Not before this (see [`RESTART_BACKOFF`]).
+    not_before: Instant,
 }
 
 /// Runs `PRAGMA wal_checkpoint(<mode>)`: whether it gave up waiting, the frames in the log and
@@ -172,6 +208,46 @@ mod tests {
             size < 12_000_000,
             "the log grew to {size} bytes: nothing checkpointed and restarted it"
         );
+    }
+
+    #[test]
+    fn a_long_reader_never_holds_writers_up_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut conn = crate::direct::open_configured_creating(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+            .unwrap();
+        // A reader in the middle of a long read (fsck, say): its snapshot keeps the log in use.
+        let reader = crate::direct::open_configured(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT COUNT(*) FROM t;")
+            .unwrap();
+        let checkpoints = super::Checkpointer::restarting_at(path.clone(), 1024).unwrap();
+        let mut slowest = std::time::Duration::ZERO;
+        for t in 0..20 {
+            let started = std::time::Instant::now();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            for r in 0..256 {
+                tx.execute(
+                    "INSERT INTO t (k, v) VALUES (?, ?)",
+                    (format!("{t}-{r}"), "x".repeat(4000)),
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+            slowest = slowest.max(started.elapsed());
+            checkpoints.committed();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // A RESTART waiting for the reader with SQLite's busy timeout would hold a commit up
+        // for 10 s.
+        assert!(
+            slowest < std::time::Duration::from_secs(2),
+            "a commit waited {slowest:?} for the checkpoint thread"
+        );
+        reader.execute_batch("COMMIT").unwrap();
     }
 
     #[tokio::test]
