@@ -177,27 +177,41 @@ mod tests {
             .count()
     }
 
+    /// A database file at `path` with one table, on a connection set up as ours are (no
+    /// automatic checkpoint).
+    fn database_with_a_table(path: &std::path::Path) -> rusqlite::Connection {
+        let conn = crate::direct::open_configured_creating(path).unwrap();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+            .unwrap();
+        conn
+    }
+
+    /// Commits about a megabyte (256 rows of 4 KB), the `n`th such commit.
+    fn commit_a_megabyte(conn: &mut rusqlite::Connection, n: usize) {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        for r in 0..256 {
+            tx.execute(
+                "INSERT INTO t (k, v) VALUES (?, ?)",
+                (format!("{n}-{r}"), "x".repeat(4000)),
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
     #[test]
     fn the_log_stays_bounded_under_commits_that_do_not_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let mut conn = crate::direct::open_configured_creating(&path).unwrap();
-        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
-            .unwrap();
+        let mut conn = database_with_a_table(&path);
         let checkpoints = super::Checkpointer::restarting_at(path.clone(), 1024).unwrap();
         // Forty commits of a megabyte each, back to back, on a connection that never
         // checkpoints (as every connection of ours): 40 MB of log unless the thread copies
         // them back and restarts it.
-        for t in 0..40 {
-            let tx = conn.transaction().unwrap();
-            for r in 0..256 {
-                tx.execute(
-                    "INSERT INTO t (k, v) VALUES (?, ?)",
-                    (format!("{t}-{r}"), "x".repeat(4000)),
-                )
-                .unwrap();
-            }
-            tx.commit().unwrap();
+        for n in 0..40 {
+            commit_a_megabyte(&mut conn, n);
             checkpoints.committed();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -214,9 +228,7 @@ mod tests {
     fn a_long_reader_never_holds_writers_up_for_long() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let mut conn = crate::direct::open_configured_creating(&path).unwrap();
-        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
-            .unwrap();
+        let mut conn = database_with_a_table(&path);
         // A reader in the middle of a long read (fsck, say): its snapshot keeps the log in use.
         let reader = crate::direct::open_configured(&path).unwrap();
         reader
@@ -224,19 +236,9 @@ mod tests {
             .unwrap();
         let checkpoints = super::Checkpointer::restarting_at(path.clone(), 1024).unwrap();
         let mut slowest = std::time::Duration::ZERO;
-        for t in 0..20 {
+        for n in 0..20 {
             let started = std::time::Instant::now();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .unwrap();
-            for r in 0..256 {
-                tx.execute(
-                    "INSERT INTO t (k, v) VALUES (?, ?)",
-                    (format!("{t}-{r}"), "x".repeat(4000)),
-                )
-                .unwrap();
-            }
-            tx.commit().unwrap();
+            commit_a_megabyte(&mut conn, n);
             slowest = slowest.max(started.elapsed());
             checkpoints.committed();
             std::thread::sleep(std::time::Duration::from_millis(50));
