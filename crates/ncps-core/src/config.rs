@@ -9,6 +9,7 @@ use ncps_nix::SecretKey;
 use crate::defaults;
 use crate::ingest::{ChunkSettings, UploadConfig};
 use crate::locks::{LocalLocks, LockService};
+use crate::priority::Priority;
 
 /// Content-defined chunking settings; `None` in [`CacheConfig`] stores NARs as whole files.
 #[derive(Clone, Copy, Debug)]
@@ -31,10 +32,12 @@ impl CdcConfig {
     }
 
     /// The chunking of NARs already stored whole, done in the background (lazy mode): the same
-    /// cut points, so chunks dedup against eagerly made ones, at the lazy level.
+    /// cut points, so chunks dedup against eagerly made ones, at the lazy level, on threads
+    /// that only take a core nothing else wants.
     pub(crate) fn background(&self) -> ChunkSettings {
         ChunkSettings {
             zstd_level: self.lazy_zstd_level,
+            priority: Priority::Idle,
             ..self.chunking
         }
     }
@@ -90,5 +93,39 @@ impl CacheConfig {
             Some(cdc) if cdc.eager().is_some() => Chunking::Eager,
             Some(_) => Chunking::Lazy,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ncps_store::chunk::ChunkParams;
+
+    use super::*;
+
+    #[test]
+    fn only_background_chunking_yields_the_cores_to_clients() {
+        let cdc = CdcConfig {
+            chunking: ChunkSettings {
+                params: ChunkParams::default(),
+                zstd_level: 1,
+                priority: Priority::Client,
+            },
+            lazy: false,
+            delete_delay: Duration::ZERO,
+            lazy_zstd_level: 8,
+        };
+        let eager = cdc.eager().expect("chunking is eager");
+        assert_eq!(
+            eager.priority,
+            Priority::Client,
+            "a client waits for eager chunks"
+        );
+        let background = CdcConfig { lazy: true, ..cdc }.background();
+        assert_eq!(
+            background.priority,
+            Priority::Idle,
+            "lazy chunking competes with clients"
+        );
+        assert_eq!(background.zstd_level, 8);
     }
 }

@@ -26,6 +26,7 @@ mod locks;
 pub mod maintenance;
 mod metrics;
 mod plan;
+mod priority;
 mod range;
 mod reader;
 mod schedule;
@@ -51,6 +52,7 @@ pub use metrics::{Metrics, Outcome, RequestLabels};
 pub use ncps_store::ByteRange;
 /// For the connection writer: stored bytes it may send with `sendfile` (see [`ncps_store::file_behind`]).
 pub use ncps_store::{FileSpan, file_behind};
+pub use priority::Priority;
 pub use range::RangeRequest;
 pub use reader::{NarBody, Reader};
 pub use schedule::{Schedule, ScheduleError, parse_duration, spawn_scheduled};

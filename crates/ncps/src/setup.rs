@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ncps_core::{ChunkSettings, TempFiles};
+use ncps_core::{ChunkSettings, Priority, TempFiles};
 use ncps_db::{Database, PoolOptions};
 use ncps_nix::SecretKey;
 use ncps_store::chunk::ChunkParams;
@@ -241,6 +241,7 @@ pub async fn chunk_settings(db: &Database, args: &CdcArgs) -> Result<ChunkSettin
     Ok(ChunkSettings {
         params,
         zstd_level: args.cache_cdc_zstd_level,
+        priority: Priority::Client,
     })
 }
 

@@ -30,6 +30,7 @@ use super::download::Download;
 use super::verify::Expected;
 use crate::CacheError;
 use crate::codec::{Codec, StreamReader};
+use crate::priority::{Priority, run_blocking};
 
 /// Chunks queued between the chunker thread and the uploader.
 const CHUNK_QUEUE: usize = 8;
@@ -45,6 +46,9 @@ pub struct ChunkSettings {
     pub params: ChunkParams,
     /// zstd level of each chunk's frame.
     pub zstd_level: i32,
+    /// Whether a client waits for the chunks (eager ingest, migrations) or nobody does (lazy
+    /// chunking, which then yields every core to serving).
+    pub priority: Priority,
 }
 
 /// What chunking a NAR produced.
@@ -132,20 +136,23 @@ async fn chunk_nar(
         tally: tally.clone(),
     };
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
-    let producer = tokio::task::spawn_blocking(move || -> Result<ChunkingSummary, CacheError> {
-        let plain = Codec::require(compression)
-            .and_then(|codec| codec.decoder(reader))
-            .map_err(CacheError::from_read)?
-            .take(nar_size.saturating_add(1));
-        let mut chunker =
-            Chunker::new(plain, settings.params, settings.zstd_level).map_err(chunk_error)?;
-        while let Some(chunk) = chunker.next_chunk().map_err(chunk_error)? {
-            if chunk_tx.blocking_send(chunk).is_err() {
-                return Err(CacheError::Io(io::Error::other("chunk upload stopped")));
+    let producer = run_blocking(
+        settings.priority,
+        move || -> Result<ChunkingSummary, CacheError> {
+            let plain = Codec::require(compression)
+                .and_then(|codec| codec.decoder(reader))
+                .map_err(CacheError::from_read)?
+                .take(nar_size.saturating_add(1));
+            let mut chunker =
+                Chunker::new(plain, settings.params, settings.zstd_level).map_err(chunk_error)?;
+            while let Some(chunk) = chunker.next_chunk().map_err(chunk_error)? {
+                if chunk_tx.blocking_send(chunk).is_err() {
+                    return Err(CacheError::Io(io::Error::other("chunk upload stopped")));
+                }
             }
-        }
-        chunker.finish().map_err(chunk_error)
-    });
+            chunker.finish().map_err(chunk_error)
+        },
+    );
 
     let (store, db) = (store.clone(), db.clone());
     let mut uploads = futures::stream::unfold(chunk_rx, |mut rx| async move {
@@ -171,7 +178,7 @@ async fn chunk_nar(
         }
     }
     drop(uploads);
-    let summary = producer.await.map_err(io::Error::other)??;
+    let summary = producer.await??;
     let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(Chunked {
         refs,
@@ -325,6 +332,7 @@ mod tests {
         let settings = ChunkSettings {
             params: ChunkParams::default(),
             zstd_level: 1,
+            priority: Priority::Client,
         };
 
         let chunked = chunk_verified(&store, &db, pieces(&file), &expected, settings, None)
@@ -378,6 +386,7 @@ mod tests {
                 max: 16384,
             },
             zstd_level,
+            priority: Priority::Client,
         };
         let first = chunk_verified(&store, &db, pieces(&nar), &expected, at(19), None)
             .await

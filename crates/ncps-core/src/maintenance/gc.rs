@@ -92,6 +92,7 @@ mod tests {
             max: 1024,
         },
         zstd_level: 1,
+        priority: crate::Priority::Client,
     };
 
     /// Chunks a plain NAR into `store`, as an ingest does (holding its chunks first).

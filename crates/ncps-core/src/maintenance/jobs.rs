@@ -337,6 +337,7 @@ mod tests {
                     max: 16384,
                 },
                 zstd_level: 1,
+                priority: crate::Priority::Client,
             },
             lazy: true,
             delete_delay: Duration::from_secs(3600),
