@@ -7,13 +7,14 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ncps_nix::Sha256Hash;
 use tokio::sync::Notify;
 
 #[derive(Default)]
 struct Pending {
-    order: VecDeque<Sha256Hash>,
+    order: VecDeque<(Sha256Hash, Instant)>,
     queued: HashSet<Sha256Hash>,
 }
 
@@ -30,21 +31,21 @@ impl ChunkQueue {
     pub fn push(&self, nar: Sha256Hash) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.queued.insert(nar) {
-            p.order.push_back(nar);
+            p.order.push_back((nar, Instant::now()));
             drop(p);
             self.ready.notify_one();
         }
     }
 
-    /// The next NAR to chunk, waiting for one.
-    pub async fn next(&self) -> Sha256Hash {
+    /// The next NAR to chunk and when it was queued, waiting for one.
+    pub async fn next(&self) -> (Sha256Hash, Instant) {
         loop {
             let notified = self.ready.notified();
             {
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(nar) = p.order.pop_front() {
+                if let Some((nar, queued)) = p.order.pop_front() {
                     p.queued.remove(&nar);
-                    return nar;
+                    return (nar, queued);
                 }
             }
             notified.await;
@@ -63,11 +64,11 @@ mod tests {
         q.push(a);
         q.push(b);
         q.push(a);
-        assert_eq!(q.next().await, a);
-        assert_eq!(q.next().await, b);
+        assert_eq!(q.next().await.0, a);
+        assert_eq!(q.next().await.0, b);
         let waiting = tokio::spawn({
             let q = q.clone();
-            async move { q.next().await }
+            async move { q.next().await.0 }
         });
         tokio::task::yield_now().await;
         q.push(a);

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -202,6 +203,8 @@ impl Reader {
 pub(crate) struct Downloads {
     temp: TempFiles,
     map: Mutex<HashMap<Sha256Hash, Arc<Download>>>,
+    /// When the last download ended (or when the process started), for [`Downloads::idle_for`].
+    last_ended: Mutex<Instant>,
 }
 
 impl Downloads {
@@ -210,6 +213,7 @@ impl Downloads {
         Self {
             temp,
             map: Mutex::new(HashMap::new()),
+            last_ended: Mutex::new(Instant::now()),
         }
     }
 
@@ -264,6 +268,14 @@ impl Downloads {
         {
             map.remove(&download.key);
         }
+        *self.last_ended.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long no download has been in flight; `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        let map = self.lock();
+        let last_ended = *self.last_ended.lock().unwrap_or_else(|p| p.into_inner());
+        map.is_empty().then(|| last_ended.elapsed())
     }
 }
 

@@ -111,14 +111,20 @@ impl Ingest {
         }))
     }
 
-    /// Temporary files of this cache.
     /// The upstreams, for their health gauges.
     pub(crate) fn upstreams(&self) -> &Upstreams {
         &self.0.upstreams
     }
 
+    /// Temporary files of this cache.
     pub(crate) fn temp(&self) -> &TempFiles {
         &self.0.temp
+    }
+
+    /// How long no NAR download has been in flight in this process; `None` while one is (lazy
+    /// chunking waits for a quiet moment).
+    pub(crate) fn downloads_idle_for(&self) -> Option<Duration> {
+        self.0.downloads.idle_for()
     }
 
     /// Finds a narinfo upstream, checks it and records it with our NAR URL. Returns it with our
@@ -357,4 +363,28 @@ pub(crate) fn refuse_undecodable(narinfo: &NarInfo) -> Result<(), CacheError> {
         "{} is compressed with {}, which ncps cannot verify",
         narinfo.store_path, narinfo.compression
     )))
+}
+
+#[cfg(test)]
+impl Ingest {
+    /// Registers a download of `nar` that never progresses, as if its upstream were slow, until
+    /// [`Ingest::end_download`] is called with it.
+    pub(crate) fn download_in_flight(&self, nar: Sha256Hash) -> Arc<Download> {
+        let origin = NarOrigin {
+            upstream_url: "http://127.0.0.1:9".into(),
+            nar_url: "nar/slow.nar".into(),
+            compression: Compression::None,
+            file_hash: None,
+            file_size: None,
+        };
+        self.0
+            .downloads
+            .join_or_start((nar, 1), Compression::None, origin, |_, _| {})
+            .expect("a temporary file for the download")
+    }
+
+    /// Ends a download registered by [`Ingest::download_in_flight`].
+    pub(crate) fn end_download(&self, download: &Download) {
+        self.0.downloads.remove(download);
+    }
 }

@@ -20,6 +20,14 @@ const ACCESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
 const RECLAIM_EVERY: Duration = Duration::from_secs(300);
 /// How old a storage staging file must be to be taken for a killed write's.
 const STAGING_FILES_AGE: Duration = Duration::from_secs(3600);
+/// How long NAR downloads must have stopped before background chunking starts on a NAR: a cold
+/// closure's downloads follow each other closely, and chunking between them slows them.
+const CHUNKING_WAITS_FOR_QUIET: Duration = Duration::from_millis(500);
+/// The longest a queued NAR waits for that quiet, so under steady traffic chunking still keeps
+/// up with what is stored, only later.
+const CHUNKING_WAITS_AT_MOST: Duration = Duration::from_secs(30);
+/// How often a waiting worker looks again.
+const CHUNKING_QUIET_POLL: Duration = Duration::from_millis(100);
 
 /// How the background jobs run.
 #[derive(Clone, Debug)]
@@ -267,7 +275,10 @@ impl Maintenance {
     /// workers off the same NAR.
     async fn chunk_worker(self, busy: Arc<Mutex<HashSet<Sha256Hash>>>, settings: ChunkSettings) {
         loop {
-            let nar_hash = self.0.chunk_queue.next().await;
+            let (nar_hash, queued) = self.0.chunk_queue.next().await;
+            while !may_chunk_now(queued.elapsed(), self.0.ingest.downloads_idle_for()) {
+                tokio::time::sleep(CHUNKING_QUIET_POLL).await;
+            }
             if !busy
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -287,6 +298,14 @@ impl Maintenance {
                 .remove(&nar_hash);
         }
     }
+}
+
+/// Whether background chunking may start on a NAR queued `queued_for` ago, given how long this
+/// process's downloads have been idle (`None`: one is in flight). The one place that decides
+/// when lazy chunking gives way to cold downloads.
+fn may_chunk_now(queued_for: Duration, downloads_idle_for: Option<Duration>) -> bool {
+    queued_for >= CHUNKING_WAITS_AT_MOST
+        || downloads_idle_for.is_some_and(|idle| idle >= CHUNKING_WAITS_FOR_QUIET)
 }
 
 /// What an eviction run did, in words, for the job log.
@@ -314,7 +333,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use ncps_db::WholeFile;
-    use ncps_nix::{Compression, NarKey, Sha256Hash};
+    use ncps_nix::{Compression, NarInfo, NarKey, Sha256Hash, StorePath};
     use ncps_store::BlobStore;
     use ncps_store::chunk::{ChunkParams, compress_chunk, decompress_chunk};
 
@@ -324,11 +343,16 @@ mod tests {
     use crate::schedule::Schedule;
     use crate::test_support::{compressible, local_cache_with};
 
-    /// The background workers chunk at the lazy level, not at the eager one: every frame
-    /// they store is the chunk compressed at `lazy_zstd_level`, smaller than at level 1.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn lazy_chunking_compresses_at_the_lazy_level() {
-        let dir = tempfile::tempdir().unwrap();
+    use super::{CHUNKING_WAITS_AT_MOST, CHUNKING_WAITS_FOR_QUIET, may_chunk_now};
+    use crate::Cache;
+
+    /// A cache in lazy chunking mode (small chunks, eager level 1, lazy level `lazy_level`)
+    /// holding one path whose NAR is stored whole and queued for the workers, which are not
+    /// started yet. (The narinfo keeps the reclaim job, which starts with them, off the NAR.)
+    async fn lazy_cache_with_a_queued_nar(
+        dir: &std::path::Path,
+        lazy_level: i32,
+    ) -> (Cache, ncps_db::Database, Sha256Hash) {
         let cdc = CdcConfig {
             chunking: ChunkSettings {
                 params: ChunkParams {
@@ -341,26 +365,47 @@ mod tests {
             },
             lazy: true,
             delete_delay: Duration::from_secs(3600),
-            lazy_zstd_level: 19,
+            lazy_zstd_level: lazy_level,
         };
-        let (cache, db) = local_cache_with(dir.path(), |c| c.cdc = Some(cdc)).await;
+        let (cache, db) = local_cache_with(dir, |c| c.cdc = Some(cdc)).await;
         // A NAR stored whole (uncompressed) by an ingest in lazy mode, which queues it for
         // the background workers.
         let nar = compressible(200_000);
         let nar_hash = Sha256Hash::digest(&nar);
         let key = NarKey::new(nar_hash, Compression::None);
-        let file = dir.path().join("whole.nar");
+        let file = dir.join("whole.nar");
         std::fs::write(&file, &nar).unwrap();
         let whole = WholeFile {
             key,
             size: nar.len() as u64,
         };
-        cache
-            .ingest()
+        let narinfo = NarInfo {
+            store_path: StorePath::parse_base_name(&format!("{}-lazy", "0".repeat(32))).unwrap(),
+            url: key.url(),
+            compression: Compression::None,
+            file_hash: None,
+            file_size: None,
+            nar_hash,
+            nar_size: nar.len() as u64,
+            references: vec![],
+            deriver: None,
+            sigs: vec![],
+            ca: None,
+        };
+        let ingest = cache.ingest();
+        ingest
+            .record_narinfo(&ingest.as_served(narinfo, None))
+            .await
+            .unwrap();
+        ingest
             .commit_whole_file(&nar_hash, nar.len() as u64, whole, &file)
             .await
             .unwrap();
+        (cache, db, nar_hash)
+    }
 
+    /// Starts the background jobs with one lazy-chunking worker.
+    fn spawn_one_chunk_worker(cache: &Cache) {
         cache.maintenance().spawn_jobs(JobsConfig {
             chunk_workers: 1,
             recovery_schedule: Schedule::parse("@every 1h", "UTC").unwrap(),
@@ -369,17 +414,32 @@ mod tests {
             gc_grace: Duration::from_secs(3600),
             lru: None,
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while db
-            .nar(&nar_hash)
+    }
+
+    async fn is_chunked(db: &ncps_db::Database, nar_hash: &Sha256Hash) -> bool {
+        db.nar(nar_hash)
             .await
             .unwrap()
             .and_then(|r| r.chunked)
-            .is_none()
-        {
+            .is_some()
+    }
+
+    async fn wait_until_chunked(db: &ncps_db::Database, nar_hash: &Sha256Hash) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_chunked(db, nar_hash).await {
             assert!(Instant::now() < deadline, "the NAR was never chunked");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The background workers chunk at the lazy level, not at the eager one: every frame
+    /// they store is the chunk compressed at `lazy_zstd_level`, smaller than at level 1.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lazy_chunking_compresses_at_the_lazy_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db, nar_hash) = lazy_cache_with_a_queued_nar(dir.path(), 19).await;
+        spawn_one_chunk_worker(&cache);
+        wait_until_chunked(&db, &nar_hash).await;
 
         let store = BlobStore::local(&dir.path().join("store")).unwrap();
         let chunks = db.nar_chunks(&nar_hash).await.unwrap();
@@ -403,6 +463,41 @@ mod tests {
         assert!(
             stored < at_level_1,
             "{stored} bytes stored, {at_level_1} at level 1: the lazy level saved nothing"
+        );
+    }
+
+    /// A NAR queued for lazy chunking waits while a download is in flight (a cold closure's
+    /// downloads are not slowed by chunking between them) and is chunked once downloads stop.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lazy_chunking_waits_until_downloads_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db, nar_hash) = lazy_cache_with_a_queued_nar(dir.path(), 3).await;
+        let slow = cache
+            .ingest()
+            .download_in_flight(Sha256Hash::digest(b"a slow upstream"));
+        spawn_one_chunk_worker(&cache);
+        tokio::time::sleep(CHUNKING_WAITS_FOR_QUIET * 3).await;
+        assert!(
+            !is_chunked(&db, &nar_hash).await,
+            "chunked while a download was in flight"
+        );
+        cache.ingest().end_download(&slow);
+        wait_until_chunked(&db, &nar_hash).await;
+    }
+
+    #[test]
+    fn lazy_chunking_waits_for_quiet_downloads_but_not_for_ever() {
+        let just_queued = Duration::ZERO;
+        assert!(!may_chunk_now(just_queued, None), "a download is in flight");
+        let brief_gap = CHUNKING_WAITS_FOR_QUIET / 2;
+        assert!(
+            !may_chunk_now(just_queued, Some(brief_gap)),
+            "a gap between downloads"
+        );
+        assert!(may_chunk_now(just_queued, Some(CHUNKING_WAITS_FOR_QUIET)));
+        assert!(
+            may_chunk_now(CHUNKING_WAITS_AT_MOST, None),
+            "steady traffic starves chunking"
         );
     }
 }
