@@ -80,11 +80,13 @@ mod tests {
     use super::*;
 
     /// The scheduling policy of the calling thread.
+    #[cfg(target_os = "linux")]
     fn policy_here() -> i32 {
         // SAFETY: pid 0 names the calling thread; the call only returns a number.
         unsafe { libc::sched_getscheduler(0) }
     }
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn idle_work_runs_in_the_idle_class_and_client_work_does_not() {
         let idle = run_blocking(Priority::Idle, policy_here).await.unwrap();
