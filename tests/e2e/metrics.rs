@@ -77,6 +77,11 @@ async fn counters_match_a_substitution() {
     assert_eq!(value(&s, "ncps_nar_fetched_bytes_total"), file_bytes as f64);
     assert_eq!(value(&s, "ncps_stored_bytes"), file_bytes as f64);
     assert_eq!(value(&s, "ncps_downloads_in_flight"), 0.0);
+    assert_eq!(
+        value(&s, "ncps_lazy_chunking_queued"),
+        0.0,
+        "chunking is off"
+    );
     let nar_gets = value(
         &s,
         r#"ncps_http_requests_total{route="nar",method="GET",status="200"}"#,

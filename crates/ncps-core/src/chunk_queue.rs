@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ncps_nix::Sha256Hash;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 #[derive(Default)]
@@ -24,14 +25,26 @@ struct Pending {
 pub(crate) struct ChunkQueue {
     pending: Arc<Mutex<Pending>>,
     ready: Arc<Notify>,
+    /// How many NARs wait (the `lazy_chunking_queued` metric): lazy chunking waits for quiet
+    /// downloads, so operators see the backlog it builds up.
+    queued: Gauge,
 }
 
 impl ChunkQueue {
+    /// An empty queue that keeps `queued` at its length.
+    pub fn new(queued: Gauge) -> Self {
+        Self {
+            queued,
+            ..Self::default()
+        }
+    }
+
     /// Queues a NAR (again only once a worker took it).
     pub fn push(&self, nar: Sha256Hash) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.queued.insert(nar) {
             p.order.push_back((nar, Instant::now()));
+            self.queued.set(p.order.len() as i64);
             drop(p);
             self.ready.notify_one();
         }
@@ -45,6 +58,7 @@ impl ChunkQueue {
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((nar, queued)) = p.order.pop_front() {
                     p.queued.remove(&nar);
+                    self.queued.set(p.order.len() as i64);
                     return (nar, queued);
                 }
             }
@@ -59,13 +73,17 @@ mod tests {
 
     #[tokio::test]
     async fn each_nar_is_queued_once_and_taken_in_order() {
-        let q = ChunkQueue::default();
+        let gauge = Gauge::default();
+        let q = ChunkQueue::new(gauge.clone());
         let (a, b) = (Sha256Hash::digest(b"a"), Sha256Hash::digest(b"b"));
         q.push(a);
         q.push(b);
         q.push(a);
+        assert_eq!(gauge.get(), 2, "the gauge counts each waiting NAR once");
         assert_eq!(q.next().await.0, a);
+        assert_eq!(gauge.get(), 1);
         assert_eq!(q.next().await.0, b);
+        assert_eq!(gauge.get(), 0);
         let waiting = tokio::spawn({
             let q = q.clone();
             async move { q.next().await.0 }

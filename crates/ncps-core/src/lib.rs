@@ -89,7 +89,7 @@ impl Cache {
             )),
             ..config
         };
-        let queue = ChunkQueue::default();
+        let queue = ChunkQueue::new(metrics.lazy_chunking_queued.clone());
         let signer = signer::Signer::new(&config);
         let ingest = Ingest::new(
             &config,

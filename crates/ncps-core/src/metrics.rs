@@ -160,6 +160,8 @@ pub struct Metrics {
     pub upstream_healthy: Family<UpstreamLabels, Gauge>,
     /// NAR downloads in progress.
     pub downloads_in_flight: Gauge,
+    /// NARs stored whole and waiting for lazy chunking in this process.
+    pub lazy_chunking_queued: Gauge,
     /// Bytes in storage (whole files plus referenced chunks).
     pub stored_bytes: Gauge,
     /// Chunks stored.
@@ -261,6 +263,7 @@ impl Metrics {
             }),
             upstream_healthy: Family::default(),
             downloads_in_flight: Gauge::default(),
+            lazy_chunking_queued: Gauge::default(),
             stored_bytes: Gauge::default(),
             chunks: Gauge::default(),
             dedup_ratio: Gauge::default(),
@@ -319,6 +322,11 @@ impl Metrics {
             "downloads_in_flight",
             "NAR downloads in progress",
             m.downloads_in_flight.clone(),
+        );
+        r.register(
+            "lazy_chunking_queued",
+            "NARs stored whole and waiting for background chunking in this process",
+            m.lazy_chunking_queued.clone(),
         );
         r.register(
             "stored_bytes",
