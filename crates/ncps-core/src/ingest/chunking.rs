@@ -32,10 +32,15 @@ use crate::CacheError;
 use crate::codec::{Codec, StreamReader};
 use crate::priority::{Priority, run_blocking};
 
-/// Chunks queued between the chunker thread and the uploader.
-const CHUNK_QUEUE: usize = 8;
-/// Most chunks held in one database round trip (fewer when the chunker is slower than storage).
+/// Batches queued between the chunker thread and the uploader.
+const BATCH_QUEUE: usize = 2;
+/// Most chunks in one batch: held in one database transaction, written in one blocking call.
 const HOLD_BATCH: usize = 32;
+/// A batch is sent once its frames reach this size (or at `HOLD_BATCH` chunks, or at the end
+/// of the NAR), so memory stays bounded whatever the chunk sizes. The chunker thread makes
+/// whole batches: sending each chunk as it was cut cost a wake-up, a transaction and two
+/// blocking hand-offs per chunk whenever storage kept up with the chunker.
+const BATCH_FRAME_BYTES: usize = 1 << 20;
 /// How long an ingest waits for the collector to finish deleting a chunk it needs again.
 const CLAIMED_CHUNK_WAIT: Duration = Duration::from_secs(30);
 
@@ -135,30 +140,19 @@ async fn chunk_nar(
         inner: StreamReader::spawn(source),
         tally: tally.clone(),
     };
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
-    let producer = run_blocking(
-        settings.priority,
-        move || -> Result<ChunkingSummary, CacheError> {
-            let plain = Codec::require(compression)
-                .and_then(|codec| codec.decoder(reader))
-                .map_err(CacheError::from_read)?
-                .take(nar_size.saturating_add(1));
-            let mut chunker =
-                Chunker::new(plain, settings.params, settings.zstd_level).map_err(chunk_error)?;
-            while let Some(chunk) = chunker.next_chunk().map_err(chunk_error)? {
-                if chunk_tx.blocking_send(chunk).is_err() {
-                    return Err(CacheError::Io(io::Error::other("chunk upload stopped")));
-                }
-            }
-            chunker.finish().map_err(chunk_error)
-        },
-    );
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Chunk>>(BATCH_QUEUE);
+    let producer = run_blocking(settings.priority, move || {
+        let plain = Codec::require(compression)
+            .and_then(|codec| codec.decoder(reader))
+            .map_err(CacheError::from_read)?
+            .take(nar_size.saturating_add(1));
+        cut_in_batches(plain, settings, &batch_tx)
+    });
 
     let (store, db) = (store.clone(), db.clone());
-    let mut uploads = futures::stream::unfold(chunk_rx, |mut rx| async move {
-        rx.recv().await.map(|c| (c, rx))
+    let mut uploads = futures::stream::unfold(batch_rx, |mut rx| async move {
+        rx.recv().await.map(|batch| (batch, rx))
     })
-    .ready_chunks(HOLD_BATCH)
     .map(move |batch| {
         let (store, db) = (store.clone(), db.clone());
         async move {
@@ -186,6 +180,38 @@ async fn chunk_nar(
         source_hash: Sha256Hash::from_bytes(tally.sha.finalize().into()),
         source_size: tally.len,
     })
+}
+
+/// Cuts and compresses `plain` (on the chunker's blocking thread) and sends the chunks in
+/// batches of [`HOLD_BATCH`] chunks or [`BATCH_FRAME_BYTES`] of frames, the last one shorter.
+fn cut_in_batches(
+    plain: impl Read,
+    settings: ChunkSettings,
+    batches: &mpsc::Sender<Vec<Chunk>>,
+) -> Result<ChunkingSummary, CacheError> {
+    let send = |batch: Vec<Chunk>| {
+        batches
+            .blocking_send(batch)
+            .map_err(|_| CacheError::Io(io::Error::other("chunk upload stopped")))
+    };
+    let mut chunker =
+        Chunker::new(plain, settings.params, settings.zstd_level).map_err(chunk_error)?;
+    let (mut batch, mut frame_bytes) = (Vec::with_capacity(HOLD_BATCH), 0);
+    while let Some(chunk) = chunker.next_chunk().map_err(chunk_error)? {
+        frame_bytes += chunk.frame.len();
+        batch.push(chunk);
+        if batch.len() == HOLD_BATCH || frame_bytes >= BATCH_FRAME_BYTES {
+            send(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(HOLD_BATCH),
+            ))?;
+            frame_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        send(batch)?;
+    }
+    chunker.finish().map_err(chunk_error)
 }
 
 /// A chunk as its list records it.
@@ -313,6 +339,59 @@ mod tests {
             .map(|p| Ok(Bytes::copy_from_slice(p)))
             .collect();
         futures::stream::iter(pieces).boxed()
+    }
+
+    /// The chunker thread sends whole batches (a transaction and a blocking hand-off each),
+    /// never a chunk at a time: every batch but the last is full by count or by frame bytes,
+    /// none goes past its bounds by more than one chunk, and together they are the NAR's
+    /// chunks in order.
+    #[test]
+    fn chunks_leave_the_chunker_in_whole_batches() {
+        let settings = ChunkSettings {
+            params: ChunkParams {
+                min: 1024,
+                avg: 4096,
+                max: 16384,
+            },
+            zstd_level: 1,
+            priority: Priority::Client,
+        };
+        // Compressible (many small frames: batches full by count) then noise (frames as large
+        // as their chunks: batches full by bytes).
+        let mut nar = compressible(600_000);
+        nar.extend(noise(2, 3 << 20));
+        let (tx, mut rx) = mpsc::channel(BATCH_QUEUE);
+        let cutter = std::thread::spawn({
+            let nar = nar.clone();
+            move || cut_in_batches(&nar[..], settings, &tx)
+        });
+        let mut batches = Vec::new();
+        while let Some(batch) = rx.blocking_recv() {
+            batches.push(batch);
+        }
+        let summary = cutter.join().unwrap().expect("the NAR is cut");
+        assert_eq!(summary.nar_hash, Sha256Hash::digest(&nar));
+        assert!(batches.len() > 4, "{} batches", batches.len());
+        let frame_bytes = |b: &[Chunk]| b.iter().map(|c| c.frame.len()).sum::<usize>();
+        for batch in &batches[..batches.len() - 1] {
+            let bytes = frame_bytes(batch);
+            assert!(
+                batch.len() == HOLD_BATCH || bytes >= BATCH_FRAME_BYTES,
+                "a batch of {} chunks and {bytes} frame bytes left early",
+                batch.len()
+            );
+            let last = batch.last().unwrap().frame.len();
+            assert!(batch.len() <= HOLD_BATCH && bytes - last < BATCH_FRAME_BYTES);
+        }
+        let mut expected = Chunker::new(&nar[..], settings.params, 1).unwrap();
+        for chunk in batches.iter().flatten() {
+            let next = expected.next_chunk().unwrap().expect("no more chunks");
+            assert_eq!(chunk.hash, next.hash);
+        }
+        assert!(
+            expected.next_chunk().unwrap().is_none(),
+            "chunks went missing"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
