@@ -41,6 +41,9 @@ const HOLD_BATCH: usize = 32;
 /// whole batches: sending each chunk as it was cut cost a wake-up, a transaction and two
 /// blocking hand-offs per chunk whenever storage kept up with the chunker.
 const BATCH_FRAME_BYTES: usize = 1 << 20;
+/// A batch is also sent when its latest chunk took this long to cut, or its first one has
+/// waited this long, so a slow upstream still streams to the client chunk by chunk.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// How long an ingest waits for the collector to finish deleting a chunk it needs again.
 const CLAIMED_CHUNK_WAIT: Duration = Duration::from_secs(30);
 
@@ -146,7 +149,7 @@ async fn chunk_nar(
             .and_then(|codec| codec.decoder(reader))
             .map_err(CacheError::from_read)?
             .take(nar_size.saturating_add(1));
-        cut_in_batches(plain, settings, &batch_tx)
+        cut_in_batches(plain, settings, &batch_tx, BATCH_WAIT)
     });
 
     let (store, db) = (store.clone(), db.clone());
@@ -183,11 +186,14 @@ async fn chunk_nar(
 }
 
 /// Cuts and compresses `plain` (on the chunker's blocking thread) and sends the chunks in
-/// batches of [`HOLD_BATCH`] chunks or [`BATCH_FRAME_BYTES`] of frames, the last one shorter.
+/// batches of [`HOLD_BATCH`] chunks or [`BATCH_FRAME_BYTES`] of frames; sooner when bytes
+/// come slowly (a chunk took `wait` to cut, or the batch's first chunk waited that long; see
+/// [`BATCH_WAIT`]); the rest at the end.
 fn cut_in_batches(
     plain: impl Read,
     settings: ChunkSettings,
     batches: &mpsc::Sender<Vec<Chunk>>,
+    wait: Duration,
 ) -> Result<ChunkingSummary, CacheError> {
     let send = |batch: Vec<Chunk>| {
         batches
@@ -197,10 +203,21 @@ fn cut_in_batches(
     let mut chunker =
         Chunker::new(plain, settings.params, settings.zstd_level).map_err(chunk_error)?;
     let (mut batch, mut frame_bytes) = (Vec::with_capacity(HOLD_BATCH), 0);
+    let (mut first_cut, mut last_cut) = (Instant::now(), Instant::now());
     while let Some(chunk) = chunker.next_chunk().map_err(chunk_error)? {
+        let now = Instant::now();
+        let slow = now - last_cut >= wait;
+        last_cut = now;
+        if batch.is_empty() {
+            first_cut = now;
+        }
         frame_bytes += chunk.frame.len();
         batch.push(chunk);
-        if batch.len() == HOLD_BATCH || frame_bytes >= BATCH_FRAME_BYTES {
+        if batch.len() == HOLD_BATCH
+            || frame_bytes >= BATCH_FRAME_BYTES
+            || slow
+            || now - first_cut >= wait
+        {
             send(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(HOLD_BATCH),
@@ -363,7 +380,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(BATCH_QUEUE);
         let cutter = std::thread::spawn({
             let nar = nar.clone();
-            move || cut_in_batches(&nar[..], settings, &tx)
+            // No deadline: a loaded test machine must not make a batch leave early.
+            move || cut_in_batches(&nar[..], settings, &tx, Duration::from_secs(3600))
         });
         let mut batches = Vec::new();
         while let Some(batch) = rx.blocking_recv() {
@@ -391,6 +409,48 @@ mod tests {
         assert!(
             expected.next_chunk().unwrap().is_none(),
             "chunks went missing"
+        );
+    }
+
+    /// Bytes that arrive slowly (a slow upstream) leave the chunker a chunk at a time, so the
+    /// client following the download is not held back until a batch fills.
+    #[test]
+    fn a_slow_source_streams_chunk_by_chunk() {
+        struct Slow<'a>(&'a [u8]);
+        impl Read for Slow<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                std::thread::sleep(BATCH_WAIT);
+                let n = buf.len().min(self.0.len()).min(4096);
+                let (head, rest) = self.0.split_at(n);
+                buf[..n].copy_from_slice(head);
+                self.0 = rest;
+                Ok(n)
+            }
+        }
+        let settings = ChunkSettings {
+            params: ChunkParams {
+                min: 1024,
+                avg: 4096,
+                max: 16384,
+            },
+            zstd_level: 1,
+            priority: Priority::Client,
+        };
+        let nar = noise(3, 64 * 1024);
+        let (tx, mut rx) = mpsc::channel(BATCH_QUEUE);
+        let cutter = std::thread::spawn({
+            let nar = nar.clone();
+            move || cut_in_batches(Slow(&nar), settings, &tx, BATCH_WAIT)
+        });
+        let mut sizes = Vec::new();
+        while let Some(batch) = rx.blocking_recv() {
+            sizes.push(batch.len());
+        }
+        cutter.join().unwrap().expect("the NAR is cut");
+        assert!(sizes.len() > 2, "batches of {sizes:?} chunks");
+        assert!(
+            sizes.iter().all(|&n| n == 1),
+            "slow bytes waited for other chunks: batches of {sizes:?} chunks"
         );
     }
 
