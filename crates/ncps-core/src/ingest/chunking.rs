@@ -350,6 +350,19 @@ mod tests {
     use super::*;
     use crate::test_support::{compressible, local_db_and_store, noise};
 
+    /// Chunks of 1/4/16 KiB at `zstd_level`, so small test NARs make many of them.
+    fn small_chunks(zstd_level: i32) -> ChunkSettings {
+        ChunkSettings {
+            params: ChunkParams {
+                min: 1024,
+                avg: 4096,
+                max: 16384,
+            },
+            zstd_level,
+            priority: Priority::Client,
+        }
+    }
+
     fn pieces(file: &[u8]) -> BoxStream<'static, io::Result<Bytes>> {
         let pieces: Vec<io::Result<Bytes>> = file
             .chunks(64 * 1024)
@@ -364,15 +377,7 @@ mod tests {
     /// chunks in order.
     #[test]
     fn chunks_leave_the_chunker_in_whole_batches() {
-        let settings = ChunkSettings {
-            params: ChunkParams {
-                min: 1024,
-                avg: 4096,
-                max: 16384,
-            },
-            zstd_level: 1,
-            priority: Priority::Client,
-        };
+        let settings = small_chunks(1);
         // Compressible (many small frames: batches full by count) then noise (frames as large
         // as their chunks: batches full by bytes).
         let mut nar = compressible(600_000);
@@ -427,15 +432,7 @@ mod tests {
                 Ok(n)
             }
         }
-        let settings = ChunkSettings {
-            params: ChunkParams {
-                min: 1024,
-                avg: 4096,
-                max: 16384,
-            },
-            zstd_level: 1,
-            priority: Priority::Client,
-        };
+        let settings = small_chunks(1);
         let nar = noise(3, 64 * 1024);
         let (tx, mut rx) = mpsc::channel(BATCH_QUEUE);
         let cutter = std::thread::spawn({
@@ -518,15 +515,7 @@ mod tests {
         let (db, store) = local_db_and_store(dir.path()).await;
         let nar = compressible(300_000);
         let expected = Expected::plain_nar(&nar);
-        let at = |zstd_level| ChunkSettings {
-            params: ChunkParams {
-                min: 1024,
-                avg: 4096,
-                max: 16384,
-            },
-            zstd_level,
-            priority: Priority::Client,
-        };
+        let at = small_chunks;
         let first = chunk_verified(&store, &db, pieces(&nar), &expected, at(19), None)
             .await
             .unwrap();
