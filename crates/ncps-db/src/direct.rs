@@ -117,7 +117,7 @@ impl DirectWriter {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let conn = match slot.as_mut() {
             Some(conn) => conn,
-            None => slot.insert(self.open()?),
+            None => slot.insert(open_configured(&self.path)?),
         };
         let outcome = (|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -142,10 +142,6 @@ impl DirectWriter {
     #[cfg(test)]
     pub(crate) fn committed(&self) -> u64 {
         self.committed.load(Ordering::Relaxed)
-    }
-
-    fn open(&self) -> rusqlite::Result<Connection> {
-        open_configured(&self.path)
     }
 }
 

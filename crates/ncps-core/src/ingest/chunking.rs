@@ -41,8 +41,8 @@ const HOLD_BATCH: usize = 32;
 /// whole batches: sending each chunk as it was cut cost a wake-up, a transaction and two
 /// blocking hand-offs per chunk whenever storage kept up with the chunker.
 const BATCH_FRAME_BYTES: usize = 1 << 20;
-/// A batch is also sent when its latest chunk took this long to cut, or its first one has
-/// waited this long, so a slow upstream still streams to the client chunk by chunk.
+/// A batch is also sent once it has been forming this long (since the chunk before it was
+/// cut), so a slow upstream still streams to the client chunk by chunk.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// How long an ingest waits for the collector to finish deleting a chunk it needs again.
 const CLAIMED_CHUNK_WAIT: Duration = Duration::from_secs(30);
@@ -187,8 +187,8 @@ async fn chunk_nar(
 
 /// Cuts and compresses `plain` (on the chunker's blocking thread) and sends the chunks in
 /// batches of [`HOLD_BATCH`] chunks or [`BATCH_FRAME_BYTES`] of frames; sooner when bytes
-/// come slowly (a chunk took `wait` to cut, or the batch's first chunk waited that long; see
-/// [`BATCH_WAIT`]); the rest at the end.
+/// come slowly (the batch has been forming for `wait`, see [`BATCH_WAIT`]); the rest at the
+/// end.
 fn cut_in_batches(
     plain: impl Read,
     settings: ChunkSettings,
@@ -203,20 +203,18 @@ fn cut_in_batches(
     let mut chunker =
         Chunker::new(plain, settings.params, settings.zstd_level).map_err(chunk_error)?;
     let (mut batch, mut frame_bytes) = (Vec::with_capacity(HOLD_BATCH), 0);
-    let (mut first_cut, mut last_cut) = (Instant::now(), Instant::now());
+    let mut last_cut = Instant::now();
+    let mut forming_since = last_cut;
     while let Some(chunk) = chunker.next_chunk().map_err(chunk_error)? {
-        let now = Instant::now();
-        let slow = now - last_cut >= wait;
-        last_cut = now;
         if batch.is_empty() {
-            first_cut = now;
+            forming_since = last_cut;
         }
+        last_cut = Instant::now();
         frame_bytes += chunk.frame.len();
         batch.push(chunk);
         if batch.len() == HOLD_BATCH
             || frame_bytes >= BATCH_FRAME_BYTES
-            || slow
-            || now - first_cut >= wait
+            || last_cut - forming_since >= wait
         {
             send(std::mem::replace(
                 &mut batch,
