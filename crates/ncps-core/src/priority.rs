@@ -97,7 +97,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_on_an_idle_thread_is_an_error_not_a_hang() {
-        let result = run_blocking(Priority::Idle, || -> u8 { panic!("boom") }).await;
+        let work = run_blocking(Priority::Idle, || -> u8 { panic!("boom") });
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), work)
+            .await
+            .expect("the caller still waits for a thread that panicked");
         assert!(result.is_err());
     }
 }
