@@ -6,8 +6,8 @@
 # Needs rustc >= 1.85 (edition 2024): nixpkgs 25.05 or later.
 #
 # Native code: the -sys crates in Cargo.lock (liblzma-sys, built from its bundled xz sources
-# by its `static` feature; zstd-sys, bzip2-sys, libsqlite3-sys with sqlx's bundled SQLite,
-# libmimalloc-sys) and ring compile their bundled C sources with cc, so nothing but the stdenv's C compiler is
+# by its `static` feature; zstd-sys, bzip2-sys, libsqlite3-sys with sqlx's bundled SQLite) and
+# ring compile their bundled C sources with cc, so nothing but the stdenv's C compiler is
 # needed; pkg-config only lets bzip2-sys look for a system library first (none is given, so it
 # builds its own).
 {

@@ -19,13 +19,6 @@ mod telemetry;
 use anyhow::Result;
 use tracing::warn;
 
-/// mimalloc instead of the system allocator: a request allocates and frees dozens of small
-/// buffers (headers, the path, the response), and glibc's malloc, free and fastbin
-/// consolidation took about a tenth of the CPU of a narinfo hit (`docs/benchmarks.md`,
-/// "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
     let parsed = cli::parse()?;
     let runtime = tokio::runtime::Runtime::new()?;
