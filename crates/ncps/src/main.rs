@@ -1,5 +1,6 @@
 //! `ncps`: a Nix binary cache proxy.
 
+mod allocator;
 mod cli;
 mod commands;
 mod config_file;
@@ -20,6 +21,7 @@ use anyhow::Result;
 use tracing::warn;
 
 fn main() -> Result<()> {
+    allocator::configure();
     let parsed = cli::parse()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let otel = otel::OtelConfig {
