@@ -21,7 +21,7 @@ struct Pending {
 
 /// A queue of NARs to chunk, shared by its producers and its workers; each NAR is queued once
 /// until a worker takes it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct ChunkQueue {
     pending: Arc<Mutex<Pending>>,
     ready: Arc<Notify>,
@@ -34,8 +34,9 @@ impl ChunkQueue {
     /// An empty queue that keeps `queued` at its length.
     pub fn new(queued: Gauge) -> Self {
         Self {
+            pending: Arc::default(),
+            ready: Arc::default(),
             queued,
-            ..Self::default()
         }
     }
 

@@ -21,6 +21,7 @@ const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
 pub fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        // Either tunable already stops glibc's adjusting of the threshold, the thing fixed here.
         let operator_set = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
             t.contains("malloc.mmap_threshold") || t.contains("malloc.trim_threshold")
         });

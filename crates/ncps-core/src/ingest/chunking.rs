@@ -513,15 +513,14 @@ mod tests {
         let (db, store) = local_db_and_store(dir.path()).await;
         let nar = compressible(300_000);
         let expected = Expected::plain_nar(&nar);
-        let at = small_chunks;
-        let first = chunk_verified(&store, &db, pieces(&nar), &expected, at(19), None)
+        let first = chunk_verified(&store, &db, pieces(&nar), &expected, small_chunks(19), None)
             .await
             .unwrap();
         for c in &first.refs {
             store.delete_chunk(&c.hash).await.unwrap();
         }
 
-        let second = chunk_verified(&store, &db, pieces(&nar), &expected, at(1), None)
+        let second = chunk_verified(&store, &db, pieces(&nar), &expected, small_chunks(1), None)
             .await
             .unwrap();
         assert!(
