@@ -20,7 +20,7 @@ use ncps_nix::{
     ChunkHash, Compression, NarKey, SecretKey, Sha256Hash, StorePath, StorePathHash, fingerprint,
 };
 
-use crate::dialect::values_rows;
+use crate::dialect::{Dialect, values_rows};
 use crate::repo::to_i64;
 use crate::{Database, DbError};
 
@@ -204,6 +204,17 @@ impl Database {
         tx.commit().await?;
         // The triggers counted every row: fold their record, as a server would.
         self.fold_totals().await?;
+        // A server's tables that grew while it ran have planner statistics (autovacuum
+        // analyzes them as they grow); tables filled in seconds have none yet, and their
+        // planner would scan a million rows for a list of keys. SQLite keeps none either way.
+        let analyze = match self.dialect {
+            Dialect::Postgres => Some("ANALYZE"),
+            Dialect::Mysql => Some("ANALYZE TABLE narinfos, nars, nar_urls, nar_chunks, chunks"),
+            Dialect::Sqlite => None,
+        };
+        if let Some(analyze) = analyze {
+            sqlx::raw_sql(analyze).execute(&self.pool).await?;
+        }
         report.paths = spec.paths;
         report.elapsed = started.elapsed();
         Ok(report)
