@@ -177,16 +177,8 @@ impl Database {
         let (at, hash) = after.map_or((i64::MIN, String::new()), |e| {
             (e.last_accessed_at, e.hash.to_string())
         });
-        let stored_size = self
-            .dialect
-            .bigint("COALESCE(n.whole_size, 0) + COALESCE(n.spliced_size, 0)");
-        let sql = format!(
-            "SELECT i.hash, i.last_accessed_at, {stored_size} AS stored_size \
-             FROM narinfos i LEFT JOIN nars n ON n.nar_hash = i.nar_hash \
-             WHERE i.last_accessed_at > ? OR (i.last_accessed_at = ? AND i.hash > ?) \
-             ORDER BY i.last_accessed_at, i.hash LIMIT ?"
-        );
-        let rows = sqlx::query(&self.sql(&sql))
+        let rows = sqlx::query(&self.lru_page_sql())
+            .bind(at)
             .bind(at)
             .bind(at)
             .bind(hash)
@@ -203,6 +195,26 @@ impl Database {
                 })
             })
             .collect()
+    }
+
+    /// The query of [`Self::lru_page`] (binds: the cursor's time three times, its hash, the
+    /// limit): pages keyed by (last use, hash). Its first condition follows from the others,
+    /// but it is the one an engine can start its range of the access-time index with: without
+    /// it SQLite and PostgreSQL read that index from its start on every page, past every path
+    /// kept there (pinned ones), or gathered and sorted every later row (SQLite's plan with
+    /// a literal limit: 2.7 s a page at a million paths).
+    fn lru_page_sql(&self) -> String {
+        let stored_size = self
+            .dialect
+            .bigint("COALESCE(n.whole_size, 0) + COALESCE(n.spliced_size, 0)");
+        self.sql(&format!(
+            "SELECT i.hash, i.last_accessed_at, {stored_size} AS stored_size \
+             FROM narinfos i LEFT JOIN nars n ON n.nar_hash = i.nar_hash \
+             WHERE i.last_accessed_at >= ? \
+             AND (i.last_accessed_at > ? OR (i.last_accessed_at = ? AND i.hash > ?)) \
+             ORDER BY i.last_accessed_at, i.hash LIMIT ?"
+        ))
+        .into_owned()
     }
 
     /// Evicts narinfos and, in the same transaction, every NAR no remaining narinfo uses: its
@@ -404,5 +416,87 @@ mod tests {
         assert_eq!(db.stored_bytes().await.unwrap(), 1000);
         assert!(db.narinfo(&hashes[0]).await.unwrap().is_none());
         assert!(db.narinfo(&hashes[2]).await.unwrap().is_some());
+    }
+
+    db_test! {
+        /// Paths used in the same second are paged by hash: a page that ends inside such a
+        /// group goes on with the rest of it, none twice and none skipped.
+        async fn pages_split_inside_a_second_lose_and_repeat_nothing(db) {
+            let mut hashes = Vec::new();
+            for i in 0..6u32 {
+                let nar_hash = Sha256Hash::digest(&i.to_le_bytes());
+                hashes.push(store_path_with_whole_file(db, i, nar_hash).await);
+            }
+            db.touch_narinfos(&hashes[..1], 10_000_000_000).await.unwrap();
+            db.touch_narinfos(&hashes[1..], 10_000_000_001).await.unwrap();
+            let mut in_order = hashes[1..].to_vec();
+            in_order.sort_by_key(ToString::to_string);
+            in_order.insert(0, hashes[0]);
+
+            let mut paged = Vec::new();
+            let mut cursor: Option<LruEntry> = None;
+            loop {
+                let page = db.lru_page(cursor.as_ref(), 2).await.unwrap();
+                let Some(last) = page.last().cloned() else { break };
+                paged.extend(page.iter().map(|e| e.hash));
+                cursor = Some(last);
+            }
+            assert_eq!(paged, in_order);
+        }
+    }
+
+    /// A page starts its range of the access-time index at the cursor: read from the index's
+    /// start, every page of an eviction read again every path kept before the cursor (pinned
+    /// ones; at a million paths 19 ms a page 300,000 entries in, against 2 ms), and a plan
+    /// that gathered every later row and sorted it took seconds a page.
+    #[tokio::test]
+    async fn a_page_starts_reading_the_access_times_at_its_cursor() {
+        use crate::repo::test_support::{Engine, TestDb};
+
+        for engine in [Engine::Sqlite, Engine::Postgres] {
+            let db = TestDb::new(engine).await;
+            let mut conn = db.pool.acquire().await.unwrap();
+            let explain = if engine == Engine::Sqlite {
+                "EXPLAIN QUERY PLAN"
+            } else {
+                // An empty table is read whole however the query is written; the plan an
+                // index allows is what is checked.
+                sqlx::raw_sql("SET enable_seqscan = off")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                "EXPLAIN"
+            };
+            let sql = format!("{explain} {}", db.lru_page_sql());
+            let rows = sqlx::query(&sql)
+                .bind(5i64)
+                .bind(5i64)
+                .bind(5i64)
+                .bind("h")
+                .bind(10i64)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    let column = if engine == Engine::Sqlite {
+                        "detail"
+                    } else {
+                        "QUERY PLAN"
+                    };
+                    sqlx::Row::try_get::<String, _>(r, column).unwrap()
+                })
+                .collect();
+            let seeks = |line: &String| match engine {
+                Engine::Sqlite => line.contains(
+                    "SEARCH i USING INDEX narinfos_last_accessed_at (last_accessed_at>?)",
+                ),
+                _ => line.contains("Index Cond: (last_accessed_at >="),
+            };
+            assert!(plan.iter().any(seeks), "{engine:?}: {plan:#?}");
+            drop(conn);
+            db.cleanup().await;
+        }
     }
 }
