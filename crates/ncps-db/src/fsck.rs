@@ -137,15 +137,30 @@ impl Database {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// Whether a whole file with this storage key is recorded for any NAR: a stored file no
-    /// row names is a leftover.
-    pub async fn whole_file_recorded(&self, key: &NarKey) -> Result<bool, DbError> {
-        let found: Option<i64> =
-            sqlx::query_scalar(&self.sql("SELECT 1 FROM nars WHERE whole_key = ? LIMIT 1"))
-                .bind(key.file_name())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+    /// Which of `keys` some NAR records as its whole file: a stored file no row names is a
+    /// leftover. No index leads from a file to its row, so each statement reads every NAR
+    /// (counted by [`Self::full_scans`]): keys are asked [`ROWS_PER_STATEMENT`] at a time, and
+    /// a thousand stray files cost two reads of the table, not a thousand.
+    pub async fn recorded_whole_files(&self, keys: &[NarKey]) -> Result<Vec<NarKey>, DbError> {
+        let mut recorded = Vec::new();
+        for batch in keys.chunks(ROWS_PER_STATEMENT) {
+            let by_name: HashMap<String, NarKey> =
+                batch.iter().map(|k| (k.file_name(), *k)).collect();
+            let sql = format!(
+                "SELECT whole_key FROM nars WHERE whole_key IN {}",
+                placeholders(batch.len())
+            );
+            let sql = self.sql(&sql);
+            let mut q = sqlx::query_scalar(&sql);
+            for name in by_name.keys() {
+                q = q.bind(name.as_str());
+            }
+            self.full_scans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let names: Vec<String> = q.fetch_all(&self.pool).await?;
+            recorded.extend(names.iter().filter_map(|name| by_name.get(name).copied()));
+        }
+        Ok(recorded)
     }
 
     /// The chunk lists of `nars` in order, straight from `nar_chunks` (unlike
@@ -496,8 +511,18 @@ mod tests {
             assert_eq!(unref.len(), 1);
             assert_eq!(unref[0].record.nar_hash, loose);
             assert!(unref[0].created_at > 0);
-            assert!(db.whole_file_recorded(&whole(b"a").key).await.unwrap());
-            assert!(!db.whole_file_recorded(&whole(b"zz").key).await.unwrap());
+            // Asked more keys than one statement takes: the recorded ones come back, whichever
+            // statement found them.
+            let mut asked: Vec<NarKey> = (0..600u32)
+                .map(|i| whole(&i.to_le_bytes()).key)
+                .collect();
+            asked.insert(3, whole(b"a").key);
+            asked.push(whole(b"loose").key);
+            let mut recorded = db.recorded_whole_files(&asked).await.unwrap();
+            recorded.sort_by_key(NarKey::file_name);
+            let mut expected = vec![whole(b"a").key, whole(b"loose").key];
+            expected.sort_by_key(NarKey::file_name);
+            assert_eq!(recorded, expected);
             assert_eq!(db.whole_file_count().await.unwrap(), 2);
         }
     }

@@ -594,30 +594,50 @@ impl Fsck<'_> {
         Ok(())
     }
 
-    /// Whole files no row records.
+    /// Whole files no row records, looked up a page at a time (each look-up reads every NAR).
     async fn check_stray_nars(&mut self, mut strays: Vec<StoredObject<NarKey>>) -> Result<()> {
         strays.sort_by_key(|o| o.key.file_name());
-        for object in strays {
+        for page in strays.chunks(PAGE as usize) {
+            let keys: Vec<NarKey> = page.iter().map(|o| o.key).collect();
             // Recorded after our walk passed its NAR: not a stray.
-            if self.db.whole_file_recorded(&object.key).await? {
-                continue;
-            }
-            let line = format!(
-                "stray: {} ({}) is in storage but recorded for no NAR",
-                object.key,
-                format_size(object.size)
-            );
-            let age = self.age_of(object.last_modified);
-            let Some(line) = self.old_enough(line, age) else {
-                continue;
-            };
-            self.problem(format!("{line} ({} old)", format_age(age)));
-            if self.options.repair {
-                let kept = self.db.whole_file_recorded(&object.key).await?;
-                if !kept {
-                    self.store.delete_nar(&object.key).await?;
+            let recorded: HashSet<NarKey> = self
+                .db
+                .recorded_whole_files(&keys)
+                .await?
+                .into_iter()
+                .collect();
+            let mut found = Vec::new();
+            for object in page.iter().filter(|o| !recorded.contains(&o.key)) {
+                let line = format!(
+                    "stray: {} ({}) is in storage but recorded for no NAR",
+                    object.key,
+                    format_size(object.size)
+                );
+                let age = self.age_of(object.last_modified);
+                if let Some(line) = self.old_enough(line, age) {
+                    found.push((object.key, format!("{line} ({} old)", format_age(age))));
                 }
-                self.removed_or_kept(!kept, "deleted", "recorded meanwhile; kept");
+            }
+            // Looked up again right before deleting: a file recorded meanwhile is kept.
+            let kept: HashSet<NarKey> = if self.options.repair && !found.is_empty() {
+                let keys: Vec<NarKey> = found.iter().map(|(key, _)| *key).collect();
+                self.db
+                    .recorded_whole_files(&keys)
+                    .await?
+                    .into_iter()
+                    .collect()
+            } else {
+                HashSet::new()
+            };
+            for (key, line) in found {
+                self.problem(line);
+                if self.options.repair {
+                    let keep = kept.contains(&key);
+                    if !keep {
+                        self.store.delete_nar(&key).await?;
+                    }
+                    self.removed_or_kept(!keep, "deleted", "recorded meanwhile; kept");
+                }
             }
         }
         Ok(())
@@ -947,6 +967,49 @@ mod tests {
             assert_eq!(found, 1, "{line:?} found {found} times in {lines:#?}");
         }
         assert_eq!(summary.problems, 5, "{lines:#?}");
+    }
+
+    /// Stray NAR files are looked up a page at a time: no index leads from a file to its row,
+    /// so each look-up reads every NAR, and one look-up per stray made a thousand strays on a
+    /// cache of a million paths a thousand reads of the table (issue 18). Counted, not timed.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stray_nar_files_are_looked_up_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, db) = local_cache(dir.path()).await;
+        let nar_dir = dir.path().join("store").join("nar");
+        std::fs::create_dir_all(&nar_dir).unwrap();
+        let before = db.full_scans();
+        assert_eq!(run_fsck(cache.clone(), false).await.0.problems, 0);
+        let per_run = db.full_scans() - before;
+        for i in 0..1_001u32 {
+            let key = NarKey::new(Sha256Hash::digest(&i.to_le_bytes()), Compression::Xz);
+            std::fs::write(nar_dir.join(key.file_name()), b"stray").unwrap();
+        }
+
+        let before = db.full_scans();
+        let (found, lines) = run_fsck(cache.clone(), false).await;
+        assert_eq!(found.problems, 1_001, "{:#?}", &lines[..3]);
+        assert_eq!(
+            db.full_scans() - before,
+            per_run + 3,
+            "1,001 strays looked up in pages of 500"
+        );
+        let before = db.full_scans();
+        let (repaired, lines) = run_fsck(cache.clone(), true).await;
+        assert_eq!((repaired.problems, repaired.repaired), (1_001, 1_001));
+        assert_eq!(
+            db.full_scans() - before,
+            per_run + 6,
+            "each page looked up again right before its deletions"
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains("repaired: deleted"))
+                .count(),
+            1_001
+        );
+        assert_eq!(std::fs::read_dir(&nar_dir).unwrap().count(), 0);
     }
 
     /// The NAR whose whole file is `key`.
