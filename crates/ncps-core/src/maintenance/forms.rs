@@ -146,11 +146,13 @@ impl Maintenance {
         mut progress: impl FnMut(&Sha256Hash, u64),
     ) -> Result<u64, CacheError> {
         let mut done = 0;
+        let mut after = None;
         loop {
-            let todo = self.0.db.nars_to_chunk(batch).await?;
-            if todo.is_empty() {
+            let todo = self.0.db.nars_to_chunk_after(after.as_ref(), batch).await?;
+            let Some(last) = todo.last() else {
                 return Ok(done);
-            }
+            };
+            after = Some(last.nar_hash);
             for record in todo {
                 self.chunk_stored_nar(&record.nar_hash, settings).await?;
                 if let Some(fresh) = self.0.db.nar(&record.nar_hash).await? {
@@ -170,11 +172,17 @@ impl Maintenance {
         mut progress: impl FnMut(&Sha256Hash, u64),
     ) -> Result<u64, CacheError> {
         let mut done = 0;
+        let mut after = None;
         loop {
-            let todo = self.0.db.nars_without_whole_file(batch).await?;
-            if todo.is_empty() {
+            let todo = self
+                .0
+                .db
+                .nars_without_whole_file_after(after.as_ref(), batch)
+                .await?;
+            let Some(last) = todo.last() else {
                 return Ok(done);
-            }
+            };
+            after = Some(last.nar_hash);
             for record in todo {
                 self.unchunk_nar(&record.nar_hash).await?;
                 done += 1;
