@@ -68,7 +68,7 @@ pub use fsck::{
 pub use go_data::{GoBuildTrace, GoNarFile, GoNarInfo};
 pub use lru::{DocumentEntry, DocumentKey, LruEntry};
 pub use narinfos::NarinfoAndNar;
-pub use nars::Removed;
+pub use nars::{NarsToConvert, Removed};
 pub use pins::Pin;
 pub use records::{
     CachedNarInfo, ChunkRef, ChunkedForm, NarOrigin, NarRecord, OwnSignature, WholeFile,

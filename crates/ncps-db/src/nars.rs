@@ -25,6 +25,24 @@ const WHOLE_ONLY: &str = "whole_key IS NOT NULL AND chunk_count IS NULL";
 /// A NAR stored as chunks only: what `migrate-chunks-to-nar` has left to do.
 const CHUNKS_ONLY: &str = "whole_key IS NULL AND chunk_count IS NOT NULL";
 
+/// Which NARs a storage migration has left to convert ([`Database::nars_to_convert_after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NarsToConvert {
+    /// Stored as a whole file only: the work of `migrate-nar-to-chunks`.
+    ToChunks,
+    /// Stored as chunks only: the work of `migrate-chunks-to-nar`.
+    ToWholeFiles,
+}
+
+impl NarsToConvert {
+    fn condition(self) -> &'static str {
+        match self {
+            Self::ToChunks => WHOLE_ONLY,
+            Self::ToWholeFiles => CHUNKS_ONLY,
+        }
+    }
+}
+
 /// NARs removed with the last rows that used them, and the bytes that frees.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
@@ -201,16 +219,6 @@ impl Database {
         .await
     }
 
-    /// NARs stored whole but not chunked yet, in NarHash order after `after`: the walk of
-    /// `migrate-nar-to-chunks` ([`Self::nars_in_form_after`]).
-    pub async fn nars_to_chunk_after(
-        &self,
-        after: Option<&Sha256Hash>,
-        limit: u32,
-    ) -> Result<Vec<NarRecord>, DbError> {
-        self.nars_in_form_after(WHOLE_ONLY, after, limit).await
-    }
-
     /// NARs whose whole file may now be deleted because their chunks are complete.
     pub async fn nars_with_expired_whole_file(
         &self,
@@ -228,27 +236,17 @@ impl Database {
         rows.iter().map(nar_from_row).collect()
     }
 
-    /// NARs stored only as chunks, in NarHash order after `after`: the walk of
-    /// `migrate-chunks-to-nar` ([`Self::nars_in_form_after`]).
-    pub async fn nars_without_whole_file_after(
+    /// The NARs a storage migration has left to convert, in NarHash order, `limit` at a time
+    /// from the primary key's position after `after`: a walk over every NAR reads the table
+    /// once. Asking for the oldest each time read and sorted the whole table per page: 10,000
+    /// reads of a million rows for a migration in pages of 100.
+    pub async fn nars_to_convert_after(
         &self,
+        which: NarsToConvert,
         after: Option<&Sha256Hash>,
         limit: u32,
     ) -> Result<Vec<NarRecord>, DbError> {
-        self.nars_in_form_after(CHUNKS_ONLY, after, limit).await
-    }
-
-    /// The NARs `form` holds for, `limit` at a time from the primary key's position after
-    /// `after`: a walk over every NAR reads the table once. Asking for the oldest each time
-    /// read and sorted the whole table per page: 10,000 reads of a million rows for a
-    /// migration in pages of 100.
-    async fn nars_in_form_after(
-        &self,
-        form: &str,
-        after: Option<&Sha256Hash>,
-        limit: u32,
-    ) -> Result<Vec<NarRecord>, DbError> {
-        let rows = sqlx::query(&self.nars_in_form_after_sql(form))
+        let rows = sqlx::query(&self.nars_to_convert_after_sql(which))
             .bind(after.map(ToString::to_string).unwrap_or_default())
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -256,7 +254,8 @@ impl Database {
         rows.iter().map(nar_from_row).collect()
     }
 
-    fn nars_in_form_after_sql(&self, form: &str) -> String {
+    fn nars_to_convert_after_sql(&self, which: NarsToConvert) -> String {
+        let form = which.condition();
         self.sql(&format!(
             "SELECT * FROM nars WHERE nar_hash > ? AND {form} ORDER BY nar_hash LIMIT ?"
         ))
@@ -446,7 +445,7 @@ mod tests {
             assert_eq!(rec.whole_delete_after, Some(5));
             assert_eq!(rec.chunked, None);
             assert_eq!(db.nars_to_chunk(10).await.unwrap().len(), 1);
-            assert!(db.nars_without_whole_file_after(None, 10).await.unwrap().is_empty());
+            assert!(db.nars_to_convert_after(NarsToConvert::ToWholeFiles, None, 10).await.unwrap().is_empty());
             db.forget_whole_file(&nar_hash).await.unwrap();
             assert!(db.nar(&nar_hash).await.unwrap().is_none());
 
@@ -460,21 +459,18 @@ mod tests {
             db.commit_held(&chunked, 3, &[chunk], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
-            assert_eq!(db.nars_without_whole_file_after(None, 10).await.unwrap().len(), 1);
+            assert_eq!(db.nars_to_convert_after(NarsToConvert::ToWholeFiles, None, 10).await.unwrap().len(), 1);
             db.record_whole_file(&chunked, 3, whole, None).await.unwrap();
             let rec = db.nar(&chunked).await.unwrap().unwrap();
             assert_eq!(rec.whole, Some(whole));
             assert_eq!(rec.chunked.unwrap().chunk_count, 1);
-            assert!(db.nars_without_whole_file_after(None, 10).await.unwrap().is_empty());
+            assert!(db.nars_to_convert_after(NarsToConvert::ToWholeFiles, None, 10).await.unwrap().is_empty());
         }
     }
 
     db_test! {
         async fn a_whole_file_expires_only_once_its_chunks_are_complete_and_its_time_came(db) {
-            let whole = |b: &[u8]| WholeFile {
-                key: NarKey::new(Sha256Hash::digest(b), Compression::Xz),
-                size: 10,
-            };
+            let whole = whole_file;
             let chunk = crate::ChunkRef {
                 hash: ncps_nix::ChunkHash::digest(b"x"),
                 plain_size: 3,
@@ -516,10 +512,7 @@ mod tests {
 
     db_test! {
         async fn only_nars_nothing_uses_are_reclaimed(db) {
-            let whole = |b: &[u8]| WholeFile {
-                key: NarKey::new(Sha256Hash::digest(b), Compression::Xz),
-                size: 10,
-            };
+            let whole = whole_file;
             let mut described = crate::narinfos::tests::sample();
             let (loose, uploaded) = (Sha256Hash::digest(b"loose"), Sha256Hash::digest(b"up"));
             let used = described.narinfo.nar_hash;
@@ -570,14 +563,36 @@ mod tests {
         }
     }
 
+    /// A 10-byte whole file named after `name`.
+    fn whole_file(name: &[u8]) -> WholeFile {
+        WholeFile {
+            key: NarKey::new(Sha256Hash::digest(name), Compression::Xz),
+            size: 10,
+        }
+    }
+
+    /// Every NAR a walk returns, asked two at a time from the start.
+    async fn walk<F, Fut>(mut page_after: F) -> Vec<Sha256Hash>
+    where
+        F: FnMut(Option<Sha256Hash>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<NarRecord>, DbError>>,
+    {
+        let mut walked = Vec::new();
+        let mut after = None;
+        loop {
+            let page = page_after(after).await.unwrap();
+            let Some(last) = page.last() else {
+                return walked;
+            };
+            after = Some(last.nar_hash);
+            walked.extend(page.iter().map(|r| r.nar_hash));
+        }
+    }
+
     db_test! {
         /// The migrations' walks page through each form's NARs in hash order from a cursor:
         /// every NAR of the form once, none of the other.
         async fn migration_walks_page_through_each_form_once(db) {
-            let whole = |b: &[u8]| WholeFile {
-                key: NarKey::new(Sha256Hash::digest(b), Compression::Xz),
-                size: 10,
-            };
             let chunk = crate::ChunkRef {
                 hash: ncps_nix::ChunkHash::digest(b"x"),
                 plain_size: 3,
@@ -587,33 +602,20 @@ mod tests {
             let mut whole_only: Vec<Sha256Hash> = (0..5).map(nar).collect();
             let mut chunks_only: Vec<Sha256Hash> = (5..8).map(nar).collect();
             for n in &whole_only {
-                db.record_whole_file(n, 3, whole(n.as_bytes()), None).await.unwrap();
+                db.record_whole_file(n, 3, whole_file(n.as_bytes()), None).await.unwrap();
             }
             for n in chunks_only.iter().chain([&nar(8)]) {
                 db.commit_held(n, 3, &[chunk], Sha256Hash::digest(b"s")).await.unwrap();
             }
-            db.record_whole_file(&nar(8), 3, whole(b"both"), None).await.unwrap();
+            db.record_whole_file(&nar(8), 3, whole_file(b"both"), None).await.unwrap();
             whole_only.sort_by_key(ToString::to_string);
             chunks_only.sort_by_key(ToString::to_string);
 
-            let mut walked = (Vec::new(), Vec::new());
-            let mut after = None;
-            while let Some(last) = {
-                let page = db.nars_to_chunk_after(after.as_ref(), 2).await.unwrap();
-                walked.0.extend(page.iter().map(|r| r.nar_hash));
-                page.last().map(|r| r.nar_hash)
-            } {
-                after = Some(last);
-            }
-            let mut after = None;
-            while let Some(last) = {
-                let page = db.nars_without_whole_file_after(after.as_ref(), 2).await.unwrap();
-                walked.1.extend(page.iter().map(|r| r.nar_hash));
-                page.last().map(|r| r.nar_hash)
-            } {
-                after = Some(last);
-            }
-            assert_eq!(walked, (whole_only, chunks_only));
+            let to_chunk = walk(|after| async move { db.nars_to_convert_after(NarsToConvert::ToChunks, after.as_ref(), 2).await }).await;
+            let to_whole =
+                walk(|after| async move { db.nars_to_convert_after(NarsToConvert::ToWholeFiles, after.as_ref(), 2).await })
+                    .await;
+            assert_eq!((to_chunk, to_whole), (whole_only, chunks_only));
         }
     }
 
@@ -625,8 +627,8 @@ mod tests {
         use crate::repo::test_support::{Engine, TestDb};
 
         let db = TestDb::new(Engine::Sqlite).await;
-        for form in [WHOLE_ONLY, CHUNKS_ONLY] {
-            let sql = format!("EXPLAIN QUERY PLAN {}", db.nars_in_form_after_sql(form));
+        for which in [NarsToConvert::ToChunks, NarsToConvert::ToWholeFiles] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", db.nars_to_convert_after_sql(which));
             let rows = sqlx::query(&sql)
                 .bind("h")
                 .bind(10i64)

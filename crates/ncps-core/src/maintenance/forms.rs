@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use ncps_db::{NarRecord, WholeFile};
+use ncps_db::{NarRecord, NarsToConvert, WholeFile};
 use ncps_nix::{Compression, NarKey, Sha256Hash};
 use tracing::{info, warn};
 
@@ -148,7 +148,11 @@ impl Maintenance {
         let mut done = 0;
         let mut after = None;
         loop {
-            let todo = self.0.db.nars_to_chunk_after(after.as_ref(), batch).await?;
+            let todo = self
+                .0
+                .db
+                .nars_to_convert_after(NarsToConvert::ToChunks, after.as_ref(), batch)
+                .await?;
             let Some(last) = todo.last() else {
                 return Ok(done);
             };
@@ -177,7 +181,7 @@ impl Maintenance {
             let todo = self
                 .0
                 .db
-                .nars_without_whole_file_after(after.as_ref(), batch)
+                .nars_to_convert_after(NarsToConvert::ToWholeFiles, after.as_ref(), batch)
                 .await?;
             let Some(last) = todo.last() else {
                 return Ok(done);
