@@ -885,6 +885,10 @@ mod tests {
                     }
                 }
                 ["CREATE", "INDEX", ..] => shape.push(words.join(" ")),
+                // MySQL has no `IF EXISTS` here, and names the table.
+                ["DROP", "INDEX", "IF", "EXISTS", name] | ["DROP", "INDEX", name, "ON", _] => {
+                    shape.push(format!("drop index {name}"))
+                }
                 // Data written once by a migration: its expressions are the engine's own.
                 ["UPDATE", table, ..] => shape.push(format!("update {table}")),
                 ["ALTER", "TABLE", table, "ADD", "COLUMN", column, rest @ ..] => {
