@@ -148,7 +148,7 @@ impl Database {
                 batch.iter().map(|k| (k.file_name(), *k)).collect();
             let sql = format!(
                 "SELECT whole_key FROM nars WHERE whole_key IN {}",
-                placeholders(batch.len())
+                placeholders(by_name.len())
             );
             let sql = self.sql(&sql);
             let mut q = sqlx::query_scalar(&sql);
@@ -518,6 +518,7 @@ mod tests {
                 .collect();
             asked.insert(3, whole(b"a").key);
             asked.push(whole(b"loose").key);
+            asked.push(whole(b"loose").key); // asked twice, answered once
             let mut recorded = db.recorded_whole_files(&asked).await.unwrap();
             recorded.sort_by_key(NarKey::file_name);
             let mut expected = vec![whole(b"a").key, whole(b"loose").key];
