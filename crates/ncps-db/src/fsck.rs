@@ -100,7 +100,8 @@ pub struct AppliedMigration {
     pub installed_at: i64,
 }
 
-fn nar_hash_text(after: Option<&Sha256Hash>) -> String {
+/// The text a keyset walk over NARs starts after: every NarHash sorts after the empty one.
+pub(crate) fn nar_hash_text(after: Option<&Sha256Hash>) -> String {
     after.map(ToString::to_string).unwrap_or_default()
 }
 

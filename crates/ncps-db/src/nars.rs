@@ -212,11 +212,12 @@ impl Database {
     /// NARs stored whole but not chunked yet, oldest first: the work list of lazy chunking's
     /// crash recovery, a few at a time now and then (each call reads every NAR).
     pub async fn nars_to_chunk(&self, limit: u32) -> Result<Vec<NarRecord>, DbError> {
-        self.nar_list(
-            &format!("SELECT * FROM nars WHERE {WHOLE_ONLY} ORDER BY created_at LIMIT ?"),
-            limit,
-        )
-        .await
+        let sql = format!("SELECT * FROM nars WHERE {WHOLE_ONLY} ORDER BY created_at LIMIT ?");
+        let rows = sqlx::query(&self.sql(&sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(nar_from_row).collect()
     }
 
     /// NARs whose whole file may now be deleted because their chunks are complete.
@@ -247,7 +248,7 @@ impl Database {
         limit: u32,
     ) -> Result<Vec<NarRecord>, DbError> {
         let rows = sqlx::query(&self.nars_to_convert_after_sql(which))
-            .bind(after.map(ToString::to_string).unwrap_or_default())
+            .bind(crate::fsck::nar_hash_text(after))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
@@ -281,14 +282,6 @@ impl Database {
             }
         };
         Ok((count(WHOLE_ONLY).await?, count(CHUNKS_ONLY).await?))
-    }
-
-    async fn nar_list(&self, sql: &str, limit: u32) -> Result<Vec<NarRecord>, DbError> {
-        let rows = sqlx::query(&self.sql(sql))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(nar_from_row).collect()
     }
 }
 
@@ -470,7 +463,6 @@ mod tests {
 
     db_test! {
         async fn a_whole_file_expires_only_once_its_chunks_are_complete_and_its_time_came(db) {
-            let whole = whole_file;
             let chunk = crate::ChunkRef {
                 hash: ncps_nix::ChunkHash::digest(b"x"),
                 plain_size: 3,
@@ -483,12 +475,12 @@ mod tests {
                 Sha256Hash::digest(b"kept"),
             );
             for nar in [&due, &later, &kept] {
-                db.record_whole_file(nar, 3, whole(nar.as_bytes()), None)
+                db.record_whole_file(nar, 3, whole_file(nar.as_bytes()), None)
                     .await
                     .unwrap();
             }
             // Not chunked: never expires, whatever its mark says.
-            db.record_whole_file(&unchunked, 3, whole(b"unchunked"), Some(100))
+            db.record_whole_file(&unchunked, 3, whole_file(b"unchunked"), Some(100))
                 .await
                 .unwrap();
             // Chunked after being stored whole: the whole file is marked in the same commit.
@@ -512,19 +504,18 @@ mod tests {
 
     db_test! {
         async fn only_nars_nothing_uses_are_reclaimed(db) {
-            let whole = whole_file;
             let mut described = crate::narinfos::tests::sample();
             let (loose, uploaded) = (Sha256Hash::digest(b"loose"), Sha256Hash::digest(b"up"));
             let used = described.narinfo.nar_hash;
             for nar in [&loose, &uploaded, &used] {
-                db.record_whole_file(nar, 3, whole(nar.as_bytes()), None)
+                db.record_whole_file(nar, 3, whole_file(nar.as_bytes()), None)
                     .await
                     .unwrap();
             }
             described.narinfo.nar_hash = used;
             db.insert_narinfo(&described, None).await.unwrap();
             let upload = crate::UploadedNar {
-                key: whole(b"up-file").key,
+                key: whole_file(b"up-file").key,
                 nar_hash: uploaded,
                 nar_size: 3,
                 file_size: 10,
