@@ -9,6 +9,8 @@
 //!   connections wait in the listen backlog instead of failing to be accepted.
 //! - A failed accept (out of file descriptors, a connection reset before it was accepted) is
 //!   retried shortly, never fatal.
+//! - Each connection is served on one serving thread ([`ServingThreads`]), the accept loop staying
+//!   on the caller's runtime.
 
 use std::future::Future;
 use std::io;
@@ -29,6 +31,7 @@ use tokio::time::Sleep;
 use tracing::{debug, warn};
 
 use crate::sendfile::SendfileStream;
+use crate::serving_threads::ServingThreads;
 
 /// Most bytes of response body a connection queues for its socket (and of request body it reads
 /// at once), against hyper's 400 KB. Body pieces are slices of the buffers storage reads into, so
@@ -65,7 +68,8 @@ impl ConnectionLimits {
 }
 
 /// Serves `router` on `listener` until `stop` completes, then lets requests in flight finish
-/// for up to `limits.drain`.
+/// for up to `limits.drain`. Connections are accepted on the caller's runtime and each is then
+/// served on one serving thread (see [`ServingThreads`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -108,12 +112,27 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        // Handed to a serving thread as a plain socket: the thread's runtime registers it.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                debug!(error = %e, "cannot hand a connection over");
+                continue;
+            }
+        };
         let builder = builder.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let connection = move || async move {
             // The connection's slot is held for as long as this task runs.
             let _slot = slot;
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    debug!(error = %e, "cannot take a connection over");
+                    return;
+                }
+            };
             // Telling HTTP/1 from HTTP/2 reads the first bytes before any protocol timeout
             // runs: a connection that sends none in time is closed here.
             let mut first = [0u8; 1];
@@ -129,7 +148,11 @@ pub async fn serve(
             if let Err(e) = watcher.watch(connection).await {
                 debug!(error = %e, "connection ended with an error");
             }
-        });
+        };
+        match ServingThreads::get() {
+            Some(threads) => threads.spawn(connection),
+            None => drop(tokio::spawn(connection())),
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.drain, graceful.shutdown())
@@ -277,6 +300,83 @@ mod tests {
             .expect("answered in time")
             .unwrap();
         got
+    }
+
+    /// What `GET /thread` on the connection `stream` answers: the name of the thread that
+    /// served it. The connection stays open.
+    async fn thread_serving(stream: &mut TcpStream) -> String {
+        stream
+            .write_all(b"GET /thread HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"<end>") {
+            let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_ne!(n, 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(got).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        body.trim_end_matches("<end>").to_string()
+    }
+
+    #[tokio::test]
+    async fn each_connection_is_served_on_one_serving_thread_and_they_share_the_load() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/thread",
+            get(|| async {
+                // Awaiting lets another thread take the task over, were the runtime one that
+                // steals work.
+                tokio::task::yield_now().await;
+                let name = std::thread::current()
+                    .name()
+                    .unwrap_or("unnamed")
+                    .to_string();
+                format!("{name}<end>")
+            }),
+        );
+        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = ConnectionLimits {
+            header_read: Duration::from_secs(30),
+            ..quick(100)
+        };
+        tokio::spawn(serve(listener, router, limits, async {
+            let _ = stopped.await;
+        }));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The other tests here hold a few connections on these threads meanwhile: with this
+        // many more, each thread still gets some of this test's.
+        let mut connections = Vec::new();
+        for _ in 0..4 * cores + 8 {
+            connections.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut threads = std::collections::BTreeSet::new();
+        for stream in &mut connections {
+            let first = thread_serving(stream).await;
+            assert!(
+                first.starts_with("ncps-serve-"),
+                "served on {first}, not a serving thread"
+            );
+            for _ in 0..5 {
+                assert_eq!(
+                    thread_serving(stream).await,
+                    first,
+                    "a connection moved between threads"
+                );
+            }
+            threads.insert(first);
+        }
+        assert_eq!(
+            threads.len(),
+            cores,
+            "connections opened at once went only to {threads:?}"
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ mod headers;
 mod logging;
 mod routes;
 mod sendfile;
+mod serving_threads;
 
 use std::sync::Arc;
 
