@@ -380,6 +380,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_in_flight_when_asked_to_stop_is_answered_before_serve_returns() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "done"
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, quick(100), async {
+            let _ = stopped.await;
+        }));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !server.is_finished(),
+            "serve returned with a request in flight"
+        );
+        let answer = closed_within_3s(&mut client)
+            .await
+            .expect("the connection was closed after its answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"),
+            "{answer}"
+        );
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("serve returned once the request was answered")
+            .unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "still accepting after the stop"
+        );
+    }
+
+    #[tokio::test]
     async fn silent_half_sent_and_idle_connections_are_closed() {
         let (addr, _stop) = server(quick(100)).await;
         let mut silent = TcpStream::connect(addr).await.unwrap();
