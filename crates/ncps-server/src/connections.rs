@@ -257,16 +257,29 @@ mod tests {
     async fn server(
         limits: ConnectionLimits,
     ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/big", get(|| async { vec![7u8; 64 << 20] }));
+        let (addr, stop, _) = serving(router, limits).await;
+        (addr, stop)
+    }
+
+    /// `router` served with `limits`: its address, its stop switch and the task serving it.
+    async fn serving(
+        router: Router,
+        limits: ConnectionLimits,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, router, limits, async {
+        let task = tokio::spawn(serve(listener, router, limits, async {
             let _ = rx.await;
         }));
-        (addr, tx)
+        (addr, tx, task)
     }
 
     fn quick(max_connections: usize) -> ConnectionLimits {
@@ -326,8 +339,6 @@ mod tests {
 
     #[tokio::test]
     async fn each_connection_is_served_on_one_serving_thread_and_they_share_the_load() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new().route(
             "/thread",
             get(|| async {
@@ -341,14 +352,11 @@ mod tests {
                 format!("{name}<end>")
             }),
         );
-        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let limits = ConnectionLimits {
             header_read: Duration::from_secs(30),
             ..quick(100)
         };
-        tokio::spawn(serve(listener, router, limits, async {
-            let _ = stopped.await;
-        }));
+        let (addr, _stop, _) = serving(router, limits).await;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // The other tests here hold a few connections on these threads meanwhile: with this
         // many more, each thread still gets some of this test's.
@@ -381,8 +389,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_in_flight_when_asked_to_stop_is_answered_before_serve_returns() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new().route(
             "/slow",
             get(|| async {
@@ -390,10 +396,7 @@ mod tests {
                 "done"
             }),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, quick(100), async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, server) = serving(router, quick(100)).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
             .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
