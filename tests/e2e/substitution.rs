@@ -1,7 +1,7 @@
 //! A Nix client that trusts only ncps's key substitutes a whole closure through ncps, and then
 //! from ncps alone once the upstream is gone.
 
-use crate::harness::{Compression, Fixture, TestEnv, http};
+use crate::harness::{Compression, Fixture, TestEnv, Upstream, http, unique_dir};
 
 async fn substitutes_then_serves_from_cache_alone(compression: Compression) {
     let mut fx = Fixture::new(compression).await;
@@ -118,4 +118,31 @@ async fn serve_configured_by_environment_variables_alone() {
         resp.status, 400,
         "CACHE_ALLOW_PUT_VERB=true was not honoured"
     );
+}
+
+/// Connections are served on one thread per core, or on as many as `TOKIO_WORKER_THREADS` says
+/// when an operator sets it (it bounded the threads serving connections before they had threads
+/// of their own).
+#[tokio::test]
+async fn serving_threads_follow_the_cores_or_tokio_worker_threads() {
+    let env = TestEnv::new();
+    let upstream = Upstream::serve(&unique_dir(env.path(), "empty-upstream")).await;
+    let key = env.key("upstream-1").await;
+    let serving = |ncps: &crate::harness::Ncps| {
+        ncps.thread_names()
+            .iter()
+            .filter(|name| name.starts_with("ncps-serve-"))
+            .count()
+    };
+    let config = env.ncps_config(&[&upstream], &[&key.public]);
+    // Started once `/healthz` answered: the first connection starts the threads.
+    let ncps = env.ncps(&config).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(serving(&ncps), cores, "{:?}", ncps.thread_names());
+    let mut config = env.ncps_config(&[&upstream], &[&key.public]);
+    config
+        .extra_env
+        .push(("TOKIO_WORKER_THREADS".to_owned(), "3".to_owned()));
+    let ncps = env.ncps(&config).await;
+    assert_eq!(serving(&ncps), 3, "{:?}", ncps.thread_names());
 }

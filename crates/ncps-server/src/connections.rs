@@ -357,7 +357,7 @@ mod tests {
             ..quick(100)
         };
         let (addr, _stop, _) = serving(router, limits).await;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::serving_threads::count();
         // The other tests here hold a few connections on these threads meanwhile: with this
         // many more, each thread still gets some of this test's.
         let mut connections = Vec::new();

@@ -46,14 +46,14 @@ impl Drop for Open {
 }
 
 impl ServingThreads {
-    /// The process's serving threads, one per core this process may run on (its CPU affinity
-    /// and cgroup quota), started on first use. `None` when no thread could be started (a
-    /// process limit): connections are then served on the caller's runtime.
+    /// The process's serving threads, [`count`] of them, started on first use. `None` when no
+    /// thread could be started (a process limit): connections are then served on the caller's
+    /// runtime.
     pub(crate) fn get() -> Option<&'static ServingThreads> {
         static THREADS: OnceLock<Option<ServingThreads>> = OnceLock::new();
         THREADS
             .get_or_init(|| {
-                let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+                let cores = count();
                 match (0..cores).map(|i| ServingThread::start(i, cores)).collect() {
                     Ok(threads) => Some(ServingThreads { threads }),
                     Err(e) => {
@@ -84,6 +84,17 @@ impl ServingThreads {
             connection().await;
         });
     }
+}
+
+/// How many serving threads the process runs: `TOKIO_WORKER_THREADS` when set (tokio's own
+/// setting for its runtime's threads, which served connections before the serving threads, so an
+/// operator's limit keeps holding), else one per core this process may run on (its CPU affinity
+/// and cgroup quota).
+pub(crate) fn count() -> usize {
+    let set = std::env::var("TOKIO_WORKER_THREADS").ok();
+    set.and_then(|n| n.trim().parse::<NonZeroUsize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get)
 }
 
 impl ServingThread {

@@ -398,6 +398,16 @@ impl Ncps {
         resp.text().trim().to_owned()
     }
 
+    /// The names of the process's threads (`/proc/PID/task/*/comm`).
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.as_ref().expect("ncps already terminated").id();
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("read the process's threads")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    }
+
     /// SIGKILL, as a crash would: nothing is cleaned up. The process is gone afterwards.
     pub fn kill(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("ncps already terminated");
