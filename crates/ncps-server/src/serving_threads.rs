@@ -53,8 +53,8 @@ impl ServingThreads {
         static THREADS: OnceLock<Option<ServingThreads>> = OnceLock::new();
         THREADS
             .get_or_init(|| {
-                let cores = count();
-                match (0..cores).map(|i| ServingThread::start(i, cores)).collect() {
+                let threads = count();
+                match (0..threads).map(|i| ServingThread::start(i, threads)).collect() {
                     Ok(threads) => Some(ServingThreads { threads }),
                     Err(e) => {
                         warn!(error = %e, "cannot start the serving threads; serving connections on the main runtime");
@@ -98,11 +98,11 @@ pub(crate) fn count() -> usize {
 }
 
 impl ServingThread {
-    /// Starts serving thread `index` of `cores`, whose runtime runs until the process ends.
-    fn start(index: usize, cores: usize) -> std::io::Result<ServingThread> {
+    /// Starts serving thread `index` of `threads`, whose runtime runs until the process ends.
+    fn start(index: usize, threads: usize) -> std::io::Result<ServingThread> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .max_blocking_threads((BLOCKING_THREADS / cores).max(1))
+            .max_blocking_threads((BLOCKING_THREADS / threads).max(1))
             .build()?;
         let handle = runtime.handle().clone();
         std::thread::Builder::new()
