@@ -1,5 +1,5 @@
-//! The threads client connections are served on: one single-threaded tokio runtime per core,
-//! each connection kept on one of them from its first byte to its last.
+//! The threads client connections are served on: one single-threaded tokio runtime per core (see
+//! [`count`]), each connection kept on one of them from its first byte to its last.
 //!
 //! On tokio's work-stealing runtime a request's tasks wake whichever worker is parked, so a
 //! narinfo hit crossed threads several times; at a fixed 5,000 requests/s a fifth of the CPU per
