@@ -116,7 +116,7 @@ pub async fn serve(
         let tcp = match tcp.into_std() {
             Ok(tcp) => tcp,
             Err(e) => {
-                debug!(error = %e, "cannot hand a connection over");
+                warn!(error = %e, "cannot hand a connection to a serving thread; closed");
                 continue;
             }
         };
@@ -129,7 +129,7 @@ pub async fn serve(
             let tcp = match TcpStream::from_std(tcp) {
                 Ok(tcp) => tcp,
                 Err(e) => {
-                    debug!(error = %e, "cannot take a connection over");
+                    warn!(error = %e, "a serving thread cannot take a connection over; closed");
                     return;
                 }
             };
