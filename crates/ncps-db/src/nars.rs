@@ -438,7 +438,7 @@ mod tests {
             assert_eq!(rec.whole_delete_after, Some(5));
             assert_eq!(rec.chunked, None);
             assert_eq!(db.nars_to_chunk(10).await.unwrap().len(), 1);
-            assert!(db.nars_to_convert_after(NarsToConvert::ToWholeFiles, None, 10).await.unwrap().is_empty());
+            assert!(left_to_whole_files(db).await.is_empty());
             db.forget_whole_file(&nar_hash).await.unwrap();
             assert!(db.nar(&nar_hash).await.unwrap().is_none());
 
@@ -452,12 +452,12 @@ mod tests {
             db.commit_held(&chunked, 3, &[chunk], Sha256Hash::digest(b"s"))
                 .await
                 .unwrap();
-            assert_eq!(db.nars_to_convert_after(NarsToConvert::ToWholeFiles, None, 10).await.unwrap().len(), 1);
+            assert_eq!(left_to_whole_files(db).await.len(), 1);
             db.record_whole_file(&chunked, 3, whole, None).await.unwrap();
             let rec = db.nar(&chunked).await.unwrap().unwrap();
             assert_eq!(rec.whole, Some(whole));
             assert_eq!(rec.chunked.unwrap().chunk_count, 1);
-            assert!(db.nars_to_convert_after(NarsToConvert::ToWholeFiles, None, 10).await.unwrap().is_empty());
+            assert!(left_to_whole_files(db).await.is_empty());
         }
     }
 
@@ -562,22 +562,28 @@ mod tests {
         }
     }
 
-    /// Every NAR a walk returns, asked two at a time from the start.
-    async fn walk<F, Fut>(mut page_after: F) -> Vec<Sha256Hash>
-    where
-        F: FnMut(Option<Sha256Hash>) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<NarRecord>, DbError>>,
-    {
+    /// Every NAR the migration walk for `which` returns, asked two at a time from the start.
+    async fn walk(db: &Database, which: NarsToConvert) -> Vec<Sha256Hash> {
         let mut walked = Vec::new();
         let mut after = None;
         loop {
-            let page = page_after(after).await.unwrap();
+            let page = db
+                .nars_to_convert_after(which, after.as_ref(), 2)
+                .await
+                .unwrap();
             let Some(last) = page.last() else {
                 return walked;
             };
             after = Some(last.nar_hash);
             walked.extend(page.iter().map(|r| r.nar_hash));
         }
+    }
+
+    /// The first ten NARs `migrate-chunks-to-nar` has left to convert.
+    async fn left_to_whole_files(db: &Database) -> Vec<NarRecord> {
+        db.nars_to_convert_after(NarsToConvert::ToWholeFiles, None, 10)
+            .await
+            .unwrap()
     }
 
     db_test! {
@@ -602,10 +608,8 @@ mod tests {
             whole_only.sort_by_key(ToString::to_string);
             chunks_only.sort_by_key(ToString::to_string);
 
-            let to_chunk = walk(|after| async move { db.nars_to_convert_after(NarsToConvert::ToChunks, after.as_ref(), 2).await }).await;
-            let to_whole =
-                walk(|after| async move { db.nars_to_convert_after(NarsToConvert::ToWholeFiles, after.as_ref(), 2).await })
-                    .await;
+            let to_chunk = walk(db, NarsToConvert::ToChunks).await;
+            let to_whole = walk(db, NarsToConvert::ToWholeFiles).await;
             assert_eq!((to_chunk, to_whole), (whole_only, chunks_only));
         }
     }
