@@ -7,12 +7,19 @@
 //! The refresh runs in the background while the old rendering is still served, so no client
 //! waits for the database when an entry expires (a hot set expiring at once used to stall every
 //! connection for the few milliseconds its re-rendering took).
+//!
+//! When full, the memo lets go of its least recently used entries, one per entry added: a
+//! stream of paths asked for once (a new closure, a scan) does not push out the hot set, and no
+//! single request pays for emptying the whole memo (dropping tens of thousands of entries at
+//! once, under the lock every hit takes, was a millisecond stall every few seconds under
+//! uniform load).
 
-use std::collections::HashMap;
+use std::hash::RandomState;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hashlink::LinkedHashMap;
 use ncps_nix::StorePathHash;
 
 /// How long a rendered narinfo is reused before it is refreshed.
@@ -20,10 +27,9 @@ const TTL: Duration = Duration::from_secs(10);
 /// Past this age an entry is not served at all, even while its refresh runs (a stuck database
 /// must not keep an old answer alive).
 const MAX_AGE: Duration = Duration::from_secs(30);
-/// Rendered bytes kept at most (about 25,000 narinfos, several closures of a fleet's burst);
-/// the map is emptied when full (a burst refills what it needs). A bound in bytes, not entries,
-/// so the memo's share of the server's memory is known: under uniform random lookups over a
-/// million paths, 100,000 entries had cost about 100 MB.
+/// Rendered bytes kept at most (about 25,000 narinfos, several closures of a fleet's burst).
+/// A bound in bytes, not entries, so the memo's share of the server's memory is known: under
+/// uniform random lookups over a million paths, 100,000 entries had cost about 100 MB.
 const BUDGET_BYTES: usize = 16 << 20;
 
 struct Entry {
@@ -46,7 +52,9 @@ pub(crate) struct NarInfoMemo(Mutex<Entries>);
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<StorePathHash, Entry>,
+    /// From least to most recently used (hashed as `std`'s maps are: the keys come from
+    /// clients).
+    map: LinkedHashMap<StorePathHash, Entry, RandomState>,
     /// The rendered bytes the map holds.
     bytes: usize,
 }
@@ -58,9 +66,14 @@ impl Entries {
         }
     }
 
-    fn clear(&mut self) {
-        self.map.clear();
-        self.bytes = 0;
+    /// Lets go of the least recently used entries until `more` bytes fit in the budget.
+    fn make_room(&mut self, more: usize) {
+        while self.bytes + more > BUDGET_BYTES {
+            let Some((_, oldest)) = self.map.pop_front() else {
+                return;
+            };
+            self.bytes -= oldest.text.len();
+        }
     }
 }
 
@@ -68,7 +81,7 @@ impl NarInfoMemo {
     /// The remembered rendering, unless there is none or it is too old to serve.
     pub fn get(&self, hash: &StorePathHash) -> Option<Memoized> {
         let mut entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.map.get_mut(hash)?;
+        let entry = entries.map.to_back(hash)?;
         let age = entry.at.elapsed();
         if age < TTL || (entry.refreshing && age < MAX_AGE) {
             return Some(Memoized::Fresh(entry.text.clone()));
@@ -84,9 +97,7 @@ impl NarInfoMemo {
     pub fn put(&self, hash: StorePathHash, text: Bytes) {
         let mut entries = self.0.lock().unwrap_or_else(|p| p.into_inner());
         entries.remove(&hash);
-        if entries.bytes + text.len() > BUDGET_BYTES {
-            entries.clear();
-        }
+        entries.make_room(text.len());
         entries.bytes += text.len();
         let entry = Entry {
             text,
@@ -104,9 +115,11 @@ impl NarInfoMemo {
             .remove(hash);
     }
 
-    /// Forgets everything (after an eviction run).
+    /// Forgets everything (after an eviction run). The entries are dropped after the lock is
+    /// released, so hits go on meanwhile.
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(held);
     }
 }
 
@@ -135,26 +148,41 @@ mod tests {
         assert!(memo.get(&h).is_none());
     }
 
+    fn hash(i: u32) -> StorePathHash {
+        let mut bytes = [0u8; 20];
+        bytes[..4].copy_from_slice(&i.to_le_bytes());
+        StorePathHash::from_bytes(bytes)
+    }
+
     #[test]
-    fn the_memo_holds_at_most_its_budget_of_bytes() {
+    fn a_full_memo_lets_go_of_its_least_recently_used_entries_one_at_a_time() {
         let memo = NarInfoMemo::default();
         let text = Bytes::from(vec![b'x'; 1000]);
-        let entries = BUDGET_BYTES / 1000;
-        for i in 0..=entries as u32 {
-            let mut bytes = [0u8; 20];
-            bytes[..4].copy_from_slice(&i.to_le_bytes());
-            memo.put(StorePathHash::from_bytes(bytes), text.clone());
+        let fits = BUDGET_BYTES / 1000;
+        let hot = hash(0);
+        memo.put(hot, text.clone());
+        // Twice as many paths asked for once as the memo holds, while one path stays in use.
+        for i in 1..=2 * fits as u32 {
+            memo.put(hash(i), text.clone());
             // Replacing an entry does not count it twice.
-            memo.put(StorePathHash::from_bytes(bytes), text.clone());
+            memo.put(hash(i), text.clone());
+            assert!(
+                fresh(&memo, &hot).is_some(),
+                "the path in use was let go at {i}"
+            );
             let held = memo.0.lock().unwrap();
             assert!(held.bytes <= BUDGET_BYTES);
             assert_eq!(held.bytes, held.map.len() * 1000);
         }
-        assert_eq!(
-            memo.0.lock().unwrap().map.len(),
-            1,
-            "emptied when full, then refilled"
+        let held = memo.0.lock().unwrap().map.len();
+        assert_eq!(held, fits, "a full memo keeps a budget's worth, not a few");
+        let newest = 2 * fits as u32;
+        assert!(fresh(&memo, &hash(newest)).is_some());
+        assert!(
+            fresh(&memo, &hash(newest - fits as u32 + 1)).is_none(),
+            "the least recently used went first"
         );
+        assert!(fresh(&memo, &hash(newest - fits as u32 + 2)).is_some());
     }
 
     #[test]
