@@ -45,7 +45,9 @@ pub struct FixtureSpec {
     pub average_chunk: u64,
     /// Varies every hash and size.
     pub seed: u64,
-    /// `last_accessed_at` of path 0; path `i` was used at `first_access + i`.
+    /// `last_accessed_at` of path 0; path `i` was used at `first_access + i`. By default every
+    /// path was last used in the past, as in a real cache, so each hit a benchmark makes is an
+    /// access time to write (a time in the future would make the write a no-op).
     pub first_access: i64,
     /// The key whose signature is stored with each narinfo, as a server with that key stores
     /// it (`None`: no stored signature, as in a cache filled before signatures were stored).
@@ -60,7 +62,8 @@ impl FixtureSpec {
             chunked: false,
             average_chunk: 16 * 1024,
             seed: 1,
-            first_access: crate::now_secs() - 86_400,
+            // The last path a day before now.
+            first_access: crate::now_secs() - 86_400 - i64::try_from(paths).unwrap_or(i64::MAX / 2),
             signed_by: None,
         }
     }
@@ -413,6 +416,18 @@ mod tests {
             references(1, 5_000)
                 .iter()
                 .all(|&r| (3_000..5_000).contains(&r))
+        );
+    }
+
+    #[test]
+    fn every_path_of_a_large_fixture_was_last_used_in_the_past() {
+        // A benchmark's hits must each have an access time to write, as in a real cache.
+        let spec = FixtureSpec::new(1_000_000);
+        let last = spec.first_access + 999_999;
+        assert!(
+            last < crate::now_secs(),
+            "the last path used {}s from now",
+            last - crate::now_secs()
         );
     }
 
