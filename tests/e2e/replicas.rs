@@ -611,20 +611,24 @@ async fn large_nars_go_to_s3_in_parts_and_come_back_in_ranges() {
         .substitute_ok(&writer.url(), &key, closure)
         .await;
     // The client has its bytes once they are streamed; the upload to S3 is committed just
-    // after, and FileHash appears in the narinfo once it is. The writer is killed below.
+    // after. An uncompressed NAR's narinfo states FileHash (the NarHash) before it is stored,
+    // so the writer is killed below only once its upload-only route, which answers for stored
+    // NARs alone, has the NAR.
     let narinfo_url = writer.url_for(&format!(
         "{}.narinfo",
         crate::harness::narinfo::store_hash(&closure.blob)
     ));
-    let narinfo = eventually_within("the blob's NAR stored", Duration::from_secs(30), || async {
-        let text = http::get(&narinfo_url)
+    let narinfo = crate::harness::NarInfo::parse(
+        &http::get(&narinfo_url)
             .await
             .expect_status(200, "narinfo")
-            .text();
-        let narinfo = crate::harness::NarInfo::parse(&text);
-        match narinfo.get("FileHash") {
-            Some(_) => Ok(narinfo),
-            None => Err(format!("not stored yet:\n{text}")),
+            .text(),
+    );
+    let stored_url = writer.url_for(&format!("upload/{}", narinfo.field("URL")));
+    eventually_within("the blob's NAR stored", Duration::from_secs(30), || async {
+        match http::head(&stored_url).await.status {
+            200 => Ok(()),
+            status => Err(format!("not stored yet: HEAD {stored_url} is {status}")),
         }
     })
     .await;
