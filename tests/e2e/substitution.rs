@@ -1,11 +1,7 @@
 //! A Nix client that trusts only ncps's key substitutes a whole closure through ncps, and then
 //! from ncps alone once the upstream is gone.
 
-use std::time::Duration;
-
-use crate::harness::{
-    Compression, Fixture, TestEnv, Upstream, eventually_within, http, unique_dir,
-};
+use crate::harness::{Compression, Fixture, TestEnv, Upstream, http, unique_dir};
 
 async fn substitutes_then_serves_from_cache_alone(compression: Compression) {
     let mut fx = Fixture::new(compression).await;
@@ -132,38 +128,26 @@ async fn serving_threads_follow_the_cores_or_tokio_worker_threads() {
     let env = TestEnv::new();
     let upstream = Upstream::serve(&unique_dir(env.path(), "empty-upstream")).await;
     let key = env.key("upstream-1").await;
-    // The threads start with the first connection; each names itself once it runs, so the
-    // count is awaited (a thread not yet running still has the process's name).
-    let serving = |ncps: &crate::harness::Ncps, want: usize| {
+    // The threads start with the first connection, and that connection is served only once
+    // every one of them runs and has its name: one read after `/healthz` answered is exact.
+    let serving = |ncps: &crate::harness::Ncps| {
         let names = ncps.thread_names();
         let count = names
             .iter()
             .filter(|name| name.starts_with("ncps-serve-"))
             .count();
-        let outcome = if count == want {
-            Ok(())
-        } else {
-            Err(format!("{count} serving threads, not {want}: {names:?}"))
-        };
-        async move { outcome }
+        (count, names)
     };
     let config = env.ncps_config(&[&upstream], &[&key.public]);
-    // Started once `/healthz` answered: the first connection starts the threads.
     let ncps = env.ncps(&config).await;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eventually_within("a serving thread per core", Duration::from_secs(10), || {
-        serving(&ncps, cores)
-    })
-    .await;
+    let (count, names) = serving(&ncps);
+    assert_eq!(count, cores, "a serving thread per core: {names:?}");
     let mut config = env.ncps_config(&[&upstream], &[&key.public]);
     config
         .extra_env
         .push(("TOKIO_WORKER_THREADS".to_owned(), "3".to_owned()));
     let ncps = env.ncps(&config).await;
-    eventually_within(
-        "TOKIO_WORKER_THREADS serving threads",
-        Duration::from_secs(10),
-        || serving(&ncps, 3),
-    )
-    .await;
+    let (count, names) = serving(&ncps);
+    assert_eq!(count, 3, "TOKIO_WORKER_THREADS serving threads: {names:?}");
 }

@@ -98,19 +98,49 @@ pub(crate) fn count() -> usize {
 }
 
 impl ServingThread {
-    /// Starts serving thread `index` of `threads`, whose runtime runs until the process ends.
+    /// Starts serving thread `index` of `threads`, whose runtime runs until the process ends,
+    /// and returns once the thread runs (named, so `ps` and `/proc` show every serving thread
+    /// as soon as the first connection is answered).
     fn start(index: usize, threads: usize) -> std::io::Result<ServingThread> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .max_blocking_threads((BLOCKING_THREADS / threads).max(1))
             .build()?;
         let handle = runtime.handle().clone();
+        let (running, started) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name(format!("ncps-serve-{index}"))
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+            .spawn(move || {
+                let _ = running.send(());
+                runtime.block_on(std::future::pending::<()>())
+            })?;
+        started
+            .recv()
+            .map_err(|_| std::io::Error::other("a serving thread ended before it ran"))?;
         Ok(ServingThread {
             runtime: handle,
             open: Arc::new(AtomicUsize::new(0)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `start` returns once its thread runs under its name: the threads start with the first
+    /// connection, which is then answered, so one look at the process's threads after that
+    /// answer sees them all.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_started_serving_thread_already_runs_under_its_name() {
+        let _thread = super::ServingThread::start(7, 1).expect("a serving thread");
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("this process's threads")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        assert!(
+            names.iter().any(|name| name == "ncps-serve-7"),
+            "no thread named ncps-serve-7 yet: {names:?}"
+        );
     }
 }
