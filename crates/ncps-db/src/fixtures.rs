@@ -63,9 +63,14 @@ impl FixtureSpec {
             average_chunk: 16 * 1024,
             seed: 1,
             // The last path a day before now.
-            first_access: crate::now_secs() - 86_400 - i64::try_from(paths).unwrap_or(i64::MAX / 2),
+            first_access: crate::now_secs() - 86_400 - to_i64(paths),
             signed_by: None,
         }
+    }
+
+    /// When path `i` was last used (its narinfo's and its NAR's `last_accessed_at`).
+    pub fn last_use(&self, i: u64) -> i64 {
+        self.first_access + to_i64(i)
     }
 }
 
@@ -268,7 +273,7 @@ impl Database {
                     .bind(refs.join(" "))
                     .bind(format!("fixture-upstream-1:{}", "A".repeat(86) + "=="))
                     .bind(now)
-                    .bind(spec.first_access + to_i64(i))
+                    .bind(spec.last_use(i))
                     .bind(own_sig)
                     .bind(public.clone());
             }
@@ -296,7 +301,7 @@ impl Database {
             for &i in batch {
                 let nar = nar_hash(seed, i);
                 let size = nar_size(seed, i);
-                let last = spec.first_access + to_i64(i);
+                let last = spec.last_use(i);
                 if spec.chunked {
                     let chunks = chunks_of(seed, i, size, spec.average_chunk);
                     let spliced: u64 = chunks.iter().map(|c| stored_size(c.1)).sum();
@@ -423,7 +428,7 @@ mod tests {
     fn every_path_of_a_large_fixture_was_last_used_in_the_past() {
         // A benchmark's hits must each have an access time to write, as in a real cache.
         let spec = FixtureSpec::new(1_000_000);
-        let last = spec.first_access + 999_999;
+        let last = spec.last_use(999_999);
         assert!(
             last < crate::now_secs(),
             "the last path used {}s from now",
