@@ -131,10 +131,31 @@ pub async fn raw_request(
              Content-Length: {}\r\n\r\n",
             body.len()
         );
-        stream.write_all(request.as_bytes()).await?;
-        stream.write_all(body).await?;
+        // A server may answer before the body is all sent (413 for a body over its limit) and
+        // close: the rest of the body then meets a closed socket, and the answer, already
+        // received, is still read, as curl does.
+        let early_answer = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        };
+        let mut sent = stream.write_all(request.as_bytes()).await;
+        if sent.is_ok() {
+            sent = stream.write_all(body).await;
+        }
+        match sent {
+            Err(e) if !early_answer(&e) => return Err(e),
+            _ => {}
+        }
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
+        match stream.read_to_end(&mut response).await {
+            // The reset that closed the socket came after an answer: keep the answer.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !response.is_empty() => {}
+            other => {
+                other?;
+            }
+        }
         Ok::<_, std::io::Error>(response)
     };
     let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
