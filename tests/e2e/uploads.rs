@@ -348,6 +348,19 @@ async fn nar_over_the_upload_limit_is_refused() {
         .unwrap_or_else(|e| panic!("{what}: no response (want a 413): {e:?}"));
     up.assert_refused(resp, 413, &what).await;
 
+    // A client that declares a NAR over the limit and waits for the go-ahead, as `nix copy`
+    // does, is refused before it sends a byte: no `100 Continue`, and the connection closes.
+    for prefix in ["", "/upload"] {
+        let path = format!("{prefix}/nar/{}.nar", sha256_nixbase32(b"never sent"));
+        let answer =
+            http::put_waiting_for_continue(&up.server.ncps.authority(), &path, 2 << 20).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413") && !answer.contains("100 Continue"),
+            "PUT {path} declaring 2 MiB over a 1 MiB limit: want a 413 before any body: \
+             {answer:.300}"
+        );
+    }
+
     up.server.put_path(&up.cache, &up.path, "", &[]).await;
 }
 

@@ -28,8 +28,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::request_bodies::LingeringBody;
 use crate::sendfile::SendfileStream;
 use crate::serving_threads::ServingThreads;
 
@@ -143,7 +145,7 @@ pub async fn serve(
                 return;
             }
             let io = TokioIo::new(WriteStallLimit::new(tcp, limits.write_stall));
-            let service = TowerToHyperService::new(router);
+            let service = TowerToHyperService::new(router.map_request(LingeringBody::wrap));
             let connection = builder.serve_connection_with_upgrades(io, service);
             if let Err(e) = watcher.watch(connection).await {
                 debug!(error = %e, "connection ended with an error");
@@ -247,7 +249,7 @@ impl AsyncWrite for WriteStallLimit {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -265,7 +267,7 @@ mod tests {
     }
 
     /// `router` served with `limits`: its address, its stop switch and the task serving it.
-    async fn serving(
+    pub(crate) async fn serving(
         router: Router,
         limits: ConnectionLimits,
     ) -> (
@@ -282,7 +284,8 @@ mod tests {
         (addr, tx, task)
     }
 
-    fn quick(max_connections: usize) -> ConnectionLimits {
+    /// Limits short enough for tests to see them act.
+    pub(crate) fn quick(max_connections: usize) -> ConnectionLimits {
         ConnectionLimits {
             max_connections,
             header_read: Duration::from_millis(300),

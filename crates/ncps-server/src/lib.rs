@@ -9,6 +9,7 @@ mod connections;
 mod error;
 mod headers;
 mod logging;
+mod request_bodies;
 mod routes;
 mod sendfile;
 mod serving_threads;
@@ -16,9 +17,9 @@ mod serving_threads;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use ncps_core::{Cache, MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD};
+use request_bodies::limited;
 
 pub use auth::AccessConfig;
 pub use connections::{ConnectionLimits, serve};
@@ -41,17 +42,25 @@ pub struct ServerOptions {
 /// Builds the router serving `cache` with `options`.
 pub fn router(cache: Cache, options: ServerOptions) -> Router {
     let access = options.access;
-    let narinfo = get(routes::narinfo::get)
-        .put(routes::narinfo::put)
-        .delete(routes::narinfo::delete)
-        .layer(DefaultBodyLimit::max(MAX_NARINFO_UPLOAD));
-    let nar = get(routes::nar::get)
-        .head(routes::nar::head)
-        .put(routes::nar::put)
-        .delete(routes::nar::delete);
-    let log = get(routes::log::get)
-        .put(routes::log::put)
-        .layer(DefaultBodyLimit::max(MAX_LOG_UPLOAD));
+    // On a 32-bit host a limit beyond the address space is no limit.
+    let max_nar = usize::try_from(cache.ingest().max_upload_size()).unwrap_or(usize::MAX);
+    let narinfo = limited(
+        get(routes::narinfo::get)
+            .put(routes::narinfo::put)
+            .delete(routes::narinfo::delete),
+        MAX_NARINFO_UPLOAD,
+    );
+    let nar = limited(
+        get(routes::nar::get)
+            .head(routes::nar::head)
+            .put(routes::nar::put)
+            .delete(routes::nar::delete),
+        max_nar,
+    );
+    let log = limited(
+        get(routes::log::get).put(routes::log::put),
+        MAX_LOG_UPLOAD.min(max_nar),
+    );
     Router::new()
         .route("/nix-cache-info", get(routes::cache_info::get))
         .route("/pubkey", get(routes::pubkey::get))
@@ -74,15 +83,19 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
         .route("/upload/pubkey", get(routes::pubkey::get))
         .route(
             "/upload/nar/{file}",
-            get(routes::nar::get_stored)
-                .head(routes::nar::head_stored)
-                .put(routes::nar::put),
+            limited(
+                get(routes::nar::get_stored)
+                    .head(routes::nar::head_stored)
+                    .put(routes::nar::put),
+                max_nar,
+            ),
         )
         .route(
             "/upload/build-trace-v2/{drv}/{output}",
-            get(routes::realisation::get_stored_trace)
-                .put(routes::realisation::put_trace)
-                .layer(DefaultBodyLimit::max(MAX_REALISATION_UPLOAD)),
+            limited(
+                get(routes::realisation::get_stored_trace).put(routes::realisation::put_trace),
+                MAX_REALISATION_UPLOAD,
+            ),
         )
         .route("/log/{drv}", log)
         .route(
@@ -92,21 +105,24 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
         .route("/pins", get(routes::pin::list))
         .route(
             "/realisations/{file}",
-            get(routes::realisation::get)
-                .put(routes::realisation::put)
-                .layer(DefaultBodyLimit::max(MAX_REALISATION_UPLOAD)),
+            limited(
+                get(routes::realisation::get).put(routes::realisation::put),
+                MAX_REALISATION_UPLOAD,
+            ),
         )
         .route(
             "/build-trace-v2/{drv}/{output}",
-            get(routes::realisation::get_trace)
-                .put(routes::realisation::put_trace)
-                .layer(DefaultBodyLimit::max(MAX_REALISATION_UPLOAD)),
+            limited(
+                get(routes::realisation::get_trace).put(routes::realisation::put_trace),
+                MAX_REALISATION_UPLOAD,
+            ),
         )
         .route(
             "/upload/{file}",
-            get(routes::narinfo::get_stored)
-                .put(routes::narinfo::put)
-                .layer(DefaultBodyLimit::max(MAX_NARINFO_UPLOAD)),
+            limited(
+                get(routes::narinfo::get_stored).put(routes::narinfo::put),
+                MAX_NARINFO_UPLOAD,
+            ),
         )
         .route("/{file}", narinfo)
         .fallback(routes::not_found)

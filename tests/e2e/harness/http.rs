@@ -115,6 +115,29 @@ pub async fn raw_get(authority: &str, raw_path: &str) -> (u16, String) {
     raw_request(authority, "GET", raw_path, b"").await
 }
 
+/// What the server answers to a PUT of `raw_path` that declares a body of `declared` bytes
+/// and, as curl does, waits for `100 Continue` before sending it; no body is ever sent. The
+/// whole exchange as text, read until the server closes (it should not wait for the body).
+pub async fn put_waiting_for_continue(authority: &str, raw_path: &str, declared: u64) -> String {
+    let what = format!("PUT {raw_path} declaring {declared} bytes");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        let request = format!(
+            "PUT {raw_path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {declared}\r\n\
+             Expect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after 10 s, waiting for the body"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 /// `method raw_path` sent as written (no client normalises it) with `body`; the status and
 /// the body of the answer.
 pub async fn raw_request(

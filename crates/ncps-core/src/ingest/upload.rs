@@ -72,6 +72,12 @@ pub(crate) fn file_source(
 }
 
 impl Ingest {
+    /// The largest NAR file an upload may be (`--cache-max-upload-size`): the HTTP face refuses
+    /// a larger declared body before reading a byte of it.
+    pub fn max_upload_size(&self) -> u64 {
+        self.0.uploads.max_size
+    }
+
     /// Receives a NAR upload. Its URL names its FileHash, which must match the bytes.
     pub async fn upload_nar(
         &self,

@@ -1,0 +1,367 @@
+//! Request bodies the server answers without reading to their end.
+//!
+//! An HTTP/1 server that answers before reading a whole request body, and then closes the
+//! connection, has the kernel reset it: a client still sending gets a broken pipe or a reset,
+//! and may never read the answer (a 413 for an upload over the limit, a 401 for a missing
+//! password). Two rules keep such answers readable, and keep refused bytes off the wire:
+//! - A body declared larger than its route takes is refused before a byte of it is read
+//!   ([`limited`]). A client that asked `Expect: 100-continue` (curl always does for a PUT, and
+//!   so does `nix copy --to`) is then never told to go on, and sends nothing.
+//! - A body its handler left unread is read and dropped for a moment after the answer
+//!   ([`LingeringBody`]), as nginx's lingering close does: a client that sends its whole body
+//!   before it reads finds the answer waiting, and a body drained to its end even leaves the
+//!   connection open for the next request.
+//!
+//! [`LingeringBody::wrap`] is applied to every request by the connection code; [`limited`] is
+//! the one way routes that take bodies set their limit.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, Version, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use ncps_core::CacheError;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::ApiError;
+
+/// Longest an unread body is drained after its answer: enough for any client to read the
+/// answer, short enough that a refused client holds its connection slot only briefly.
+const LINGER_FOR: Duration = Duration::from_secs(10);
+/// Draining stops sooner once the client sends nothing for this long.
+const LINGER_SILENCE: Duration = Duration::from_secs(2);
+
+/// `route`, taking request bodies of at most `limit` bytes. A body declared larger is refused
+/// with 413 before it is read; one that grows past `limit` while read is refused then (by the
+/// extractor, or by the handler for a streamed body).
+pub(crate) fn limited<S>(route: MethodRouter<S>, limit: usize) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let declared_limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    route
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            declared_limit,
+            refuse_declared_oversize,
+        ))
+}
+
+/// Answers 413 at once to a request whose declared body is over `limit`, without reading it.
+async fn refuse_declared_oversize(
+    State(limit): State<u64>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // A declared length is the hint's lower bound; a chunked body's is 0.
+    if request.body().size_hint().lower() > limit {
+        return ApiError::from(CacheError::TooLarge { limit }).into_response();
+    }
+    next.run(request).await
+}
+
+/// A request body that, when dropped unread, is drained in the background for a moment (see
+/// the module's documentation), unless draining it would ask the client for a body it was
+/// waiting for permission to send.
+pub(crate) struct LingeringBody {
+    /// `None` once dropped (handed to the drain).
+    inner: Option<Incoming>,
+    /// HTTP/1: over HTTP/2 a refused stream is reset alone, and the connection is unharmed.
+    http1: bool,
+    /// The client waits for `100 Continue` before sending, which hyper sends on the first read.
+    waits_for_continue: bool,
+}
+
+impl LingeringBody {
+    /// `request` with its body wrapped.
+    pub(crate) fn wrap(request: hyper::Request<Incoming>) -> hyper::Request<Self> {
+        let http1 = request.version() <= Version::HTTP_11;
+        let waits_for_continue = expects_continue(request.headers());
+        request.map(|inner| Self {
+            inner: Some(inner),
+            http1,
+            waits_for_continue,
+        })
+    }
+
+    /// Whether what is left of the body may be drained: only what the client sends anyway.
+    fn may_drain(&self) -> bool {
+        self.http1 && !self.waits_for_continue
+    }
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+impl HttpBody for LingeringBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        // Reading is the go-ahead: hyper has now sent `100 Continue`.
+        this.waits_for_continue = false;
+        match this.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl Drop for LingeringBody {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if body.is_end_stream() || !self.may_drain() {
+            return;
+        }
+        // Dropped by the connection's task, so on its runtime; without one, hyper closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body));
+        }
+    }
+}
+
+/// Reads and drops `body` until its end, [`LINGER_SILENCE`] without a byte, an error, or
+/// [`LINGER_FOR`] in all; dropping it then lets hyper close the connection.
+async fn drain(mut body: Incoming) {
+    let deadline = Instant::now() + LINGER_FOR;
+    let mut drained: u64 = 0;
+    let end = loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        let waited = tokio::time::timeout(LINGER_SILENCE, frame);
+        match tokio::time::timeout_at(deadline, waited).await {
+            Ok(Ok(Some(Ok(frame)))) => {
+                if let Some(data) = frame.data_ref() {
+                    drained += data.len() as u64;
+                }
+            }
+            Ok(Ok(None)) => break "the end of the body",
+            Ok(Ok(Some(Err(_)))) => break "the client went away",
+            Ok(Err(_)) => break "the client went silent",
+            Err(_) => break "the time allowed",
+        }
+    };
+    debug!(
+        bytes = drained,
+        until = end,
+        "drained a request body left unread"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::routing::{get, put};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::connections::tests::{quick, serving};
+
+    /// Bodies `/small` takes.
+    const LIMIT: usize = 1024;
+    /// A body far over [`LIMIT`], and far over what socket buffers hold on loopback, so a server
+    /// that stops reading makes the sender fail.
+    const HUGE: usize = 16 << 20;
+
+    /// A server whose `PUT /small` takes bodies up to [`LIMIT`]; its address and how many bodies
+    /// the handler received.
+    async fn server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counter = taken.clone();
+        let small = put(move |body: Bytes| async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            format!("took {}", body.len())
+        });
+        let router = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/small", limited(small, LIMIT));
+        let (addr, stop, _) = serving(router, quick(8)).await;
+        // Served for the rest of the test.
+        std::mem::forget(stop);
+        (addr, taken)
+    }
+
+    /// Reads one response head, and its body of `Content-Length` bytes, from `stream`.
+    async fn read_response(stream: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        let read = async {
+            while !got.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                got.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&got).to_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+            let mut body = vec![0u8; length];
+            stream.read_exact(&mut body).await.unwrap();
+            got.extend_from_slice(&body);
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("answered within 5 s");
+        String::from_utf8(got).unwrap()
+    }
+
+    fn head(length: Option<usize>, extra: &str) -> String {
+        let framing = match length {
+            Some(n) => format!("Content-Length: {n}"),
+            None => "Transfer-Encoding: chunked".into(),
+        };
+        format!("PUT /small HTTP/1.1\r\nHost: x\r\n{framing}\r\n{extra}\r\n")
+    }
+
+    #[tokio::test]
+    async fn a_body_declared_too_large_is_refused_before_the_client_is_told_to_send_it() {
+        let (addr, taken) = server().await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let ask = head(Some(HUGE), "Expect: 100-continue\r\n");
+        client.write_all(ask.as_bytes()).await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "want a 413 first, not a go-ahead: {answer}"
+        );
+        assert!(
+            answer.contains(&format!("limit of {LIMIT} bytes")),
+            "{answer}"
+        );
+        // Nothing more: no late `100 Continue`, and the connection closes at once rather than
+        // waiting for a body the client was never told to send.
+        let mut rest = Vec::new();
+        tokio::time::timeout(LINGER_SILENCE / 2, client.read_to_end(&mut rest))
+            .await
+            .expect("closed at once")
+            .unwrap();
+        assert!(
+            rest.is_empty(),
+            "after the 413: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert_eq!(taken.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_its_whole_refused_body_before_reading_reads_the_answer() {
+        let (addr, taken) = server().await;
+        let body = vec![b'a'; HUGE];
+        // Declared, and refused before it is read; then chunked, and refused once read past
+        // the limit.
+        let chunked = format!("{HUGE:x}\r\n");
+        let requests: [(String, &[u8], &[u8]); 2] = [
+            (head(Some(HUGE), ""), &body, b""),
+            (head(None, ""), chunked.as_bytes(), &body),
+        ];
+        for (ask, first, second) in requests {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let mut sent = ask.into_bytes();
+            sent.extend_from_slice(first);
+            sent.extend_from_slice(second);
+            sent.extend_from_slice(if second.is_empty() {
+                b""
+            } else {
+                b"\r\n0\r\n\r\n"
+            });
+            client
+                .write_all(&sent)
+                .await
+                .expect("the server takes the whole body");
+            let answer = read_response(&mut client).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+            // The body was drained to its end, so the connection serves the next request.
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let next = read_response(&mut client).await;
+            assert!(
+                next.starts_with("HTTP/1.1 200") && next.ends_with("ok"),
+                "{next}"
+            );
+        }
+        assert_eq!(taken.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_client_that_goes_silent_is_let_go() {
+        let (addr, _) = server().await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let ask = head(Some(HUGE), "");
+        client.write_all(ask.as_bytes()).await.unwrap();
+        client.write_all(&[b'a'; 4096]).await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        let mut rest = Vec::new();
+        let waited = tokio::time::timeout(
+            LINGER_SILENCE + Duration::from_secs(3),
+            client.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(
+            waited.is_ok(),
+            "still open {:?} after the client went silent",
+            LINGER_SILENCE + Duration::from_secs(3)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_taken() {
+        let (addr, taken) = server().await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut sent = head(Some(LIMIT), "Expect: 100-continue\r\n").into_bytes();
+        sent.extend_from_slice(&[b'a'; LIMIT]);
+        client.write_all(&sent).await.unwrap();
+        let mut answer = read_response(&mut client).await;
+        if answer.starts_with("HTTP/1.1 100") {
+            answer = read_response(&mut client).await;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("took {LIMIT}")),
+            "{answer}"
+        );
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_an_exact_100_continue_counts_as_waiting() {
+        let mut headers = HeaderMap::new();
+        assert!(!expects_continue(&headers));
+        headers.insert(header::EXPECT, "100-Continue".parse().unwrap());
+        assert!(expects_continue(&headers));
+        headers.insert(header::EXPECT, "200-ok".parse().unwrap());
+        assert!(!expects_continue(&headers));
+    }
+}
