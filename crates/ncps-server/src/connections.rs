@@ -3,7 +3,8 @@
 //! - A connection must send a whole request head within [`ConnectionLimits::header_read`] of
 //!   opening, and of finishing its previous request: idle keep-alive connections and half-sent
 //!   requests are closed then (hyper's header-read timeout covers both).
-//! - A response the client takes no byte of for [`ConnectionLimits::write_stall`] is abandoned.
+//! - A response the client takes no byte of for [`ConnectionLimits::write_stall`] is abandoned,
+//!   and a request body it sends no byte of for [`ConnectionLimits::body_stall`] fails.
 //! - At most [`ConnectionLimits::max_connections`] are open at once (the binary derives it from
 //!   the open-file limit, keeping room for storage, database and upstream sockets); beyond it new
 //!   connections wait in the listen backlog instead of failing to be accepted.
@@ -31,7 +32,7 @@ use tokio::time::Sleep;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use crate::request_bodies::LingeringBody;
+use crate::request_bodies::RequestBody;
 use crate::sendfile::SendfileStream;
 use crate::serving_threads::ServingThreads;
 
@@ -53,6 +54,8 @@ pub struct ConnectionLimits {
     pub header_read: Duration,
     /// Longest a response waits for the client to take any byte.
     pub write_stall: Duration,
+    /// Longest a request body being read waits for the client's next byte.
+    pub body_stall: Duration,
     /// Longest the server waits for requests in flight once asked to stop.
     pub drain: Duration,
 }
@@ -64,6 +67,7 @@ impl ConnectionLimits {
             max_connections,
             header_read: Duration::from_secs(30),
             write_stall: Duration::from_secs(60),
+            body_stall: Duration::from_secs(60),
             drain: Duration::from_secs(30),
         }
     }
@@ -145,7 +149,9 @@ pub async fn serve(
                 return;
             }
             let io = TokioIo::new(WriteStallLimit::new(tcp, limits.write_stall));
-            let service = TowerToHyperService::new(router.map_request(LingeringBody::wrap));
+            let service = TowerToHyperService::new(
+                router.map_request(move |request| RequestBody::wrap(request, limits.body_stall)),
+            );
             let connection = builder.serve_connection_with_upgrades(io, service);
             if let Err(e) = watcher.watch(connection).await {
                 debug!(error = %e, "connection ended with an error");
@@ -290,6 +296,7 @@ pub(crate) mod tests {
             max_connections,
             header_read: Duration::from_millis(300),
             write_stall: Duration::from_millis(300),
+            body_stall: Duration::from_millis(300),
             drain: Duration::from_secs(1),
         }
     }

@@ -1,4 +1,10 @@
-//! Request bodies the server answers without reading to their end.
+//! Request bodies: how much a route takes, how long a client may stall one, and what becomes
+//! of the part a handler leaves unread.
+//!
+//! A body that stops arriving fails after a while ([`RequestBody`]), as a response nobody reads
+//! is abandoned: a client that vanished without closing (a crash, a lost network) would
+//! otherwise hold its connection slot, and an upload's temporary file, for as long as the
+//! process runs.
 //!
 //! An HTTP/1 server that answers before reading a whole request body, and then closes the
 //! connection, has the kernel reset it: a client still sending gets a broken pipe or a reset,
@@ -8,15 +14,16 @@
 //!   ([`limited`]). A client that asked `Expect: 100-continue` (curl always does for a PUT, and
 //!   so does `nix copy --to`) is then never told to go on, and sends nothing.
 //! - A body its handler left unread is read and dropped for a moment after the answer
-//!   ([`LingeringBody`]), as nginx's lingering close does: a client that sends its whole body
+//!   ([`RequestBody`]), as nginx's lingering close does: a client that sends its whole body
 //!   before it reads finds the answer waiting, and a body drained to its end even leaves the
 //!   connection open for the next request.
 //!
-//! [`LingeringBody::wrap`] is applied to every request by the connection code; [`limited`] is
+//! [`RequestBody::wrap`] is applied to every request by the connection code; [`limited`] is
 //! the one way routes that take bodies set their limit.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -27,7 +34,7 @@ use axum::routing::MethodRouter;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use ncps_core::CacheError;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use crate::ApiError;
@@ -67,25 +74,32 @@ async fn refuse_declared_oversize(
     next.run(request).await
 }
 
-/// A request body that, when dropped unread, is drained in the background for a moment (see
-/// the module's documentation), unless draining it would ask the client for a body it was
-/// waiting for permission to send.
-pub(crate) struct LingeringBody {
+/// A request body as handlers see it: it fails once the client sends nothing of it for its
+/// stall limit, and, when dropped unread, is drained in the background for a moment (see the
+/// module's documentation), unless draining it would ask the client for a body it was waiting
+/// for permission to send.
+pub(crate) struct RequestBody {
     /// `None` once dropped (handed to the drain).
     inner: Option<Incoming>,
+    /// Longest a read may wait for the client's next byte.
+    stall: Duration,
+    /// Armed while a read waits for the client.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// HTTP/1: over HTTP/2 a refused stream is reset alone, and the connection is unharmed.
     http1: bool,
     /// The client waits for `100 Continue` before sending, which hyper sends on the first read.
     waits_for_continue: bool,
 }
 
-impl LingeringBody {
-    /// `request` with its body wrapped.
-    pub(crate) fn wrap(request: hyper::Request<Incoming>) -> hyper::Request<Self> {
+impl RequestBody {
+    /// `request` with its body wrapped, failing after `stall` without a byte.
+    pub(crate) fn wrap(request: hyper::Request<Incoming>, stall: Duration) -> hyper::Request<Self> {
         let http1 = request.version() <= Version::HTTP_11;
         let waits_for_continue = expects_continue(request.headers());
         request.map(|inner| Self {
             inner: Some(inner),
+            stall,
+            deadline: None,
             http1,
             waits_for_continue,
         })
@@ -103,21 +117,30 @@ fn expects_continue(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-impl HttpBody for LingeringBody {
+impl HttpBody for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         // Reading is the go-ahead: hyper has now sent `100 Continue`.
         this.waits_for_continue = false;
-        match this.inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
+            this.deadline = None;
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::Client)));
         }
+        let stall = this.stall;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        ready!(deadline.as_mut().poll(cx));
+        Poll::Ready(Some(Err(BodyError::Stalled(stall))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -131,7 +154,18 @@ impl HttpBody for LingeringBody {
     }
 }
 
-impl Drop for LingeringBody {
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The connection failed or the client sent a malformed body.
+    #[error(transparent)]
+    Client(hyper::Error),
+    /// The client sent nothing of the body for this long.
+    #[error("the client sent nothing of the request body for {0:?}")]
+    Stalled(Duration),
+}
+
+impl Drop for RequestBody {
     fn drop(&mut self) {
         let Some(body) = self.inner.take() else {
             return;
@@ -353,6 +387,23 @@ mod tests {
             "{answer}"
         );
         assert_eq!(taken.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_the_client_stops_sending_fails_after_the_stall_limit() {
+        let (addr, taken) = server().await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut sent = head(Some(LIMIT), "").into_bytes();
+        sent.extend_from_slice(&[b'a'; 10]);
+        client.write_all(&sent).await.unwrap();
+        // The rest never comes; the server's stall limit is `quick`'s 300 ms.
+        let answer = read_response(&mut client).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400")
+                && answer.contains("sent nothing of the request body"),
+            "{answer}"
+        );
+        assert_eq!(taken.load(Ordering::SeqCst), 0);
     }
 
     #[test]
