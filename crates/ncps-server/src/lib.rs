@@ -17,7 +17,7 @@ mod serving_threads;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use ncps_core::{Cache, MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD};
 use request_bodies::limited;
 
@@ -44,23 +44,16 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
     let access = options.access;
     // On a 32-bit host a limit beyond the address space is no limit.
     let max_nar = usize::try_from(cache.ingest().max_upload_size()).unwrap_or(usize::MAX);
-    let narinfo = limited(
-        get(routes::narinfo::get)
-            .put(routes::narinfo::put)
-            .delete(routes::narinfo::delete),
-        MAX_NARINFO_UPLOAD,
-    );
-    let nar = limited(
-        get(routes::nar::get)
-            .head(routes::nar::head)
-            .put(routes::nar::put)
-            .delete(routes::nar::delete),
-        max_nar,
-    );
-    let log = limited(
-        get(routes::log::get).put(routes::log::put),
-        MAX_LOG_UPLOAD.min(max_nar),
-    );
+    // Only the PUTs take bodies: reads pass no check on their way.
+    let narinfo = get(routes::narinfo::get)
+        .delete(routes::narinfo::delete)
+        .merge(limited(put(routes::narinfo::put), MAX_NARINFO_UPLOAD));
+    let nar = get(routes::nar::get)
+        .head(routes::nar::head)
+        .delete(routes::nar::delete)
+        .merge(limited(put(routes::nar::put), max_nar));
+    let log =
+        get(routes::log::get).merge(limited(put(routes::log::put), MAX_LOG_UPLOAD.min(max_nar)));
     Router::new()
         .route("/nix-cache-info", get(routes::cache_info::get))
         .route("/pubkey", get(routes::pubkey::get))
@@ -83,19 +76,16 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
         .route("/upload/pubkey", get(routes::pubkey::get))
         .route(
             "/upload/nar/{file}",
-            limited(
-                get(routes::nar::get_stored)
-                    .head(routes::nar::head_stored)
-                    .put(routes::nar::put),
-                max_nar,
-            ),
+            get(routes::nar::get_stored)
+                .head(routes::nar::head_stored)
+                .merge(limited(put(routes::nar::put), max_nar)),
         )
         .route(
             "/upload/build-trace-v2/{drv}/{output}",
-            limited(
-                get(routes::realisation::get_stored_trace).put(routes::realisation::put_trace),
+            get(routes::realisation::get_stored_trace).merge(limited(
+                put(routes::realisation::put_trace),
                 MAX_REALISATION_UPLOAD,
-            ),
+            )),
         )
         .route("/log/{drv}", log)
         .route(
@@ -105,24 +95,22 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
         .route("/pins", get(routes::pin::list))
         .route(
             "/realisations/{file}",
-            limited(
-                get(routes::realisation::get).put(routes::realisation::put),
+            get(routes::realisation::get).merge(limited(
+                put(routes::realisation::put),
                 MAX_REALISATION_UPLOAD,
-            ),
+            )),
         )
         .route(
             "/build-trace-v2/{drv}/{output}",
-            limited(
-                get(routes::realisation::get_trace).put(routes::realisation::put_trace),
+            get(routes::realisation::get_trace).merge(limited(
+                put(routes::realisation::put_trace),
                 MAX_REALISATION_UPLOAD,
-            ),
+            )),
         )
         .route(
             "/upload/{file}",
-            limited(
-                get(routes::narinfo::get_stored).put(routes::narinfo::put),
-                MAX_NARINFO_UPLOAD,
-            ),
+            get(routes::narinfo::get_stored)
+                .merge(limited(put(routes::narinfo::put), MAX_NARINFO_UPLOAD)),
         )
         .route("/{file}", narinfo)
         .fallback(routes::not_found)

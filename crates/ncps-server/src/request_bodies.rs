@@ -45,8 +45,9 @@ const LINGER_FOR: Duration = Duration::from_secs(10);
 /// Draining stops sooner once the client sends nothing for this long.
 const LINGER_SILENCE: Duration = Duration::from_secs(2);
 
-/// `route`, taking request bodies of at most `limit` bytes. A body declared larger is refused
-/// with 413 before it is read; one that grows past `limit` while read is refused then (by the
+/// `route` (the methods of a route that take a body: the check runs before each of them),
+/// taking request bodies of at most `limit` bytes. A body declared larger is refused with 413
+/// before it is read; one that grows past `limit` while read is refused then (by the
 /// extractor, or by the handler for a streamed body).
 pub(crate) fn limited<S>(route: MethodRouter<S>, limit: usize) -> MethodRouter<S>
 where
