@@ -279,12 +279,32 @@ mod tests {
         format!("PUT /small HTTP/1.1\r\nHost: x\r\n{framing}\r\n{extra}\r\n")
     }
 
+    /// Sends `request` (a head and as much of its body as given) on a new connection and reads
+    /// the final answer (past a `100 Continue`); the connection stays open.
+    async fn ask(addr: std::net::SocketAddr, request: &[u8]) -> (TcpStream, String) {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(request)
+            .await
+            .expect("the server takes the whole request");
+        let mut answer = read_response(&mut client).await;
+        if answer.starts_with("HTTP/1.1 100") {
+            answer = read_response(&mut client).await;
+        }
+        (client, answer)
+    }
+
+    /// `head` followed by `body`.
+    fn with_body(head: String, body: &[u8]) -> Vec<u8> {
+        [head.as_bytes(), body].concat()
+    }
+
     #[tokio::test]
     async fn a_body_declared_too_large_is_refused_before_the_client_is_told_to_send_it() {
         let (addr, taken) = server().await;
         let mut client = TcpStream::connect(addr).await.unwrap();
-        let ask = head(Some(HUGE), "Expect: 100-continue\r\n");
-        client.write_all(ask.as_bytes()).await.unwrap();
+        let request = head(Some(HUGE), "Expect: 100-continue\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
         let answer = read_response(&mut client).await;
         assert!(
             answer.starts_with("HTTP/1.1 413"),
@@ -320,21 +340,14 @@ mod tests {
             (head(Some(HUGE), ""), &body, b""),
             (head(None, ""), chunked.as_bytes(), &body),
         ];
-        for (ask, first, second) in requests {
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            let mut sent = ask.into_bytes();
-            sent.extend_from_slice(first);
-            sent.extend_from_slice(second);
-            sent.extend_from_slice(if second.is_empty() {
+        for (request, first, second) in requests {
+            let end: &[u8] = if second.is_empty() {
                 b""
             } else {
                 b"\r\n0\r\n\r\n"
-            });
-            client
-                .write_all(&sent)
-                .await
-                .expect("the server takes the whole body");
-            let answer = read_response(&mut client).await;
+            };
+            let sent = with_body(request, &[first, second, end].concat());
+            let (mut client, answer) = ask(addr, &sent).await;
             assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
             // The body was drained to its end, so the connection serves the next request.
             client
@@ -353,11 +366,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_client_that_goes_silent_is_let_go() {
         let (addr, _) = server().await;
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let ask = head(Some(HUGE), "");
-        client.write_all(ask.as_bytes()).await.unwrap();
-        client.write_all(&[b'a'; 4096]).await.unwrap();
-        let answer = read_response(&mut client).await;
+        let (mut client, answer) = ask(addr, &with_body(head(Some(HUGE), ""), &[b'a'; 4096])).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         let mut rest = Vec::new();
         let waited = tokio::time::timeout(
@@ -375,14 +384,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_within_the_limit_is_taken() {
         let (addr, taken) = server().await;
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let mut sent = head(Some(LIMIT), "Expect: 100-continue\r\n").into_bytes();
-        sent.extend_from_slice(&[b'a'; LIMIT]);
-        client.write_all(&sent).await.unwrap();
-        let mut answer = read_response(&mut client).await;
-        if answer.starts_with("HTTP/1.1 100") {
-            answer = read_response(&mut client).await;
-        }
+        let request = head(Some(LIMIT), "Expect: 100-continue\r\n");
+        let (_, answer) = ask(addr, &with_body(request, &[b'a'; LIMIT])).await;
         assert!(
             answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("took {LIMIT}")),
             "{answer}"
@@ -393,12 +396,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_the_client_stops_sending_fails_after_the_stall_limit() {
         let (addr, taken) = server().await;
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let mut sent = head(Some(LIMIT), "").into_bytes();
-        sent.extend_from_slice(&[b'a'; 10]);
-        client.write_all(&sent).await.unwrap();
         // The rest never comes; the server's stall limit is `quick`'s 300 ms.
-        let answer = read_response(&mut client).await;
+        let (_, answer) = ask(addr, &with_body(head(Some(LIMIT), ""), &[b'a'; 10])).await;
         assert!(
             answer.starts_with("HTTP/1.1 400")
                 && answer.contains("sent nothing of the request body"),
