@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post, put};
 use ncps_core::{Cache, MAX_NARINFO_UPLOAD, MAX_REALISATION_UPLOAD};
-use request_bodies::limited;
+use request_bodies::{BodyRule, BufferBudget, limited};
 
 pub use auth::AccessConfig;
 pub use connections::{ConnectionLimits, serve};
@@ -44,16 +44,22 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
     let access = options.access;
     // On a 32-bit host a limit beyond the address space is no limit.
     let max_nar = usize::try_from(cache.ingest().max_upload_size()).unwrap_or(usize::MAX);
-    // Only the PUTs take bodies: reads pass no check on their way.
+    // Only the PUTs take bodies: reads pass no check on their way. NARs are streamed to disk;
+    // the other documents are held whole, within one budget.
+    let budget = BufferBudget::default();
+    let held = |limit| BodyRule::held(limit, &budget);
+    let streamed = BodyRule::streamed(max_nar);
     let narinfo = get(routes::narinfo::get)
         .delete(routes::narinfo::delete)
-        .merge(limited(put(routes::narinfo::put), MAX_NARINFO_UPLOAD));
+        .merge(limited(put(routes::narinfo::put), held(MAX_NARINFO_UPLOAD)));
     let nar = get(routes::nar::get)
         .head(routes::nar::head)
         .delete(routes::nar::delete)
-        .merge(limited(put(routes::nar::put), max_nar));
-    let log =
-        get(routes::log::get).merge(limited(put(routes::log::put), MAX_LOG_UPLOAD.min(max_nar)));
+        .merge(limited(put(routes::nar::put), streamed.clone()));
+    let log = get(routes::log::get).merge(limited(
+        put(routes::log::put),
+        held(MAX_LOG_UPLOAD.min(max_nar)),
+    ));
     Router::new()
         .route("/nix-cache-info", get(routes::cache_info::get))
         .route("/pubkey", get(routes::pubkey::get))
@@ -78,13 +84,13 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
             "/upload/nar/{file}",
             get(routes::nar::get_stored)
                 .head(routes::nar::head_stored)
-                .merge(limited(put(routes::nar::put), max_nar)),
+                .merge(limited(put(routes::nar::put), streamed)),
         )
         .route(
             "/upload/build-trace-v2/{drv}/{output}",
             get(routes::realisation::get_stored_trace).merge(limited(
                 put(routes::realisation::put_trace),
-                MAX_REALISATION_UPLOAD,
+                held(MAX_REALISATION_UPLOAD),
             )),
         )
         .route("/log/{drv}", log)
@@ -97,20 +103,20 @@ pub fn router(cache: Cache, options: ServerOptions) -> Router {
             "/realisations/{file}",
             get(routes::realisation::get).merge(limited(
                 put(routes::realisation::put),
-                MAX_REALISATION_UPLOAD,
+                held(MAX_REALISATION_UPLOAD),
             )),
         )
         .route(
             "/build-trace-v2/{drv}/{output}",
             get(routes::realisation::get_trace).merge(limited(
                 put(routes::realisation::put_trace),
-                MAX_REALISATION_UPLOAD,
+                held(MAX_REALISATION_UPLOAD),
             )),
         )
         .route(
             "/upload/{file}",
             get(routes::narinfo::get_stored)
-                .merge(limited(put(routes::narinfo::put), MAX_NARINFO_UPLOAD)),
+                .merge(limited(put(routes::narinfo::put), held(MAX_NARINFO_UPLOAD))),
         )
         .route("/{file}", narinfo)
         .fallback(routes::not_found)

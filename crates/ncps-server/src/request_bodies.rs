@@ -18,11 +18,16 @@
 //!   before it reads finds the answer waiting, and a body drained to its end even leaves the
 //!   connection open for the next request.
 //!
+//! Bodies a handler holds whole in memory (narinfos, realisations, build logs) share one budget
+//! ([`BufferBudget`], 256 MiB): a body waits up to 5 s for room, then the client is told to retry
+//! (503), so no number of concurrent uploads can make the server hold more.
+//!
 //! [`RequestBody::wrap`] is applied to every request by the connection code; [`limited`] is
 //! the one way routes that take bodies set their limit.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -34,6 +39,7 @@ use axum::routing::MethodRouter;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use ncps_core::CacheError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
@@ -45,33 +51,113 @@ const LINGER_FOR: Duration = Duration::from_secs(10);
 /// Draining stops sooner once the client sends nothing for this long.
 const LINGER_SILENCE: Duration = Duration::from_secs(2);
 
+/// All request bodies held in memory at once (narinfos, realisations, build logs; NARs are
+/// streamed to disk): however many clients upload, they cannot make the server hold more.
+const BUFFERED_BODIES: u64 = 256 * 1024 * 1024;
+/// Longest a body waits for room in [`BUFFERED_BODIES`] before the client is told to retry.
+const BUFFER_WAIT: Duration = Duration::from_secs(5);
+
+/// The memory that request bodies held whole by their handlers share.
+#[derive(Clone)]
+pub(crate) struct BufferBudget {
+    /// One permit per KiB.
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+    wait: Duration,
+}
+
+impl BufferBudget {
+    /// `bytes` in all; a body waits at most `wait` for its share.
+    pub(crate) fn new(bytes: u64, wait: Duration) -> Self {
+        let total_kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        Self {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            wait,
+        }
+    }
+
+    /// Room for a body of `bytes` (never more than the whole budget, so any body allowed by
+    /// its route fits once the others are done), or 503 when none frees up in time.
+    async fn hold(&self, bytes: u64) -> Result<OwnedSemaphorePermit, CacheError> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.total_kib);
+        let room = self.kib.clone().acquire_many_owned(kib);
+        match tokio::time::timeout(self.wait, room).await {
+            Ok(Ok(held)) => Ok(held),
+            _ => Err(CacheError::Busy(
+                "too many uploads are being received at once; try again shortly".into(),
+            )),
+        }
+    }
+}
+
+impl Default for BufferBudget {
+    fn default() -> Self {
+        Self::new(BUFFERED_BODIES, BUFFER_WAIT)
+    }
+}
+
+/// How a route takes request bodies.
+#[derive(Clone)]
+pub(crate) struct BodyRule {
+    /// The most bytes a body may have.
+    limit: usize,
+    /// Set when the handler holds the whole body in memory.
+    budget: Option<BufferBudget>,
+}
+
+impl BodyRule {
+    /// Bodies of at most `limit` bytes, streamed by the handler.
+    pub(crate) fn streamed(limit: usize) -> Self {
+        Self {
+            limit,
+            budget: None,
+        }
+    }
+
+    /// Bodies of at most `limit` bytes, held whole by the handler within `budget`.
+    pub(crate) fn held(limit: usize, budget: &BufferBudget) -> Self {
+        Self {
+            limit,
+            budget: Some(budget.clone()),
+        }
+    }
+}
+
 /// `route` (the methods of a route that take a body: the check runs before each of them),
-/// taking request bodies of at most `limit` bytes. A body declared larger is refused with 413
-/// before it is read; one that grows past `limit` while read is refused then (by the
-/// extractor, or by the handler for a streamed body).
-pub(crate) fn limited<S>(route: MethodRouter<S>, limit: usize) -> MethodRouter<S>
+/// taking request bodies by `rule`. A body declared larger than the limit is refused with 413
+/// before it is read; one that grows past it while read is refused then (by the extractor, or
+/// by the handler for a streamed body). A body held in memory first waits for room in its
+/// budget.
+pub(crate) fn limited<S>(route: MethodRouter<S>, rule: BodyRule) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let declared_limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let limit = rule.limit;
     route
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(
-            declared_limit,
-            refuse_declared_oversize,
-        ))
+        .layer(middleware::from_fn_with_state(rule, admit_body))
 }
 
-/// Answers 413 at once to a request whose declared body is over `limit`, without reading it.
-async fn refuse_declared_oversize(
-    State(limit): State<u64>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Answers 413 at once to a request whose declared body is over the limit, without reading it;
+/// holds room in the budget for a body to be held in memory while its handler runs.
+async fn admit_body(State(rule): State<BodyRule>, request: Request, next: Next) -> Response {
+    let limit = u64::try_from(rule.limit).unwrap_or(u64::MAX);
+    let hint = request.body().size_hint();
     // A declared length is the hint's lower bound; a chunked body's is 0.
-    if request.body().size_hint().lower() > limit {
+    if hint.lower() > limit {
         return ApiError::from(CacheError::TooLarge { limit }).into_response();
     }
+    let _room = match &rule.budget {
+        // A chunked body may grow to the limit.
+        Some(budget) => match budget.hold(hint.exact().unwrap_or(limit)).await {
+            Ok(room) => Some(room),
+            Err(busy) => return ApiError::from(busy).into_response(),
+        },
+        None => None,
+    };
     next.run(request).await
 }
 
@@ -210,10 +296,10 @@ async fn drain(mut body: Incoming) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use axum::Router;
+    use axum::http::StatusCode;
     use axum::routing::{get, put};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -236,9 +322,10 @@ mod tests {
             counter.fetch_add(1, Ordering::SeqCst);
             format!("took {}", body.len())
         });
-        let router = Router::new()
-            .route("/", get(|| async { "ok" }))
-            .route("/small", limited(small, LIMIT));
+        let router = Router::new().route("/", get(|| async { "ok" })).route(
+            "/small",
+            limited(small, BodyRule::held(LIMIT, &BufferBudget::default())),
+        );
         let (addr, stop, _) = serving(router, quick(8)).await;
         // Served for the rest of the test.
         std::mem::forget(stop);
@@ -404,6 +491,46 @@ mod tests {
             "{answer}"
         );
         assert_eq!(taken.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn bodies_held_in_memory_share_one_budget() {
+        // Room for one body of the limit, waited for 100 ms.
+        let budget = BufferBudget::new(LIMIT as u64, Duration::from_millis(100));
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let signal = entered.clone();
+        let handler = put(move |body: axum::body::Body| async move {
+            signal.notify_one();
+            match axum::body::to_bytes(body, LIMIT).await {
+                Ok(bytes) => (StatusCode::OK, format!("took {}", bytes.len())),
+                Err(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        });
+        let router =
+            Router::new().route("/small", limited(handler, BodyRule::held(LIMIT, &budget)));
+        let (addr, stop, _) = serving(router, quick(8)).await;
+        std::mem::forget(stop);
+
+        // The first client declares a body as large as the budget and sends part of it: once its
+        // handler runs, it holds all the room.
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let part = with_body(head(Some(LIMIT), ""), &[b'a'; 10]);
+        first.write_all(&part).await.unwrap();
+        entered.notified().await;
+        // Another, declaring a single byte, finds no room in time and is told to retry.
+        let (_, busy) = ask(addr, &with_body(head(Some(1), ""), b"b")).await;
+        assert!(
+            busy.starts_with("HTTP/1.1 503") && busy.to_lowercase().contains("retry-after"),
+            "{busy}"
+        );
+        // The first body stalls and fails (after `quick`'s 300 ms), which frees its room.
+        let failed = read_response(&mut first).await;
+        assert!(failed.starts_with("HTTP/1.1 400"), "{failed}");
+        let (_, taken) = ask(addr, &with_body(head(Some(LIMIT), ""), &[b'c'; LIMIT])).await;
+        assert!(
+            taken.starts_with("HTTP/1.1 200") && taken.ends_with(&format!("took {LIMIT}")),
+            "{taken}"
+        );
     }
 
     #[test]
