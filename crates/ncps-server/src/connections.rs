@@ -171,21 +171,54 @@ pub async fn serve(
     }
 }
 
+/// How long a side of a connection may wait on the other: armed when an operation is pending,
+/// disarmed by any progress. Writes of responses and reads of request bodies each keep one.
+pub(crate) struct StallLimit {
+    limit: Duration,
+    /// Armed while an operation waits.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl StallLimit {
+    /// A limit of `limit` without progress.
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            deadline: None,
+        }
+    }
+
+    /// `result` as it is once ready; while it is pending, `Err(limit)` once the limit passed.
+    pub(crate) fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<T>,
+    ) -> Poll<Result<T, Duration>> {
+        if let Poll::Ready(value) = result {
+            self.deadline = None;
+            return Poll::Ready(Ok(value));
+        }
+        let limit = self.limit;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        ready!(deadline.as_mut().poll(cx));
+        Poll::Ready(Err(limit))
+    }
+}
+
 /// A client connection whose writes fail with `TimedOut` once the peer has taken nothing for
 /// `stall`.
 struct WriteStallLimit {
     tcp: SendfileStream,
-    stall: Duration,
-    /// Armed while a write waits for the peer.
-    deadline: Option<Pin<Box<Sleep>>>,
+    stall: StallLimit,
 }
 
 impl WriteStallLimit {
     fn new(tcp: TcpStream, stall: Duration) -> Self {
         Self {
             tcp: SendfileStream::new(tcp),
-            stall,
-            deadline: None,
+            stall: StallLimit::new(stall),
         }
     }
 
@@ -195,19 +228,14 @@ impl WriteStallLimit {
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        if result.is_ready() {
-            self.deadline = None;
-            return result;
-        }
-        let stall = self.stall;
-        let deadline = self
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        ready!(deadline.as_mut().poll(cx));
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the client took nothing for {stall:?}"),
-        )))
+        self.stall.watch(cx, result).map(|watched| {
+            watched.unwrap_or_else(|stall| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client took nothing for {stall:?}"),
+                ))
+            })
+        })
     }
 }
 

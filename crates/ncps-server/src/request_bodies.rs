@@ -25,10 +25,9 @@
 //! [`RequestBody::wrap`] is applied to every request by the connection code; [`limited`] is
 //! the one way routes that take bodies set their limit.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -40,10 +39,11 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use ncps_core::CacheError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::ApiError;
+use crate::connections::StallLimit;
 
 /// Longest an unread body is drained after its answer: enough for any client to read the
 /// answer, short enough that a refused client holds its connection slot only briefly.
@@ -168,10 +168,8 @@ async fn admit_body(State(rule): State<BodyRule>, request: Request, next: Next) 
 pub(crate) struct RequestBody {
     /// `None` once dropped (handed to the drain).
     inner: Option<Incoming>,
-    /// Longest a read may wait for the client's next byte.
-    stall: Duration,
-    /// Armed while a read waits for the client.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// How long a read may wait for the client's next byte.
+    stall: StallLimit,
     /// HTTP/1: over HTTP/2 a refused stream is reset alone, and the connection is unharmed.
     http1: bool,
     /// The client waits for `100 Continue` before sending, which hyper sends on the first read.
@@ -185,8 +183,7 @@ impl RequestBody {
         let waits_for_continue = expects_continue(request.headers());
         request.map(|inner| Self {
             inner: Some(inner),
-            stall,
-            deadline: None,
+            stall: StallLimit::new(stall),
             http1,
             waits_for_continue,
         })
@@ -218,16 +215,11 @@ impl HttpBody for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
-            this.deadline = None;
-            return Poll::Ready(frame.map(|f| f.map_err(BodyError::Client)));
-        }
-        let stall = this.stall;
-        let deadline = this
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        ready!(deadline.as_mut().poll(cx));
-        Poll::Ready(Some(Err(BodyError::Stalled(stall))))
+        let read = Pin::new(inner).poll_frame(cx);
+        this.stall.watch(cx, read).map(|watched| match watched {
+            Ok(frame) => frame.map(|f| f.map_err(BodyError::Client)),
+            Err(stall) => Some(Err(BodyError::Stalled(stall))),
+        })
     }
 
     fn is_end_stream(&self) -> bool {

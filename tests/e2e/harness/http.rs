@@ -119,23 +119,44 @@ pub async fn raw_get(authority: &str, raw_path: &str) -> (u16, String) {
 /// and, as curl does, waits for `100 Continue` before sending it; no body is ever sent. The
 /// whole exchange as text, read until the server closes (it should not wait for the body).
 pub async fn put_waiting_for_continue(authority: &str, raw_path: &str, declared: u64) -> String {
+    let request = format!(
+        "PUT {raw_path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {declared}\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
     let what = format!("PUT {raw_path} declaring {declared} bytes");
+    let late = "still open after 10 s, waiting for the body";
+    let response = exchange(
+        authority,
+        request.as_bytes(),
+        Duration::from_secs(10),
+        &what,
+        late,
+    )
+    .await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Sends `request` as written on a new connection and reads until the server closes; panics
+/// with `what` and `late` when that takes over `timeout`. A server that answers before reading
+/// the whole body must still let the client send it and read the answer.
+async fn exchange(
+    authority: &str,
+    request: &[u8],
+    timeout: Duration,
+    what: &str,
+    late: &str,
+) -> Vec<u8> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let request = format!(
-            "PUT {raw_path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {declared}\r\n\
-             Expect: 100-continue\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(request).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or_else(|_| panic!("{what}: still open after 10 s, waiting for the body"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    String::from_utf8_lossy(&response).into_owned()
+        .unwrap_or_else(|_| panic!("{what}: {late}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// `method raw_path` sent as written (no client normalises it) with `body`; the status and
@@ -147,44 +168,20 @@ pub async fn raw_request(
     body: &[u8],
 ) -> (u16, String) {
     let what = format!("{method} {raw_path}");
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let request = format!(
-            "{method} {raw_path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        // A server may answer before the body is all sent (413 for a body over its limit) and
-        // close: the rest of the body then meets a closed socket, and the answer, already
-        // received, is still read, as curl does.
-        let early_answer = |e: &std::io::Error| {
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            )
-        };
-        let mut sent = stream.write_all(request.as_bytes()).await;
-        if sent.is_ok() {
-            sent = stream.write_all(body).await;
-        }
-        match sent {
-            Err(e) if !early_answer(&e) => return Err(e),
-            _ => {}
-        }
-        let mut response = Vec::new();
-        match stream.read_to_end(&mut response).await {
-            // The reset that closed the socket came after an answer: keep the answer.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !response.is_empty() => {}
-            other => {
-                other?;
-            }
-        }
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no complete response"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let head = format!(
+        "{method} {raw_path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let request = [head.as_bytes(), body].concat();
+    let response = exchange(
+        authority,
+        &request,
+        REQUEST_TIMEOUT,
+        &what,
+        "no complete response",
+    )
+    .await;
     let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .strip_prefix("HTTP/1.1 ")
