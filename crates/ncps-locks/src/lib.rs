@@ -6,6 +6,7 @@
 //! when that connection closes, so they need no extra service when the database is PostgreSQL
 //! already. The binary picks one from `--cache-lock-backend`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,14 +21,25 @@ const REDIS_RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return 
 /// Releases a Redis lock only when its token still owns it (fencing).
 const REDIS_RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
-/// Connections used to try advisory locks (held locks keep their own, outside this pool).
-const PG_LOCK_CONNECTIONS: u32 = 4;
+/// How long a renewal may take, and the pause before trying a failed one again.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
+/// How long connecting to Redis, or any one command, may take before it counts as failed.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest pause between attempts to reconnect to Redis within one command.
+const RECONNECT_MAX_DELAY_MS: u64 = 500;
+
+/// How long opening the advisory lock session may take.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the advisory lock session is checked while it holds locks.
+const PG_SESSION_CHECK: Duration = Duration::from_secs(5);
 
 /// Locks in Redis.
 pub struct RedisLocks {
     client: redis::Client,
-    /// One multiplexed connection shared by every lock operation of this process.
-    conn: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
+    /// One multiplexed connection shared by every lock operation of this process, opened
+    /// again after Redis drops it (a restart, a network blip): without that, a Redis restart
+    /// left every later lock attempt failing with "broken pipe" until ncps restarted.
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     prefix: String,
 }
 
@@ -46,7 +58,14 @@ impl RedisLocks {
     async fn lock(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
         let mut conn = self
             .conn
-            .get_or_try_init(|| self.client.get_multiplexed_async_connection())
+            .get_or_try_init(|| {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(2)
+                    .set_max_delay(RECONNECT_MAX_DELAY_MS)
+                    .set_connection_timeout(REDIS_TIMEOUT)
+                    .set_response_timeout(REDIS_TIMEOUT);
+                redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
+            })
             .await
             .map_err(LockError::new)?
             .clone();
@@ -65,31 +84,10 @@ impl RedisLocks {
         if set.is_none() {
             return Ok(None);
         }
-        let (tx, mut rx) = oneshot::channel::<()>();
+        let (tx, rx) = oneshot::channel::<()>();
         let lost = Arc::new(AtomicBool::new(false));
-        let report_loss = lost.clone();
-        tokio::spawn(async move {
-            let renew = redis::Script::new(REDIS_RENEW);
-            let release = redis::Script::new(REDIS_RELEASE);
-            let mut tick = tokio::time::interval(Duration::from_millis(ttl_ms / 3));
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    _ = tick.tick() => {
-                        let renewed: Result<i64, _> = renew.key(&key).arg(&token).arg(ttl_ms).invoke_async(&mut conn).await;
-                        if !matches!(renewed, Ok(1)) {
-                            warn!(key, "lost a lock before releasing it (renewal failed); its holder stops");
-                            report_loss.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                    }
-                }
-            }
-            let released: Result<i64, _> =
-                release.key(&key).arg(&token).invoke_async(&mut conn).await;
-            debug!(key, ?released, "released lock");
-        });
+        let lease = Duration::from_millis(ttl_ms);
+        tokio::spawn(keep_renewed(conn, key, token, lease, rx, lost.clone()));
         Ok(Some(LockGuard::new(tx).losable(lost)))
     }
 }
@@ -104,6 +102,58 @@ impl LockService for RedisLocks {
     }
 }
 
+/// Renews a held Redis lock every third of its `lease` until `released` fires, then releases
+/// it. A renewal that fails (Redis unreachable, slow to answer) is tried again every second
+/// while the key may still be alive, so a short blip of Redis does not cost the holder its
+/// lock; once the lease has surely run out, or another holder owns the key, `lost` is set and
+/// the holder's work stops.
+async fn keep_renewed(
+    mut conn: redis::aio::ConnectionManager,
+    key: String,
+    token: String,
+    lease: Duration,
+    mut released: oneshot::Receiver<()>,
+    lost: Arc<AtomicBool>,
+) {
+    let renew = redis::Script::new(REDIS_RENEW);
+    let lease_ms = lease.as_millis() as u64;
+    let mut renewed_at = tokio::time::Instant::now();
+    let mut next = renewed_at + lease / 3;
+    loop {
+        tokio::select! {
+            _ = &mut released => break,
+            () = tokio::time::sleep_until(next) => {
+                let mut call = renew.key(&key);
+                call.arg(&token).arg(lease_ms);
+                match tokio::time::timeout(RENEW_RETRY, call.invoke_async::<i64>(&mut conn)).await {
+                    Ok(Ok(1)) => {
+                        renewed_at = tokio::time::Instant::now();
+                        next = renewed_at + lease / 3;
+                    }
+                    Ok(Ok(_)) => {
+                        warn!(key, "lost a lock before releasing it (another holder owns it); its holder stops");
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    failed => {
+                        // The key lapses at most `lease` after the last renewal Redis took.
+                        if renewed_at.elapsed() + RENEW_RETRY >= lease {
+                            warn!(key, ?failed, "lost a lock before releasing it (no renewal within its lease); its holder stops");
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        debug!(key, ?failed, "renewing a lock failed; trying again");
+                        next = tokio::time::Instant::now() + RENEW_RETRY;
+                    }
+                }
+            }
+        }
+    }
+    let release = redis::Script::new(REDIS_RELEASE);
+    let released: Result<i64, _> = release.key(&key).arg(&token).invoke_async(&mut conn).await;
+    debug!(key, ?released, "released lock");
+}
+
 /// A random token naming one holder of a Redis lock.
 fn random_token() -> String {
     let mut bytes = [0u8; 16];
@@ -112,12 +162,78 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// PostgreSQL session advisory locks.
+/// PostgreSQL session advisory locks, all held on one session of this process: a lock per
+/// NAR being downloaded must not take a database connection each, or a burst of cold
+/// downloads would use up the server's `max_connections` and fail every client of the
+/// database, the metadata pools of all replicas included.
 pub struct PostgresLocks {
-    /// A few connections to try locks on; a connection that takes a lock leaves the pool and
-    /// holds the lock until it closes.
-    pool: sqlx::PgPool,
+    options: sqlx::postgres::PgConnectOptions,
     prefix: String,
+    session: Arc<tokio::sync::Mutex<Session>>,
+}
+
+/// The one session holding this process's advisory locks; only [`PostgresLocks`] and its
+/// guards' release tasks touch it, one at a time.
+#[derive(Default)]
+struct Session {
+    conn: Option<sqlx::PgConnection>,
+    /// The locks the session holds, each with the flag its guard reports a loss through.
+    held: HashMap<i64, Arc<AtomicBool>>,
+}
+
+impl Session {
+    /// The session's connection, opened (and watched) when there is none.
+    async fn conn(
+        &mut self,
+        options: &sqlx::postgres::PgConnectOptions,
+        me: &Arc<tokio::sync::Mutex<Session>>,
+    ) -> Result<&mut sqlx::PgConnection, LockError> {
+        use sqlx::ConnectOptions;
+        if self.conn.is_none() {
+            let conn = tokio::time::timeout(PG_CONNECT_TIMEOUT, options.connect())
+                .await
+                .map_err(|_| LockError::new("connecting to PostgreSQL timed out"))?
+                .map_err(LockError::new)?;
+            self.conn = Some(conn);
+            tokio::spawn(watch_session(Arc::downgrade(me)));
+        }
+        Ok(self.conn.as_mut().expect("just opened"))
+    }
+
+    /// Forgets the session after a failure: closing it makes the server release every lock it
+    /// held, so each holder is told its lock is lost.
+    fn fail(&mut self, why: &sqlx::Error) {
+        if self.conn.take().is_some() && !self.held.is_empty() {
+            warn!(error = %why, locks = self.held.len(), "lost the advisory lock session; the holders stop");
+        }
+        for (_, lost) in self.held.drain() {
+            lost.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Checks the session every few seconds while it holds locks, so a session the server ended
+/// (a restart, an administrator) is noticed and its holders stop, instead of running on while
+/// another replica takes their locks. Ends with the session.
+async fn watch_session(session: std::sync::Weak<tokio::sync::Mutex<Session>>) {
+    loop {
+        tokio::time::sleep(PG_SESSION_CHECK).await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        let mut session = session.lock().await;
+        let idle = session.held.is_empty();
+        let Some(conn) = session.conn.as_mut() else {
+            return; // failed already; the next connection has its own watcher
+        };
+        if idle {
+            continue;
+        }
+        if let Err(e) = sqlx::query("SELECT 1").execute(conn).await {
+            session.fail(&e);
+            return;
+        }
+    }
 }
 
 impl PostgresLocks {
@@ -125,40 +241,61 @@ impl PostgresLocks {
     /// name. Connects on first use.
     pub fn new(url: &str, prefix: &str) -> Result<Self, LockError> {
         Ok(Self {
-            pool: sqlx::postgres::PgPoolOptions::new()
-                .max_connections(PG_LOCK_CONNECTIONS)
-                .connect_lazy(url)
-                .map_err(LockError::new)?,
+            options: url.parse().map_err(LockError::new)?,
             prefix: prefix.to_string(),
+            session: Arc::default(),
         })
     }
 
     async fn lock(&self, key: &str) -> Result<Option<LockGuard>, LockError> {
-        use sqlx::Connection;
-        let mut conn = self.pool.acquire().await.map_err(LockError::new)?;
         let id = advisory_id(&format!("{}{key}", self.prefix));
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(LockError::new)?;
-        if !got {
-            return Ok(None); // the connection goes back to the pool
+        let mut session = self.session.lock().await;
+        // A session may take its own advisory lock twice: refuse a second holder here.
+        if session.held.contains_key(&id) {
+            return Ok(None);
         }
-        // The lock belongs to this session: take the connection out of the pool for its
-        // lifetime.
-        let mut conn = conn.detach();
+        let conn = session.conn(&self.options, &self.session).await?;
+        let got = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(id)
+            .fetch_one(conn)
+            .await;
+        let got: bool = match got {
+            Ok(got) => got,
+            Err(e) => {
+                session.fail(&e);
+                return Err(LockError::new(e));
+            }
+        };
+        if !got {
+            return Ok(None);
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        session.held.insert(id, lost.clone());
         let (tx, rx) = oneshot::channel::<()>();
+        let (this_session, mine) = (Arc::downgrade(&self.session), lost.clone());
         tokio::spawn(async move {
             let _ = rx.await;
-            // Closing the session releases the lock even if the unlock fails.
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            let Some(session) = this_session.upgrade() else {
+                return; // the locks are gone, their session with them
+            };
+            let mut session = session.lock().await;
+            // Still this guard's lock, on the session that took it?
+            if !session.held.get(&id).is_some_and(|l| Arc::ptr_eq(l, &mine)) {
+                return;
+            }
+            session.held.remove(&id);
+            let Some(conn) = session.conn.as_mut() else {
+                return;
+            };
+            if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(id)
-                .execute(&mut conn)
-                .await;
-            let _ = conn.close().await;
+                .execute(conn)
+                .await
+            {
+                session.fail(&e);
+            }
         });
-        Ok(Some(LockGuard::new(tx)))
+        Ok(Some(LockGuard::new(tx).losable(lost)))
     }
 }
 
@@ -321,6 +458,117 @@ mod tests {
             panic!("the holder was never told its lock was lost");
         }
 
+        /// A TCP relay in front of Redis that can cut every connection through it and refuse
+        /// new ones for a while: what a Redis restart or a network blip looks like to a client.
+        struct Relay {
+            url: String,
+            cuts: tokio::sync::watch::Sender<u64>,
+            refuse_until: Arc<std::sync::Mutex<tokio::time::Instant>>,
+        }
+
+        impl Relay {
+            async fn to_redis() -> Relay {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("redis://{}/0", listener.local_addr().unwrap());
+                let (cuts, _) = tokio::sync::watch::channel(0u64);
+                let refuse_until = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+                let (watch, refusing) = (cuts.clone(), refuse_until.clone());
+                tokio::spawn(async move {
+                    while let Ok((client, _)) = listener.accept().await {
+                        if tokio::time::Instant::now() < *refusing.lock().unwrap() {
+                            continue; // dropped: the client sees its connection closed
+                        }
+                        let server =
+                            tokio::net::TcpStream::connect(ncps_test_services::redis_addr())
+                                .await
+                                .unwrap();
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::spawn(Self::pass(cr, sw, watch.subscribe()));
+                        tokio::spawn(Self::pass(sr, cw, watch.subscribe()));
+                    }
+                });
+                Relay {
+                    url,
+                    cuts,
+                    refuse_until,
+                }
+            }
+
+            async fn pass(
+                mut from: tokio::net::tcp::OwnedReadHalf,
+                mut to: tokio::net::tcp::OwnedWriteHalf,
+                mut cut: tokio::sync::watch::Receiver<u64>,
+            ) {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                loop {
+                    tokio::select! {
+                        _ = cut.changed() => return,
+                        read = from.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
+                        },
+                    }
+                }
+            }
+
+            /// Cuts every connection and refuses new ones for `outage`.
+            fn outage(&self, outage: Duration) {
+                *self.refuse_until.lock().unwrap() = tokio::time::Instant::now() + outage;
+                self.cuts.send_modify(|n| *n += 1);
+            }
+        }
+
+        /// After Redis drops every connection (a restart), new locks can be taken again as
+        /// soon as it is back: the lock service must not stay broken until ncps restarts.
+        #[tokio::test]
+        async fn redis_locks_work_again_after_redis_dropped_every_connection() {
+            let relay = Relay::to_redis().await;
+            let locks = RedisLocks::new(&relay.url, &unique("test:")).unwrap();
+            let ttl = Duration::from_secs(2);
+            drop(locks.try_lock("before", ttl).await.unwrap().expect("free"));
+            relay.outage(Duration::from_millis(500));
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let mut last = String::new();
+            for _ in 0..50 {
+                match locks.try_lock("after", ttl).await {
+                    Ok(guard) => {
+                        assert!(guard.is_some(), "the key is free");
+                        return;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no lock could be taken 5 s after Redis came back: {last}");
+        }
+
+        /// A held lock outlives a Redis outage shorter than its lease: renewals that fail are
+        /// tried again while the key may still be alive, and the holder keeps its lock.
+        #[tokio::test]
+        async fn a_held_redis_lock_survives_an_outage_shorter_than_its_lease() {
+            let relay = Relay::to_redis().await;
+            let prefix = unique("test:");
+            let locks = RedisLocks::new(&relay.url, &prefix).unwrap();
+            let lease = Duration::from_secs(6);
+            let held = locks.try_lock("k", lease).await.unwrap().expect("free");
+            // Renewals fall due every 2 s; Redis is gone from 1.5 s to 3.5 s.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            relay.outage(Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            assert!(
+                !held.is_lost(),
+                "a 2 s outage cost a lock whose lease is 6 s"
+            );
+            let url = format!("redis://{}/0", ncps_test_services::redis_addr());
+            let other = RedisLocks::new(&url, &prefix).unwrap();
+            assert!(
+                other.try_lock("k", lease).await.unwrap().is_none(),
+                "the lock lapsed in Redis although its holder still has it"
+            );
+        }
+
         #[tokio::test]
         async fn a_dead_holders_redis_lock_expires_after_its_ttl() {
             let addr = ncps_test_services::redis_addr();
@@ -359,6 +607,45 @@ mod tests {
             let _released = wait_for_lock(&b, "k").await;
         }
 
+        /// However many locks a replica holds (one per NAR it downloads), they take one
+        /// database connection, and each is released on its own.
+        #[tokio::test]
+        async fn many_held_advisory_locks_take_one_connection() {
+            let url = ncps_test_services::postgres_url();
+            let app = unique("locks");
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let prefix = unique("test:");
+            let locks =
+                PostgresLocks::new(&format!("{url}{sep}application_name={app}"), &prefix).unwrap();
+            let other = PostgresLocks::new(&url, &prefix).unwrap();
+            let ttl = Duration::from_secs(1);
+            let mut held = Vec::new();
+            for i in 0..40 {
+                let key = format!("nar-{i}");
+                held.push(locks.try_lock(&key, ttl).await.unwrap().expect("free"));
+            }
+            assert!(
+                locks.try_lock("nar-0", ttl).await.unwrap().is_none(),
+                "a second holder in the same process"
+            );
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let sessions: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind(&app)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            assert_eq!(sessions, 1, "database connections for 40 held locks");
+            let first = held.remove(0);
+            drop(first);
+            let _taken = wait_for_lock(&other, "nar-0").await;
+            assert!(
+                other.try_lock("nar-1", ttl).await.unwrap().is_none(),
+                "releasing one lock released others"
+            );
+        }
+
         /// A replica that dies loses its advisory locks with its database session.
         #[tokio::test]
         async fn a_dead_sessions_advisory_lock_is_released() {
@@ -379,7 +666,14 @@ mod tests {
             .unwrap();
             assert_eq!(killed, vec![true], "exactly the holder's session");
             let _taken = wait_for_lock(&b, "k").await;
-            drop(held);
+            // The holder learns it at the session's next check and stops its work.
+            for _ in 0..80 {
+                if held.is_lost() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the holder whose session ended was never told its lock was lost");
         }
     }
 
