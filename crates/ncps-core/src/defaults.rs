@@ -6,8 +6,18 @@ use std::time::Duration;
 /// Priority announced in `/nix-cache-info` (lower is preferred): the Go ncps's 10, so clients
 /// that list us beside cache.nixos.org (40) ask us first, as they did the Go ncps.
 pub const PRIORITY: u32 = 10;
-/// How long a download lock lives without renewal; a dead replica's lock expires after it.
-pub const DOWNLOAD_LOCK_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long a lock shared by replicas lives without renewal: a replica killed while it holds
+/// one (a download, an eviction run, a chunk collection) stops blocking the others after
+/// this. Its holder renews it every third of this, so it only has to outlast a missed renewal
+/// or two, not the work. (The Go ncps's 5 minutes for downloads, 30 for eviction, made
+/// every other replica wait that long for each NAR a killed one was fetching.)
+pub const LOCK_LEASE: Duration = Duration::from_secs(15);
+/// How long a download lock lives without renewal (`--cache-lock-download-ttl`).
+pub const DOWNLOAD_LOCK_TTL: Duration = LOCK_LEASE;
+/// How long a request waits for another replica's download of the same NAR before it gives
+/// up. The holder renews its lock while it downloads, so this bounds a slow download, not a
+/// dead holder (whose lock lapses after its TTL, when a waiter takes over).
+pub const DOWNLOAD_WAIT: Duration = Duration::from_secs(5 * 60);
 /// How long a whole file is kept after its chunks are complete (lazy chunking).
 pub const CDC_DELETE_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// zstd level of each chunk's frame: level 1 is the only one that keeps ingest above

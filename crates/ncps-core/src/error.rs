@@ -43,8 +43,8 @@ pub enum CacheError {
     /// once it is back.
     #[error(transparent)]
     Lock(#[from] crate::LockError),
-    /// Another replica's download of this NAR held its lock for longer than the lock's TTL
-    /// without storing it.
+    /// Another replica kept downloading this NAR for longer than a request waits
+    /// ([`crate::defaults::DOWNLOAD_WAIT`]).
     #[error("another replica's download of this NAR did not finish in time")]
     WaitedTooLong,
     /// The server runs as much of this kind of work as it may; the request may succeed shortly.

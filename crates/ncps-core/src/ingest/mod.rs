@@ -23,7 +23,6 @@ use ncps_store::BlobStore;
 use ncps_upstream::Upstreams;
 use tracing::{Instrument, debug, info};
 
-use crate::CacheError;
 use crate::chunk_queue::ChunkQueue;
 use crate::codec::can_decode;
 use crate::config::{CacheConfig, CdcConfig};
@@ -31,6 +30,7 @@ use crate::locks::{LocalLocks, LockService};
 use crate::metrics::Metrics;
 use crate::signer::Signer;
 use crate::temp::TempFiles;
+use crate::{CacheError, defaults};
 
 pub use chunking::ChunkSettings;
 pub(crate) use chunking::{Chunked, chunk_verified};
@@ -227,13 +227,13 @@ impl Ingest {
 
     /// Joins or starts the download of a NAR. Across replicas only the holder of the NAR's
     /// download lock fetches it; the others wait until it is stored (or until the holder dies
-    /// and its lock expires, when one of them takes over).
+    /// and its lock lapses, when one of them takes over), [`defaults::DOWNLOAD_WAIT`] at most.
     #[tracing::instrument(name = "cache.download", skip_all, fields(nar = %nar_hash))]
     pub(crate) async fn download(&self, nar_hash: &Sha256Hash) -> Result<Fetch, CacheError> {
         let s = &self.0;
         let lock_key = format!("download:{nar_hash}");
         let ttl = s.download_lock_ttl;
-        let deadline = tokio::time::Instant::now() + ttl;
+        let deadline = tokio::time::Instant::now() + defaults::DOWNLOAD_WAIT;
         let mut delay = Duration::from_millis(25);
         let guard = loop {
             if let Some(download) = s.downloads.join(nar_hash) {

@@ -9,10 +9,8 @@ use ncps_nix::ChunkHash;
 use tracing::warn;
 
 use super::Maintenance;
-use crate::CacheError;
+use crate::{CacheError, defaults};
 
-/// How long the collection lock lives without renewal.
-const GC_LOCK_TTL: Duration = Duration::from_secs(30 * 60);
 /// Unreferenced chunks taken per round.
 const GC_BATCH: u32 = 1000;
 
@@ -28,7 +26,12 @@ impl Maintenance {
     /// at a time; the others return an empty report.
     pub async fn collect_chunks(&self, grace: Duration) -> Result<GcReport, CacheError> {
         let mut report = GcReport::default();
-        let Some(global) = self.0.locks.try_lock("chunk-gc", GC_LOCK_TTL).await? else {
+        let Some(global) = self
+            .0
+            .locks
+            .try_lock("chunk-gc", defaults::LOCK_LEASE)
+            .await?
+        else {
             return Ok(report);
         };
         let before = ncps_db::now_secs() - grace.as_secs() as i64;

@@ -5,10 +5,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::Maintenance;
-use crate::CacheError;
-
-/// How long the eviction lock lives without renewal.
-const LRU_LOCK_TTL: Duration = Duration::from_secs(30 * 60);
+use crate::{CacheError, defaults};
 
 /// Narinfos considered per round; the stored size is re-measured after each.
 const EVICT_BATCH: u32 = 500;
@@ -39,7 +36,7 @@ impl Maintenance {
     pub async fn evict_lru(&self, max_size: u64) -> Result<LruReport, CacheError> {
         let _running = self.0.lru_running.lock().await;
         // One replica evicts at a time; the others skip this round.
-        let Some(global) = self.0.locks.try_lock("lru", LRU_LOCK_TTL).await? else {
+        let Some(global) = self.0.locks.try_lock("lru", defaults::LOCK_LEASE).await? else {
             info!("another replica is evicting; skipping this run");
             return Ok(LruReport::default());
         };
