@@ -166,7 +166,7 @@ in
           postgres when several replicas share the database and an S3 bucket.
         '';
       };
-      downloadTtl = nullOrStr "How long a download lock lives without renewal (`--cache-lock-download-ttl`; default 5m)." "10m";
+      downloadTtl = nullOrStr "How long a download lock lives without renewal (`--cache-lock-download-ttl`; default 15s)." "10m";
       redisKeyPrefix = nullOrStr "Prefix of every Redis lock key (`--cache-lock-redis-key-prefix`; default `ncps:lock:`)." "ncps-a:lock:";
       postgresKeyPrefix = nullOrStr "Prefix hashed into every PostgreSQL advisory lock id (`--cache-lock-postgres-key-prefix`; default `ncps:lock:`)." "ncps-a:lock:";
     };

@@ -3,6 +3,9 @@
 //! the interrupted work gets done; at the end `fsck`, then `fsck --repair`, leave a store with
 //! no problem and no leftover file.
 //!
+//! Each scenario runs on the embedded default (SQLite and the local disk) and on what replicas
+//! run on (PostgreSQL, a bucket of the Garage S3 server, Redis locks).
+//!
 //! `NCPS_KILLS` sets the kills per scenario: 1 by default (a short pass in the test command);
 //! `scripts/kill-soak` runs hundreds and docs/reliability.md records them.
 
@@ -16,6 +19,7 @@ use crate::harness::upload::{FileCache, send};
 use crate::harness::{
     Compression, Fixture, FixtureOptions, NarInfo, eventually_within, http, unique_dir,
 };
+use crate::replicas::{Services, redis_locks};
 
 /// What the server is busy with when it is killed.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +57,45 @@ impl Scenario {
                 "--cache-lru-schedule",
                 "@every 1s",
             ],
+        }
+    }
+}
+
+/// Where the killed server keeps its cache.
+enum Backend {
+    /// SQLite and the local disk: the zero-set-up default.
+    Embedded,
+    /// PostgreSQL, a bucket of the Garage S3 server and Redis locks, as replicas run.
+    Shared(Services),
+}
+
+impl Backend {
+    /// A fresh, empty place for the cache (database and storage flags; nothing for the
+    /// embedded default, whose place is the data directory), so every kill lands in cold work.
+    fn fresh_place(&self) -> Vec<String> {
+        match self {
+            Backend::Embedded => Vec::new(),
+            Backend::Shared(services) => {
+                let mut place = vec!["--cache-database-url".to_owned(), services.database()];
+                place.extend(services.s3_args(&services.bucket()));
+                place
+            }
+        }
+    }
+
+    /// How figures and failures name it.
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded => "SQLite and local disk",
+            Backend::Shared(_) => "PostgreSQL, S3 and Redis",
+        }
+    }
+
+    /// The lock service's flags for `serve`.
+    fn locks(&self) -> Vec<String> {
+        match self {
+            Backend::Embedded => Vec::new(),
+            Backend::Shared(services) => redis_locks(services),
         }
     }
 }
@@ -192,19 +235,32 @@ async fn check_served(fx: &Fixture, uploaded: Option<&(FileCache, String)>, why:
     }
 }
 
-/// `fsck` with `args` (and `--min-age 0s`: the server is stopped, nothing is in progress).
-async fn fsck(fx: &Fixture, args: &[&str]) -> crate::harness::ncps::NcpsRun {
+/// `fsck` of the cache at `place` with `args` (and `--min-age 0s`: the server is stopped,
+/// nothing is in progress).
+async fn fsck(fx: &Fixture, place: &[String], args: &[&str]) -> crate::harness::ncps::NcpsRun {
     let mut all = vec!["--min-age", "0s"];
+    all.extend(place.iter().map(String::as_str));
     all.extend(args);
     fx.env.ncps_admin("fsck", &fx.config, &all).await
 }
 
+/// The `serve` flags of `scenario` on the cache at `place`.
+fn serve_args(scenario: Scenario, place: &[String], backend: &Backend) -> Vec<String> {
+    let mut args: Vec<String> = scenario.args().iter().map(|a| (*a).to_owned()).collect();
+    args.extend(place.iter().cloned());
+    args.extend(backend.locks());
+    args
+}
+
 #[expect(clippy::print_stderr, reason = "figures for docs/reliability.md")]
-async fn kill_at_random_moments(scenario: Scenario) {
+async fn kill_at_random_moments(scenario: Scenario, backend: Backend) {
+    let mut place = backend.fresh_place();
+    let args = serve_args(scenario, &place, &backend);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut fx = Fixture::with(
         FixtureOptions::new(Compression::Xz)
             .blob_bytes(2_000_000)
-            .ncps_args(scenario.args()),
+            .ncps_args(&args),
     )
     .await;
     // Each NAR takes a while to arrive, so kills land in the middle of ingests.
@@ -227,6 +283,8 @@ async fn kill_at_random_moments(scenario: Scenario) {
             // A fresh store each time, so every kill lands in cold work.
             fx.config.data_dir = unique_dir(fx.env.path(), "ncps-data");
             fx.config.temp_dir = unique_dir(fx.env.path(), "ncps-tmp");
+            place = backend.fresh_place();
+            fx.config.extra_args = serve_args(scenario, &place, &backend);
             fx.ncps = fx.env.ncps(&fx.config).await;
         }
         let workload = spawn_workload(&fx, uploaded.as_ref(), &violations);
@@ -236,31 +294,35 @@ async fn kill_at_random_moments(scenario: Scenario) {
             task.abort();
         }
         fx.ncps = fx.env.ncps(&fx.config).await;
-        let why = format!("{scenario:?}, after kill {kill} of {kills} (seed {seed})");
+        let why = format!(
+            "{scenario:?} on {}, after kill {kill} of {kills} (seed {seed})",
+            backend.name()
+        );
         check_served(&fx, uploaded.as_ref(), &why).await;
         let wrong = violations.lock().expect("lock").clone();
         assert!(wrong.is_empty(), "{why}: wrong bytes served: {wrong:?}");
 
         fx.ncps.terminate().await;
-        let found = fsck(&fx, &[]).await;
+        let found = fsck(&fx, &place, &[]).await;
         for kind in problem_kinds(&found.output) {
             *found_before_repair.entry(kind).or_default() += 1;
         }
-        let repair = fsck(&fx, &["--repair"]).await;
+        let repair = fsck(&fx, &place, &["--repair"]).await;
         assert!(
             repair.status.success() && repair.output.contains("0 remaining"),
             "{why}: fsck --repair did not end clean:\n{repair}"
         );
-        let after = fsck(&fx, &[]).await;
+        let after = fsck(&fx, &place, &[]).await;
         assert!(
             after.status.success() && after.output.contains("0 problems found"),
             "{why}: fsck after the repair:\n{after}\n(before the repair:\n{found})"
         );
     }
     eprintln!(
-        "KILL-FIGURES {scenario:?}: {kills} kills in {:?}; no wrong byte served; every path \
+        "KILL-FIGURES {scenario:?} on {}: {kills} kills in {:?}; no wrong byte served; every path \
          served after each restart; problems fsck found before repairing, by kind: \
          {found_before_repair:?}; clean after every repair",
+        backend.name(),
         started.elapsed()
     );
 }
@@ -279,32 +341,31 @@ fn problem_kinds(output: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_during_cold_downloads() {
-    kill_at_random_moments(Scenario::ColdDownloads).await;
+/// Each scenario's test on each backend: `killed_during_<scenario>` on the embedded default,
+/// `killed_during_<scenario>_on_postgres_s3_and_redis` on the shared services.
+macro_rules! kill_tests {
+    ($($embedded:ident, $shared:ident: $scenario:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $embedded() {
+            kill_at_random_moments($scenario, Backend::Embedded).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $shared() {
+            kill_at_random_moments($scenario, Backend::Shared(Services::from_env())).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_during_eager_chunking() {
-    kill_at_random_moments(Scenario::EagerChunking).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_during_lazy_chunking() {
-    kill_at_random_moments(Scenario::LazyChunking).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_during_uploads() {
-    kill_at_random_moments(Scenario::Uploads).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_during_eviction() {
-    kill_at_random_moments(Scenario::Eviction).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_during_chunk_collection() {
-    kill_at_random_moments(Scenario::ChunkCollection).await;
+kill_tests! {
+    killed_during_cold_downloads, killed_during_cold_downloads_on_postgres_s3_and_redis:
+        Scenario::ColdDownloads;
+    killed_during_eager_chunking, killed_during_eager_chunking_on_postgres_s3_and_redis:
+        Scenario::EagerChunking;
+    killed_during_lazy_chunking, killed_during_lazy_chunking_on_postgres_s3_and_redis:
+        Scenario::LazyChunking;
+    killed_during_uploads, killed_during_uploads_on_postgres_s3_and_redis: Scenario::Uploads;
+    killed_during_eviction, killed_during_eviction_on_postgres_s3_and_redis: Scenario::Eviction;
+    killed_during_chunk_collection, killed_during_chunk_collection_on_postgres_s3_and_redis:
+        Scenario::ChunkCollection;
 }

@@ -38,7 +38,7 @@ impl Services {
     }
 
     /// A fresh PostgreSQL database for one test.
-    fn database(&self) -> String {
+    pub(crate) fn database(&self) -> String {
         let name = format!("ncps_replicas_{}", random_hex(6));
         run(
             "psql",
@@ -213,15 +213,12 @@ fn shared_args(
         .map(|s| (*s).to_owned())
         .collect();
     args.extend(storage);
+    // The locks' default TTL: a replica killed mid-download must hold the others up for
+    // seconds, not minutes, as shipped.
     args.extend(
-        [
-            "--cache-secret-key-path",
-            key_file,
-            "--cache-lock-download-ttl",
-            "3s",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
+        ["--cache-secret-key-path", key_file]
+            .iter()
+            .map(|s| (*s).to_owned()),
     );
     args.extend(locks.iter().cloned());
     args
@@ -448,7 +445,6 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>, storage: 
                     .await
                     .map_err(|e| e.to_string())?;
                 if r.status().as_u16() != 200 {
-                    // 504 while the dead replica's lock has not expired yet.
                     return Err(format!("status {}", r.status()));
                 }
                 r.bytes().await.map_err(|e| e.to_string())
@@ -466,7 +462,8 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>, storage: 
     );
 }
 
-fn redis_locks(s: &Services) -> Vec<String> {
+/// Locks in the Redis server, under a key prefix of their own.
+pub(crate) fn redis_locks(s: &Services) -> Vec<String> {
     vec![
         "--cache-lock-backend".into(),
         "redis".into(),
