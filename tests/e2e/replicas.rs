@@ -488,6 +488,64 @@ async fn replicas_on_postgres_and_s3_with_advisory_locks() {
     replicas_share_one_cache(postgres_locks, SharedStorage::S3).await;
 }
 
+/// GETs a path's narinfo and NAR from `replica`: both must be a 200 at the first attempt, the
+/// NAR's bytes those the narinfo describes.
+async fn served_at_once(replica: &Ncps, path: &str, why: &str) {
+    let narinfo_url = replica.url_for(&format!(
+        "{}.narinfo",
+        crate::harness::narinfo::store_hash(path)
+    ));
+    let text = http::get(&narinfo_url)
+        .await
+        .expect_status(200, &format!("{why}: GET {narinfo_url}"))
+        .text();
+    let narinfo = crate::harness::NarInfo::parse(&text);
+    let nar_url = replica.url_for(narinfo.field("URL"));
+    let nar = http::get(&nar_url)
+        .await
+        .expect_ok_with_length(&format!("{why}: GET {nar_url}"));
+    narinfo
+        .verify_nar(&nar.body)
+        .unwrap_or_else(|e| panic!("{why}: {nar_url}: {e}"));
+}
+
+/// PostgreSQL ending every session of the cache's database (a restart, a failover, an
+/// administrator) costs no request: stored paths are served and cold ones fetched at the first
+/// attempt, over new connections and a new advisory lock session.
+#[tokio::test(flavor = "multi_thread")]
+async fn serving_goes_on_after_postgresql_ends_every_session() {
+    let services = Services::from_env();
+    let fleet = Fleet::new(&services, Compression::Xz, postgres_locks(&services)).await;
+    let replica = fleet.env.ncps(&fleet.replica_config()).await;
+    let (stored, cold) = fleet.closure.paths.split_first().expect("a closure");
+    served_at_once(&replica, stored, "before").await;
+    let url = fleet
+        .shared
+        .iter()
+        .skip_while(|a| *a != "--cache-database-url")
+        .nth(1)
+        .expect("the database URL");
+    let database = url.rsplit('/').next().expect("a database name");
+    let ended = Command::new("psql")
+        .args([
+            services.postgres.as_str(),
+            "-qtA",
+            "-c",
+            &format!(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{database}' AND pid <> pg_backend_pid()) t"
+            ),
+        ])
+        .output()
+        .expect("run psql");
+    let ended = String::from_utf8_lossy(&ended.stdout).trim().to_owned();
+    assert_ne!(ended, "0", "ncps had no session to end");
+    served_at_once(&replica, stored, "a stored path, sessions ended").await;
+    for path in cold {
+        served_at_once(&replica, path, "a cold path, sessions ended").await;
+    }
+}
+
 /// Chunked NARs in a bucket: the remote paths of chunk storage (frames fetched concurrently,
 /// presence checked with HEAD requests) serve a closure through a second replica once the
 /// upstream is gone.
