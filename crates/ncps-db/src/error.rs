@@ -9,6 +9,16 @@ pub enum DbError {
         /// What is wrong with it.
         reason: String,
     },
+    /// No connection to the database server could be opened in time. The pool only says it
+    /// timed out; `cause` is what one direct attempt reported (refused, unknown host, bad
+    /// password, no such database, …), so the operator reads why.
+    #[error("cannot connect to the database {url}: {cause}")]
+    Unreachable {
+        /// The URL as given, its password (if any) replaced by `***`.
+        url: String,
+        /// The failure of a direct connection attempt.
+        cause: String,
+    },
     /// The engine reported an error.
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),

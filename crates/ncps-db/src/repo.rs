@@ -336,6 +336,21 @@ fn init_mysql(
     })
 }
 
+/// Why no connection to `url` could be opened: the pool reports only its timeout, so one
+/// connection is tried directly and its error named.
+async fn why_unreachable(url: &str, connect: &AnyConnectOptions) -> DbError {
+    use sqlx::ConnectOptions;
+    let cause = match tokio::time::timeout(ACQUIRE_TIMEOUT, connect.connect()).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => "the pool timed out, though a direct connection succeeded".to_owned(),
+        Err(_) => format!("no answer within {}s", ACQUIRE_TIMEOUT.as_secs()),
+    };
+    DbError::Unreachable {
+        url: redact(url),
+        cause,
+    }
+}
+
 impl Database {
     /// Opens (creating when missing) the database named by `url` with the default pool sizes
     /// and applies pending migrations.
@@ -416,7 +431,11 @@ impl Database {
             Dialect::Mysql => options = options.after_connect(init_mysql),
             Dialect::Postgres => {}
         }
-        let pool = options.connect_with(connect).await?;
+        let pool = match options.connect_with(connect.clone()).await {
+            Ok(pool) => pool,
+            Err(sqlx::Error::PoolTimedOut) => return Err(why_unreachable(url, &connect).await),
+            Err(e) => return Err(e.into()),
+        };
         let write_gate = (dialect == Dialect::Sqlite).then(Default::default);
         Ok(Self {
             pool,
@@ -1277,8 +1296,13 @@ mod tests {
             let err = Database::connect(url, options, Duration::from_millis(300))
                 .await
                 .unwrap_err();
-            assert!(matches!(err, DbError::Sqlx(_)), "{url}: {err}");
-            assert!(!err.to_string().contains("pw"), "{err}");
+            assert!(matches!(err, DbError::Unreachable { .. }), "{url}: {err}");
+            let said = err.to_string();
+            assert!(
+                said.contains("127.0.0.1:1") && said.contains("refused"),
+                "names neither the server nor the cause: {said}"
+            );
+            assert!(!said.contains("pw"), "{said}");
         }
     }
 }
