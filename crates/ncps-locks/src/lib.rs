@@ -28,8 +28,10 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest pause between attempts to reconnect to Redis within one command.
 const RECONNECT_MAX_DELAY_MS: u64 = 500;
 
-/// How long opening the advisory lock session may take.
-const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening the advisory lock session, or any statement on it, may take: every lock
+/// of the process waits behind a statement that hangs (a server gone without closing the
+/// connection), so one that does not answer ends the session.
+const PG_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the advisory lock session is checked while it holds locks.
 const PG_SESSION_CHECK: Duration = Duration::from_secs(5);
 
@@ -177,6 +179,8 @@ pub struct PostgresLocks {
 #[derive(Default)]
 struct Session {
     conn: Option<sqlx::PgConnection>,
+    /// How many connections the session has opened: a watcher checks only its own.
+    opened: u64,
     /// The locks the session holds, each with the flag its guard reports a loss through.
     held: HashMap<i64, Arc<AtomicBool>>,
 }
@@ -190,19 +194,39 @@ impl Session {
     ) -> Result<&mut sqlx::PgConnection, LockError> {
         use sqlx::ConnectOptions;
         if self.conn.is_none() {
-            let conn = tokio::time::timeout(PG_CONNECT_TIMEOUT, options.connect())
+            let conn = tokio::time::timeout(PG_TIMEOUT, options.connect())
                 .await
                 .map_err(|_| LockError::new("connecting to PostgreSQL timed out"))?
                 .map_err(LockError::new)?;
             self.conn = Some(conn);
-            tokio::spawn(watch_session(Arc::downgrade(me)));
+            self.opened += 1;
+            tokio::spawn(watch_session(Arc::downgrade(me), self.opened));
         }
         Ok(self.conn.as_mut().expect("just opened"))
     }
 
+    /// Runs `statement` on the session's connection, within [`PG_TIMEOUT`]; a statement that
+    /// fails or does not answer ends the session ([`Session::fail`]).
+    async fn run<T>(
+        &mut self,
+        statement: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, LockError> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| LockError::new("no session"))?;
+        let outcome = match tokio::time::timeout(PG_TIMEOUT, statement(conn)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => LockError::new(e),
+            Err(_) => LockError::new("PostgreSQL did not answer an advisory lock statement"),
+        };
+        self.fail(&outcome);
+        Err(outcome)
+    }
+
     /// Forgets the session after a failure: closing it makes the server release every lock it
     /// held, so each holder is told its lock is lost.
-    fn fail(&mut self, why: &sqlx::Error) {
+    fn fail(&mut self, why: &LockError) {
         if self.conn.take().is_some() && !self.held.is_empty() {
             warn!(error = %why, locks = self.held.len(), "lost the advisory lock session; the holders stop");
         }
@@ -215,22 +239,24 @@ impl Session {
 /// Checks the session every few seconds while it holds locks, so a session the server ended
 /// (a restart, an administrator) is noticed and its holders stop, instead of running on while
 /// another replica takes their locks. Ends with the session.
-async fn watch_session(session: std::sync::Weak<tokio::sync::Mutex<Session>>) {
+async fn watch_session(session: std::sync::Weak<tokio::sync::Mutex<Session>>, connection: u64) {
     loop {
         tokio::time::sleep(PG_SESSION_CHECK).await;
         let Some(session) = session.upgrade() else {
             return;
         };
         let mut session = session.lock().await;
-        let idle = session.held.is_empty();
-        let Some(conn) = session.conn.as_mut() else {
-            return; // failed already; the next connection has its own watcher
-        };
-        if idle {
+        if session.conn.is_none() || session.opened != connection {
+            return; // that connection failed; a later one has its own watcher
+        }
+        if session.held.is_empty() {
             continue;
         }
-        if let Err(e) = sqlx::query("SELECT 1").execute(conn).await {
-            session.fail(&e);
+        if session
+            .run(async |conn| sqlx::query("SELECT 1").execute(conn).await)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -259,19 +285,19 @@ impl PostgresLocks {
         // session costs no request.
         let got: bool = loop {
             let fresh = session.conn.is_none();
-            let conn = session.conn(&self.options, &self.session).await?;
-            let tried = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(id)
-                .fetch_one(conn)
+            session.conn(&self.options, &self.session).await?;
+            let tried = session
+                .run(async |conn| {
+                    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(id)
+                        .fetch_one(conn)
+                        .await
+                })
                 .await;
             match tried {
                 Ok(got) => break got,
-                Err(e) => {
-                    session.fail(&e);
-                    if fresh {
-                        return Err(LockError::new(e));
-                    }
-                }
+                Err(e) if fresh => return Err(e),
+                Err(_) => {}
             }
         };
         if !got {
@@ -292,16 +318,15 @@ impl PostgresLocks {
                 return;
             }
             session.held.remove(&id);
-            let Some(conn) = session.conn.as_mut() else {
-                return;
-            };
-            if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(id)
-                .execute(conn)
-                .await
-            {
-                session.fail(&e);
-            }
+            // A failure ends the session, which releases the lock too.
+            let _ = session
+                .run(async |conn| {
+                    sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(id)
+                        .execute(conn)
+                        .await
+                })
+                .await;
         });
         Ok(Some(LockGuard::new(tx).losable(lost)))
     }
@@ -466,47 +491,57 @@ mod tests {
             panic!("the holder was never told its lock was lost");
         }
 
-        /// A TCP relay in front of Redis that can cut every connection through it and refuse
-        /// new ones for a while: what a Redis restart or a network blip looks like to a client.
+        /// A TCP relay in front of a server that can cut every connection through it and
+        /// refuse new ones for a while (a restart, a blip), or hold every byte back while the
+        /// connections stay open (a server or network gone silent).
         struct Relay {
-            url: String,
+            addr: std::net::SocketAddr,
             cuts: tokio::sync::watch::Sender<u64>,
             refuse_until: Arc<std::sync::Mutex<tokio::time::Instant>>,
+            silent: Arc<AtomicBool>,
         }
 
         impl Relay {
-            async fn to_redis() -> Relay {
+            async fn to(server: String) -> Relay {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let url = format!("redis://{}/0", listener.local_addr().unwrap());
+                let addr = listener.local_addr().unwrap();
                 let (cuts, _) = tokio::sync::watch::channel(0u64);
                 let refuse_until = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
-                let (watch, refusing) = (cuts.clone(), refuse_until.clone());
+                let silent = Arc::new(AtomicBool::new(false));
+                let (watch, refusing, quiet) = (cuts.clone(), refuse_until.clone(), silent.clone());
                 tokio::spawn(async move {
                     while let Ok((client, _)) = listener.accept().await {
                         if tokio::time::Instant::now() < *refusing.lock().unwrap() {
                             continue; // dropped: the client sees its connection closed
                         }
-                        let server =
-                            tokio::net::TcpStream::connect(ncps_test_services::redis_addr())
-                                .await
-                                .unwrap();
+                        let server = tokio::net::TcpStream::connect(&server).await.unwrap();
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
-                        tokio::spawn(Self::pass(cr, sw, watch.subscribe()));
-                        tokio::spawn(Self::pass(sr, cw, watch.subscribe()));
+                        tokio::spawn(Self::pass(cr, sw, watch.subscribe(), quiet.clone()));
+                        tokio::spawn(Self::pass(sr, cw, watch.subscribe(), quiet.clone()));
                     }
                 });
                 Relay {
-                    url,
+                    addr,
                     cuts,
                     refuse_until,
+                    silent,
                 }
+            }
+
+            async fn to_redis() -> Relay {
+                Relay::to(ncps_test_services::redis_addr()).await
+            }
+
+            fn redis_url(&self) -> String {
+                format!("redis://{}/0", self.addr)
             }
 
             async fn pass(
                 mut from: tokio::net::tcp::OwnedReadHalf,
                 mut to: tokio::net::tcp::OwnedWriteHalf,
                 mut cut: tokio::sync::watch::Receiver<u64>,
+                silent: Arc<AtomicBool>,
             ) {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = [0u8; 4096];
@@ -515,7 +550,12 @@ mod tests {
                         _ = cut.changed() => return,
                         read = from.read(&mut buf) => match read {
                             Ok(0) | Err(_) => return,
-                            Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
+                            Ok(n) => {
+                                while silent.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
+                                if to.write_all(&buf[..n]).await.is_err() { return }
+                            }
                         },
                     }
                 }
@@ -526,6 +566,11 @@ mod tests {
                 *self.refuse_until.lock().unwrap() = tokio::time::Instant::now() + outage;
                 self.cuts.send_modify(|n| *n += 1);
             }
+
+            /// Holds every byte back (`true`) or passes them again (`false`).
+            fn silence(&self, silent: bool) {
+                self.silent.store(silent, Ordering::SeqCst);
+            }
         }
 
         /// After Redis drops every connection (a restart), the first lock asked for once it is
@@ -534,7 +579,7 @@ mod tests {
         #[tokio::test]
         async fn redis_locks_work_again_after_redis_dropped_every_connection() {
             let relay = Relay::to_redis().await;
-            let locks = RedisLocks::new(&relay.url, &unique("test:")).unwrap();
+            let locks = RedisLocks::new(&relay.redis_url(), &unique("test:")).unwrap();
             let ttl = Duration::from_secs(2);
             drop(locks.try_lock("before", ttl).await.unwrap().expect("free"));
             // Redis restarts: every connection cut, the server back at once.
@@ -554,7 +599,7 @@ mod tests {
         async fn a_held_redis_lock_survives_an_outage_shorter_than_its_lease() {
             let relay = Relay::to_redis().await;
             let prefix = unique("test:");
-            let locks = RedisLocks::new(&relay.url, &prefix).unwrap();
+            let locks = RedisLocks::new(&relay.redis_url(), &prefix).unwrap();
             let lease = Duration::from_secs(6);
             let held = locks.try_lock("k", lease).await.unwrap().expect("free");
             // Renewals fall due every 2 s; Redis is gone from 1.5 s to 3.5 s.
@@ -647,6 +692,33 @@ mod tests {
             assert!(
                 other.try_lock("nar-1", ttl).await.unwrap().is_none(),
                 "releasing one lock released others"
+            );
+        }
+
+        /// A database that goes silent (gone without closing the connection) ends the lock
+        /// session in bounded time: the locks it held are reported lost, later attempts fail
+        /// instead of hanging, and the locks work again once the server answers.
+        #[tokio::test]
+        async fn a_silent_database_ends_the_lock_session_in_time() {
+            let url = ncps_test_services::postgres_url();
+            let (user, rest) = url.split_once('@').expect("user@host");
+            let (server, database) = rest.split_once('/').expect("host/database");
+            let relay = Relay::to(server.to_owned()).await;
+            let through = format!("{user}@{}/{database}", relay.addr);
+            let locks = PostgresLocks::new(&through, &unique("test:")).unwrap();
+            let ttl = Duration::from_secs(1);
+            let held = locks.try_lock("held", ttl).await.unwrap().expect("free");
+            relay.silence(true);
+            let attempt = tokio::time::timeout(PG_TIMEOUT * 3, locks.try_lock("other", ttl))
+                .await
+                .expect("the attempt hung");
+            assert!(attempt.is_err(), "a lock taken from a silent database");
+            assert!(held.is_lost(), "the holder was not told its session ended");
+            relay.silence(false);
+            let again = locks.try_lock("other", ttl).await;
+            assert!(
+                matches!(again, Ok(Some(_))),
+                "not taken once the database answers again"
             );
         }
 
