@@ -1,13 +1,15 @@
 //! Access times without a database write per request: each hit notes, in memory, the second it
-//! happened, and the notes are written in batches every few seconds. A warm hit costs no write
-//! on the hot path, and eviction still sees the exact order of use (to the second): a path used
-//! 4 s before a flush keeps that time, not the flush's.
+//! happened, and the notes are written in batches every few seconds (a batch the database
+//! refuses is kept for the next). A warm hit costs no write on the hot path, and eviction still
+//! sees the exact order of use (to the second): a path used 4 s before a flush keeps that
+//! time, not the flush's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Mutex;
 
-use ncps_db::Database;
+use futures::future::BoxFuture;
+use ncps_db::{Database, DbError};
 use ncps_nix::{Sha256Hash, StorePathHash};
 use tracing::warn;
 
@@ -47,18 +49,42 @@ impl AccessLog {
     }
 
     /// Writes the accesses noted so far, each with its own time (one statement per second
-    /// that saw accesses, oldest first); a failed write is logged and those accesses are lost
-    /// (the next ones are recorded as usual).
+    /// that saw accesses, oldest first). Notes a write could not record are kept for the next
+    /// flush (see [`write_back`]).
     pub async fn flush(&self, db: &Database) {
-        for (at, narinfos) in take_by_second(&self.narinfos) {
-            if let Err(e) = db.touch_narinfos(&narinfos, at).await {
-                warn!(error = %e, count = narinfos.len(), "could not record narinfo access times");
+        write_back(&self.narinfos, "narinfo", |keys, at| {
+            Box::pin(async move { db.touch_narinfos(&keys, at).await })
+        })
+        .await;
+        write_back(&self.nars, "NAR", |keys, at| {
+            Box::pin(async move { db.touch_nars(&keys, at).await })
+        })
+        .await;
+    }
+}
+
+/// Writes the notes of `map` with `write`, oldest second first. When a write fails, its notes
+/// and those of every later second go back into `map` (a newer note of the same key still
+/// wins), so the next flush writes them: a database that cannot be written for a while (a
+/// restart, a failover, a lock held long) loses no access time, and eviction does not take
+/// paths used meanwhile for old ones.
+async fn write_back<'a, K: Copy + Hash + Eq>(
+    map: &Mutex<HashMap<K, i64>>,
+    kind: &str,
+    write: impl Fn(Vec<K>, i64) -> BoxFuture<'a, Result<(), DbError>>,
+) {
+    let mut pending = take_by_second(map).into_iter();
+    while let Some((at, keys)) = pending.next() {
+        if let Err(e) = write(keys.clone(), at).await {
+            let mut kept = 0;
+            for (at, keys) in std::iter::once((at, keys)).chain(pending) {
+                kept += keys.len();
+                for key in keys {
+                    note(map, key, at);
+                }
             }
-        }
-        for (at, nars) in take_by_second(&self.nars) {
-            if let Err(e) = db.touch_nars(&nars, at).await {
-                warn!(error = %e, count = nars.len(), "could not record NAR access times");
-            }
+            warn!(error = %e, kind, kept, "could not record access times; kept for the next flush");
+            return;
         }
     }
 }
@@ -86,5 +112,41 @@ mod tests {
         flat.sort();
         assert_eq!(flat, vec![(103, vec![1]), (104, vec![2, 3])]);
         assert!(take_by_second(&log).is_empty(), "taken notes are gone");
+    }
+
+    #[tokio::test]
+    async fn notes_a_failed_write_missed_are_written_by_the_next_flush() {
+        let log: Mutex<HashMap<u8, i64>> = Mutex::default();
+        note(&log, 1, 100);
+        note(&log, 2, 101);
+        note(&log, 3, 102);
+        let written: Mutex<Vec<(i64, Vec<u8>)>> = Mutex::default();
+        let record = |keys: &[u8], at| {
+            let mut keys = keys.to_vec();
+            keys.sort();
+            written.lock().unwrap().push((at, keys));
+        };
+        // The database refuses the write of second 101.
+        write_back(&log, "test", |keys, at| {
+            if at == 101 {
+                return Box::pin(async { Err(DbError::ChunksNotHeld(0)) });
+            }
+            record(&keys, at);
+            Box::pin(async { Ok(()) })
+        })
+        .await;
+        assert_eq!(*written.lock().unwrap(), vec![(100, vec![1])]);
+        note(&log, 3, 105); // used again meanwhile: the newer second wins
+        write_back(&log, "test", |keys, at| {
+            record(&keys, at);
+            Box::pin(async { Ok(()) })
+        })
+        .await;
+        assert_eq!(
+            *written.lock().unwrap(),
+            vec![(100, vec![1]), (101, vec![2]), (105, vec![3])],
+            "the notes the failed flush missed, each with its own second"
+        );
+        assert!(take_by_second(&log).is_empty());
     }
 }
