@@ -232,6 +232,8 @@ struct Fleet {
     upstream_key: crate::harness::SigningKey,
     upstream: crate::harness::Upstream,
     shared: Vec<String>,
+    /// The fleet's PostgreSQL database (also in `shared`).
+    database: String,
     /// Environment every replica gets (the Azure emulator's settings).
     shared_env: Vec<(String, String)>,
 }
@@ -279,8 +281,10 @@ impl Fleet {
             .await
             .expect_success();
         let (storage_args, shared_env) = storage_settings(services, storage);
-        let shared = shared_args(&services.database(), storage_args, key_path, &locks);
+        let database = services.database();
+        let shared = shared_args(&database, storage_args, key_path, &locks);
         Fleet {
+            database,
             env,
             closure,
             upstream_key,
@@ -313,6 +317,7 @@ async fn replicas_share_one_cache(locks: fn(&Services) -> Vec<String>, storage: 
         mut upstream,
         shared,
         shared_env,
+        ..
     } = fleet;
     let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
     let key = replicas[0].0.pubkey().await;
@@ -519,13 +524,7 @@ async fn serving_goes_on_after_postgresql_ends_every_session() {
     let replica = fleet.env.ncps(&fleet.replica_config()).await;
     let (stored, cold) = fleet.closure.paths.split_first().expect("a closure");
     served_at_once(&replica, stored, "before").await;
-    let url = fleet
-        .shared
-        .iter()
-        .skip_while(|a| *a != "--cache-database-url")
-        .nth(1)
-        .expect("the database URL");
-    let database = url.rsplit('/').next().expect("a database name");
+    let database = fleet.database.rsplit('/').next().expect("a database name");
     let ended = Command::new("psql")
         .args([
             services.postgres.as_str(),

@@ -73,13 +73,13 @@ impl RedisLocks {
             .clone();
         let key = format!("{}{key}", self.prefix);
         let token = random_token();
-        let ttl_ms = ttl.as_millis().max(1000) as u64;
+        let lease = ttl.max(Duration::from_secs(1));
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(ttl_ms)
+            .arg(lease.as_millis() as u64)
             .query_async(&mut conn)
             .await
             .map_err(LockError::new)?;
@@ -88,7 +88,6 @@ impl RedisLocks {
         }
         let (tx, rx) = oneshot::channel::<()>();
         let lost = Arc::new(AtomicBool::new(false));
-        let lease = Duration::from_millis(ttl_ms);
         tokio::spawn(keep_renewed(conn, key, token, lease, rx, lost.clone()));
         Ok(Some(LockGuard::new(tx).losable(lost)))
     }
@@ -598,7 +597,7 @@ mod tests {
         #[tokio::test]
         async fn a_held_redis_lock_survives_an_outage_shorter_than_its_lease() {
             let relay = Relay::to_redis().await;
-            let prefix = unique("test:");
+            let (_, prefix, _, other) = redis_pair();
             let locks = RedisLocks::new(&relay.redis_url(), &prefix).unwrap();
             let lease = Duration::from_secs(6);
             let held = locks.try_lock("k", lease).await.unwrap().expect("free");
@@ -610,8 +609,6 @@ mod tests {
                 !held.is_lost(),
                 "a 2 s outage cost a lock whose lease is 6 s"
             );
-            let url = format!("redis://{}/0", ncps_test_services::redis_addr());
-            let other = RedisLocks::new(&url, &prefix).unwrap();
             assert!(
                 other.try_lock("k", lease).await.unwrap().is_none(),
                 "the lock lapsed in Redis although its holder still has it"
